@@ -1,0 +1,20 @@
+"""lit-reason: teach language models to reason with reinforcement learning, on PyTorch Lightning."""
+
+__version__ = "0.1.0"
+
+from lit_reason.algorithms import SFT, ExpertIteration, LRSchedule, ReasoningModule
+from lit_reason.data import RolloutDataModule, TrainData
+from lit_reason.policy import PolicySpec
+from lit_reason.sampling import SampleBatch, SamplingConfig
+
+__all__ = [
+    "SFT",
+    "ExpertIteration",
+    "LRSchedule",
+    "PolicySpec",
+    "ReasoningModule",
+    "RolloutDataModule",
+    "SampleBatch",
+    "SamplingConfig",
+    "TrainData",
+]

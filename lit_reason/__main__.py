@@ -1,0 +1,3 @@
+from lit_reason.cli import main
+
+main()

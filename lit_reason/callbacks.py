@@ -1,0 +1,61 @@
+"""Callbacks the CLI adds to every run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class ExportPolicy(Callback):
+    """Export the policy (Hugging Face format) each time a monitored validation metric improves during
+    ``fit``, and at the end of ``fit`` if it never did, so every run leaves a loadable policy.
+
+    Args:
+        monitor: the metric to watch.
+        mode: ``max`` or ``min``.
+        dirpath: where to write; default ``<log_dir>/policy``.
+    """
+
+    def __init__(
+        self, monitor: str = "val/maj@1", mode: Literal["max", "min"] = "max", dirpath: str | None = None
+    ) -> None:
+        self.monitor = monitor
+        self.mode = mode
+        self.dirpath = dirpath
+        self.best: float | None = None
+        self.exported = False
+
+    def target(self, trainer: Trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.log_dir or ".") / "policy")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best = value
+            self._export(trainer, pl_module, f"{self.monitor}={value:.4f} at step {trainer.global_step}")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.exported:
+            self._export(trainer, pl_module, "final policy (no validation improved)")
+
+    def _export(self, trainer: Trainer, pl_module: LightningModule, why: str) -> None:
+        path = self.target(trainer)
+        pl_module.export_policy(path)
+        self.exported = True
+        rank_zero_info(f"exported policy to {path}: {why}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "exported": self.exported}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        self.exported = state_dict["exported"]

@@ -1,0 +1,88 @@
+"""The ``lit-reason`` command: Lightning's CLI (``fit``, ``validate``, ``test``) with the project's defaults.
+
+Every run gets a TensorBoard logger, the resolved config saved beside it (``config.yaml``), checkpoints
+of the best ``val/maj@1`` and of the latest epoch (``last.ckpt``, to resume from), and an exported Hugging
+Face policy. ``fit`` validates
+once before the first update, so curves start at the initial policy (Lightning's sanity check logs
+nothing); resuming with ``--ckpt_path`` skips that.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from lit_reason.algorithms.base import ReasoningModule
+from lit_reason.callbacks import ExportPolicy
+from lit_reason.data import RolloutDataModule
+
+TRAINER_DEFAULTS = {
+    # RL rounds regenerate the training data from the current policy every epoch.
+    "reload_dataloaders_every_n_epochs": 1,
+    # The data module shards questions itself, keeping a question's samples on one rank.
+    "use_distributed_sampler": False,
+    # Validation before the first update replaces the sanity check, which would log nothing.
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 1,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "lit-reason"},
+    },
+}
+
+
+class LitReasonCLI(LightningCLI):
+    """LightningCLI for lit-reason's algorithms (``--model`` picks one, e.g. ``SFT``, by class path)."""
+
+    def __init__(self, args=None, run: bool = True) -> None:
+        super().__init__(
+            ReasoningModule,
+            RolloutDataModule,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=TRAINER_DEFAULTS,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--validate_before_fit",
+            type=bool,
+            default=True,
+            help="fit: validate the initial policy before the first update (skipped when resuming from --ckpt_path)",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/maj@1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-epoch{epoch}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        # Lightning writes save_last only when the best checkpoint changes; resuming needs the latest state
+        # after every epoch, so a second callback keeps exactly that as last.ckpt.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.add_lightning_class_args(ExportPolicy, "export")
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("validate_before_fit", True) and not config.get("ckpt_path"):
+            self.trainer.validate(self.model, datamodule=self.datamodule)
+
+
+def main(args=None) -> None:
+    LitReasonCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

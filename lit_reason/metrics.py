@@ -1,0 +1,184 @@
+"""Per-question evaluation metrics: maj@K, pass@K, rerank@K and distinct correct solutions.
+
+Each metric reduces a question's K samples to one number on the rank that sampled them and keeps
+``(question id, value)`` pairs as tensor states reduced by concatenation. ``compute`` keeps the first value
+of every question id and averages: answers never cross ranks as strings, and a question that was padded onto
+two ranks (so that every rank runs the same number of batches) counts once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples of which c are correct (Chen et al. 2021).
+
+    ``1 - C(n - c, k) / C(n, k)`` computed as ``1 - prod(1 - k / i for i in n-c+1..n)``, stable for large n;
+    1.0 when fewer than k samples are wrong.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def majority_answer(answers: list[float | None], rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> float | None:
+    """The most frequent answer, answers within tolerance counting as equal; missing answers do not vote.
+
+    Tie rule: among equally frequent answers, the one that appears first wins.
+    """
+    groups: list[list[float]] = []  # [representative, count] in order of first appearance
+    for answer in answers:
+        if answer is None or math.isnan(answer):
+            continue
+        for group in groups:
+            if math.isclose(answer, group[0], rel_tol=rel_tol, abs_tol=abs_tol):
+                group[1] += 1
+                break
+        else:
+            groups.append([answer, 1])
+    if not groups:
+        return None
+    return max(groups, key=lambda group: group[1])[0]  # max keeps the first of equal counts
+
+
+class PerQuestionMetric(Metric):
+    """Base: states are a value and an id per question; ``compute`` is the mean over distinct ids.
+
+    Questions updated without ids (``question_ids=None``) are all counted.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, k: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if k is not None and k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.k = k
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+        self.add_state("question_ids", default=[], dist_reduce_fx="cat")
+
+    def _first_k(self, samples: torch.Tensor) -> torch.Tensor:
+        """(Q, n) -> (Q, k): the first k samples of each question."""
+        if samples.ndim != 2:
+            raise ValueError(f"expected a (questions, samples) tensor, got shape {tuple(samples.shape)}")
+        if self.k is None:
+            return samples
+        if samples.shape[1] < self.k:
+            raise ValueError(f"{type(self).__name__}(k={self.k}) got only {samples.shape[1]} samples per question")
+        return samples[:, : self.k]
+
+    def _record(self, values: torch.Tensor, question_ids: torch.Tensor | None) -> None:
+        if question_ids is None:
+            question_ids = torch.full((len(values),), -1, dtype=torch.long, device=self.device)
+        if len(question_ids) != len(values):
+            raise ValueError(f"got {len(values)} questions but {len(question_ids)} question ids")
+        self.values.append(values.detach().to(device=self.device, dtype=torch.float32))
+        self.question_ids.append(question_ids.to(device=self.device, dtype=torch.long))
+
+    def compute(self) -> torch.Tensor:
+        if isinstance(self.values, list) and not self.values:
+            return torch.tensor(float("nan"), device=self.device)
+        values, ids = dim_zero_cat(self.values), dim_zero_cat(self.question_ids)
+        return values[first_occurrence(ids)].mean()
+
+
+def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """(N,) bool mask: the first position of every id; negative ids (unknown) are always kept."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    positions = torch.arange(len(ids), device=ids.device)
+    first = torch.full((len(unique),), len(ids), device=ids.device, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    keep = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    keep[first] = True
+    return keep | (ids < 0)
+
+
+class PassAtK(PerQuestionMetric):
+    """pass@k: the probability that at least one of k samples is correct.
+
+    Args:
+        k: samples allowed per question.
+        unbiased: the unbiased estimator of Chen et al. 2021 over all n >= k samples of a question; if
+            False, whether any of the first k samples is correct.
+
+    ``update(correct, question_ids=None)``: correct is a (questions, n) bool tensor.
+    """
+
+    def __init__(self, k: int, unbiased: bool = True, **kwargs) -> None:
+        super().__init__(k=None if unbiased else k, **kwargs)
+        self.pass_k = k
+        self.unbiased = unbiased
+
+    def update(self, correct: torch.Tensor, question_ids: torch.Tensor | None = None) -> None:
+        correct = self._first_k(correct.bool())
+        if self.unbiased:
+            n = correct.shape[1]
+            values = torch.tensor([pass_at_k(n, int(c), self.pass_k) for c in correct.sum(-1).tolist()])
+        else:
+            values = correct.any(-1).float()
+        self._record(values, question_ids)
+
+
+class MajorityAtK(PerQuestionMetric):
+    """maj@k: whether the majority answer of k samples is correct (ties go to the answer seen first).
+
+    Args:
+        k: samples that vote (the first k); ``None``: all of them.
+        rel_tol: relative tolerance for answers to count as equal.
+
+    ``update(answers, targets, question_ids=None)``: answers (questions, n) float, NaN where a sample
+    states no answer; targets (questions,) float.
+    """
+
+    def __init__(self, k: int | None = None, rel_tol: float = 1e-4, **kwargs) -> None:
+        super().__init__(k=k, **kwargs)
+        self.rel_tol = rel_tol
+
+    def update(self, answers: torch.Tensor, targets: torch.Tensor, question_ids: torch.Tensor | None = None) -> None:
+        answers = self._first_k(answers.double())
+        values = []
+        for row, target in zip(answers.tolist(), targets.tolist(), strict=True):
+            vote = majority_answer(row, rel_tol=self.rel_tol)
+            values.append(float(vote is not None and math.isclose(vote, target, rel_tol=self.rel_tol, abs_tol=1e-6)))
+        self._record(torch.tensor(values), question_ids)
+
+
+class RerankAtK(PerQuestionMetric):
+    """rerank@k: whether the sample with the highest score (e.g. an ORM's) among k is correct.
+
+    Args:
+        k: candidates (the first k); ``None``: all of them. Ties go to the first.
+
+    ``update(correct, scores, question_ids=None)``: correct (questions, n) bool; scores (questions, n) float.
+    """
+
+    def update(self, correct: torch.Tensor, scores: torch.Tensor, question_ids: torch.Tensor | None = None) -> None:
+        correct, scores = self._first_k(correct.bool()), self._first_k(scores.float())
+        best = scores.argmax(-1, keepdim=True)
+        self._record(correct.gather(-1, best)[:, 0].float(), question_ids)
+
+
+class DistinctCorrect(PerQuestionMetric):
+    """Distinct correct solutions per question: correct samples that perform different sequences of
+    calculations (see ``operation_signature``), averaged over questions.
+
+    ``update(correct, signatures, question_ids=None)``: correct (questions, n) bool; signatures
+    (questions, n) long.
+    """
+
+    def update(self, correct: torch.Tensor, signatures: torch.Tensor, question_ids: torch.Tensor | None = None) -> None:
+        correct, signatures = self._first_k(correct.bool()), self._first_k(signatures.long())
+        values = [
+            float(len({s for s, ok in zip(row_signatures, row_correct, strict=True) if ok}))
+            for row_signatures, row_correct in zip(signatures.tolist(), correct.tolist(), strict=True)
+        ]
+        self._record(torch.tensor(values), question_ids)

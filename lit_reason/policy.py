@@ -1,0 +1,146 @@
+"""Policies: any Hugging Face causal LM, or a tiny Llama with a character-level tokenizer built locally.
+
+``PolicySpec`` names the model. ``load_tokenizer`` is cheap and runs in a LightningModule's ``__init__`` (so
+special tokens can be added before anything else); ``load_model`` builds the weights and runs in
+``configure_model``, where sharding strategies need it.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from lit_reason.warm_start import resolve_policy_path
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+# Characters of the tiny tokenizer: printable ASCII and newline cover the built-in task, GSM8K and SVAMP
+# (their few non-ASCII characters become <unk>).
+CHARACTERS = "\n" + "".join(c for c in string.printable if c not in "\t\r\x0b\x0c\n")
+
+TINY_PRESETS: dict[str, dict[str, Any]] = {
+    # ~0.9M parameters: the CPU default, trains on the built-in task in minutes.
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
+    # ~3.3M parameters: slower, higher ceiling.
+    "tiny-3m": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4),
+    # ~24K parameters: for tests.
+    "micro": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+}
+
+
+@dataclass
+class PolicySpec:
+    """Which language model to train.
+
+    Args:
+        name_or_path: a tiny preset (``tiny``, ``tiny-3m``, ``micro``: a Llama with a character-level
+            tokenizer, built from scratch, no download), a local directory saved by ``save_pretrained``
+            (for example an exported lit-reason policy), a Hugging Face hub name, or
+            ``config:PATH.yaml``: the policy that config's ``fit`` exports, trained on first use and cached
+            (the shared warm start of the RL configs).
+        load_kwargs: passed to ``from_pretrained`` for model and tokenizer, e.g. ``{"dtype": "bfloat16",
+            "revision": "main", "gguf_file": "model.gguf", "attn_implementation": "sdpa"}``.
+        trust_remote_code: run model code shipped with a checkpoint. Off: only enable it for code you trust.
+        preset_overrides: LlamaConfig fields that override a tiny preset, e.g. ``{"num_hidden_layers": 6}``.
+        max_length: longest prompt + response in tokens, for tiny presets (their position range).
+        seed: initialises a tiny preset's weights.
+    """
+
+    name_or_path: str = "tiny"
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    preset_overrides: dict[str, Any] = field(default_factory=dict)
+    max_length: int = 512
+    seed: int = 0
+
+    @property
+    def is_preset(self) -> bool:
+        return self.name_or_path in TINY_PRESETS
+
+    def resolved(self) -> str:
+        """Where the weights come from: ``name_or_path``, with a ``config:`` warm start trained if needed."""
+        return resolve_policy_path(self.name_or_path)
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII as a real ``PreTrainedTokenizerFast``.
+
+    Special tokens come first (pad 0, bos 1, eos 2, unk 3); pad is distinct from EOS so that masking padding
+    can never mask an EOS. The post-processor prepends BOS, so prompts are tokenized identically in training
+    and sampling. ``decoders.Fuse`` joins characters back without spaces.
+    """
+    vocab = {token: index for index, token in enumerate([PAD, BOS, EOS, UNK, *CHARACTERS])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=True))
+    backend.add_special_tokens([PAD, BOS, EOS, UNK])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="left"
+    )
+
+
+def load_tokenizer(spec: PolicySpec) -> PreTrainedTokenizerFast:
+    """The policy's tokenizer, with a pad token (EOS if the model has none; masks never rely on pad ids)."""
+    if spec.is_preset:
+        return build_char_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.resolved(), trust_remote_code=spec.trust_remote_code, **_tokenizer_kwargs(spec.load_kwargs)
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
+    """The policy network, with embeddings grown to fit tokens added to ``tokenizer`` (new rows initialised
+    to the mean of the existing ones)."""
+    if spec.is_preset:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=spec.max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=True,
+            **{**TINY_PRESETS[spec.name_or_path], **spec.preset_overrides},
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = LlamaForCausalLM(config)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.resolved(), trust_remote_code=spec.trust_remote_code, **spec.load_kwargs
+        )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return model
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models
+    often end turns with a token other than the tokenizer's EOS)."""
+    ids = {tokenizer.eos_token_id}
+    generation_config = getattr(model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, list | tuple) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def is_policy_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory a policy was saved to (config and tokenizer)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and any(path.glob("tokenizer*"))
+
+
+def _tokenizer_kwargs(load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    # Options that only make sense for weights must not reach the tokenizer.
+    weights_only = {"dtype", "torch_dtype", "attn_implementation", "device_map", "quantization_config"}
+    return {key: value for key, value in load_kwargs.items() if key not in weights_only}

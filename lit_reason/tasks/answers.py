@@ -1,0 +1,249 @@
+"""Reading answers and calculations out of solution text.
+
+Model text is hostile input. Nothing here calls ``eval``; the calculator walks a parsed ``ast`` that may only
+hold numbers, ``+ - * /`` and parentheses, and every entry point bounds the size of what it looks at, so a
+100k-character string, a number with thousands of digits or parentheses nested a thousand deep cost bounded
+time and never raise.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+import re
+
+# Model text longer than this is cut from the front: answers come at the end.
+MAX_TEXT_CHARS = 20_000
+# Numbers with more digits than this are not answers (and would overflow a float).
+MAX_NUMBER_DIGITS = 30
+MAX_EXPRESSION_CHARS = 200
+MAX_EXPRESSION_DEPTH = 20
+MAX_MAGNITUDE = 1e15
+
+# A number as people write it: optional sign and dollar sign, thousands separators, decimals.
+_NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\$?\s?\.\d+"
+NUMBER_RE = re.compile(_NUMBER)
+_FINAL_MARK_RE = re.compile(r"####\s*(" + _NUMBER + r")")
+_ANSWER_IS_RE = re.compile(
+    r"(?:answer|result)\s*(?:is|=|:|was|will be)\s*:?\s*(?:\\boxed\{)?\s*(" + _NUMBER + r")", re.IGNORECASE
+)
+_BOXED_RE = re.compile(r"\\boxed\{\s*(" + _NUMBER + r")\s*\}")
+_ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
+# The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12").
+_EQUATION_RESULT_RE = re.compile(r"=\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+_EXPRESSION_CHARS = frozenset("0123456789 ,.$+-*/x×()")
+MAX_CALCULATIONS = 100
+
+
+def parse_number(text: str) -> float | None:
+    """Parse one number as written in text ("$1,234.5", "-3", ".5"); ``None`` if it is not a finite number."""
+    cleaned = text.replace(",", "").replace("$", "").replace(" ", "")
+    digits = sum(c.isdigit() for c in cleaned)
+    if digits == 0 or digits > MAX_NUMBER_DIGITS:
+        return None
+    try:
+        value = float(cleaned)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def extract_answer(text: str) -> float | None:
+    """The final numeric answer of a solution, or ``None`` if it states none.
+
+    In order of trust: the number after the last ``####`` (GSM8K's marker), the last "answer is N" (also
+    "answer: N", "result is N"), the last ``\\boxed{N}``; failing those, the result of the last calculation
+    on the last line with a number, or else that line's last number.
+    """
+    text = text[-MAX_TEXT_CHARS:]
+    for pattern in (_FINAL_MARK_RE, _ANSWER_IS_RE, _BOXED_RE):
+        matches = pattern.findall(text)
+        if matches:
+            return parse_number(matches[-1])
+    if "####" in text:  # an explicit final marker with no number after it: no answer
+        return None
+    lines = [line for line in text.splitlines() if NUMBER_RE.search(line)]
+    if not lines:
+        return None
+    # Worked solutions end on the line that computes the answer; its words may hold other numbers
+    # ("... = <<9+6=15>>15 liters out of the 24 liters"), so that line's last calculation wins.
+    steps = calculations(lines[-1])
+    if steps:
+        return steps[-1][1]
+    return parse_number(NUMBER_RE.findall(lines[-1])[-1])
+
+
+def answers_match(predicted: float | None, target: float, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> bool:
+    """Numeric comparison with tolerance; a missing prediction is wrong."""
+    if predicted is None:
+        return False
+    return math.isclose(predicted, target, rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+class _Calculator(ast.NodeVisitor):
+    """Evaluates an ``ast`` of numbers, + - * / and unary minus; anything else raises ValueError."""
+
+    def visit_Expression(self, node: ast.Expression) -> float:
+        return self.visit(node.body)
+
+    def visit_Constant(self, node: ast.Constant) -> float:
+        if isinstance(node.value, bool) or not isinstance(node.value, int | float):
+            raise ValueError("not a number")
+        return self._bounded(float(node.value))
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> float:
+        operand = self.visit(node.operand)
+        if isinstance(node.op, ast.USub):
+            return -operand
+        if isinstance(node.op, ast.UAdd):
+            return operand
+        raise ValueError("operator not allowed")
+
+    def visit_BinOp(self, node: ast.BinOp) -> float:
+        left, right = self.visit(node.left), self.visit(node.right)
+        if isinstance(node.op, ast.Add):
+            return self._bounded(left + right)
+        if isinstance(node.op, ast.Sub):
+            return self._bounded(left - right)
+        if isinstance(node.op, ast.Mult):
+            return self._bounded(left * right)
+        if isinstance(node.op, ast.Div):
+            if right == 0:
+                raise ValueError("division by zero")
+            return self._bounded(left / right)
+        raise ValueError("operator not allowed")
+
+    def generic_visit(self, node: ast.AST) -> float:
+        raise ValueError(f"{type(node).__name__} not allowed")
+
+    @staticmethod
+    def _bounded(value: float) -> float:
+        if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+            raise ValueError("number out of range")
+        return value
+
+
+def normalize_expression(expression: str) -> str | None:
+    """Canonical text of an arithmetic expression ("12 x 3" -> "12*3", "$1,200/4" -> "1200/4"), or ``None``.
+
+    Only digits, one decimal point per number, ``+ - * / ( )`` and the multiplication signs ``x`` and ``×``
+    survive; anything else (letters, ``**``, ``__import__``) makes the expression invalid.
+    """
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        return None
+    cleaned = expression.replace(",", "").replace("$", "").replace(" ", "").replace("×", "*").replace("x", "*")
+    if not cleaned or not re.fullmatch(r"[\d.+\-*/()]+", cleaned) or "**" in cleaned or "//" in cleaned:
+        return None
+    depth = max_depth = 0
+    for char in cleaned:
+        depth += (char == "(") - (char == ")")
+        max_depth = max(max_depth, depth)
+        if depth < 0:
+            return None
+    if depth != 0 or max_depth > MAX_EXPRESSION_DEPTH:
+        return None
+    return cleaned
+
+
+def calculate(expression: str) -> float | None:
+    """Value of an arithmetic expression of numbers, ``+ - * /`` and parentheses; ``None`` if invalid.
+
+    Bounded: at most ``MAX_EXPRESSION_CHARS`` characters, ``MAX_EXPRESSION_DEPTH`` nested parentheses and
+    magnitudes up to ``MAX_MAGNITUDE``; never raises, never calls ``eval``.
+    """
+    cleaned = normalize_expression(expression)
+    if cleaned is None:
+        return None
+    try:
+        return _Calculator().visit(ast.parse(cleaned, mode="eval"))
+    except (SyntaxError, ValueError, RecursionError, MemoryError, TypeError, OverflowError):
+        return None
+
+
+def calculations(text: str) -> list[tuple[str, float]]:
+    """The calculations a solution performs, in order, as (normalised expression, stated result).
+
+    Calculator annotations ``<<48/2=24>>`` are used when present; otherwise equations written in the text
+    ("12 + 7 = 19"). Each needs an operator: "= 24" alone is not a calculation.
+    """
+    text = text[-MAX_TEXT_CHARS:]
+    found = _ANNOTATION_RE.findall(text) or _written_equations(text)
+    steps = []
+    for expression, result in found[-MAX_CALCULATIONS:]:
+        normalized = normalize_expression(expression)
+        value = parse_number(result)
+        if normalized is not None and value is not None and re.search(r"\d\)?[+\-*/]", normalized):
+            steps.append((normalized, value))
+    return steps
+
+
+def _written_equations(text: str) -> list[tuple[str, str]]:
+    """(expression, result) of equations in plain text, scanning left from each "=" (linear time)."""
+    found = []
+    for match in _EQUATION_RESULT_RE.finditer(text):
+        start = end = match.start()
+        while start > 0 and end - start < MAX_EXPRESSION_CHARS and text[start - 1] in _EXPRESSION_CHARS:
+            start -= 1
+        expression = text[start:end].strip()
+        if expression:
+            found.append((expression, match.group(1)))
+    return found
+
+
+def intermediate_results(text: str) -> list[float]:
+    """The stated results of a solution's calculations, in order (for dense rewards)."""
+    return [value for _, value in calculations(text)]
+
+
+def operation_signature(text: str) -> int:
+    """A 63-bit hash of the sequence of calculations a solution performs.
+
+    Two solutions with the same signature perform the same arithmetic in the same order (the paper's
+    measure of distinct solutions). Solutions with no calculation share the signature of the empty
+    sequence. The hash lets signatures travel between ranks as integers.
+    """
+    key = "|".join(expression for expression, _ in calculations(text))
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def evaluate_steps(expression: str) -> list[tuple[str, float]] | None:
+    """The binary operations of an expression, innermost first, as (normalised text, value).
+
+    "( ( 29.0 - 13.0 ) * 2.0 )" -> [("29-13", 16.0), ("16*2", 32.0)]: what a worked solution of SVAMP's
+    ``Equation`` writes one line at a time. ``None`` if the expression is invalid.
+    """
+    cleaned = normalize_expression(expression)
+    if cleaned is None:
+        return None
+    try:
+        tree = ast.parse(cleaned, mode="eval")
+    except (SyntaxError, RecursionError, MemoryError):
+        return None
+    steps: list[tuple[str, float]] = []
+    calculator = _Calculator()
+
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.BinOp):
+            left, right = walk(node.left), walk(node.right)
+            value = calculator.visit(ast.BinOp(ast.Constant(left), node.op, ast.Constant(right)))
+            symbol = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}[type(node.op)]
+            steps.append((f"{format_number(left)}{symbol}{format_number(right)}", value))
+            return value
+        return calculator.visit(node)
+
+    try:
+        walk(tree)
+    except (ValueError, KeyError, RecursionError):
+        return None
+    return steps
+
+
+def format_number(value: float) -> str:
+    """Shortest plain text for a number: 16.0 -> "16", 0.25 -> "0.25", -3.5 -> "-3.5"."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0").rstrip(".")

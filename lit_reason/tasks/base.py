@@ -1,0 +1,115 @@
+"""The task interface: problems in three splits, how to prompt for them, how to grade an answer."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+from lit_reason.tasks.answers import answers_match, extract_answer, intermediate_results
+
+Split = Literal["train", "validation", "test"]
+PromptStyle = Literal["plain", "few_shot", "chat"]
+
+DEFAULT_INSTRUCTION = (
+    "Solve the math word problem step by step. Write each calculation on its own line and end with a line "
+    "of the form '#### <number>'."
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One math word problem.
+
+    Attributes:
+        id: unique within the task, across all splits; keys per-question metrics and seeds sampling.
+        question: the problem text shown to the model.
+        solution: a reference solution in GSM8K style: one step a line, ``<<a+b=c>>`` annotations,
+            a final ``#### N`` line.
+        answer: the correct final answer.
+    """
+
+    id: int
+    question: str
+    solution: str
+    answer: float
+
+    @cached_property
+    def intermediate_results(self) -> tuple[float, ...]:
+        """The results of the reference's calculations, in order (dense rewards credit matching ones)."""
+        return tuple(intermediate_results(self.solution))
+
+    def is_correct(self, response: str) -> bool:
+        """Whether a model's response states this problem's answer."""
+        return answers_match(extract_answer(response), self.answer)
+
+
+class Task(ABC):
+    """A source of math word problems with train, validation and test splits.
+
+    Subclasses load or generate problems; this base turns them into prompts. Problem ids are unique across
+    splits and splits never share a question.
+
+    Args:
+        prompt_style: ``plain`` is ``question + "\\n"`` (tiny models trained from scratch); ``few_shot`` puts
+            ``num_shots`` solved training problems before the question ("Question: ...\\nAnswer: ...") for
+            base models; ``chat`` wraps ``instruction`` and the question in the tokenizer's chat template
+            for instruction-tuned models.
+        num_shots: solved examples in a ``few_shot`` prompt.
+        instruction: what a ``chat`` prompt asks for; keep the ``####`` line so answers parse reliably.
+    """
+
+    def __init__(
+        self, prompt_style: PromptStyle = "plain", num_shots: int = 4, instruction: str = DEFAULT_INSTRUCTION
+    ) -> None:
+        self.prompt_style = prompt_style
+        self.num_shots = num_shots
+        self.instruction = instruction
+        self._splits: dict[str, list[Problem]] | None = None
+
+    @abstractmethod
+    def load(self) -> dict[str, list[Problem]]:
+        """All problems, keyed by split; called once, on first use."""
+
+    def problems(self, split: Split) -> list[Problem]:
+        """The problems of one split, in a fixed order."""
+        if self._splits is None:
+            self._splits = self.load()
+        return self._splits[split]
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Text that ends a response besides EOS: a few-shot model would go on to invent the next question."""
+        return ("\n\nQuestion:",) if self.prompt_style == "few_shot" else ()
+
+    def prompt(self, problem: Problem, tokenizer=None) -> str:
+        """The text a policy continues to solve ``problem`` (``chat`` needs the tokenizer's template)."""
+        if self.prompt_style == "plain":
+            return problem.question + "\n"
+        if self.prompt_style == "few_shot":
+            shots = [p for p in self.problems("train")[: self.num_shots + 1] if p.id != problem.id][: self.num_shots]
+            examples = "".join(f"Question: {p.question}\nAnswer: {p.solution}\n\n" for p in shots)
+            return f"{examples}Question: {problem.question}\nAnswer:"
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "prompt_style='chat' needs a tokenizer with a chat template; use 'few_shot' or 'plain' for "
+                "models without one"
+            )
+        messages = [{"role": "user", "content": f"{self.instruction}\n\n{problem.question}"}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def target(self, problem: Problem) -> str:
+        """The training text that follows the prompt: the reference solution (with a space after few-shot
+        prompts' "Answer:")."""
+        return (" " if self.prompt_style == "few_shot" else "") + problem.solution
+
+
+def split_off(problems: list[Problem], size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Split ``size`` problems off a list by a seeded shuffle: (the rest in their order, the split-off part)."""
+    if not 0 <= size < len(problems):
+        raise ValueError(f"cannot split {size} problems off a set of {len(problems)}")
+    chosen = set(random.Random(seed).sample(range(len(problems)), size))
+    rest = [p for i, p in enumerate(problems) if i not in chosen]
+    return rest, [p for i, p in enumerate(problems) if i in chosen]

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from lit_reason.algorithms.base import LRSchedule, make_token_batch, next_token_nll, position_ids_from_mask
+
+
+def test_next_token_nll_by_hand():
+    # Vocabulary of 3; sequence [0, 1, 2]; the loss covers only the last token (2), predicted at position 1.
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 1] = torch.tensor([0.0, 0.0, math.log(2.0)])  # p(2) = 2 / 4
+    input_ids = torch.tensor([[0, 1, 2]])
+    loss_mask = torch.tensor([[False, False, True]])
+    total, count = next_token_nll(logits, input_ids, loss_mask)
+    assert count.item() == 1
+    assert total.item() == pytest.approx(-math.log(0.5))
+    total, count = next_token_nll(
+        logits, input_ids, torch.tensor([[True, True, True]])
+    )  # position 0 is never predicted
+    assert count.item() == 2
+    assert total.item() == pytest.approx(math.log(3.0) - math.log(0.5))
+
+
+def test_make_token_batch_masks_targets_only():
+    batch = make_token_batch([([1, 5, 6], [7, 2]), ([1, 5], [8, 9, 2])], pad_token_id=0)
+    assert batch.input_ids.tolist() == [[1, 5, 6, 7, 2], [1, 5, 8, 9, 2]]
+    assert batch.loss_mask.tolist() == [[False, False, False, True, True], [False, False, True, True, True]]
+    short = make_token_batch([([1], [2]), ([1, 5, 6], [2])], pad_token_id=0)
+    assert short.input_ids.tolist() == [[1, 2, 0, 0], [1, 5, 6, 2]]
+    assert short.attention_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert short.loss_mask.tolist() == [[False, True, False, False], [False, False, False, True]]
+
+
+def test_position_ids_skip_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+
+
+def test_lr_schedule_by_hand():
+    schedule = LRSchedule(warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
+    assert [schedule.factor(s, 104) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert schedule.factor(4, 104) == pytest.approx(1.0)
+    assert schedule.factor(54, 104) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert schedule.factor(104, 104) == pytest.approx(0.1)
+    assert schedule.factor(500, 104) == pytest.approx(0.1)
+    linear = LRSchedule(warmup_steps=0, decay="linear", min_lr_ratio=0.0)
+    assert linear.factor(25, 100) == pytest.approx(0.75)
+    assert LRSchedule(decay="constant").factor(99, 100) == 1.0

@@ -1,0 +1,89 @@
+"""Shared fixtures: a tiny random policy for fast tests, and a cached SFT-trained tiny policy for tests that
+need one that can already solve some problems."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Trainer, seed_everything
+
+from lit_reason import SFT, LRSchedule, PolicySpec, RolloutDataModule
+from lit_reason.policy import build_char_tokenizer, load_model
+from lit_reason.tasks import Arithmetic
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture
+def micro_model(char_tokenizer):
+    model = load_model(PolicySpec(name_or_path="micro"), char_tokenizer)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def small_task() -> Arithmetic:
+    return Arithmetic(train_size=2000, validation_size=200, test_size=200)
+
+
+# The cached SFT policy: a tiny model fine-tuned on an easy variant of the built-in task, trained once and
+# kept in pytest's cache (keyed by its recipe and the code it depends on), for tests that need a policy
+# that already solves a good share of problems.
+SFT_TASK = dict(
+    min_steps=1, max_steps=2, max_operand=15, max_value=30, train_size=5000, validation_size=200, test_size=200
+)
+SFT_STEPS = 400
+
+
+def sft_fixture_task() -> Arithmetic:
+    return Arithmetic(**SFT_TASK)
+
+
+@pytest.fixture(scope="session")
+def sft_policy_dir(request) -> Path:
+    """Directory of an exported SFT policy (tiny preset) for ``sft_fixture_task()``; ~2 minutes to build once."""
+    package = Path(__file__).resolve().parents[1] / "lit_reason"
+    recipe = json.dumps({"task": SFT_TASK, "steps": SFT_STEPS, "version": 1}, sort_keys=True)
+    sources = "".join(
+        (package / name).read_text() for name in ("policy.py", "tasks/arithmetic.py", "algorithms/sft.py")
+    )
+    key = hashlib.sha256((recipe + sources).encode()).hexdigest()[:16]
+    path = Path(request.config.cache.mkdir("lit-reason-sft-policy")) / key
+    if (path / "config.json").is_file():
+        return path
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=SFT_STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+    )
+    module = SFT(
+        batch_size=32,
+        policy=PolicySpec(name_or_path="tiny"),
+        optimizer=partial(torch.optim.AdamW, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0),
+        lr_schedule=LRSchedule(warmup_steps=20),
+    )
+    seed_everything(0)
+    trainer.fit(module, RolloutDataModule(task=sft_fixture_task()))
+    staging = Path(tempfile.mkdtemp(dir=path.parent))
+    module.export_policy(staging)
+    staging.rename(path)  # atomic: a half-written policy is never found
+    return path

@@ -1,0 +1,141 @@
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from lit_reason.tasks.answers import (
+    answers_match,
+    calculate,
+    calculations,
+    evaluate_steps,
+    extract_answer,
+    intermediate_results,
+    operation_signature,
+    parse_number,
+)
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12+7=<<12+7=19>>19\n#### 19", 19.0),
+        ("#### 1,234", 1234.0),
+        ("#### -5", -5.0),
+        ("#### $18.50", 18.5),
+        ("The answer is 18.", 18.0),
+        ("so the answer is: $1,200", 1200.0),
+        ("The result is -3.5 degrees", -3.5),
+        ("Therefore \\boxed{42}.", 42.0),
+        ("She has 3 apples and buys 4 more, 3+4=7 apples in total.", 7.0),
+        ("He earns 12 per hour.\nIn 5 hours he earns 12*5=<<12*5=60>>60 dollars out of 100", 60.0),
+        ("First 2+2=4\nThen 4 times 3 is 12", 12.0),
+        ("It costs .5 dollars", 0.5),
+        ("answer is 7 ... #### 9", 9.0),  # the marker wins over earlier phrasing
+        ("no numbers here", None),
+        ("", None),
+        ("####", None),
+        ("#### banana", None),
+        ("#### " + "9" * 400, None),  # not a finite number of sane size
+    ],
+)
+def test_extract_answer_hand_labelled(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_answers_match_tolerance():
+    assert answers_match(18.0, 18)
+    assert answers_match(0.30000001, 0.3)
+    assert not answers_match(18.1, 18)
+    assert not answers_match(None, 18)
+    assert answers_match(-5.0, -5)
+
+
+def test_parse_number_forms():
+    assert parse_number("$1,234.50") == 1234.5
+    assert parse_number("-7") == -7.0
+    assert parse_number("1e400") is None  # no digits-only overflow to inf
+    assert parse_number("abc") is None
+
+
+def test_calculator_arithmetic_and_refusals():
+    assert calculate("2*(3+4)/7-1") == 1.0
+    assert calculate("12 x 3") == 36.0
+    assert calculate("-(4-6)") == 2.0
+    for hostile in [
+        "__import__('os').system('true')",
+        "10**10",
+        "2**3",
+        "1/0",
+        "a+b",
+        "(" * 30 + "1" + ")" * 30,
+        "9" * 300,
+    ]:
+        assert calculate(hostile) is None
+
+
+def test_calculations_and_signatures():
+    solution = "Natalia sold 48/2 = <<48/2=24>>24 clips.\nShe sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+    assert calculations(solution) == [("48/2", 24.0), ("48+24", 72.0)]
+    assert intermediate_results(solution) == [24.0, 72.0]
+    assert calculations("So 12 + 7 = 19 apples, then 3 x 4 = $12.") == [("12+7", 19.0), ("3*4", 12.0)]
+    same_ops = "48 / 2 = 24 clips\n48 + 24 = 72\n#### 72"
+    assert operation_signature(same_ops) == operation_signature(solution)
+    assert operation_signature("48+24=72\n48/2=24") != operation_signature(solution)  # order matters
+    assert operation_signature("#### 72") == operation_signature("the answer is 72")  # no calculations
+
+
+def test_evaluate_steps_writes_innermost_first():
+    assert evaluate_steps("( ( 29.0 - 13.0 ) * 2.0 )") == [("29-13", 16.0), ("16*2", 32.0)]
+    assert evaluate_steps("8.0") == []
+    assert evaluate_steps("( 1.0 / 0.0 )") is None
+
+
+HOSTILE = [
+    "9" * 100_000,
+    "1+" * 50_000,
+    "(" * 100_000,
+    "=1" * 50_000,
+    "1+1=" * 25_000,
+    "<<" + "(" * 1000 + "1" + ")" * 1000 + "=1>>",
+    "<<10**10**10**10=1>>" * 1000,
+    "__import__('os').system('echo pwned') #### __import__",
+    "The answer is " + "9" * 5000,
+    "\\boxed{" * 10_000,
+    "#### " * 20_000,
+    "1,000," * 15_000,
+    "x" * 100_000,
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_text_is_bounded_and_never_raises(text):
+    start = time.perf_counter()
+    extract_answer(text)
+    calculations(text)
+    operation_signature(text)
+    calculate(text)
+    evaluate_steps(text)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.skipif(not (DATA / "gsm8k").is_dir(), reason="needs ../shared/data/gsm8k")
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_gsm8k_references_and_fallback(split):
+    rows = [json.loads(line) for line in (DATA / "gsm8k" / f"{split}.jsonl").open()]
+    targets = [parse_number(row["answer"].rsplit("####", 1)[1]) for row in rows]
+    assert all(answers_match(extract_answer(row["answer"]), t) for row, t in zip(rows, targets, strict=True))
+    without_marker = sum(
+        answers_match(extract_answer(row["answer"].rsplit("####", 1)[0]), t)
+        for row, t in zip(rows, targets, strict=True)
+    )
+    assert without_marker / len(rows) >= 0.95
+
+
+@pytest.mark.skipif(not (DATA / "svamp").is_dir(), reason="needs ../shared/data/svamp")
+def test_svamp_answers_read():
+    rows = json.loads((DATA / "svamp" / "SVAMP.json").read_text())
+    assert len(rows) == 1000
+    assert all(answers_match(extract_answer(f"#### {row['Answer']}"), row["Answer"]) for row in rows)

@@ -1,0 +1,129 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from lit_reason.policy import build_char_tokenizer
+from lit_reason.tasks import GSM8K, SVAMP, Arithmetic
+from lit_reason.tasks.answers import calculate, calculations, extract_answer
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def small_task(**kwargs) -> Arithmetic:
+    return Arithmetic(**{"train_size": 2000, "validation_size": 300, "test_size": 300, **kwargs})
+
+
+def test_arithmetic_splits_are_disjoint_and_seeded():
+    task = small_task()
+    splits = {split: task.problems(split) for split in ("train", "validation", "test")}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "validation": 300, "test": 300}
+    ids = [p.id for problems in splits.values() for p in problems]
+    assert len(ids) == len(set(ids))
+    computations = {
+        split: {tuple(e for e, _ in calculations(p.solution)) + (p.answer,) for p in problems}
+        for split, problems in splits.items()
+    }
+    assert not computations["train"] & computations["test"]
+    assert not computations["train"] & computations["validation"]
+    assert not computations["validation"] & computations["test"]
+    questions = {split: {p.question for p in problems} for split, problems in splits.items()}
+    assert not questions["train"] & questions["test"]
+    again = small_task()
+    assert [p.question for p in again.problems("test")] == [p.question for p in splits["test"]]
+    other = small_task(seed=99)
+    assert [p.question for p in other.problems("test")] != [p.question for p in splits["test"]]
+    # Held-out splits do not depend on how many training problems there are.
+    assert [p.question for p in small_task(train_size=500).problems("test")] == [p.question for p in splits["test"]]
+
+
+def test_arithmetic_solutions_are_gsm8k_style_and_correct():
+    task = small_task(operations=["+", "-", "*", "/"], max_steps=4)
+    for problem in task.problems("train")[:500]:
+        lines = problem.solution.splitlines()
+        assert lines[-1] == f"#### {int(problem.answer)}"
+        assert problem.is_correct(problem.solution)
+        steps = calculations(problem.solution)
+        assert 1 <= len(steps) == len(lines) - 1 <= 4
+        for expression, result in steps:
+            assert calculate(expression) == result
+            assert 0 <= result <= task.max_value
+        assert problem.intermediate_results == tuple(r for _, r in steps)
+        assert extract_answer(problem.solution) == problem.answer
+
+
+def test_arithmetic_knobs_are_validated():
+    with pytest.raises(ValueError, match="operations"):
+        Arithmetic(operations=["^"])
+    with pytest.raises(ValueError, match="min_steps"):
+        Arithmetic(min_steps=3, max_steps=2)
+    with pytest.raises(ValueError, match="distinct"):
+        Arithmetic(max_steps=1, max_operand=2, max_value=3, train_size=1000).problems("train")
+
+
+def test_prompt_styles():
+    task = small_task()
+    problem = task.problems("test")[0]
+    assert task.prompt(problem) == problem.question + "\n"
+    assert task.target(problem) == problem.solution
+    few_shot = small_task(prompt_style="few_shot", num_shots=2)
+    prompt = few_shot.prompt(problem)
+    assert prompt.count("Question:") == 3 and prompt.endswith(f"Question: {problem.question}\nAnswer:")
+    assert few_shot.stop_strings == ("\n\nQuestion:",)
+    with pytest.raises(ValueError, match="chat template"):
+        small_task(prompt_style="chat").prompt(problem, build_char_tokenizer())
+
+
+@pytest.mark.skipif(not (DATA / "gsm8k").is_dir(), reason="needs ../shared/data/gsm8k")
+def test_gsm8k_from_local_files():
+    task = GSM8K(path=str(DATA / "gsm8k"), validation_size=500)
+    train, validation, test = (task.problems(s) for s in ("train", "validation", "test"))
+    assert (len(train), len(validation), len(test)) == (6973, 500, 1319)
+    assert not {p.id for p in train} & {p.id for p in validation}
+    assert not {p.question for p in train} & {p.question for p in validation}
+    assert test[0].answer == 18.0 and test[0].intermediate_results == (9.0, 18.0)
+
+
+def test_gsm8k_errors_name_file_and_line(tmp_path):
+    (tmp_path / "train.jsonl").write_text(
+        '{"question": "q", "answer": "1+1=2\\n#### 2"}\n{"question": "q2", "answer": "no marker"}\n'
+    )
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "#### 3"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"test\.jsonl:2: not valid JSON"):
+        GSM8K(path=str(tmp_path), validation_size=0).problems("test")
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "#### 3"}\n')
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: the answer has no final"):
+        GSM8K(path=str(tmp_path), validation_size=0).problems("train")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        GSM8K(path=str(tmp_path / "missing")).problems("train")
+
+
+@pytest.mark.skipif(not (DATA / "svamp").is_dir(), reason="needs ../shared/data/svamp")
+def test_svamp_from_local_file():
+    task = SVAMP(path=str(DATA / "svamp" / "SVAMP.json"))
+    splits = [task.problems(s) for s in ("train", "validation", "test")]
+    assert [len(s) for s in splits] == [600, 100, 300]
+    assert len({p.id for s in splits for p in s}) == 1000
+    for problem in splits[0]:
+        assert extract_answer(problem.solution) == problem.answer
+
+
+def test_svamp_reference_solution_from_equation(tmp_path):
+    rows = [
+        {
+            "Body": "Paco had 26 cookies. He ate 13.",
+            "Question": "Then he doubled them. How many?",
+            "Equation": "( ( 26.0 - 13.0 ) * 2.0 )",
+            "Answer": 26.0,
+        }
+    ]
+    (tmp_path / "svamp.json").write_text(json.dumps(rows * 5))
+    problem = SVAMP(path=str(tmp_path / "svamp.json"), validation_size=1, test_size=1).problems("train")[0]
+    assert problem.solution == "26-13=<<26-13=13>>13\n13*2=<<13*2=26>>26\n#### 26"
+    assert problem.intermediate_results == (13.0, 26.0)
+    assert problem.question == "Paco had 26 cookies. He ate 13. Then he doubled them. How many?"
+    (tmp_path / "bad.json").write_text(
+        json.dumps([{"Body": "b", "Question": "q", "Equation": "( 1 + x )", "Answer": 2}])
+    )
+    with pytest.raises(ValueError, match=r"bad\.json\[0\]: cannot read Equation"):
+        SVAMP(path=str(tmp_path / "bad.json"), validation_size=0, test_size=0).problems("train")

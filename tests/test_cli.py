@@ -1,0 +1,104 @@
+"""The ``lit-reason`` CLI: every YAML parses; each CPU config runs end to end on a micro preset."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_reason.cli import LitReasonCLI, main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# A run small enough for a test: micro model, a handful of questions and steps.
+TINY_RUN = [
+    "--model.init_args.policy.name_or_path=micro",
+    "--model.init_args.evaluation.num_samples=2",
+    "--model.init_args.evaluation.max_new_tokens=16",
+    "--data.questions_per_round=16",
+    "--data.validation_questions=4",
+    "--data.test_questions=4",
+    "--trainer.max_epochs=1",
+    "--trainer.max_steps=2",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+class ParseOnly(LitReasonCLI):
+    def instantiate_classes(self) -> None:  # parsing and type checks only: GPU configs name hub models
+        pass
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_parses_and_says_how_it_was_run(config):
+    first_line = config.read_text().splitlines()[0]
+    assert first_line.startswith("# lit-reason ") and "--config configs/" + config.name in first_line
+    assert "Tried on" in config.read_text().split("\n\n")[0] or "tried on" in config.read_text().lower()
+    ParseOnly(args=["--config", str(config)], run=False)
+
+
+def cpu_configs():
+    return [c for c in CONFIGS if yaml.safe_load(c.read_text())["trainer"].get("accelerator") == "cpu"]
+
+
+@pytest.mark.parametrize("config", cpu_configs(), ids=[c.name for c in cpu_configs()])
+def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(config), *TINY_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    (run,) = [p.parent for p in tmp_path.glob("**/config.yaml")]
+    assert (run / "policy" / "config.json").is_file()  # exported
+    assert list((run / "checkpoints").glob("*.ckpt"))
+    events = list(run.glob("events.out.tfevents.*"))
+    assert events
+
+
+def test_validate_an_exported_policy_directory(tmp_path, monkeypatch, sft_policy_dir):
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "validate",
+            "--config",
+            str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")]),
+            f"--model.init_args.policy.name_or_path={sft_policy_dir}",
+            *TINY_RUN[1:],
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    assert list(tmp_path.glob("**/events.out.tfevents.*"))
+
+
+@pytest.mark.skipif(not (DATA / "gsm8k").is_dir(), reason="needs ../shared/data")
+@pytest.mark.parametrize("name", ["gsm8k_sft.yaml", "svamp_sft.yaml"])
+def test_gpu_configs_run_on_cpu_with_a_micro_model(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = str(DATA / "gsm8k") if name.startswith("gsm8k") else str(DATA / "svamp" / "SVAMP.json")
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS[[c.name for c in CONFIGS].index(name)]),
+            *TINY_RUN,
+            "--model.init_args.policy.load_kwargs={}",
+            f"--data.task.init_args.path={path}",
+            "--data.task.init_args.prompt_style=plain",
+            "--trainer.precision=32-true",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    assert list(tmp_path.glob("**/policy/config.json"))
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "SFT"])
+    text = capsys.readouterr().out
+    for option in [
+        "batch_size",
+        "policy.name_or_path",
+        "policy.trust_remote_code",
+        "evaluation.num_samples",
+        "lr_schedule.warmup_steps",
+    ]:
+        assert f"--model.{option}" in text
+    assert "(type:" in text and "see ``" not in text

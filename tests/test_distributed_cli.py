@@ -1,0 +1,95 @@
+"""The CLI configs under DDP and FSDP2 (ModelParallelStrategy) with 2 CPU processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import SFT_TASK
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STRATEGIES = {
+    "ddp": ["--trainer.strategy=ddp"],
+    "fsdp2": [
+        "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+        "--trainer.strategy.data_parallel_size=2",
+        "--trainer.strategy.tensor_parallel_size=1",
+    ],
+}
+
+
+def run_cli(config: str, strategy: str, policy: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "lit_reason",
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        f"--model.init_args.policy.name_or_path={policy}",
+        "--model.init_args.evaluation.num_samples=2",
+        "--model.init_args.evaluation.max_new_tokens=48",
+        "--model.init_args.batch_size=4",
+        "--data.validation_questions=5",
+        "--trainer.devices=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        *STRATEGIES[strategy],
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIGS.parent)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_sft_on_two_processes(strategy, tmp_path):
+    run_cli(
+        "sft.yaml",
+        strategy,
+        "micro",
+        tmp_path,
+        "--data.questions_per_round=32",
+        "--trainer.max_epochs=2",
+        "--trainer.max_steps=6",
+    )
+    (policy,) = tmp_path.glob("**/policy")
+    model = AutoModelForCausalLM.from_pretrained(policy)  # the whole model, gathered from both shards
+    assert sum(p.numel() for p in model.parameters()) > 20_000
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_expert_iteration_on_two_processes(strategy, tmp_path, sft_policy_dir):
+    task = [f"--data.task.init_args.{key}={value}" for key, value in SFT_TASK.items()]
+    run_cli(
+        "ei.yaml",
+        strategy,
+        str(sft_policy_dir),
+        tmp_path,
+        *task,
+        "--data.questions_per_round=16",
+        "--trainer.max_epochs=2",
+        "--model.init_args.rollout.num_samples=4",
+        "--model.init_args.rollout.max_new_tokens=48",
+        "--model.init_args.reference_solutions=8",
+    )
+    if strategy == "fsdp2":  # checkpoints are sharded directories there
+        return
+    checkpoint = torch.load(next(tmp_path.glob("**/last.ckpt")), weights_only=True)
+    state = checkpoint["RolloutDataModule"]
+    assert state == {"samples_drawn": 2 * 16 * 4, "rounds_built": 2}
+    # Kept data was gathered from both ranks before rank 0 saved it: rank 1's questions are in it.
+    from lit_reason import RolloutDataModule
+    from lit_reason.tasks import Arithmetic
+
+    data = RolloutDataModule(task=Arithmetic(**SFT_TASK), questions_per_round=16)
+    rank_one = {p.id for r in range(2) for p in data.round_problems(r)[1::2]}
+    kept_ids = {problem_id for problem_id, _ in checkpoint["kept_samples"]}
+    assert kept_ids & rank_one and kept_ids - rank_one

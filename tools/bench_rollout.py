@@ -1,0 +1,144 @@
+"""Rollout throughput: lit-reason's sampler against ``model.generate`` on the same model, prompts and settings.
+
+Both generate K samples for each of N prompts of the built-in task, in batches of the same number of rows.
+Generated tokens are counted up to and including EOS (tokens a finished row keeps producing in a padded
+batch are not work anyone wanted). Each side runs once to warm up, then ``--repeats`` times; the median is
+reported. Greedy decoding of both must give identical text.
+
+    python tools/bench_rollout.py                               # tiny preset, random weights
+    python tools/bench_rollout.py --policy runs/sft/version_0/policy --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
+from lit_reason.sampling import SamplingConfig, encode_prompt, eval_mode, sample
+from lit_reason.tasks import Arithmetic
+
+
+def hf_generate(model, tokenizer, prompts, config: SamplingConfig, eos_ids, device) -> tuple[list[str], int]:
+    """``model.generate`` over the prompts in batches of ``config.batch_size`` rows; (texts, tokens up to EOS)."""
+    per_batch = max(1, config.batch_size // config.num_samples)
+    texts, tokens = [], 0
+    for start in range(0, len(prompts), per_batch):
+        encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_batch]]
+        width = max(map(len, encoded))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        sampling = (
+            {"do_sample": False}
+            if config.greedy
+            else {
+                "do_sample": True,
+                "temperature": config.temperature,
+                "top_k": config.top_k,
+                "top_p": config.top_p,
+            }
+        )
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=config.num_samples,
+            eos_token_id=eos_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+        for row in output[:, width:].tolist():
+            ends = [i for i, token in enumerate(row) if token in eos_ids]
+            kept = row[: ends[0] + 1] if ends else row
+            tokens += len(kept)
+            texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return texts, tokens
+
+
+def ours(model, tokenizer, prompts, config: SamplingConfig, eos_ids) -> tuple[list[str], int]:
+    batch = sample(model, tokenizer, prompts, config, list(range(len(prompts))), eos_token_ids=eos_ids)
+    return batch.texts, int(batch.response_lengths.sum())
+
+
+def timed(fn, repeats: int) -> tuple[float, list[str]]:
+    """Median tokens/s over ``repeats`` runs after one warm-up, and the last run's texts."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        texts, tokens = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        rates.append(tokens / (time.perf_counter() - start))
+    return statistics.median(rates), texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", default="tiny", help="tiny preset or exported policy directory")
+    parser.add_argument(
+        "--preset-overrides",
+        default="{}",
+        help="JSON LlamaConfig fields for a preset, e.g. '{\"num_hidden_layers\": 12}'",
+    )
+    parser.add_argument("--prompts", type=int, default=64, help="prompts from the arithmetic validation split")
+    parser.add_argument("--num-samples", type=int, default=8, help="samples per prompt (K)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per forward pass, both sides")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args()
+
+    spec = PolicySpec(name_or_path=args.policy, preset_overrides=json.loads(args.preset_overrides))
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer).to(device=args.device, dtype=getattr(torch, args.dtype))
+    eos_ids = eos_token_ids(model, tokenizer)
+    task = Arithmetic()
+    prompts = [task.prompt(p, tokenizer) for p in task.problems("validation")[: args.prompts]]
+    config = SamplingConfig(
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"model={args.policy} ({parameters:.1f}M parameters) device={args.device} dtype={args.dtype} "
+        f"prompts={args.prompts} K={args.num_samples} T={args.temperature} top_p={args.top_p} "
+        f"max_new_tokens={args.max_new_tokens} rows/batch={args.batch_size}"
+    )
+
+    with eval_mode(model):
+        greedy = SamplingConfig(
+            num_samples=1, temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        )
+        ours_greedy, _ = ours(model, tokenizer, prompts, greedy, eos_ids)
+        hf_greedy, _ = hf_generate(model, tokenizer, prompts, greedy, eos_ids, args.device)
+        mismatches = sum(a != b for a, b in zip(ours_greedy, hf_greedy, strict=True))
+        hf_rate, hf_texts = timed(
+            lambda: hf_generate(model, tokenizer, prompts, config, eos_ids, args.device), args.repeats
+        )
+        our_rate, our_texts = timed(lambda: ours(model, tokenizer, prompts, config, eos_ids), args.repeats)
+
+    print(f"greedy outputs identical: {len(prompts) - mismatches}/{len(prompts)}")
+    print(
+        f"mean response tokens: ours {sum(map(len, our_texts)) / len(our_texts):.1f} chars, "
+        f"generate {sum(map(len, hf_texts)) / len(hf_texts):.1f} chars"
+    )
+    print(f"model.generate: {hf_rate:,.0f} tokens/s")
+    print(f"lit-reason sampler: {our_rate:,.0f} tokens/s")
+    print(f"ratio: {our_rate / hf_rate:.2f}x")
+    if mismatches:
+        raise SystemExit(f"{mismatches} greedy outputs differ from model.generate")
+
+
+if __name__ == "__main__":
+    main()

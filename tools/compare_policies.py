@@ -1,0 +1,78 @@
+"""Paired comparison of two policies on the same held-out questions: maj@1 (greedy) of each, the difference,
+and its paired-bootstrap 95% interval.
+
+Both policies answer the same questions, so the bootstrap resamples questions and recomputes the difference
+of their accuracies on each resample (pairing removes the between-question variance).
+
+    python tools/compare_policies.py --baseline ~/.cache/lit-reason/warm_start/sft-XXXX \\
+        --candidate runs/ei/version_0/policy --split validation --questions 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
+from lit_reason.sampling import SamplingConfig, eval_mode, row_seed, sample
+from lit_reason.tasks import Arithmetic, Problem
+
+
+def greedy_correct(
+    policy: str, problems: list[Problem], task, max_new_tokens: int, response_prefix: str
+) -> torch.Tensor:
+    """(N,) bool: whether the policy's greedy response to each problem is correct."""
+    spec = PolicySpec(name_or_path=policy)
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer)
+    config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=512)
+    with eval_mode(model):
+        batch = sample(
+            model,
+            tokenizer,
+            [task.prompt(p, tokenizer) for p in problems],
+            config,
+            [row_seed(p.id) for p in problems],
+            eos_token_ids=eos_token_ids(model, tokenizer),
+            response_prefix=response_prefix,
+            stop_strings=task.stop_strings,
+            progress=True,
+            description=policy,
+        )
+    return torch.tensor([p.is_correct(t) for p, t in zip(problems, batch.texts, strict=True)])
+
+
+def paired_bootstrap(baseline: torch.Tensor, candidate: torch.Tensor, resamples: int = 10_000, seed: int = 0):
+    """Mean of ``candidate - baseline`` (per-question 0/1 outcomes) and its 2.5% / 97.5% bootstrap quantiles."""
+    difference = candidate.float() - baseline.float()
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randint(len(difference), (resamples, len(difference)), generator=generator)
+    means = difference[indices].mean(-1)
+    return difference.mean().item(), torch.quantile(means, 0.025).item(), torch.quantile(means, 0.975).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="policy directory (or preset) to compare against")
+    parser.add_argument("--candidate", required=True, help="policy directory to compare")
+    parser.add_argument("--split", default="validation", choices=["validation", "test"])
+    parser.add_argument("--questions", type=int, default=1000)
+    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument(
+        "--candidate-prefix", default="", help="response prefix for the candidate (e.g. a return token)"
+    )
+    args = parser.parse_args()
+
+    task = Arithmetic()  # the built-in task every CPU config uses
+    problems = task.problems(args.split)[: args.questions]
+    baseline = greedy_correct(args.baseline, problems, task, args.max_new_tokens, "")
+    candidate = greedy_correct(args.candidate, problems, task, args.max_new_tokens, args.candidate_prefix)
+    mean, low, high = paired_bootstrap(baseline, candidate)
+    print(f"{len(problems)} {args.split} questions of the built-in task")
+    print(f"maj@1 baseline {baseline.float().mean():.4f}  candidate {candidate.float().mean():.4f}")
+    print(f"difference {mean:+.4f}, paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}]")
+
+
+if __name__ == "__main__":
+    main()
