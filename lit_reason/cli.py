@@ -24,6 +24,9 @@ TRAINER_DEFAULTS = {
     # Validation before the first update replaces the sanity check, which would log nothing.
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
+    # Metric states made under inference mode in the validation before fit could not be updated in place
+    # in fit's own validation; sampling runs under no_grad either way.
+    "inference_mode": False,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "lit-reason"},
@@ -70,6 +73,7 @@ class LitReasonCLI(LightningCLI):
                 "last_checkpoint.filename": "last",
                 "last_checkpoint.save_top_k": 1,
                 "last_checkpoint.enable_version_counter": False,
+                "last_checkpoint.save_on_train_epoch_end": True,
             }
         )
         parser.add_lightning_class_args(ExportPolicy, "export")

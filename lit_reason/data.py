@@ -100,7 +100,9 @@ class RolloutDataModule(LightningDataModule):
             self.round_data = None
             return DataLoader([COMPLETED_ROUND], batch_size=None, collate_fn=_identity)
         rank, world_size = rank_and_world_size()
-        problems = self.round_problems(round_index)[rank::world_size]
+        problems = self.round_problems(round_index)
+        # Every rank gets the same number of questions: sampled models run in step across ranks.
+        problems = problems[: len(problems) - len(problems) % world_size][rank::world_size]
         data = module.make_train_data(problems, round_index)
         self.samples_drawn += reduce_int(data.samples_drawn, "sum", module.device)
         fewest = reduce_int(len(data.batches), "min", module.device)

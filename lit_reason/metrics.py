@@ -182,3 +182,60 @@ class DistinctCorrect(PerQuestionMetric):
             for row_signatures, row_correct in zip(signatures.tolist(), correct.tolist(), strict=True)
         ]
         self._record(torch.tensor(values), question_ids)
+
+
+def concordant_pairs(scores: list[float], labels: list[bool]) -> tuple[float, int]:
+    """Pairs (positive, negative) of one question's samples ranked the right way (ties count half), and how
+    many such pairs there are."""
+    positives = [s for s, label in zip(scores, labels, strict=True) if label]
+    negatives = [s for s, label in zip(scores, labels, strict=True) if not label]
+    concordant = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return float(concordant), len(positives) * len(negatives)
+
+
+class WithinQuestionAUROC(Metric):
+    """AUROC over pairs of samples of the same question (one correct, one wrong): how often the score ranks
+    the correct one higher, pooled over all such pairs. What reranking K samples of a question needs.
+
+    ``update(scores, correct, keep=None, question_ids=None)``: scores and correct (questions, n); ``keep``
+    (questions, n) bool excludes samples (e.g. those with no parseable answer).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("concordant", default=[], dist_reduce_fx="cat")
+        self.add_state("pairs", default=[], dist_reduce_fx="cat")
+        self.add_state("question_ids", default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        scores: torch.Tensor,
+        correct: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        question_ids: torch.Tensor | None = None,
+    ) -> None:
+        keep = torch.ones_like(correct, dtype=torch.bool) if keep is None else keep.bool()
+        counts = []
+        for row_scores, row_correct, row_keep in zip(
+            scores.tolist(), correct.bool().tolist(), keep.tolist(), strict=True
+        ):
+            kept = [(s, c) for s, c, k in zip(row_scores, row_correct, row_keep, strict=True) if k]
+            counts.append(concordant_pairs([s for s, _ in kept], [c for _, c in kept]))
+        if question_ids is None:
+            question_ids = torch.full((len(counts),), -1, dtype=torch.long)
+        self.concordant.append(torch.tensor([c for c, _ in counts], dtype=torch.float64, device=self.device))
+        self.pairs.append(torch.tensor([p for _, p in counts], dtype=torch.float64, device=self.device))
+        self.question_ids.append(question_ids.to(device=self.device, dtype=torch.long))
+
+    def compute(self) -> torch.Tensor:
+        if isinstance(self.pairs, list) and not self.pairs:
+            return torch.tensor(float("nan"), device=self.device)
+        keep = first_occurrence(dim_zero_cat(self.question_ids))
+        pairs = dim_zero_cat(self.pairs)[keep].sum()
+        if pairs == 0:
+            return torch.tensor(float("nan"), device=self.device)
+        return (dim_zero_cat(self.concordant)[keep].sum() / pairs).float()

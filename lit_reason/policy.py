@@ -7,6 +7,7 @@ special tokens can be added before anything else); ``load_model`` builds the wei
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from lit_reason.warm_start import resolve_policy_path
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+# What lit-reason records beside an exported policy's weights (e.g. the response prefix it was trained with).
+POLICY_NOTES = "lit_reason.json"
 # Characters of the tiny tokenizer: printable ASCII and newline cover the built-in task, GSM8K and SVAMP
 # (their few non-ASCII characters become <unk>).
 CHARACTERS = "\n" + "".join(c for c in string.printable if c not in "\t\r\x0b\x0c\n")
@@ -120,6 +123,9 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast) -> torch.nn
         )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    notes = Path(spec.resolved()) / POLICY_NOTES if not spec.is_preset else None
+    if notes is not None and notes.is_file():  # e.g. the return token a return-conditioned policy expects
+        model.generation_config.response_prefix = json.loads(notes.read_text()).get("response_prefix", "")
     return model
 
 

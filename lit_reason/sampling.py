@@ -116,6 +116,11 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=not has_bos).input_ids
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: (B, L) mask -> (B, L) ``cumsum - 1``, clamped at 0 on padding."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def row_seed(*parts: int | str) -> int:
     """A 62-bit seed from any integers or strings (seed, round, question id, sample index, ...)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -289,6 +294,7 @@ def sample(
     eos_token_ids: Sequence[int],
     response_prefix: str = "",
     stop_strings: Sequence[str] = (),
+    suppress_token_ids: Sequence[int] = (),
     synced: bool | None = None,
     progress: bool = False,
     description: str = "sampling",
@@ -306,6 +312,8 @@ def sample(
         response_prefix: fixed text placed after every prompt and before the sampled tokens (e.g. a return
             token); part of the prompt for masks and log-probs, not of ``texts``.
         stop_strings: text that also ends a response (checked on the decoded tail of each row).
+        suppress_token_ids: tokens never generated (e.g. return tokens, which only condition): their logits
+            are -inf, so log-probs are over the other tokens.
         synced: keep stepping until every rank is done; default: when torch.distributed is initialised.
         progress: show a progress bar (on rank 0).
         description: the progress bar's label.
@@ -342,13 +350,27 @@ def sample(
                         eos_token_ids,
                         tokenizer,
                         stop_strings,
+                        suppress_token_ids,
                         synced,
                         device,
                     )
                 )
                 bar.update(len(seeds_of_rows))
             else:  # this rank is out of prompts but others are not: take part in their forward passes
-                _generate_chunk(runner, [], 1, [], [], config, eos_token_ids, tokenizer, stop_strings, synced, device)
+                _generate_chunk(
+                    runner,
+                    [],
+                    1,
+                    [],
+                    [],
+                    config,
+                    eos_token_ids,
+                    tokenizer,
+                    stop_strings,
+                    suppress_token_ids,
+                    synced,
+                    device,
+                )
     return _assemble(results, tokenizer)
 
 
@@ -372,6 +394,7 @@ def _generate_chunk(
     eos_token_ids: Sequence[int],
     tokenizer,
     stop_strings: Sequence[str],
+    suppress_token_ids: Sequence[int],
     synced: bool,
     device: torch.device,
 ) -> _ChunkResult:
@@ -388,7 +411,7 @@ def _generate_chunk(
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = position_ids_from_mask(attention_mask)
     logits, cache = runner(input_ids, attention_mask, position_ids, None)
     if repeats > 1:
         logits = logits.repeat_interleave(repeats, dim=0)
@@ -411,7 +434,10 @@ def _generate_chunk(
     next_position = position_ids[:, -1]
     stop_tail = max((len(s) for s in stop_strings), default=0) + 8
     steps_taken = 0
+    suppressed = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=device)
     for step in range(config.max_new_tokens):
+        if len(suppressed):
+            logits[:, suppressed] = float("-inf")
         tokens, token_logprobs = draw_tokens(logits, config, row_seeds, step)
         live = ~finished[active]  # rows still sampling (finished rows wait in the batch for compaction)
         rows = active[live]

@@ -35,7 +35,6 @@ def run_cli(config: str, strategy: str, policy: str, tmp_path: Path, *extra: str
         f"--model.init_args.policy.name_or_path={policy}",
         "--model.init_args.evaluation.num_samples=2",
         "--model.init_args.evaluation.max_new_tokens=48",
-        "--model.init_args.batch_size=4",
         "--data.validation_questions=5",
         "--trainer.devices=2",
         "--trainer.enable_progress_bar=false",
@@ -56,6 +55,7 @@ def test_sft_on_two_processes(strategy, tmp_path):
         strategy,
         "micro",
         tmp_path,
+        "--model.init_args.batch_size=4",
         "--data.questions_per_round=32",
         "--trainer.max_epochs=2",
         "--trainer.max_steps=6",
@@ -74,6 +74,7 @@ def test_expert_iteration_on_two_processes(strategy, tmp_path, sft_policy_dir):
         str(sft_policy_dir),
         tmp_path,
         *task,
+        "--model.init_args.batch_size=4",
         "--data.questions_per_round=16",
         "--trainer.max_epochs=2",
         "--model.init_args.rollout.num_samples=4",
@@ -91,5 +92,23 @@ def test_expert_iteration_on_two_processes(strategy, tmp_path, sft_policy_dir):
 
     data = RolloutDataModule(task=Arithmetic(**SFT_TASK), questions_per_round=16)
     rank_one = {p.id for r in range(2) for p in data.round_problems(r)[1::2]}
-    kept_ids = {problem_id for problem_id, _ in checkpoint["kept_samples"]}
+    kept_ids = {problem_id for problem_id, _, _ in checkpoint["kept_samples"]}
     assert kept_ids & rank_one and kept_ids - rank_one
+
+
+@pytest.mark.parametrize(("strategy", "critic"), [("ddp", "separate"), ("fsdp2", "shared")])
+def test_ppo_on_two_processes(strategy, critic, tmp_path):
+    run_cli(
+        "ppo.yaml",
+        strategy,
+        "micro",
+        tmp_path,
+        "--data.questions_per_round=8",
+        "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=1",
+        "--model.init_args.rollout.num_samples=2",
+        "--model.init_args.rollout.max_new_tokens=12",
+        "--model.init_args.minibatch_size=4",
+        f"--model.init_args.critic={critic}",
+    )
+    assert list(tmp_path.glob("**/policy/config.json"))

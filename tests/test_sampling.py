@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from lit_reason.algorithms.base import position_ids_from_mask
-from lit_reason.sampling import SamplingConfig, counter_uniform, eval_mode, filter_logits, row_seed, sample
+from lit_reason.sampling import (
+    SamplingConfig,
+    counter_uniform,
+    eval_mode,
+    filter_logits,
+    position_ids_from_mask,
+    row_seed,
+    sample,
+)
 
 PROMPTS = ["Ann has 3 apples.\n", "A much longer prompt that needs left padding here.\n", "Hi\n"]
 
@@ -120,6 +127,17 @@ def test_stop_strings_end_a_response(micro_model, char_tokenizer):
     )
     assert stop not in stopped.texts[0] and stopped.response_lengths[0] < free.response_lengths[0]
     assert not stopped.truncated[0]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_suppressed_tokens_are_never_generated(micro_model, char_tokenizer, temperature):
+    config = SamplingConfig(num_samples=4, temperature=temperature, max_new_tokens=16)
+    free = sample(micro_model, char_tokenizer, PROMPTS, config, seeds=[1, 2, 3], eos_token_ids=[0])
+    favourite = free.input_ids[free.response_mask].mode().values  # what the model generates most
+    held = sample(
+        micro_model, char_tokenizer, PROMPTS, config, seeds=[1, 2, 3], eos_token_ids=[0], suppress_token_ids=[favourite]
+    )
+    assert not (held.input_ids[held.response_mask] == favourite).any()
 
 
 def test_eval_mode_restores_each_submodule(micro_model):

@@ -20,12 +20,18 @@ from lit_reason.tasks import Arithmetic, Problem
 
 
 def greedy_correct(
-    policy: str, problems: list[Problem], task, max_new_tokens: int, response_prefix: str
+    policy: str, problems: list[Problem], task, max_new_tokens: int, response_prefix: str | None = None
 ) -> torch.Tensor:
-    """(N,) bool: whether the policy's greedy response to each problem is correct."""
+    """(N,) bool: whether the policy's greedy response to each problem is correct.
+
+    ``response_prefix``: text placed before every response; default: what the policy's generation config
+    records (a return-conditioned policy's good token), whose ``suppress_tokens`` are never generated."""
     spec = PolicySpec(name_or_path=policy)
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer)
+    generation = model.generation_config
+    if response_prefix is None:
+        response_prefix = getattr(generation, "response_prefix", None) or ""
     config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=512)
     with eval_mode(model):
         batch = sample(
@@ -37,6 +43,7 @@ def greedy_correct(
             eos_token_ids=eos_token_ids(model, tokenizer),
             response_prefix=response_prefix,
             stop_strings=task.stop_strings,
+            suppress_token_ids=list(getattr(generation, "suppress_tokens", None) or []),
             progress=True,
             description=policy,
         )
@@ -60,13 +67,16 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=1000)
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument(
-        "--candidate-prefix", default="", help="response prefix for the candidate (e.g. a return token)"
+        "--candidate-prefix",
+        default=None,
+        help="response prefix for the candidate (default: its generation config's, e.g. an RCRL policy's "
+        "[GOOD]; pass [BAD] to condition on the bad return)",
     )
     args = parser.parse_args()
 
     task = Arithmetic()  # the built-in task every CPU config uses
     problems = task.problems(args.split)[: args.questions]
-    baseline = greedy_correct(args.baseline, problems, task, args.max_new_tokens, "")
+    baseline = greedy_correct(args.baseline, problems, task, args.max_new_tokens)
     candidate = greedy_correct(args.candidate, problems, task, args.max_new_tokens, args.candidate_prefix)
     mean, low, high = paired_bootstrap(baseline, candidate)
     print(f"{len(problems)} {args.split} questions of the built-in task")

@@ -23,11 +23,20 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_reason.data import TrainData
 from lit_reason.distributed import gather_objects, is_distributed, rank_and_world_size
-from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK
+from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK, RerankAtK
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
-from lit_reason.sampling import SampleBatch, SamplingConfig, encode_prompt, eval_mode, row_seed, sample
+from lit_reason.sampling import (
+    SampleBatch,
+    SamplingConfig,
+    encode_prompt,
+    eval_mode,
+    position_ids_from_mask,
+    row_seed,
+    sample,
+)
 from lit_reason.tasks import Problem, Task
 from lit_reason.tasks.answers import extract_answer, operation_signature
+from lit_reason.value_model import ValueModel
 
 
 @dataclass
@@ -107,11 +116,6 @@ def next_token_nll(
     return (nll * mask.flatten()).sum(), mask.sum()
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: (B, L) mask -> (B, L) ``cumsum - 1``, clamped at 0 on padding."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 class ReasoningModule(LightningModule):
     """Base of every algorithm: a policy (and its tokenizer), sampling and the shared evaluation.
 
@@ -123,6 +127,9 @@ class ReasoningModule(LightningModule):
         evaluation: sampling for validation and test, the same for every algorithm: ``num_samples`` is K
             of maj@K / pass@K (8 on a CPU; 96 in the paper). maj@1 always decodes greedily.
         text_samples: validation responses shown in TensorBoard's text tab each time.
+        orm: an outcome reward model exported by ``lit-reason fit --config configs/orm.yaml`` (the run's
+            ``policy/`` directory): frozen, never trained or checkpointed; adds ``rerank@K`` to evaluation
+            and is available to algorithms as a reward.
     """
 
     def __init__(
@@ -132,6 +139,7 @@ class ReasoningModule(LightningModule):
         lr_schedule: LRSchedule = LRSchedule(),
         evaluation: SamplingConfig = SamplingConfig(num_samples=8, temperature=0.7, max_new_tokens=128),
         text_samples: int = 4,
+        orm: str | None = None,
     ) -> None:
         super().__init__()
         self.policy_spec = policy
@@ -139,8 +147,11 @@ class ReasoningModule(LightningModule):
         self.lr_schedule = lr_schedule
         self.evaluation = evaluation
         self.text_samples = text_samples
+        self.orm_path = orm
         self.tokenizer = load_tokenizer(self.policy_spec)
         self.policy: torch.nn.Module | None = None  # built in configure_model
+        # The frozen ORM is kept out of the module tree: out of the optimizer, the checkpoint and DDP.
+        self._frozen_orm: list[ValueModel] = []
         k = self.evaluation.num_samples
         self.eval_metrics = torch.nn.ModuleDict(
             {
@@ -151,6 +162,8 @@ class ReasoningModule(LightningModule):
                 f"distinct_correct@{k}": DistinctCorrect(k=k),
             }
         )
+        if self.orm_path is not None or self.trains_reward_model:
+            self.eval_metrics[f"rerank@{k}"] = RerankAtK(k=k)
         self._eval_records: list[dict[str, Any]] = []
         self._eval_started = time.perf_counter()
 
@@ -159,7 +172,9 @@ class ReasoningModule(LightningModule):
         """Build the networks (once; Lightning may call this again) and shard them under FSDP2."""
         if self.policy is not None:
             return
-        self.policy = load_model(self.policy_spec, self.tokenizer)
+        self.policy = load_model(self.policy_spec, self.tokenizer).train()  # from_pretrained gives eval mode
+        if self.orm_path is not None:
+            self._frozen_orm.append(load_frozen_orm(self.orm_path, self.tokenizer))
         self.build_extra_models()
         if self.device_mesh is not None:
             mesh = (
@@ -176,6 +191,49 @@ class ReasoningModule(LightningModule):
     def networks_to_shard(self) -> list[torch.nn.Module]:
         """The networks FSDP2 shards (each decoder layer, then the whole)."""
         return [self.policy]
+
+    trains_reward_model = False  # the ORM module scores with the network it trains
+
+    def reward_network(self) -> ValueModel | None:
+        """The outcome reward model that scores samples, on this module's device, or None."""
+        if not self._frozen_orm:
+            return None
+        network = self._frozen_orm[0]
+        if next(network.parameters()).device != self.device:
+            network.to(self.device)
+        return network
+
+    def reward_scores(self, batch: SampleBatch) -> torch.Tensor:
+        """(R, L) probability of a correct final answer at every column of a sampled batch, from the reward
+        network (eval mode, no gradients, ``evaluation.batch_size`` rows at a time)."""
+        network = self.reward_network()
+        input_ids, attention_mask = batch.input_ids, batch.attention_mask
+        prefix = (
+            len(self.tokenizer(self.response_prefix, add_special_tokens=False).input_ids) if self.response_prefix else 0
+        )
+        if prefix:  # the ORM judges the response, not the return token a conditioned policy was given
+            input_ids, attention_mask = input_ids.clone(), attention_mask.clone()
+            input_ids[:, batch.prompt_length - prefix : batch.prompt_length] = self.tokenizer.pad_token_id
+            attention_mask[:, batch.prompt_length - prefix : batch.prompt_length] = 0
+        scores = []
+        with eval_mode(network), self._precision_context():
+            for start in range(0, len(batch), self.evaluation.batch_size):
+                rows = slice(start, start + self.evaluation.batch_size)
+                values, _ = network(
+                    input_ids[rows].to(self.device),
+                    attention_mask[rows].to(self.device),
+                    batch.response_mask[rows].to(self.device),
+                )
+                scores.append(torch.sigmoid(values.float()))
+        return torch.cat(scores).cpu()
+
+    def final_reward_scores(self, batch: SampleBatch) -> torch.Tensor | None:
+        """(R,) the reward network's score at each sample's last token (None without a reward network)."""
+        if self.reward_network() is None:
+            return None
+        scores = self.reward_scores(batch)
+        last = batch.prompt_length + batch.response_lengths - 1
+        return scores.gather(1, last[:, None])[:, 0]
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -198,8 +256,15 @@ class ReasoningModule(LightningModule):
 
     @property
     def response_prefix(self) -> str:
-        """Text every sampled response starts with (return-conditioned RL conditions on its return token)."""
-        return ""
+        """Text every sampled response starts with: what an exported return-conditioned policy records in its
+        generation config (its good-return token), else nothing."""
+        return getattr(getattr(self.policy, "generation_config", None), "response_prefix", None) or ""
+
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        """Tokens the policy never generates: what its generation config lists in ``suppress_tokens`` (an
+        exported return-conditioned policy's return tokens)."""
+        return list(getattr(getattr(self.policy, "generation_config", None), "suppress_tokens", None) or [])
 
     def prompt(self, problem: Problem) -> str:
         return self.task.prompt(problem, self.tokenizer)
@@ -229,6 +294,7 @@ class ReasoningModule(LightningModule):
                 eos_token_ids=self.eos_token_ids,
                 response_prefix=self.response_prefix,
                 stop_strings=self.task.stop_strings,
+                suppress_token_ids=self.suppressed_token_ids,
                 progress=True,
                 description=description,
             )
@@ -328,7 +394,11 @@ class ReasoningModule(LightningModule):
         metrics[f"pass@{k}"].update(correct.to(self.device), ids)
         metrics["pass@1"].update(correct.to(self.device), ids)
         metrics[f"distinct_correct@{k}"].update(correct.to(self.device), signatures.to(self.device), ids)
-        self.update_extra_metrics(problems, sampled, correct, ids)
+        scores = self.final_reward_scores(sampled)
+        if scores is not None:
+            scores = scores.view(-1, k)
+            metrics[f"rerank@{k}"].update(correct.to(self.device), scores.to(self.device), ids)
+            self.update_reward_metrics(problems, sampled, correct, scores, ids)
         self._eval_records.extend(
             {
                 "id": problem.id,
@@ -342,14 +412,21 @@ class ReasoningModule(LightningModule):
             for i, problem in enumerate(problems)
         )
 
-    def update_extra_metrics(
-        self, problems: list[Problem], sampled: SampleBatch, correct: torch.Tensor, ids: torch.Tensor
+    def update_reward_metrics(
+        self,
+        problems: list[Problem],
+        sampled: SampleBatch,
+        correct: torch.Tensor,
+        scores: torch.Tensor,
+        ids: torch.Tensor,
     ) -> None:
-        """Subclasses and the ORM add metrics here (e.g. rerank@K)."""
+        """Where a subclass adds metrics of the reward network's final scores ((questions, K)); the ORM does."""
 
-    def log_evaluation(self, stage: str) -> None:
-        """Log every evaluation metric as ``{stage}/name``, response statistics, lengths and text samples."""
+    def log_evaluation(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> None:
+        """Log every evaluation metric as ``{stage}/name`` (and ``extra`` values of subclasses), response
+        statistics, lengths and text samples."""
         values = {f"{stage}/{name}": metric.compute() for name, metric in self.eval_metrics.items()}
+        values.update(extra or {})
         for metric in self.eval_metrics.values():
             metric.reset()
         records = {r["id"]: r for r in gather_objects(self._eval_records)}  # padded repeats count once
@@ -375,7 +452,7 @@ class ReasoningModule(LightningModule):
         experiment.add_histogram(f"{stage}/response_length", lengths, global_step=self.global_step)
         shown = list(records.values())[: self.text_samples]
         table = "\n".join(
-            f"| {r['id']} | {_markdown(r['question'])} | {_markdown(r['greedy'])} | {r['greedy_correct']} |"
+            f"| {r['id']} | {markdown_cell(r['question'])} | {markdown_cell(r['greedy'])} | {r['greedy_correct']} |"
             for r in shown
         )
         experiment.add_text(
@@ -434,6 +511,21 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
 
 
+def load_frozen_orm(path: str, tokenizer) -> ValueModel:
+    """An exported outcome reward model, frozen and in eval mode; its tokenizer must agree with the policy's
+    on every token it knows."""
+    network, orm_tokenizer = ValueModel.load(path)
+    policy_vocab = tokenizer.get_vocab()
+    mismatched = [token for token, index in orm_tokenizer.get_vocab().items() if policy_vocab.get(token) != index]
+    if mismatched:
+        raise ValueError(
+            f"the ORM at {path} uses another tokenizer than the policy ({len(mismatched)} tokens differ, e.g. "
+            f"{mismatched[:3]}); train the ORM from the same model family as the policy"
+        )
+    network.requires_grad_(False)
+    return network.eval()
+
+
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a whole (unsharded) state into ``model``, sharded by FSDP2 or not (call on every rank)."""
     from torch.distributed.tensor import DTensor
@@ -451,5 +543,6 @@ def _answers(texts: Sequence[str]) -> torch.Tensor:
     return torch.tensor([float("nan") if (a := extract_answer(t)) is None else a for t in texts], dtype=torch.float64)
 
 
-def _markdown(text: str) -> str:
+def markdown_cell(text: str) -> str:
+    """Text for one cell of a Markdown table."""
     return text.replace("|", "\\|").replace("\n", "<br>")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from lit_reason.algorithms.base import full_state_dict, load_full_state_dict
+from lit_reason.algorithms.base import TokenBatch, full_state_dict, load_full_state_dict
 from lit_reason.algorithms.sft import SFT, batch_examples
 from lit_reason.data import TrainData
 from lit_reason.distributed import gather_objects, rank_and_world_size
@@ -42,10 +42,15 @@ Dedupe = Literal["text", "operations"]
 
 @dataclass(frozen=True)
 class KeptSample:
-    """A sampled solution kept for training: the question's id and the response text exactly as sampled."""
+    """A sampled solution kept for training: the question's id, the response text exactly as sampled, and
+    whether its final answer is correct (Expert Iteration keeps only correct ones)."""
 
     problem_id: int
     text: str
+    correct: bool = True
+
+
+Example = tuple[list[int], list[int]]  # (prompt ids, target ids + EOS)
 
 
 def normalize_text(text: str) -> str:
@@ -56,8 +61,8 @@ def normalize_text(text: str) -> str:
 def dedupe_key(sample: KeptSample, dedupe: Dedupe) -> tuple:
     """Two samples of the same question with the same key are duplicates."""
     if dedupe == "operations":
-        return (sample.problem_id, tuple(expression for expression, _ in calculations(sample.text)))
-    return (sample.problem_id, normalize_text(sample.text))
+        return (sample.problem_id, sample.correct, tuple(expression for expression, _ in calculations(sample.text)))
+    return (sample.problem_id, sample.correct, normalize_text(sample.text))
 
 
 class ExpertIteration(SFT):
@@ -117,13 +122,7 @@ class ExpertIteration(SFT):
                 "train on. Mix some in (reference_solutions), draw more samples (rollout.num_samples, "
                 "questions_per_round) or start from a stronger policy."
             )
-        batches = [
-            tokens
-            for epoch in range(self.epochs_per_round)
-            for tokens in batch_examples(
-                examples, self.batch_size, self.max_length, self.tokenizer.pad_token_id, (self.seed, round_index, epoch)
-            )
-        ]
+        batches = self.round_batches(examples, round_index)
         self._round_steps = max(1, -(-len(batches) // self.trainer.accumulate_grad_batches))
         per_question = torch.tensor(correct, dtype=torch.float32).view(len(problems), -1)
         stats = {
@@ -157,19 +156,36 @@ class ExpertIteration(SFT):
             self.kept.setdefault(dedupe_key(sample, self.dedupe), sample)
         return len(self.kept) - before
 
-    def round_examples(self, round_index: int) -> list[tuple[list[int], list[int]]]:
-        """This rank's share of D_i plus reference solutions, as (prompt ids, target ids) pairs."""
+    def round_examples(self, round_index: int) -> list[tuple[Example, bool]]:
+        """This rank's share of D_i plus reference solutions: (prompt ids, target ids) and whether correct."""
         by_id = self.problems_by_id()
-        examples = [(by_id[s.problem_id], s.text) for s in self.kept.values()]
+        samples = list(self.kept.values())
         if self.reference_solutions:
             chosen = random.Random(f"{self.seed}-references").sample(
                 sorted(by_id), min(self.reference_solutions, len(by_id))
             )
-            examples += [(by_id[i], self.task.target(by_id[i])) for i in chosen]
-        random.Random(f"{self.seed}-{round_index}-shard").shuffle(examples)
+            samples += [KeptSample(i, self.task.target(by_id[i])) for i in chosen]
+        random.Random(f"{self.seed}-{round_index}-shard").shuffle(samples)
         rank, world_size = rank_and_world_size()
-        share = len(examples) // world_size  # equal shares, so every rank runs the same number of steps
-        return [self.encode_example(problem, text) for problem, text in examples[rank * share : (rank + 1) * share]]
+        share = len(samples) // world_size  # equal shares, so every rank runs the same number of steps
+        return [
+            (self.encode_sample(by_id[s.problem_id], s), s.correct) for s in samples[rank * share : (rank + 1) * share]
+        ]
+
+    def encode_sample(self, problem: Problem, sample: KeptSample) -> Example:
+        """The fine-tuning example of a kept sample: its prompt, then its text and EOS as the target."""
+        return self.encode_example(problem, sample.text)
+
+    def round_batches(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
+        """``epochs_per_round`` shuffled passes over the round's examples, in batches."""
+        pairs = [example for example, _ in examples]
+        return [
+            batch
+            for epoch in range(self.epochs_per_round)
+            for batch in batch_examples(
+                pairs, self.batch_size, self.max_length, self.tokenizer.pad_token_id, (self.seed, round_index, epoch)
+            )
+        ]
 
     def problems_by_id(self) -> dict[int, Problem]:
         if self._problems_by_id is None:
@@ -193,10 +209,13 @@ class ExpertIteration(SFT):
 
     # --------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["kept_samples"] = [[s.problem_id, s.text] for s in self.kept.values()]
+        checkpoint["kept_samples"] = [[s.problem_id, s.text, s.correct] for s in self.kept.values()]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.kept.clear()
         self.add_to_kept(
-            [KeptSample(int(problem_id), str(text)) for problem_id, text in checkpoint.get("kept_samples", [])]
+            [
+                KeptSample(int(problem_id), str(text), bool(correct))
+                for problem_id, text, correct in checkpoint.get("kept_samples", [])
+            ]
         )

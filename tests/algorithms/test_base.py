@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from lit_reason.algorithms.base import LRSchedule, make_token_batch, next_token_nll, position_ids_from_mask
+from lit_reason.algorithms.base import LRSchedule, make_token_batch, next_token_nll
+from lit_reason.sampling import position_ids_from_mask
 
 
 def test_next_token_nll_by_hand():

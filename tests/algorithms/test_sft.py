@@ -4,11 +4,7 @@ from lit_reason import SFT, PolicySpec, RolloutDataModule
 from lit_reason.policy import load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, eval_mode, sample
 from tests.conftest import sft_fixture_task
-
-
-class FakeTrainer:
-    def __init__(self, datamodule):
-        self.datamodule = datamodule
+from tests.helpers.fakes import FakeTrainer
 
 
 def test_make_train_data_trains_on_targets_and_eos_only(small_task):

@@ -1,0 +1,364 @@
+"""Outcome-based Reward Model (ORM): a token-level verifier, after Cobbe et al. 2021 as used by Havrilla et
+al. 2024 (arXiv 2403.04642).
+
+The ORM is a language-model trunk (initialised from a policy) with a scalar head read at every response
+token; ``sigmoid`` of it estimates the probability that the sample's final answer is correct given the text
+so far. It is trained with binary cross-entropy against the sample's final correctness on all response
+tokens, optionally plus the language-modelling loss on the same responses (Cobbe et al.'s joint objective).
+Training data are K samples per question from a frozen policy (by default the shared warm start), drawn
+through the RolloutDataModule every round (or once), or read from a JSONL rollout file.
+
+Validation samples K responses per held-out question with the shared evaluation settings and reports, on
+samples with a parseable answer, the final-token loss, accuracy, AUROC, calibration error and the
+within-question AUROC (pairs of samples of one question), plus rerank@K next to maj@K and pass@K.
+
+Deviation: by default the head also reads the trunk's own log-probability of each response token and its
+running mean and minimum (``likelihood_features``). A trunk initialised from the policy holds this signal
+(the generator's confidence separates right from wrong samples of one question), but a tiny trunk does not
+learn to extract it from its hidden states in a few minutes of training; given to the head, the ORM starts
+from it and learns the rest with the usual objective. ``likelihood_features: false`` is the plain ORM.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
+
+from lit_reason.algorithms.base import ReasoningModule, full_state_dict, next_token_nll
+from lit_reason.data import TrainData
+from lit_reason.distributed import gather_objects, rank_and_world_size
+from lit_reason.metrics import WithinQuestionAUROC
+from lit_reason.policy import PolicySpec, load_model
+from lit_reason.sampling import SampleBatch, SamplingConfig, encode_prompt
+from lit_reason.tasks import Problem
+from lit_reason.tasks.answers import extract_answer
+from lit_reason.value_model import ValueModel
+
+
+@dataclass
+class LabelledBatch:
+    """Sampled responses with their final correctness, in the sampler's layout (B rows, L columns).
+
+    Attributes:
+        input_ids: (B, L) long. Left-padded prompt, then the response, then padding.
+        attention_mask: (B, L) long.
+        response_mask: (B, L) bool. The response's tokens (EOS included): where the ORM is trained.
+        labels: (B,) float. 1.0 if the response's final answer is correct.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def orm_loss(values: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of every response token's value against its sample's label, averaged over all
+    response tokens of the batch.
+
+    Args:
+        values: (B, L) logits.
+        labels: (B,) float in {0, 1}.
+        response_mask: (B, L) bool.
+
+    Returns:
+        scalar.
+    """
+    targets = labels[:, None].expand_as(values).float()
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(values.float(), targets, reduction="none")
+    return (losses * response_mask).sum() / response_mask.sum().clamp(min=1)
+
+
+class OutcomeRewardModel(ReasoningModule):
+    """Train an outcome reward model on samples from a frozen policy.
+
+    Args:
+        trunk: where the ORM's language-model trunk starts (default: the policy's weights).
+        rollout: sampling of training responses: ``num_samples`` is K per question, plus temperature,
+            top-k, top-p and the token limit.
+        resample_every_round: sample afresh for every round's questions; if false, keep training on the
+            first round's samples.
+        rollout_file: train on responses from this JSONL file (one ``{"question_id": int, "response": str}``
+            a line, ids of the task's training split; correctness is graded here) instead of sampling.
+        lm_loss_coef: weight of the language-modelling loss on the training responses, added to the
+            cross-entropy (0: off; Cobbe et al. found the joint objective better).
+        likelihood_features: the head also reads the trunk's log-probability of each response token and
+            their running mean and minimum (see ``ValueModel``).
+        train_trunk: fine-tune the trunk with the head; if false only the head learns (a probe on the
+            policy's own representations and likelihoods: fast, and on a tiny CPU budget the better ORM).
+        batch_size: responses per optimizer step on each rank.
+        seed: shuffles the training responses.
+        **kwargs: the shared options (``policy``: the frozen policy whose samples are judged; optimizer,
+            lr_schedule, evaluation, text_samples). ``orm`` does not apply.
+    """
+
+    trains_reward_model = True
+
+    def __init__(
+        self,
+        trunk: PolicySpec | None = None,
+        rollout: SamplingConfig = SamplingConfig(num_samples=8, temperature=0.7, max_new_tokens=128),
+        resample_every_round: bool = True,
+        rollout_file: str | None = None,
+        lm_loss_coef: float = 0.0,
+        likelihood_features: bool = True,
+        train_trunk: bool = True,
+        batch_size: int = 32,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("orm") is not None:
+            raise ValueError("OutcomeRewardModel trains an ORM; it does not take another one (orm must be null)")
+        if lm_loss_coef > 0 and not train_trunk:
+            raise ValueError("lm_loss_coef > 0 trains the trunk's language model: it needs train_trunk: true")
+        super().__init__(**kwargs)
+        self.trunk_spec = trunk
+        self.rollout = rollout
+        self.resample_every_round = resample_every_round
+        self.rollout_file = rollout_file
+        self.lm_loss_coef = lm_loss_coef
+        self.likelihood_features = likelihood_features
+        self.train_trunk = train_trunk
+        self.batch_size = batch_size
+        self.seed = seed
+        self.network: ValueModel | None = None  # built in configure_model
+        self._first_round: list[LabelledBatch] | None = None
+        self.orm_metrics = torch.nn.ModuleDict(
+            {
+                "orm_loss": MeanMetric(),
+                "orm_accuracy": BinaryAccuracy(),
+                "orm_auroc": BinaryAUROC(),
+                "orm_calibration_error": BinaryCalibrationError(n_bins=10),
+                "orm_within_question_auroc": WithinQuestionAUROC(),
+            }
+        )
+        self._calibration: list[tuple[float, bool]] = []
+
+    # ------------------------------------------------------------------------------------------- models
+    def build_extra_models(self) -> None:
+        self.policy.requires_grad_(False).eval()  # the policy only samples
+        trunk = load_model(self.trunk_spec or self.policy_spec, self.tokenizer)
+        output, embeddings = trunk.get_output_embeddings(), trunk.get_input_embeddings()
+        if self.lm_loss_coef == 0 and not self.likelihood_features and output.weight is not embeddings.weight:
+            output.requires_grad_(False)  # unused without the LM loss (DDP needs every trained weight used)
+        self.network = ValueModel(trunk.train(), likelihood_features=self.likelihood_features)
+        if not self.train_trunk:
+            trunk.requires_grad_(False)
+
+    def networks_to_shard(self) -> list[torch.nn.Module]:
+        return [self.policy, self.network]
+
+    def reward_network(self) -> ValueModel:
+        return self.network
+
+    def trainable_parameters(self):
+        return (p for p in self.network.parameters() if p.requires_grad)
+
+    # --------------------------------------------------------------------------------------------- data
+    def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
+        if self.rollout_file is not None:
+            if self._first_round is None:
+                self._first_round = self._batches_from_file(round_index)
+            return TrainData(self._shuffled(self._first_round, round_index), stats={"from_file": 1.0})
+        if not self.resample_every_round and self._first_round is not None:
+            return TrainData(self._shuffled(self._first_round, round_index))
+        sampled = self.generate(
+            problems, self.rollout, ("orm-rollout", round_index), f"round {round_index} ORM rollout"
+        )
+        labels = torch.tensor(
+            [problems[int(p)].is_correct(t) for p, t in zip(sampled.prompt_index, sampled.texts, strict=True)]
+        )
+        self._save_rollout(problems, sampled, labels, round_index)
+        batches = self._labelled_batches(sampled, labels.float())
+        if not self.resample_every_round:
+            self._first_round = batches
+        stats = {"correct_fraction": labels.float().mean().item(), "responses": float(len(labels))}
+        return TrainData(self._shuffled(batches, round_index), samples_drawn=len(sampled), stats=stats)
+
+    def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
+        order = list(range(len(labels)))
+        random.Random(f"{self.seed}-order").shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            rows = torch.tensor(order[start : start + self.batch_size])
+            columns = sampled.attention_mask[rows].any(0)  # drop columns that are padding in every row
+            batches.append(
+                LabelledBatch(
+                    sampled.input_ids[rows][:, columns],
+                    sampled.attention_mask[rows][:, columns],
+                    sampled.response_mask[rows][:, columns],
+                    labels[rows],
+                )
+            )
+        return batches
+
+    def _shuffled(self, batches: list[LabelledBatch], round_index: int) -> list[LabelledBatch]:
+        batches = list(batches)
+        random.Random(f"{self.seed}-{round_index}").shuffle(batches)
+        return batches
+
+    def _save_rollout(
+        self, problems: list[Problem], sampled: SampleBatch, labels: torch.Tensor, round_index: int
+    ) -> None:
+        """Write this rank's samples where ``rollout_file`` can read them again (beside the run's logs)."""
+        log_dir = self.trainer.log_dir if self._trainer is not None else None
+        if log_dir is None:
+            return
+        rank, _ = rank_and_world_size()
+        path = Path(log_dir) / "rollouts" / f"round{round_index}-rank{rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as file:
+            for p, text, label in zip(sampled.prompt_index.tolist(), sampled.texts, labels.tolist(), strict=True):
+                file.write(json.dumps({"question_id": problems[p].id, "response": text, "correct": bool(label)}) + "\n")
+
+    def _batches_from_file(self, round_index: int) -> list[LabelledBatch]:
+        problems = {p.id: p for p in self.task.problems("train")}
+        rows = _read_rollout_file(Path(self.rollout_file), problems)
+        rank, world_size = rank_and_world_size()
+        rows = rows[rank::world_size]
+        rows = rows[: len(rows) - len(rows) % max(1, self.batch_size)] or rows  # equal steps on every rank
+        sampled = self._encode_responses([problems[i] for i, _ in rows], [text for _, text in rows])
+        labels = torch.tensor([problems[i].is_correct(text) for i, text in rows], dtype=torch.float32)
+        return self._labelled_batches(sampled, labels)
+
+    def _encode_responses(self, problems: list[Problem], texts: list[str]) -> SampleBatch:
+        """Responses given as text, laid out like the sampler's output (an empty response is just EOS)."""
+        prompts = [encode_prompt(self.tokenizer, self.prompt(p)) for p in problems]
+        responses = [
+            self.tokenizer(t, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id] for t in texts
+        ]
+        width = max(map(len, prompts))
+        length = width + max(map(len, responses))
+        input_ids = torch.full((len(texts), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
+        response_mask = torch.zeros((len(texts), length), dtype=torch.bool)
+        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            input_ids[row, width - len(prompt) : width + len(response)] = torch.tensor(prompt + response)
+            attention_mask[row, width - len(prompt) : width + len(response)] = 1
+            response_mask[row, width : width + len(response)] = True
+        return SampleBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            logprobs=torch.zeros(input_ids.shape),
+            truncated=torch.zeros(len(texts), dtype=torch.bool),
+            prompt_index=torch.arange(len(texts)),
+            texts=list(texts),
+            prompt_length=width,
+        )
+
+    # ----------------------------------------------------------------------------------------- training
+    def training_step(self, batch: LabelledBatch, batch_idx: int) -> torch.Tensor:
+        lr = self.set_learning_rate(self.global_step, self._window())
+        values, logits = self.network(
+            batch.input_ids, batch.attention_mask, batch.response_mask, lm_logits=self.lm_loss_coef > 0
+        )
+        loss = orm_loss(values, batch.labels, batch.response_mask)
+        self.log("train/orm_loss", loss, prog_bar=True, batch_size=len(batch))
+        if self.lm_loss_coef > 0:
+            nll, count = next_token_nll(logits, batch.input_ids, batch.response_mask)
+            lm_loss = nll / count.clamp(min=1)
+            self.log("train/lm_loss", lm_loss, batch_size=len(batch))
+            loss = loss + self.lm_loss_coef * lm_loss
+        self.log("train/lr", lr, batch_size=len(batch))
+        return loss
+
+    def _window(self) -> int:
+        trainer = self.trainer
+        if trainer.max_steps > 0:
+            return trainer.max_steps
+        return trainer.max_epochs * -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
+
+    # --------------------------------------------------------------------------------------- evaluation
+    def update_reward_metrics(
+        self,
+        problems: list[Problem],
+        sampled: SampleBatch,
+        correct: torch.Tensor,
+        scores: torch.Tensor,
+        ids: torch.Tensor,
+    ) -> None:
+        answered = torch.tensor([extract_answer(t) is not None for t in sampled.texts]).view_as(correct)
+        flat_scores, flat_correct = scores[answered].to(self.device), correct[answered].to(self.device)
+        if len(flat_scores):
+            logits = torch.logit(flat_scores.clamp(1e-6, 1 - 1e-6))
+            self.orm_metrics["orm_loss"].update(
+                torch.nn.functional.binary_cross_entropy_with_logits(logits, flat_correct.float(), reduction="none")
+            )
+            self.orm_metrics["orm_accuracy"].update(flat_scores, flat_correct.long())
+            self.orm_metrics["orm_auroc"].update(flat_scores, flat_correct.long())
+            self.orm_metrics["orm_calibration_error"].update(flat_scores, flat_correct.long())
+        self.orm_metrics["orm_within_question_auroc"].update(scores, correct, answered, ids)
+        self._calibration.extend(zip(flat_scores.tolist(), flat_correct.tolist(), strict=True))
+
+    def log_evaluation(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> None:
+        values = {f"{stage}/{name}": metric.compute() for name, metric in self.orm_metrics.items()}
+        for metric in self.orm_metrics.values():
+            metric.reset()
+        calibration = gather_objects(self._calibration)
+        self._calibration.clear()
+        experiment = self._tensorboard()
+        if experiment is not None and calibration:
+            scores = torch.tensor([s for s, _ in calibration])
+            labels = torch.tensor([c for _, c in calibration])
+            for name, members in (("correct", scores[labels]), ("wrong", scores[~labels])):
+                if len(members):  # a weak policy may have no correct (or no wrong) sample at all
+                    experiment.add_histogram(f"{stage}/orm_score_{name}", members, self.global_step)
+            experiment.add_text(f"{stage}/orm_reliability", reliability_table(scores, labels), self.global_step)
+        super().log_evaluation(stage, {**values, **(extra or {})})
+
+    # ------------------------------------------------------------------------------------------- export
+    def export_policy(self, path: str | Path) -> None:
+        """Export the ORM (trunk, head and tokenizer): what algorithms' ``orm`` option loads."""
+        state = full_state_dict(self.network)
+        if rank_and_world_size()[0] == 0:
+            self.network.save(path, self.tokenizer, state)
+
+
+def reliability_table(scores: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> str:
+    """A Markdown reliability diagram: per score bin, the mean predicted probability, the observed fraction
+    correct and the number of samples."""
+    rows = ["| scores | mean score | fraction correct | samples |", "|---|---|---|---|"]
+    edges = torch.linspace(0, 1, bins + 1)
+    index = torch.clamp(torch.bucketize(scores, edges[1:-1]), 0, bins - 1)
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            rows.append(
+                f"| {edges[b]:.1f}-{edges[b + 1]:.1f} | {scores[members].mean():.3f} | "
+                f"{labels[members].float().mean():.3f} | {int(members.sum())} |"
+            )
+    return "\n".join(rows)
+
+
+def _read_rollout_file(path: Path, problems: dict[int, Problem]) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"rollout_file {path} does not exist")
+    rows = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                question_id, response = int(row["question_id"]), row["response"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise ValueError(f'{path}:{number}: expected {{"question_id": int, "response": str}}') from None
+            if not isinstance(response, str):
+                raise ValueError(f"{path}:{number}: response must be a string")
+            if question_id not in problems:
+                raise ValueError(f"{path}:{number}: question_id {question_id} is not in the task's training split")
+            rows.append((question_id, response))
+    if not rows:
+        raise ValueError(f"{path} holds no responses")
+    return rows

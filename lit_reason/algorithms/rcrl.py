@@ -1,0 +1,183 @@
+"""Return-Conditioned RL (RCRL), as compared in Havrilla et al. 2024 (arXiv 2403.04642), after decision-
+transformer-style return conditioning for language models.
+
+Rounds run as in Expert Iteration (K samples per question, data kept across rounds, ``restart_from``), but
+both correct and incorrect samples are kept, each behind a token for its return — ``[GOOD]`` or ``[BAD]``
+— placed between the prompt and the response. Fine-tuning on ``prompt + return token + response`` teaches
+what each return looks like; sampling and evaluation condition on the good token (the sampler's response
+prefix), so maj@1 / maj@K / pass@K mean the same as for every other algorithm. Until the policy has trained
+on return tokens it samples unconditioned: the first round keeps the starting policy's own samples (a warm
+start has never seen a return token, whose fresh embedding would derail it), and validation before training
+measures the starting policy as it is. The share of positive samples in each training batch is set by
+``positive_ratio`` (the paper found a balanced ratio worse than a skewed one), or left natural.
+
+The return tokens are added to the tokenizer and the embeddings before anything is sharded (new rows start
+at the mean of the existing ones); exported policies carry them, and record the good token as
+``response_prefix`` in their generation config (and in ``lit_reason.json``), which lit-reason's evaluation
+of an exported policy applies. Return tokens are never generated (the sampler suppresses them; exported
+policies list them in ``suppress_tokens``, which ``model.generate`` honours too).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+from lit_reason.algorithms.base import TokenBatch, make_token_batch
+from lit_reason.algorithms.expert_iteration import Example, ExpertIteration, KeptSample
+from lit_reason.data import TrainData
+from lit_reason.distributed import rank_and_world_size
+from lit_reason.policy import POLICY_NOTES
+from lit_reason.sampling import SampleBatch, encode_prompt
+from lit_reason.tasks import Problem
+
+
+class ReturnConditionedRL(ExpertIteration):
+    """Return-conditioned fine-tuning on correct and incorrect samples, conditioned on the good return.
+
+    Args:
+        good_token: the return token of correct samples, and what sampling conditions on.
+        bad_token: the return token of incorrect samples.
+        positive_ratio: share of correct samples in every training batch, by subsampling the larger side
+            (``None``: the natural ratio of the kept data).
+        train_return_token: also train the policy to predict the return token itself.
+        condition_on: which return evaluation (and rollouts) condition on: ``good`` (the algorithm) or
+            ``bad`` (to measure what conditioning does).
+        **kwargs: Expert Iteration's options (rollout, epochs_per_round, restart_from, base_policy, dedupe,
+            reference_solutions) and the shared ones. Reference solutions count as correct samples.
+    """
+
+    def __init__(
+        self,
+        good_token: str = "[GOOD]",
+        bad_token: str = "[BAD]",
+        positive_ratio: float | None = None,
+        train_return_token: bool = False,
+        condition_on: Literal["good", "bad"] = "good",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if positive_ratio is not None and not 0 < positive_ratio < 1:
+            raise ValueError(f"positive_ratio must be in (0, 1) or null, got {positive_ratio}")
+        self.good_token, self.bad_token = good_token, bad_token
+        self.positive_ratio = positive_ratio
+        self.train_return_token = train_return_token
+        self.condition_on = condition_on
+        # Added before the model exists: configure_model grows the embeddings to the tokenizer's size.
+        self.tokenizer.add_tokens(
+            [t for t in (good_token, bad_token) if t not in self.tokenizer.get_vocab()], special_tokens=True
+        )
+        # Whether the policy has been trained on return tokens: until then its new token rows are untrained,
+        # and conditioning on them would only derail it.
+        self.conditioned = False
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        # An exported return-conditioned policy records its good token: it is conditioned already.
+        self.conditioned = self.conditioned or super().response_prefix == self.good_token
+
+    @property
+    def response_prefix(self) -> str:
+        """The return token sampling conditions on, once the policy has learned return tokens. Before that
+        (round 0's rollout, the validation before training) the policy samples as it was trained: the
+        warm start's own samples seed the first round, and the curves start at the warm start."""
+        if not self.conditioned:
+            return ""
+        return self.good_token if self.condition_on == "good" else self.bad_token
+
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        """Return tokens condition a response; they are never generated, conditioned or not."""
+        return self.tokenizer.convert_tokens_to_ids([self.good_token, self.bad_token])
+
+    # ------------------------------------------------------------------------------------------- rounds
+    def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
+        data = super().make_train_data(problems, round_index)
+        self.conditioned = True  # this round trains on return tokens: from now on, sample behind one
+        return data
+
+    def select_samples(self, problems: list[Problem], batch: SampleBatch, correct: list[bool]) -> list[KeptSample]:
+        """Every sample not cut off at the token limit, correct or not."""
+        return [
+            KeptSample(problems[int(p)].id, text, ok)
+            for p, text, ok, truncated in zip(
+                batch.prompt_index, batch.texts, correct, batch.truncated.tolist(), strict=True
+            )
+            if not truncated
+        ]
+
+    def encode_sample(self, problem: Problem, sample: KeptSample) -> Example:
+        """``prompt + return token`` then ``response + EOS``; the return token joins the target when it is
+        trained on."""
+        prompt_ids = encode_prompt(self.tokenizer, self.prompt(problem))
+        token = self.tokenizer(
+            self.good_token if sample.correct else self.bad_token, add_special_tokens=False
+        ).input_ids
+        target_ids = self.tokenizer(sample.text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+        if self.train_return_token:
+            return prompt_ids, token + target_ids
+        return prompt_ids + token, target_ids
+
+    def round_batches(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
+        if self.positive_ratio is None:
+            return super().round_batches(examples, round_index)
+        positives = [e for e, correct in examples if correct and _fits(e, self.max_length)]
+        negatives = [e for e, correct in examples if not correct and _fits(e, self.max_length)]
+        batches = []
+        for epoch in range(self.epochs_per_round):
+            batches += ratio_batches(
+                positives,
+                negatives,
+                self.positive_ratio,
+                self.batch_size,
+                self.tokenizer.pad_token_id,
+                (self.seed, round_index, epoch),
+            )
+        return batches
+
+    # --------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["return_conditioned"] = self.conditioned
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.conditioned = bool(checkpoint.get("return_conditioned", False))
+
+    # --------------------------------------------------------------------------------------------- export
+    def export_policy(self, path: str | Path) -> None:
+        """Export as usual, recording the conditioning (once learned): generation config and
+        ``lit_reason.json``."""
+        if self.conditioned:
+            self.policy.generation_config.response_prefix = self.good_token
+        self.policy.generation_config.suppress_tokens = self.suppressed_token_ids
+        super().export_policy(path)
+        if self.conditioned and rank_and_world_size()[0] == 0:
+            note = {"response_prefix": self.good_token, "bad_token": self.bad_token, "algorithm": "ReturnConditionedRL"}
+            (Path(path) / POLICY_NOTES).write_text(json.dumps(note, indent=2))
+
+
+def ratio_batches(
+    positives: list[Example], negatives: list[Example], positive_ratio: float, batch_size: int, pad_token_id: int, seed
+) -> list[TokenBatch]:
+    """Batches with ``round(positive_ratio * batch_size)`` positives each (at least one of each kind), the
+    rest negatives, drawn without replacement until either kind runs out; the surplus is left out."""
+    rng = random.Random(repr(seed))
+    positives, negatives = rng.sample(positives, len(positives)), rng.sample(negatives, len(negatives))
+    per_batch = min(batch_size - 1, max(1, round(positive_ratio * batch_size)))
+    count = min(len(positives) // per_batch, len(negatives) // (batch_size - per_batch))
+    batches = []
+    for i in range(count):
+        members = (
+            positives[i * per_batch : (i + 1) * per_batch]
+            + negatives[i * (batch_size - per_batch) : (i + 1) * (batch_size - per_batch)]
+        )
+        rng.shuffle(members)
+        batches.append(make_token_batch(members, pad_token_id))
+    return batches
+
+
+def _fits(example: Example, max_length: int) -> bool:
+    return len(example[0]) + len(example[1]) <= max_length

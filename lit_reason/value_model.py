@@ -1,0 +1,137 @@
+"""A language-model trunk with a scalar head read at every token.
+
+The outcome reward model reads ``sigmoid(value)`` at a token as the probability that the solution's final
+answer will be correct given the text so far (Cobbe et al. 2021's token-level verifier); PPO's critic reads
+the raw value. Saved as a Hugging Face model directory (trunk and tokenizer) plus the head's weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_reason.sampling import position_ids_from_mask
+
+HEAD_FILE = "value_head.safetensors"
+CONFIG_FILE = "value_model.json"
+
+
+LIKELIHOOD_FEATURES = 3
+
+
+class ValueModel(torch.nn.Module):
+    """A causal LM trunk (any ``AutoModelForCausalLM``) with a linear scalar head on its last hidden state.
+
+    With ``likelihood_features`` the head also reads, at every response token, the trunk's own log-probability
+    of that token and the running mean and minimum of those log-probabilities over the response so far: the
+    generator's confidence in what it wrote, which an ORM initialised from the policy can use at once instead
+    of having to learn to extract it.
+
+    Args:
+        trunk: the language model whose hidden states the head reads.
+        head_std: initial weight scale of the head (0: zeros, so every value starts at 0).
+        likelihood_features: feed the head the response's token log-probabilities as above.
+    """
+
+    def __init__(self, trunk: torch.nn.Module, head_std: float = 0.0, likelihood_features: bool = False) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.likelihood_features = likelihood_features
+        extra = LIKELIHOOD_FEATURES if likelihood_features else 0
+        self.head = torch.nn.Linear(trunk.config.get_text_config().hidden_size + extra, 1)
+        torch.nn.init.normal_(self.head.weight, std=head_std)
+        torch.nn.init.zeros_(self.head.bias)
+
+    @property
+    def max_length(self) -> int:
+        return int(getattr(self.trunk.config.get_text_config(), "max_position_embeddings", 1 << 30))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor | None = None,
+        lm_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Values of every position, and optionally the trunk's next-token logits.
+
+        Args:
+            input_ids: (B, L) long, left padding allowed.
+            attention_mask: (B, L) long.
+            response_mask: (B, L) bool, the response tokens whose log-probabilities the likelihood features
+                summarise (default: every attended token).
+            lm_logits: also return the language-model logits.
+
+        Returns:
+            values (B, L) float32 and logits (B, L, V) or None.
+        """
+        if input_ids.shape[1] > self.max_length:
+            raise ValueError(
+                f"{input_ids.shape[1]} tokens exceed the value model's context of {self.max_length}; "
+                "shorten prompts or max_new_tokens"
+            )
+        hidden = self.trunk.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        ).last_hidden_state
+        logits = self.trunk.get_output_embeddings()(hidden) if lm_logits or self.likelihood_features else None
+        if self.likelihood_features:
+            mask = attention_mask.bool() if response_mask is None else response_mask
+            hidden = torch.cat([hidden, likelihood_features(logits, input_ids, mask).to(hidden.dtype)], dim=-1)
+        values = self.head(hidden).squeeze(-1).float()
+        return values, (logits if lm_logits else None)
+
+    def save(self, path: str | Path, tokenizer, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the trunk and tokenizer (loadable with ``from_pretrained``) and the head to ``path``.
+
+        ``state``: a full state dict to write instead of this module's own (gathered from shards)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = state if state is not None else self.state_dict()
+        trunk_state = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
+        self.trunk.save_pretrained(path, state_dict=trunk_state)
+        tokenizer.save_pretrained(path)
+        save_file(
+            {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")},
+            path / HEAD_FILE,
+        )
+        config = {"kind": "value_model", "head": HEAD_FILE, "likelihood_features": self.likelihood_features}
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[ValueModel, object]:
+        """A saved value model and its tokenizer."""
+        path = Path(path)
+        if not (path / HEAD_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a saved reward/value model (no {HEAD_FILE}); export one with "
+                "`lit-reason fit --config configs/orm.yaml` and pass its policy/ directory"
+            )
+        config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
+        model = cls(
+            AutoModelForCausalLM.from_pretrained(path), likelihood_features=config.get("likelihood_features", False)
+        )
+        model.head.load_state_dict(load_file(path / HEAD_FILE))
+        return model, AutoTokenizer.from_pretrained(path)
+
+
+def likelihood_features(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per position: the log-prob of its token under the previous position's logits, and the running mean
+    and minimum of those over the masked tokens so far; zeros before the first masked token.
+
+    Args:
+        logits: (B, L, V).
+        input_ids: (B, L) long.
+        mask: (B, L) bool, the tokens to summarise.
+
+    Returns:
+        (B, L, 3) float32.
+    """
+    logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+    logprobs = torch.nn.functional.pad(logprobs, (1, 0)) * mask
+    running_mean = logprobs.cumsum(-1) / mask.cumsum(-1).clamp(min=1)
+    running_min = torch.cummin(logprobs, dim=-1).values  # unmasked entries are 0, the largest log-prob
+    return torch.stack([logprobs, running_mean, running_min], dim=-1)

@@ -1,0 +1,158 @@
+"""The outcome reward model: its loss by hand, training from a rollout file, export, rerank@K elsewhere."""
+
+import json
+from functools import partial
+
+import pytest
+import torch
+from lightning import Trainer
+
+from lit_reason import SFT, OutcomeRewardModel, PolicySpec, RolloutDataModule, SamplingConfig
+from lit_reason.algorithms.orm import orm_loss, reliability_table
+from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
+from lit_reason.sampling import encode_prompt
+from lit_reason.value_model import ValueModel
+from tests.conftest import sft_fixture_task
+
+
+def test_orm_loss_by_hand():
+    values = torch.tensor([[0.0, 0.0, 2.0], [0.0, -1.0, 0.0]])
+    mask = torch.tensor([[False, True, True], [False, True, False]])
+    labels = torch.tensor([1.0, 0.0])
+    # Three response tokens: -log(sigmoid(0)), -log(sigmoid(2)), -log(1 - sigmoid(-1)).
+    expected = (
+        torch.log(torch.tensor(2.0))
+        + torch.log1p(torch.exp(torch.tensor(-2.0)))
+        + torch.log1p(torch.exp(torch.tensor(-1.0)))
+    ) / 3
+    assert orm_loss(values, labels, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_within_question_auroc_by_hand():
+    assert concordant_pairs([0.9, 0.2, 0.5], [True, False, False]) == (2.0, 2)
+    assert concordant_pairs([0.5, 0.5], [True, False]) == (0.5, 1)
+    metric = WithinQuestionAUROC()
+    scores = torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.8, 0.3], [0.5, 0.4, 0.3]])
+    correct = torch.tensor([[True, False, False], [True, False, True], [True, True, True]])  # last: no pairs
+    keep = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
+    metric.update(scores, correct, keep, torch.tensor([0, 1, 2]))
+    assert metric.compute().item() == pytest.approx((2 + 0) / (2 + 1))
+
+
+def test_reliability_table_bins():
+    table = reliability_table(torch.tensor([0.05, 0.07, 0.95]), torch.tensor([False, True, True]))
+    assert "| 0.0-0.1 | 0.060 | 0.500 | 2 |" in table and "| 0.9-1.0 | 0.950 | 1.000 | 1 |" in table
+
+
+def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
+    from lit_reason.policy import load_model
+
+    network = ValueModel(load_model(PolicySpec(name_or_path="micro"), char_tokenizer), head_std=0.1)
+    network.save(tmp_path, char_tokenizer)
+    loaded, tokenizer = ValueModel.load(tmp_path)
+    ids = torch.tensor([char_tokenizer("Q\n12").input_ids + [char_tokenizer.eos_token_id]])
+    mask = torch.ones_like(ids)
+    assert torch.allclose(network(ids, mask)[0], loaded(ids, mask)[0])
+    assert tokenizer.get_vocab() == char_tokenizer.get_vocab()
+    too_long = torch.ones(1, network.max_length + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="exceed the value model's context"):
+        network(too_long, torch.ones_like(too_long))
+    with pytest.raises(FileNotFoundError, match="not a saved reward/value model"):
+        ValueModel.load(tmp_path / "missing")
+
+
+def train_orm(tmp_path, rollout_file, sft_policy_dir, steps=60):
+    module = OutcomeRewardModel(
+        policy=PolicySpec(name_or_path=str(sft_policy_dir)),
+        rollout_file=str(rollout_file),
+        train_trunk=False,  # as configs/orm.yaml: a head on the policy's states and likelihoods
+        batch_size=16,
+        optimizer=partial(torch.optim.AdamW, lr=3e-2),
+        evaluation=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=64),
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        default_root_dir=tmp_path,
+    )
+    data = RolloutDataModule(task=sft_fixture_task(), validation_questions=64, eval_batch_size=64)
+    trainer.fit(module, data)
+    return module, trainer, data
+
+
+def final_score(module: OutcomeRewardModel, problem, response: str) -> float:
+    """The ORM's value at the last token (EOS) of ``response`` to ``problem``."""
+    prompt = encode_prompt(module.tokenizer, module.prompt(problem))
+    target = module.tokenizer(response, add_special_tokens=False).input_ids + [module.tokenizer.eos_token_id]
+    ids = torch.tensor([prompt + target])
+    response_mask = torch.tensor([[False] * len(prompt) + [True] * len(target)])
+    with torch.no_grad():
+        values, _ = module.network(ids, torch.ones_like(ids), response_mask)
+    return values[0, -1].item()
+
+
+def test_orm_learns_from_a_rollout_file_and_reranks(tmp_path, sft_policy_dir):
+    # Hand-made responses: the reference solution (correct) and the same with a wrong final step.
+    task = sft_fixture_task()
+    rows = []
+    for problem in task.problems("train")[:600]:
+        rows.append({"question_id": problem.id, "response": problem.solution})
+        wrong = problem.solution.rsplit("#### ", 1)[0] + f"#### {int(problem.answer) + 3}"
+        rows.append({"question_id": problem.id, "response": wrong})
+    rows.append({"question_id": task.problems("train")[0].id, "response": ""})  # empty: scored, no crash
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    module, trainer, data = train_orm(tmp_path, path, sft_policy_dir, steps=150)
+    # Held-out questions, the same kind of pair: the ORM ranks the correct solution above the wrong one.
+    held_out = task.problems("validation")[:60]
+    ranked_right = [
+        final_score(module, p, p.solution)
+        > final_score(module, p, p.solution.rsplit("#### ", 1)[0] + f"#### {int(p.answer) + 3}")
+        for p in held_out
+    ]
+    assert sum(ranked_right) / len(held_out) > 0.8
+    metrics = trainer.validate(module, data, verbose=False)[0]
+    assert {"val/orm_auroc", "val/orm_within_question_auroc", "val/rerank@8"} <= metrics.keys()
+    module.export_policy(tmp_path / "orm")
+
+    # Any algorithm takes the exported ORM: rerank@K in its validation, nothing of it trained or saved.
+    policy = SFT(
+        policy=PolicySpec(name_or_path=str(sft_policy_dir)),
+        orm=str(tmp_path / "orm"),
+        evaluation=SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=64),
+    )
+    other = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        use_distributed_sampler=False,
+    )
+    result = other.validate(policy, RolloutDataModule(task=task, validation_questions=16), verbose=False)[0]
+    assert "val/rerank@4" in result
+    assert all(key.startswith(("policy.", "eval_metrics.")) for key in policy.state_dict())  # no ORM weights
+    assert all(p.requires_grad is False for p in policy.reward_network().parameters())
+
+
+def test_rollout_file_errors_name_the_line(tmp_path, sft_policy_dir):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question_id": 999999999, "response": "#### 1"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: question_id 999999999 is not in the task's training split"):
+        train_orm(tmp_path, path, sft_policy_dir, steps=1)
+    path.write_text('{"question_id": 1}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected"):
+        train_orm(tmp_path, path, sft_policy_dir, steps=1)
+
+
+def test_orm_takes_no_other_orm():
+    with pytest.raises(ValueError, match="orm must be null"):
+        OutcomeRewardModel(orm="somewhere")

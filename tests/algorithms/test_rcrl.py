@@ -1,0 +1,115 @@
+"""Return-conditioned RL: return tokens (resize, save, reload), batch ratio control, conditioning."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_reason import SFT, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
+from lit_reason.algorithms.expert_iteration import KeptSample
+from lit_reason.algorithms.rcrl import ratio_batches
+from lit_reason.tasks import Arithmetic
+from tests.helpers.fakes import FakeTrainer
+
+
+def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
+    good, bad = (module.tokenizer.convert_tokens_to_ids(t) for t in ("[GOOD]", "[BAD]"))
+    assert module.tokenizer("[GOOD]12", add_special_tokens=False).input_ids == [good, 6, 7]  # one token, not split
+    module.configure_model()
+    embeddings = module.policy.get_input_embeddings().weight
+    assert embeddings.shape[0] == len(module.tokenizer) == 102
+    old_mean = embeddings[:100].mean(0)
+    assert torch.allclose(embeddings[good], old_mean, atol=0.2)  # new rows start near the old rows' mean
+    assert module.response_prefix == ""  # untrained return tokens: nothing to condition on yet
+    module.conditioned = True
+    module.export_policy(tmp_path)
+    assert json.loads((tmp_path / "lit_reason.json").read_text())["response_prefix"] == "[GOOD]"
+    tokenizer, model = AutoTokenizer.from_pretrained(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert tokenizer.convert_tokens_to_ids("[BAD]") == bad
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+    # Any algorithm evaluating the exported policy conditions on its good token.
+    other = SFT(policy=PolicySpec(name_or_path=str(tmp_path)))
+    other.configure_model()
+    assert other.response_prefix == "[GOOD]" and other.suppressed_token_ids == [good, bad]
+
+
+def test_ratio_batches_control_the_share_of_positives():
+    positives = [([1], [2, 3]) for _ in range(50)]
+    negatives = [([1], [4, 5]) for _ in range(12)]
+    batches = ratio_batches(positives, negatives, positive_ratio=0.75, batch_size=8, pad_token_id=0, seed=0)
+    assert len(batches) == 6  # 2 negatives a batch: the 12 negatives run out after 6 batches
+    for batch in batches:
+        first_target = batch.input_ids[:, 1]
+        assert (first_target == 2).sum() == 6 and (first_target == 4).sum() == 2
+    balanced = ratio_batches(positives, negatives, positive_ratio=0.5, batch_size=8, pad_token_id=0, seed=0)
+    assert all((b.input_ids[:, 1] == 2).sum() == 4 for b in balanced) and len(balanced) == 3
+
+
+def test_examples_carry_their_return_token(small_task):
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
+    problem = small_task.problems("train")[0]
+    good, bad = (module.tokenizer.convert_tokens_to_ids(t) for t in ("[GOOD]", "[BAD]"))
+    module._trainer = FakeTrainer(RolloutDataModule(task=small_task))
+    prompt, target = module.encode_sample(problem, KeptSample(problem.id, "#### 3", correct=False))
+    assert prompt[-1] == bad and target[-1] == module.tokenizer.eos_token_id and bad not in target
+    module.train_return_token = True
+    prompt, target = module.encode_sample(problem, KeptSample(problem.id, "#### 3", correct=True))
+    assert prompt[-1] != good and target[0] == good
+
+
+@pytest.mark.parametrize("condition_on", ["good", "bad"])
+def test_sampling_conditions_on_the_return_token(condition_on):
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"), condition_on=condition_on)
+    module.configure_model()
+    module.conditioned = True
+    task = Arithmetic(train_size=50, validation_size=4, test_size=4)
+    module._trainer = FakeTrainer(RolloutDataModule(task=task))
+    batch = module.generate(task.problems("validation"), SamplingConfig(num_samples=2, max_new_tokens=4), ("t",), "t")
+    token = module.tokenizer.convert_tokens_to_ids({"good": "[GOOD]", "bad": "[BAD]"}[condition_on])
+    assert (batch.input_ids[:, batch.prompt_length - 1] == token).all()  # right before every response
+    assert not batch.response_mask[:, : batch.prompt_length].any()
+    assert all("[GOOD]" not in t and "[BAD]" not in t for t in batch.texts)
+    assert sorted(module.suppressed_token_ids) == sorted(module.tokenizer.convert_tokens_to_ids(["[GOOD]", "[BAD]"]))
+
+
+def test_keeps_correct_and_incorrect_samples():
+    from tests.algorithms.test_expert_iteration import ROUND_0, hand_made_batch
+
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
+    task = Arithmetic(train_size=40, validation_size=4, test_size=4)
+    problems = task.problems("train")[:2]
+    texts = [
+        [t.format(answer=int(p.answer), wrong=int(p.answer) + 1) for t in row]
+        for p, row in zip(problems, ROUND_0, strict=True)
+    ]
+    batch = hand_made_batch(texts, truncated={(0, 3)})
+    correct = [p.is_correct(t) for p, row in zip(problems, texts, strict=True) for t in row]
+    kept = module.select_samples(problems, batch, correct)
+    assert len(kept) == 7  # all but the truncated one
+    assert sum(s.correct for s in kept) == 3 and sum(not s.correct for s in kept) == 4
+
+
+def test_positive_ratio_must_be_a_share():
+    with pytest.raises(ValueError, match="positive_ratio"):
+        ReturnConditionedRL(positive_ratio=1.5)
+
+
+def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp_path):
+    module = ReturnConditionedRL(
+        policy=PolicySpec(name_or_path="micro"), rollout=SamplingConfig(max_new_tokens=4), reference_solutions=4
+    )
+    module.configure_model()
+    task = Arithmetic(train_size=50, validation_size=4, test_size=4)
+    module._trainer = FakeTrainer(RolloutDataModule(task=task))
+    module.make_train_data(task.problems("train")[:4], round_index=0)
+    assert module.response_prefix == "[GOOD]"
+    module.add_to_kept([KeptSample(task.problems("train")[0].id, "#### 1", correct=False)])
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
+    resumed.configure_model()
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.response_prefix == "[GOOD]"
+    assert sorted(resumed.kept.values(), key=repr) == sorted(module.kept.values(), key=repr)

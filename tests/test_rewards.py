@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from lit_reason.rewards import (
+    batch_steps,
+    final_rewards,
+    heuristic_step_rewards,
+    matched_result_credits,
+    orm_step_rewards,
+    step_ends,
+)
+
+
+def test_step_ends_split_responses_into_lines(char_tokenizer):
+    text = "3+4=<<3+4=7>>7\n7*2=<<7*2=14>>14\n#### 14"
+    ids = char_tokenizer(text, add_special_tokens=False).input_ids + [char_tokenizer.eos_token_id]
+    steps = step_ends(char_tokenizer, ids)
+    assert [end for end, _ in steps] == [14, 31, len(ids) - 1]  # the two newlines and the EOS
+    assert "".join(line for _, line in steps) == text
+    assert step_ends(char_tokenizer, []) == []
+
+
+def test_final_rewards_sit_on_the_last_response_token():
+    response_mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    rewards = final_rewards(torch.tensor([1.0, 0.5, 9.0]), response_mask)
+    expected = torch.zeros(3, 6)
+    expected[0, 4] = 1.0
+    expected[1, 2] = 0.5  # a one-token response (just EOS) still gets its reward; an empty row gets none
+    assert torch.equal(rewards, expected)
+
+
+def test_orm_step_rewards_are_score_changes_between_step_ends():
+    scores = torch.tensor([[0.0, 0.4, 0.5, 0.7, 0.6, 0.9]])  # prompt ends at column 1
+    rewards = orm_step_rewards(scores, [[3, 5]], prompt_length=2)
+    assert rewards[0].tolist() == pytest.approx([0, 0, 0, 0.7 - 0.4, 0, 0.9 - 0.7])
+    assert rewards.sum().item() == pytest.approx(0.9 - 0.4)  # telescopes to last step end minus prompt end
+
+
+def test_matched_results_credit_each_reference_once():
+    references = [12.0, 10.0, 28.0]
+    lines = ["9+3=<<9+3=12>>12\n"] * 10 + ["12-2=<<12-2=10>>10\n", "10+5=<<10+5=15>>15\n", "#### 15"]
+    credits = matched_result_credits(lines, references)
+    assert credits[0] == pytest.approx(1 / 3)
+    assert credits[1:10] == [0.0] * 9  # the same right step, repeated: no more credit
+    assert credits[10] == pytest.approx(1 / 3) and credits[11] == 0.0 and credits[12] == 0.0
+    assert sum(credits) == pytest.approx(2 / 3)
+    assert matched_result_credits(["1+1=<<1+1=2>>2"], []) == [0.0]
+    # Two results in one line, both references: both count.
+    assert matched_result_credits(["<<1+2=3>>3 and <<3*2=6>>6"], [3.0, 6.0]) == [pytest.approx(1.0)]
+
+
+def test_heuristic_step_rewards_on_a_batch(char_tokenizer):
+    prompt = char_tokenizer("Q\n").input_ids  # [BOS, Q, \n]
+    responses = ["2+2=<<2+2=4>>4\n#### 4", "2+2=<<2+2=5>>5\n#### 5"]
+    rows = [
+        prompt + char_tokenizer(r, add_special_tokens=False).input_ids + [char_tokenizer.eos_token_id]
+        for r in responses
+    ]
+    width = max(map(len, rows))
+    input_ids = torch.zeros(2, width, dtype=torch.long)
+    response_mask = torch.zeros(2, width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        response_mask[i, len(prompt) : len(row)] = True
+    steps = batch_steps(char_tokenizer, input_ids, response_mask, prompt_length=len(prompt))
+    assert [text for _, text in steps[0]] == ["2+2=<<2+2=4>>4\n", "#### 4"]
+    rewards = heuristic_step_rewards(steps, [[4.0], [4.0]], (2, width))
+    first_newline = len(prompt) + responses[0].index("\n")
+    assert rewards[0, first_newline].item() == 1.0 and rewards[0].sum().item() == 1.0
+    assert rewards[1].sum().item() == 0.0  # 5 is not the reference's 4
+    assert not rewards[~response_mask].any()  # never on prompt or padding
