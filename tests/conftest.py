@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import Trainer, seed_everything
+from lightning import seed_everything
 
 from lit_reason import SFT, LRSchedule, PolicySpec, RolloutDataModule
 from lit_reason.policy import build_char_tokenizer, load_model
 from lit_reason.tasks import Arithmetic
+from tests.helpers.trainers import quiet_trainer
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -62,16 +63,8 @@ def sft_policy_dir(request) -> Path:
     path = Path(request.config.cache.mkdir("lit-reason-sft-policy")) / key
     if (path / "config.json").is_file():
         return path
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=SFT_STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        reload_dataloaders_every_n_epochs=1,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
         gradient_clip_val=1.0,
     )

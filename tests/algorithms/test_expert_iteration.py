@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 import torch
-from lightning import Callback, Trainer
+from lightning import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_reason import ExpertIteration, PolicySpec, RolloutDataModule, SamplingConfig
@@ -14,6 +14,7 @@ from lit_reason.algorithms.expert_iteration import KeptSample, dedupe_key
 from lit_reason.sampling import SampleBatch
 from lit_reason.tasks import Arithmetic
 from tests.conftest import sft_fixture_task
+from tests.helpers.trainers import quiet_trainer
 
 TASK = dict(train_size=40, validation_size=4, test_size=4)
 
@@ -97,17 +98,9 @@ def run_ei(tmp_path, restart_from="previous", dedupe="text", rounds=2, **kwargs)
     )
     module.generate = partial(scripted_rounds([ROUND_0, ROUND_1]), module)
     recorder = Recorder()
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=rounds,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        reload_dataloaders_every_n_epochs=1,
-        use_distributed_sampler=False,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
         callbacks=[recorder],
         default_root_dir=tmp_path,
     )
@@ -190,17 +183,11 @@ def test_resume_after_round_two_keeps_data_round_and_count(tmp_path, sft_policy_
             batch_size=8,
             evaluation=SamplingConfig(num_samples=2, temperature=0.7, max_new_tokens=64),
         )
-        trainer = Trainer(
-            accelerator="cpu",
+        trainer = quiet_trainer(
             max_epochs=max_epochs,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            reload_dataloaders_every_n_epochs=1,
-            use_distributed_sampler=False,
-            num_sanity_val_steps=0,
             callbacks=callbacks,
             default_root_dir=tmp_path,
+            enable_checkpointing=True,
         )
         data = RolloutDataModule(task=sft_fixture_task(), questions_per_round=12, validation_questions=4)
         return module, trainer, data

@@ -5,7 +5,6 @@ from functools import partial
 
 import pytest
 import torch
-from lightning import Trainer
 
 from lit_reason import SFT, OutcomeRewardModel, PolicySpec, RolloutDataModule, SamplingConfig
 from lit_reason.algorithms.orm import orm_loss, reliability_table
@@ -13,6 +12,7 @@ from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
 from lit_reason.sampling import encode_prompt
 from lit_reason.value_model import ValueModel
 from tests.conftest import sft_fixture_task
+from tests.helpers.trainers import quiet_trainer
 
 
 def test_orm_loss_by_hand():
@@ -70,16 +70,8 @@ def train_orm(tmp_path, rollout_file, sft_policy_dir, steps=60):
         optimizer=partial(torch.optim.AdamW, lr=3e-2),
         evaluation=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=64),
     )
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        reload_dataloaders_every_n_epochs=1,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
         inference_mode=False,
         default_root_dir=tmp_path,
     )
@@ -129,14 +121,7 @@ def test_orm_learns_from_a_rollout_file_and_reranks(tmp_path, sft_policy_dir):
         orm=str(tmp_path / "orm"),
         evaluation=SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=64),
     )
-    other = Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        inference_mode=False,
-        use_distributed_sampler=False,
-    )
+    other = quiet_trainer(inference_mode=False)
     result = other.validate(policy, RolloutDataModule(task=task, validation_questions=16), verbose=False)[0]
     assert "val/rerank@4" in result
     assert all(key.startswith(("policy.", "eval_metrics.")) for key in policy.state_dict())  # no ORM weights

@@ -24,6 +24,7 @@ from lit_reason.algorithms.ppo import (
 )
 from lit_reason.sampling import eval_mode, sample
 from lit_reason.tasks import Arithmetic
+from tests.helpers.trainers import quiet_trainer
 
 
 def test_gae_by_hand_with_padding():
@@ -142,17 +143,9 @@ def make_ppo(**kwargs) -> tuple[PPO, Trainer, RolloutDataModule]:
         optimizer=partial(torch.optim.AdamW, lr=3e-2),
         **kwargs,
     )
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=kwargs.pop("rounds", 12),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        reload_dataloaders_every_n_epochs=1,
-        use_distributed_sampler=False,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
     )
     data = RolloutDataModule(task=Arithmetic(train_size=200, validation_size=8, test_size=8), questions_per_round=16)
     return module, trainer, data
