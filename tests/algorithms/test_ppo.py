@@ -144,7 +144,7 @@ def make_ppo(**kwargs) -> tuple[PPO, Trainer, RolloutDataModule]:
         **kwargs,
     )
     trainer = quiet_trainer(
-        max_epochs=kwargs.pop("rounds", 12),
+        max_epochs=12,
         limit_val_batches=0,
     )
     data = RolloutDataModule(task=Arithmetic(train_size=200, validation_size=8, test_size=8), questions_per_round=16)
