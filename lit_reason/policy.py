@@ -101,9 +101,13 @@ def load_tokenizer(spec: PolicySpec) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
-    """The policy network, with embeddings grown to fit tokens added to ``tokenizer`` (new rows initialised
-    to the mean of the existing ones)."""
+def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spread: float = 0.0) -> torch.nn.Module:
+    """The policy network, with embeddings grown to fit tokens added to ``tokenizer``.
+
+    New input-embedding rows start at the mean of the existing ones (Hugging Face's mean resizing), plus, with
+    ``new_row_spread > 0``, Gaussian noise of that many times the existing rows' per-dimension standard
+    deviation, drawn from a generator seeded by ``spec.seed``: tokens the policy must tell apart (return
+    tokens) then start apart instead of as near-identical copies of the mean."""
     if spec.is_preset:
         config = LlamaConfig(
             vocab_size=len(tokenizer),
@@ -121,12 +125,25 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast) -> torch.nn
         model = AutoModelForCausalLM.from_pretrained(
             spec.resolved(), trust_remote_code=spec.trust_remote_code, **spec.load_kwargs
         )
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    old_rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        if new_row_spread > 0:
+            spread_rows(model.get_input_embeddings().weight, old_rows, new_row_spread, spec.seed)
     notes = Path(spec.resolved()) / POLICY_NOTES if not spec.is_preset else None
     if notes is not None and notes.is_file():  # e.g. the return token a return-conditioned policy expects
         model.generation_config.response_prefix = json.loads(notes.read_text()).get("response_prefix", "")
     return model
+
+
+@torch.no_grad()
+def spread_rows(weight: torch.Tensor, first_new_row: int, spread: float, seed: int) -> None:
+    """Add to rows ``first_new_row:`` of an embedding matrix (V, D) Gaussian noise with ``spread`` times the
+    per-dimension standard deviation of the rows before them."""
+    generator = torch.Generator().manual_seed(seed)
+    std = weight[:first_new_row].float().std(dim=0)
+    noise = torch.randn(weight.shape[0] - first_new_row, weight.shape[1], generator=generator) * std * spread
+    weight[first_new_row:] += noise.to(weight.dtype)
 
 
 def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> list[int]:

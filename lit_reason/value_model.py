@@ -20,16 +20,17 @@ HEAD_FILE = "value_head.safetensors"
 CONFIG_FILE = "value_model.json"
 
 
-LIKELIHOOD_FEATURES = 3
+LIKELIHOOD_FEATURES = 5
 
 
 class ValueModel(torch.nn.Module):
     """A causal LM trunk (any ``AutoModelForCausalLM``) with a linear scalar head on its last hidden state.
 
     With ``likelihood_features`` the head also reads, at every response token, the trunk's own log-probability
-    of that token and the running mean and minimum of those log-probabilities over the response so far: the
-    generator's confidence in what it wrote, which an ORM initialised from the policy can use at once instead
-    of having to learn to extract it.
+    of that token and the running mean, minimum and sum of those log-probabilities over the response so far,
+    with the number of tokens so far: the generator's confidence in what it wrote, which an ORM initialised
+    from the policy can use at once instead of having to learn to extract it. (The sum and count let one
+    linear head weigh the mean differently early and late in a response.)
 
     Args:
         trunk: the language model whose hidden states the head reads.
@@ -119,8 +120,9 @@ class ValueModel(torch.nn.Module):
 
 
 def likelihood_features(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per position: the log-prob of its token under the previous position's logits, and the running mean
-    and minimum of those over the masked tokens so far; zeros before the first masked token.
+    """Per position: the log-prob of its token under the previous position's logits, the running mean,
+    minimum and sum of those over the masked tokens so far, and how many masked tokens there were so far;
+    zeros before the first masked token.
 
     Args:
         logits: (B, L, V).
@@ -128,10 +130,12 @@ def likelihood_features(logits: torch.Tensor, input_ids: torch.Tensor, mask: tor
         mask: (B, L) bool, the tokens to summarise.
 
     Returns:
-        (B, L, 3) float32.
+        (B, L, 5) float32.
     """
     logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
     logprobs = torch.nn.functional.pad(logprobs, (1, 0)) * mask
-    running_mean = logprobs.cumsum(-1) / mask.cumsum(-1).clamp(min=1)
+    running_sum = logprobs.cumsum(-1)
+    count = mask.cumsum(-1).float()
+    running_mean = running_sum / count.clamp(min=1)
     running_min = torch.cummin(logprobs, dim=-1).values  # unmasked entries are 0, the largest log-prob
-    return torch.stack([logprobs, running_mean, running_min], dim=-1)
+    return torch.stack([logprobs, running_mean, running_min, running_sum, count], dim=-1)

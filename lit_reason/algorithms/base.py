@@ -172,7 +172,7 @@ class ReasoningModule(LightningModule):
         """Build the networks (once; Lightning may call this again) and shard them under FSDP2."""
         if self.policy is not None:
             return
-        self.policy = load_model(self.policy_spec, self.tokenizer).train()  # from_pretrained gives eval mode
+        self.policy = self.load_policy_network(self.policy_spec).train()  # from_pretrained gives eval mode
         if self.orm_path is not None:
             self._frozen_orm.append(load_frozen_orm(self.orm_path, self.tokenizer))
         self.build_extra_models()
@@ -184,6 +184,10 @@ class ReasoningModule(LightningModule):
             )
             for network in self.networks_to_shard():
                 shard_model(network, mesh)
+
+    def load_policy_network(self, spec: PolicySpec) -> torch.nn.Module:
+        """The policy network ``spec`` names, fitted to this module's tokenizer."""
+        return load_model(spec, self.tokenizer)
 
     def build_extra_models(self) -> None:
         """Subclasses build what else they need here (reference policy, critic), after the policy."""

@@ -31,7 +31,7 @@ from lit_reason.algorithms.base import TokenBatch, full_state_dict, load_full_st
 from lit_reason.algorithms.sft import SFT, batch_examples
 from lit_reason.data import TrainData
 from lit_reason.distributed import gather_objects, rank_and_world_size
-from lit_reason.policy import PolicySpec, load_model
+from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import calculations
@@ -195,7 +195,7 @@ class ExpertIteration(SFT):
     def restart(self) -> None:
         """Reset the policy's weights (to the base model or the warm start) and the optimizer state."""
         spec = self.base_policy if self.restart_from == "base" else self.policy_spec
-        load_full_state_dict(self.policy, full_state_dict(load_model(spec, self.tokenizer)))
+        load_full_state_dict(self.policy, full_state_dict(self.load_policy_network(spec)))
         for optimizer in self.trainer.optimizers:
             optimizer.state.clear()
 

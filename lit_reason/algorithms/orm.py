@@ -13,10 +13,11 @@ samples with a parseable answer, the final-token loss, accuracy, AUROC, calibrat
 within-question AUROC (pairs of samples of one question), plus rerank@K next to maj@K and pass@K.
 
 Deviation: by default the head also reads the trunk's own log-probability of each response token and its
-running mean and minimum (``likelihood_features``). A trunk initialised from the policy holds this signal
-(the generator's confidence separates right from wrong samples of one question), but a tiny trunk does not
-learn to extract it from its hidden states in a few minutes of training; given to the head, the ORM starts
-from it and learns the rest with the usual objective. ``likelihood_features: false`` is the plain ORM.
+running mean, minimum and sum, with the count of tokens so far (``likelihood_features``). A trunk
+initialised from the policy holds this signal (the generator's confidence separates right from wrong samples
+of one question), but a tiny trunk does not learn to extract it from its hidden states in a few minutes of
+training; given to the head, the ORM starts from it and learns the rest with the usual objective.
+``likelihood_features: false`` is the plain ORM.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class OutcomeRewardModel(ReasoningModule):
             a line, ids of the task's training split; correctness is graded here) instead of sampling.
         lm_loss_coef: weight of the language-modelling loss on the training responses, added to the
             cross-entropy (0: off; Cobbe et al. found the joint objective better).
-        likelihood_features: the head also reads the trunk's log-probability of each response token and
-            their running mean and minimum (see ``ValueModel``).
+        likelihood_features: the head also reads the trunk's log-probability of each response token, their
+            running mean, minimum and sum, and the count of response tokens so far (see ``ValueModel``).
         train_trunk: fine-tune the trunk with the head; if false only the head learns (a probe on the
             policy's own representations and likelihoods: fast, and on a tiny CPU budget the better ORM).
         batch_size: responses per optimizer step on each rank.

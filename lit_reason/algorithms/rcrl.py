@@ -9,13 +9,20 @@ prefix), so maj@1 / maj@K / pass@K mean the same as for every other algorithm. U
 on return tokens it samples unconditioned: the first round keeps the starting policy's own samples (a warm
 start has never seen a return token, whose fresh embedding would derail it), and validation before training
 measures the starting policy as it is. The share of positive samples in each training batch is set by
-``positive_ratio`` (the paper found a balanced ratio worse than a skewed one), or left natural.
+``positive_ratio`` (the paper found a balanced ratio worse than a skewed one; on the tiny CPU policy balanced
+batches do best), or left natural.
 
-The return tokens are added to the tokenizer and the embeddings before anything is sharded (new rows start
-at the mean of the existing ones); exported policies carry them, and record the good token as
-``response_prefix`` in their generation config (and in ``lit_reason.json``), which lit-reason's evaluation
-of an exported policy applies. Return tokens are never generated (the sampler suppresses them; exported
-policies list them in ``suppress_tokens``, which ``model.generate`` honours too).
+The return tokens are added to the tokenizer and the embeddings before anything is sharded; exported
+policies carry them, and record the good token as ``response_prefix`` in their generation config (and in
+``lit_reason.json``), which lit-reason's evaluation of an exported policy applies. Return tokens are never
+generated (the sampler suppresses them; exported policies list them in ``suppress_tokens``, which
+``model.generate`` honours too).
+
+Deviation: the new tokens' embedding rows start at the mean row plus noise of the existing rows' spread
+(``return_token_spread``), not at the mean alone as Hugging Face's resizing leaves them. From the mean both
+rows are the same vector, and fine-tuning at the usual learning rate hardly separates them (cosine
+similarity 0.999 after three rounds of configs/rcrl.yaml): the policy cannot tell ``[GOOD]`` from
+``[BAD]`` and learns the incorrect samples as if they were good ones.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from lit_reason.algorithms.base import TokenBatch, make_token_batch
 from lit_reason.algorithms.expert_iteration import Example, ExpertIteration, KeptSample
 from lit_reason.data import TrainData
 from lit_reason.distributed import rank_and_world_size
-from lit_reason.policy import POLICY_NOTES
+from lit_reason.policy import POLICY_NOTES, PolicySpec, load_model
 from lit_reason.sampling import SampleBatch, encode_prompt
 from lit_reason.tasks import Problem
 
@@ -43,6 +52,9 @@ class ReturnConditionedRL(ExpertIteration):
         positive_ratio: share of correct samples in every training batch, by subsampling the larger side
             (``None``: the natural ratio of the kept data).
         train_return_token: also train the policy to predict the return token itself.
+        return_token_spread: newly added return tokens' embedding rows start at the mean row plus Gaussian
+            noise of this many standard deviations of the existing rows (per dimension), so the two returns
+            look different from the first step (0: both at the mean, nearly the same vector).
         condition_on: which return evaluation (and rollouts) condition on: ``good`` (the algorithm) or
             ``bad`` (to measure what conditioning does).
         **kwargs: Expert Iteration's options (rollout, epochs_per_round, restart_from, base_policy, dedupe,
@@ -55,6 +67,7 @@ class ReturnConditionedRL(ExpertIteration):
         bad_token: str = "[BAD]",
         positive_ratio: float | None = None,
         train_return_token: bool = False,
+        return_token_spread: float = 1.0,
         condition_on: Literal["good", "bad"] = "good",
         **kwargs: Any,
     ) -> None:
@@ -64,6 +77,9 @@ class ReturnConditionedRL(ExpertIteration):
         self.good_token, self.bad_token = good_token, bad_token
         self.positive_ratio = positive_ratio
         self.train_return_token = train_return_token
+        if return_token_spread < 0:
+            raise ValueError(f"return_token_spread must be >= 0, got {return_token_spread}")
+        self.return_token_spread = return_token_spread
         self.condition_on = condition_on
         # Added before the model exists: configure_model grows the embeddings to the tokenizer's size.
         self.tokenizer.add_tokens(
@@ -77,6 +93,10 @@ class ReturnConditionedRL(ExpertIteration):
         super().configure_model()
         # An exported return-conditioned policy records its good token: it is conditioned already.
         self.conditioned = self.conditioned or super().response_prefix == self.good_token
+
+    def load_policy_network(self, spec: PolicySpec) -> torch.nn.Module:
+        """The policy, with the return tokens' rows spread apart where they are new to it."""
+        return load_model(spec, self.tokenizer, new_row_spread=self.return_token_spread)
 
     @property
     def response_prefix(self) -> str:

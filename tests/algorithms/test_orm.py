@@ -10,7 +10,7 @@ from lit_reason import SFT, OutcomeRewardModel, PolicySpec, RolloutDataModule, S
 from lit_reason.algorithms.orm import orm_loss, reliability_table
 from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
 from lit_reason.sampling import encode_prompt
-from lit_reason.value_model import ValueModel
+from lit_reason.value_model import ValueModel, likelihood_features
 from tests.conftest import sft_fixture_task
 from tests.helpers.trainers import quiet_trainer
 
@@ -42,6 +42,24 @@ def test_within_question_auroc_by_hand():
 def test_reliability_table_bins():
     table = reliability_table(torch.tensor([0.05, 0.07, 0.95]), torch.tensor([False, True, True]))
     assert "| 0.0-0.1 | 0.060 | 0.500 | 2 |" in table and "| 0.9-1.0 | 0.950 | 1.000 | 1 |" in table
+
+
+def test_likelihood_features_by_hand():
+    log3 = torch.log(torch.tensor(3.0)).item()
+    # Two-token vocabulary; position t's logits predict token t + 1. Position 0 is the prompt.
+    logits = torch.tensor([[[0.0, log3], [0.0, log3], [log3, 0.0], [0.0, 0.0]]])  # p(1) = 0.75, 0.75, 0.25
+    input_ids = torch.tensor([[0, 1, 0, 1]])
+    mask = torch.tensor([[False, True, True, True]])
+    a, b = torch.log(torch.tensor(0.75)).item(), torch.log(torch.tensor(0.25)).item()
+    expected = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # token log-prob, running mean, running min, running sum, count
+            [a, a, a, a, 1.0],
+            [b, (a + b) / 2, b, a + b, 2.0],
+            [b, (a + 2 * b) / 3, b, a + 2 * b, 3.0],
+        ]
+    )
+    assert torch.allclose(likelihood_features(logits, input_ids, mask)[0], expected, atol=1e-6)
 
 
 def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):

@@ -14,25 +14,43 @@ from tests.helpers.fakes import FakeTrainer
 
 
 def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
-    module = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
+    warm_start = tmp_path / "warm_start"  # a saved policy without return tokens, as the shared warm start
+    plain = SFT(policy=PolicySpec(name_or_path="micro"))
+    plain.configure_model()
+    plain.export_policy(warm_start)
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(warm_start)))
     good, bad = (module.tokenizer.convert_tokens_to_ids(t) for t in ("[GOOD]", "[BAD]"))
     assert module.tokenizer("[GOOD]12", add_special_tokens=False).input_ids == [good, 6, 7]  # one token, not split
     module.configure_model()
     embeddings = module.policy.get_input_embeddings().weight
     assert embeddings.shape[0] == len(module.tokenizer) == 102
-    old_mean = embeddings[:100].mean(0)
-    assert torch.allclose(embeddings[good], old_mean, atol=0.2)  # new rows start near the old rows' mean
+    old_rows = plain.policy.get_input_embeddings().weight
+    assert torch.equal(embeddings[:100], old_rows)
+    # New rows start at the old rows' mean plus noise of their spread: apart from each other, so the policy
+    # can tell the returns apart (at the mean alone they would be the same vector).
+    old_mean, old_std = old_rows.mean(0), old_rows.std(0)
+    for row in (good, bad):
+        assert ((embeddings[row] - old_mean).abs() < 5 * old_std).all()
+    assert (embeddings[good] - embeddings[bad]).norm() > 0.5 * old_std.norm()
+    at_mean = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(warm_start)), return_token_spread=0.0)
+    at_mean.configure_model()
+    assert torch.allclose(at_mean.policy.get_input_embeddings().weight[good], old_mean, atol=1e-3)
     assert module.response_prefix == ""  # untrained return tokens: nothing to condition on yet
     module.conditioned = True
-    module.export_policy(tmp_path)
-    assert json.loads((tmp_path / "lit_reason.json").read_text())["response_prefix"] == "[GOOD]"
-    tokenizer, model = AutoTokenizer.from_pretrained(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)
+    export = tmp_path / "rcrl"
+    module.export_policy(export)
+    assert json.loads((export / "lit_reason.json").read_text())["response_prefix"] == "[GOOD]"
+    tokenizer, model = AutoTokenizer.from_pretrained(export), AutoModelForCausalLM.from_pretrained(export)
     assert tokenizer.convert_tokens_to_ids("[BAD]") == bad
     assert torch.equal(model.get_input_embeddings().weight, embeddings)
     # Any algorithm evaluating the exported policy conditions on its good token.
-    other = SFT(policy=PolicySpec(name_or_path=str(tmp_path)))
+    other = SFT(policy=PolicySpec(name_or_path=str(export)))
     other.configure_model()
     assert other.response_prefix == "[GOOD]" and other.suppressed_token_ids == [good, bad]
+    # Continuing RCRL from the export keeps the learned return-token rows (they are not new to it).
+    again = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(export)))
+    again.configure_model()
+    assert torch.equal(again.policy.get_input_embeddings().weight, embeddings)
 
 
 def test_ratio_batches_control_the_share_of_positives():
