@@ -115,7 +115,14 @@ class ValueModel(torch.nn.Module):
         model = cls(
             AutoModelForCausalLM.from_pretrained(path), likelihood_features=config.get("likelihood_features", False)
         )
-        model.head.load_state_dict(load_file(path / HEAD_FILE))
+        head = load_file(path / HEAD_FILE)
+        if head["weight"].shape != model.head.weight.shape:
+            raise ValueError(
+                f"{path / HEAD_FILE} holds a head over {head['weight'].shape[-1]} inputs but this model's reads "
+                f"{model.head.weight.shape[-1]} (hidden size plus likelihood features): it was exported by another "
+                "version of lit-reason; train it again with `lit-reason fit --config configs/orm.yaml`"
+            )
+        model.head.load_state_dict(head)
         return model, AutoTokenizer.from_pretrained(path)
 
 

@@ -5,12 +5,13 @@ from functools import partial
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from lit_reason import SFT, OutcomeRewardModel, PolicySpec, RolloutDataModule, SamplingConfig
 from lit_reason.algorithms.orm import orm_loss, reliability_table
 from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
 from lit_reason.sampling import encode_prompt
-from lit_reason.value_model import ValueModel, likelihood_features
+from lit_reason.value_model import HEAD_FILE, ValueModel, likelihood_features
 from tests.conftest import sft_fixture_task
 from tests.helpers.trainers import quiet_trainer
 
@@ -77,6 +78,11 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
         network(too_long, torch.ones_like(too_long))
     with pytest.raises(FileNotFoundError, match="not a saved reward/value model"):
         ValueModel.load(tmp_path / "missing")
+    stale = tmp_path / "stale"  # a head exported with another number of likelihood features
+    network.save(stale, char_tokenizer)
+    save_file({"weight": torch.zeros(1, 3), "bias": torch.zeros(1)}, stale / HEAD_FILE)
+    with pytest.raises(ValueError, match="exported by another version of lit-reason"):
+        ValueModel.load(stale)
 
 
 def train_orm(tmp_path, rollout_file, sft_policy_dir, steps=60):
