@@ -336,41 +336,26 @@ def sample(
     results = []
     with tqdm(total=len(prompts) * k, desc=description, unit="sample", disable=not show, leave=False) as bar:
         for index in range(num_chunks):
-            if index < len(chunks):
-                chunk = chunks[index]
-                seeds_of_rows = [row_seed(seeds[p], s) for p in chunk for s in range(k)]
-                results.append(
-                    _generate_chunk(
-                        runner,
-                        [encoded[p] for p in chunk],
-                        k,
-                        seeds_of_rows,
-                        [p for p in chunk for _ in range(k)],
-                        config,
-                        eos_token_ids,
-                        tokenizer,
-                        stop_strings,
-                        suppress_token_ids,
-                        synced,
-                        device,
-                    )
-                )
+            # A rank out of prompts while others are not still takes part in their forward passes (empty chunk).
+            chunk = chunks[index] if index < len(chunks) else []
+            seeds_of_rows = [row_seed(seeds[p], s) for p in chunk for s in range(k)]
+            result = _generate_chunk(
+                runner,
+                [encoded[p] for p in chunk],
+                k if chunk else 1,
+                seeds_of_rows,
+                [p for p in chunk for _ in range(k)],
+                config,
+                eos_token_ids,
+                tokenizer,
+                stop_strings,
+                suppress_token_ids,
+                synced,
+                device,
+            )
+            if chunk:
+                results.append(result)
                 bar.update(len(seeds_of_rows))
-            else:  # this rank is out of prompts but others are not: take part in their forward passes
-                _generate_chunk(
-                    runner,
-                    [],
-                    1,
-                    [],
-                    [],
-                    config,
-                    eos_token_ids,
-                    tokenizer,
-                    stop_strings,
-                    suppress_token_ids,
-                    synced,
-                    device,
-                )
     return _assemble(results, tokenizer)
 
 
