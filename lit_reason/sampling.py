@@ -121,6 +121,17 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-prob of each token under the temperature-scaled softmax of the previous position's logits.
+
+    (B, L, V), (B, L) -> (B, L), column 0 (never predicted) 0: the sampler's layout. Temperature 0 (greedy)
+    uses the unscaled softmax, like the sampler.
+    """
+    scaled = logits[:, :-1].float() / (temperature or 1.0)
+    chosen = scaled.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+    return torch.nn.functional.pad(chosen, (1, 0))
+
+
 def row_seed(*parts: int | str) -> int:
     """A 62-bit seed from any integers or strings (seed, round, question id, sample index, ...)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -423,11 +434,11 @@ def _generate_chunk(
     for step in range(config.max_new_tokens):
         if len(suppressed):
             logits[:, suppressed] = float("-inf")
-        tokens, token_logprobs = draw_tokens(logits, config, row_seeds, step)
+        tokens, chosen_logprobs = draw_tokens(logits, config, row_seeds, step)
         live = ~finished[active]  # rows still sampling (finished rows wait in the batch for compaction)
         rows = active[live]
         responses[rows, step] = tokens[live]
-        logprobs[rows, step] = token_logprobs[live].float()
+        logprobs[rows, step] = chosen_logprobs[live].float()
         lengths[rows] += 1
         finished[rows] = torch.isin(tokens[live], eos)
         steps_taken = step + 1

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_reason.sampling import position_ids_from_mask
+from lit_reason.sampling import position_ids_from_mask, token_logprobs
 
 HEAD_FILE = "value_head.safetensors"
 CONFIG_FILE = "value_model.json"
@@ -139,8 +139,7 @@ def likelihood_features(logits: torch.Tensor, input_ids: torch.Tensor, mask: tor
     Returns:
         (B, L, 5) float32.
     """
-    logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-    logprobs = torch.nn.functional.pad(logprobs, (1, 0)) * mask
+    logprobs = token_logprobs(logits, input_ids, temperature=1.0) * mask
     running_sum = logprobs.cumsum(-1)
     count = mask.cumsum(-1).float()
     running_mean = running_sum / count.clamp(min=1)

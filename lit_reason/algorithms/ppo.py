@@ -35,7 +35,7 @@ from lit_reason.data import TrainData
 from lit_reason.distributed import gather_objects, is_distributed, rank_and_world_size
 from lit_reason.policy import load_model
 from lit_reason.rewards import batch_steps, final_rewards, heuristic_step_rewards, orm_step_rewards
-from lit_reason.sampling import SampleBatch, SamplingConfig, eval_mode, position_ids_from_mask
+from lit_reason.sampling import SampleBatch, SamplingConfig, eval_mode, position_ids_from_mask, token_logprobs
 from lit_reason.tasks import Problem
 from lit_reason.value_model import ValueModel
 
@@ -143,17 +143,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the softmax at every position. (B, T, V) -> (B, T)."""
     logprobs = logits.float().log_softmax(-1)
     return -(logprobs.exp() * logprobs).sum(-1)
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-prob of each token under the temperature-scaled softmax of the previous position's logits.
-
-    (B, L, V), (B, L) -> (B, L), column 0 (never predicted) 0: the sampler's layout. Temperature 0 (greedy)
-    uses the unscaled softmax, like the sampler.
-    """
-    scaled = logits[:, :-1].float() / (temperature or 1.0)
-    chosen = scaled.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-    return torch.nn.functional.pad(chosen, (1, 0))
 
 
 def aggregate(

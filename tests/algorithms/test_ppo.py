@@ -19,10 +19,9 @@ from lit_reason.algorithms.ppo import (
     global_mean_var,
     kl_penalty,
     masked_mean,
-    token_logprobs,
     whiten,
 )
-from lit_reason.sampling import eval_mode, sample
+from lit_reason.sampling import eval_mode, sample, token_logprobs
 from lit_reason.tasks import Arithmetic
 from tests.helpers.trainers import quiet_trainer
 
