@@ -57,6 +57,7 @@ class ValueModel(torch.nn.Module):
         attention_mask: torch.Tensor,
         response_mask: torch.Tensor | None = None,
         lm_logits: bool = False,
+        detach_trunk: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Values of every position, and optionally the trunk's next-token logits.
 
@@ -66,6 +67,8 @@ class ValueModel(torch.nn.Module):
             response_mask: (B, L) bool, the response tokens whose log-probabilities the likelihood features
                 summarise (default: every attended token).
             lm_logits: also return the language-model logits.
+            detach_trunk: the head reads the trunk's outputs (hidden states, likelihood features) without
+                backpropagating into them: a loss on the values trains the head alone.
 
         Returns:
             values (B, L) float32 and logits (B, L, V) or None.
@@ -82,7 +85,7 @@ class ValueModel(torch.nn.Module):
         if self.likelihood_features:
             mask = attention_mask.bool() if response_mask is None else response_mask
             hidden = torch.cat([hidden, likelihood_features(logits, input_ids, mask).to(hidden.dtype)], dim=-1)
-        values = self.head(hidden).squeeze(-1).float()
+        values = self.head(hidden.detach() if detach_trunk else hidden).squeeze(-1).float()
         return values, (logits if lm_logits else None)
 
     def save(self, path: str | Path, tokenizer, state: dict[str, torch.Tensor] | None = None) -> None:

@@ -319,7 +319,8 @@ class ReasoningModule(LightningModule):
             group.setdefault("initial_lr", group["lr"])
         return optimizer
 
-    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
+    def trainable_parameters(self) -> Iterator[torch.nn.Parameter] | list[dict[str, Any]]:
+        """What the optimizer trains: parameters, or parameter groups with their own options (a ``lr``)."""
         return (p for p in self.policy.parameters() if p.requires_grad)
 
     def set_learning_rate(self, step: int, total: int) -> float:

@@ -18,21 +18,37 @@ initialised from the policy holds this signal (the generator's confidence separa
 of one question), but a tiny trunk does not learn to extract it from its hidden states in a few minutes of
 training; given to the head, the ORM starts from it and learns the rest with the usual objective.
 ``likelihood_features: false`` is the plain ORM.
+
+Deviation: ``reference_lm_coef`` adds a language-modelling loss on reference solutions of training questions
+(one batch of them beside every batch of samples). Cobbe et al.'s joint objective models the samples
+themselves, right and wrong; modelling correct solutions instead makes the trunk a better model of the task
+than the policy it judges, so its own log-probabilities of the policy's mistakes fall and the likelihood
+features separate right from wrong samples better (on the warm start's samples of the built-in task, the
+AUROC of the minimum token log-prob alone goes from 0.71 to 0.79 in 200 steps of this loss). With
+``trunk_training: language_model`` the cross-entropy trains the head alone, which keeps the trunk a model of
+correct solutions (configs/orm.yaml: final-token AUROC 0.767 against 0.727 when the cross-entropy also trains
+the trunk, on 800 questions).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 
-from lit_reason.algorithms.base import ReasoningModule, full_state_dict, next_token_nll
+from lit_reason.algorithms.base import (
+    ReasoningModule,
+    TokenBatch,
+    full_state_dict,
+    make_token_batch,
+    next_token_nll,
+)
 from lit_reason.data import TrainData
 from lit_reason.distributed import gather_objects, rank_and_world_size
 from lit_reason.metrics import WithinQuestionAUROC
@@ -52,12 +68,15 @@ class LabelledBatch:
         attention_mask: (B, L) long.
         response_mask: (B, L) bool. The response's tokens (EOS included): where the ORM is trained.
         labels: (B,) float. 1.0 if the response's final answer is correct.
+        references: reference solutions of training questions for the trunk's language-modelling loss
+            (``reference_lm_coef``), or None.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     labels: torch.Tensor
+    references: TokenBatch | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -93,10 +112,17 @@ class OutcomeRewardModel(ReasoningModule):
             a line, ids of the task's training split; correctness is graded here) instead of sampling.
         lm_loss_coef: weight of the language-modelling loss on the training responses, added to the
             cross-entropy (0: off; Cobbe et al. found the joint objective better).
+        reference_lm_coef: weight of a language-modelling loss on reference solutions of training questions,
+            one batch of ``batch_size`` of them per step, added to the cross-entropy (0: off; see the module
+            docstring). Needs a trunk that trains and a task whose problems have worked solutions.
         likelihood_features: the head also reads the trunk's log-probability of each response token, their
             running mean, minimum and sum, and the count of response tokens so far (see ``ValueModel``).
-        train_trunk: fine-tune the trunk with the head; if false only the head learns (a probe on the
-            policy's own representations and likelihoods: fast, and on a tiny CPU budget the better ORM).
+        trunk_training: what trains the trunk. ``joint``: the cross-entropy and the language-modelling
+            losses (Cobbe et al.); ``language_model``: the language-modelling losses alone, the head reading
+            the trunk's outputs without backpropagating into them; ``frozen``: nothing, only the head learns
+            (a probe on the policy's own representations and likelihoods).
+        trunk_lr: learning rate of the trunk when it trains (``None``: the optimizer's, which the head uses);
+            a head starting from zero wants a far larger one than a pretrained trunk.
         batch_size: responses per optimizer step on each rank.
         seed: shuffles the training responses.
         **kwargs: the shared options (``policy``: the frozen policy whose samples are judged; optimizer,
@@ -112,24 +138,36 @@ class OutcomeRewardModel(ReasoningModule):
         resample_every_round: bool = True,
         rollout_file: str | None = None,
         lm_loss_coef: float = 0.0,
+        reference_lm_coef: float = 0.0,
         likelihood_features: bool = True,
-        train_trunk: bool = True,
+        trunk_training: Literal["joint", "language_model", "frozen"] = "joint",
+        trunk_lr: float | None = None,
         batch_size: int = 32,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("orm") is not None:
             raise ValueError("OutcomeRewardModel trains an ORM; it does not take another one (orm must be null)")
-        if lm_loss_coef > 0 and not train_trunk:
-            raise ValueError("lm_loss_coef > 0 trains the trunk's language model: it needs train_trunk: true")
+        for name, coef in (("lm_loss_coef", lm_loss_coef), ("reference_lm_coef", reference_lm_coef)):
+            if coef > 0 and trunk_training == "frozen":
+                raise ValueError(
+                    f"{name} > 0 trains the trunk's language model: it needs trunk_training other than frozen"
+                )
+        if trunk_training == "language_model" and lm_loss_coef == 0 and reference_lm_coef == 0:
+            raise ValueError(
+                "trunk_training: language_model trains the trunk on language-modelling losses only, but "
+                "lm_loss_coef and reference_lm_coef are both 0; set one, or use trunk_training: frozen"
+            )
         super().__init__(**kwargs)
         self.trunk_spec = trunk
         self.rollout = rollout
         self.resample_every_round = resample_every_round
         self.rollout_file = rollout_file
         self.lm_loss_coef = lm_loss_coef
+        self.reference_lm_coef = reference_lm_coef
         self.likelihood_features = likelihood_features
-        self.train_trunk = train_trunk
+        self.trunk_training = trunk_training
+        self.trunk_lr = trunk_lr
         self.batch_size = batch_size
         self.seed = seed
         self.network: ValueModel | None = None  # built in configure_model
@@ -150,10 +188,11 @@ class OutcomeRewardModel(ReasoningModule):
         self.policy.requires_grad_(False).eval()  # the policy only samples
         trunk = load_model(self.trunk_spec or self.policy_spec, self.tokenizer)
         output, embeddings = trunk.get_output_embeddings(), trunk.get_input_embeddings()
-        if self.lm_loss_coef == 0 and not self.likelihood_features and output.weight is not embeddings.weight:
+        uses_lm_head = self.lm_loss_coef > 0 or self.reference_lm_coef > 0 or self.likelihood_features
+        if not uses_lm_head and output.weight is not embeddings.weight:
             output.requires_grad_(False)  # unused without the LM loss (DDP needs every trained weight used)
         self.network = ValueModel(trunk.train(), likelihood_features=self.likelihood_features)
-        if not self.train_trunk:
+        if self.trunk_training == "frozen":
             trunk.requires_grad_(False)
 
     def networks_to_shard(self) -> list[torch.nn.Module]:
@@ -162,17 +201,22 @@ class OutcomeRewardModel(ReasoningModule):
     def reward_network(self) -> ValueModel:
         return self.network
 
-    def trainable_parameters(self):
-        return (p for p in self.network.parameters() if p.requires_grad)
+    def trainable_parameters(self) -> list[dict[str, Any]]:
+        """The head at the optimizer's learning rate; the trunk (when it trains) at ``trunk_lr``."""
+        groups = [{"params": list(self.network.head.parameters())}]
+        trunk = [p for p in self.network.trunk.parameters() if p.requires_grad]
+        if trunk:
+            groups.append({"params": trunk} if self.trunk_lr is None else {"params": trunk, "lr": self.trunk_lr})
+        return groups
 
     # --------------------------------------------------------------------------------------------- data
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
         if self.rollout_file is not None:
             if self._first_round is None:
                 self._first_round = self._batches_from_file(round_index)
-            return TrainData(self._shuffled(self._first_round, round_index), stats={"from_file": 1.0})
+            return TrainData(self._round_batches(self._first_round, round_index), stats={"from_file": 1.0})
         if not self.resample_every_round and self._first_round is not None:
-            return TrainData(self._shuffled(self._first_round, round_index))
+            return TrainData(self._round_batches(self._first_round, round_index))
         sampled = self.generate(
             problems, self.rollout, ("orm-rollout", round_index), f"round {round_index} ORM rollout"
         )
@@ -184,7 +228,7 @@ class OutcomeRewardModel(ReasoningModule):
         if not self.resample_every_round:
             self._first_round = batches
         stats = {"correct_fraction": labels.float().mean().item(), "responses": float(len(labels))}
-        return TrainData(self._shuffled(batches, round_index), samples_drawn=len(sampled), stats=stats)
+        return TrainData(self._round_batches(batches, round_index), samples_drawn=len(sampled), stats=stats)
 
     def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
         order = list(range(len(labels)))
@@ -203,10 +247,37 @@ class OutcomeRewardModel(ReasoningModule):
             )
         return batches
 
-    def _shuffled(self, batches: list[LabelledBatch], round_index: int) -> list[LabelledBatch]:
+    def _round_batches(self, batches: list[LabelledBatch], round_index: int) -> list[LabelledBatch]:
+        """The round's batches shuffled, each with a batch of reference solutions when those are trained on."""
         batches = list(batches)
         random.Random(f"{self.seed}-{round_index}").shuffle(batches)
-        return batches
+        if self.reference_lm_coef == 0:
+            return batches
+        references = self._reference_examples(len(batches) * self.batch_size, round_index)
+        return [
+            replace(
+                batch,
+                references=make_token_batch(
+                    references[i * self.batch_size : (i + 1) * self.batch_size], self.tokenizer.pad_token_id
+                ),
+            )
+            for i, batch in enumerate(batches)
+        ]
+
+    def _reference_examples(self, count: int, round_index: int) -> list[tuple[list[int], list[int]]]:
+        """``count`` (prompt ids, solution ids) pairs of training questions, drawn without replacement while
+        they last, differently on every rank and round."""
+        problems = [p for p in self.task.problems("train") if p.solution]
+        if not problems:
+            raise ValueError(
+                f"reference_lm_coef > 0 needs reference solutions, but {type(self.task).__name__}'s training "
+                "questions have none; set reference_lm_coef: 0"
+            )
+        rng = random.Random(f"{self.seed}-references-{round_index}-{rank_and_world_size()[0]}")
+        chosen = []
+        while len(chosen) < count:
+            chosen += rng.sample(problems, min(len(problems), count - len(chosen)))
+        return [self.encode_example(p, self.task.target(p)) for p in chosen]
 
     def _save_rollout(
         self, problems: list[Problem], sampled: SampleBatch, labels: torch.Tensor, round_index: int
@@ -262,7 +333,11 @@ class OutcomeRewardModel(ReasoningModule):
     def training_step(self, batch: LabelledBatch, batch_idx: int) -> torch.Tensor:
         lr = self.set_learning_rate(self.global_step, self._window())
         values, logits = self.network(
-            batch.input_ids, batch.attention_mask, batch.response_mask, lm_logits=self.lm_loss_coef > 0
+            batch.input_ids,
+            batch.attention_mask,
+            batch.response_mask,
+            lm_logits=self.lm_loss_coef > 0,
+            detach_trunk=self.trunk_training == "language_model",
         )
         loss = orm_loss(values, batch.labels, batch.response_mask)
         self.log("train/orm_loss", loss, prog_bar=True, batch_size=len(batch))
@@ -271,6 +346,13 @@ class OutcomeRewardModel(ReasoningModule):
             lm_loss = nll / count.clamp(min=1)
             self.log("train/lm_loss", lm_loss, batch_size=len(batch))
             loss = loss + self.lm_loss_coef * lm_loss
+        if self.reference_lm_coef > 0:
+            references = batch.references
+            _, logits = self.network(references.input_ids, references.attention_mask, lm_logits=True)
+            nll, count = next_token_nll(logits, references.input_ids, references.loss_mask)
+            reference_loss = nll / count.clamp(min=1)
+            self.log("train/reference_lm_loss", reference_loss, batch_size=len(references))
+            loss = loss + self.reference_lm_coef * reference_loss
         self.log("train/lr", lr, batch_size=len(batch))
         return loss
 

@@ -85,11 +85,82 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
         ValueModel.load(stale)
 
 
+def test_detach_trunk_trains_the_head_alone(char_tokenizer):
+    from lit_reason.policy import load_model
+
+    network = ValueModel(
+        load_model(PolicySpec(name_or_path="micro"), char_tokenizer), head_std=0.1, likelihood_features=True
+    )
+    ids = torch.tensor([char_tokenizer("Q\n12").input_ids + [char_tokenizer.eos_token_id]])
+    mask = torch.ones_like(ids)
+    for detach, trunk_learns in ((False, True), (True, False)):
+        network.zero_grad(set_to_none=True)
+        values, _ = network(ids, mask, detach_trunk=detach)
+        orm_loss(values, torch.ones(1), mask.bool()).backward()
+        trunk_grads = [p.grad for p in network.trunk.parameters() if p.grad is not None]
+        assert any(g.abs().sum() > 0 for g in trunk_grads) == trunk_learns
+        assert network.head.weight.grad.abs().sum() > 0
+
+
+def test_trunk_training_options_are_checked():
+    with pytest.raises(ValueError, match="reference_lm_coef > 0 trains the trunk's language model"):
+        OutcomeRewardModel(reference_lm_coef=1.0, trunk_training="frozen")
+    with pytest.raises(ValueError, match="lm_loss_coef and reference_lm_coef are both 0"):
+        OutcomeRewardModel(trunk_training="language_model")
+
+
+def test_reference_lm_trains_the_trunk_on_solutions(tmp_path, sft_policy_dir):
+    """trunk_training language_model: every batch of samples comes with a batch of reference solutions of
+    training questions (different in each round), and the trunk learns from them."""
+    task = sft_fixture_task()
+    rows = [{"question_id": p.id, "response": p.solution} for p in task.problems("train")[:32]]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    module = OutcomeRewardModel(
+        policy=PolicySpec(name_or_path=str(sft_policy_dir)),
+        rollout_file=str(path),
+        reference_lm_coef=1.0,
+        trunk_training="language_model",
+        trunk_lr=1e-3,
+        batch_size=8,
+        optimizer=partial(torch.optim.AdamW, lr=3e-2),
+    )
+    data = RolloutDataModule(task=task, validation_questions=8)
+    trainer = quiet_trainer(max_epochs=2, inference_mode=False, default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(module, data)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["initial_lr"] for g in groups] == [3e-2, 1e-3]  # head, trunk
+
+    solutions = {module.tokenizer.decode(module.encode_example(p, task.target(p))[1]) for p in task.problems("train")}
+    rounds = [module.make_train_data([], round_index).batches for round_index in (0, 1)]
+    for batches in rounds:
+        assert len(batches) == 4
+        for batch in batches:
+            refs = batch.references
+            assert refs.input_ids.shape[0] == 8
+            for row in range(8):
+                target = refs.input_ids[row][refs.loss_mask[row]].tolist()
+                assert module.tokenizer.decode(target) in solutions
+    first, second = (torch.cat([b.references.input_ids.flatten() for b in batches]) for batches in rounds)
+    assert not torch.equal(first, second)
+
+    before = load_model_state(sft_policy_dir)
+    after = module.network.trunk.state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert "train/reference_lm_loss" in trainer.logged_metrics
+
+
+def load_model_state(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
 def train_orm(tmp_path, rollout_file, sft_policy_dir, steps=60):
     module = OutcomeRewardModel(
         policy=PolicySpec(name_or_path=str(sft_policy_dir)),
         rollout_file=str(rollout_file),
-        train_trunk=False,  # as configs/orm.yaml: a head on the policy's states and likelihoods
+        trunk_training="frozen",  # a head on the policy's states and likelihoods: learns in seconds
         batch_size=16,
         optimizer=partial(torch.optim.AdamW, lr=3e-2),
         evaluation=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=64),
