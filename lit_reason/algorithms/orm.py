@@ -265,19 +265,20 @@ class OutcomeRewardModel(ReasoningModule):
         ]
 
     def _reference_examples(self, count: int, round_index: int) -> list[tuple[list[int], list[int]]]:
-        """``count`` (prompt ids, solution ids) pairs of training questions, drawn without replacement while
-        they last, differently on every rank and round."""
-        problems = [p for p in self.task.problems("train") if p.solution]
-        if not problems:
+        """``count`` (prompt ids, solution ids) pairs of training questions that fit the context, drawn
+        without replacement while they last, differently on every rank and round."""
+        examples = [self.encode_example(p, self.task.target(p)) for p in self.task.problems("train") if p.solution]
+        examples = [e for e in examples if len(e[0]) + len(e[1]) <= self.max_length]
+        if not examples:
             raise ValueError(
-                f"reference_lm_coef > 0 needs reference solutions, but {type(self.task).__name__}'s training "
-                "questions have none; set reference_lm_coef: 0"
+                f"reference_lm_coef > 0 needs reference solutions of training questions within the context of "
+                f"{self.max_length} tokens, but {type(self.task).__name__} has none; set reference_lm_coef: 0"
             )
         rng = random.Random(f"{self.seed}-references-{round_index}-{rank_and_world_size()[0]}")
         chosen = []
         while len(chosen) < count:
-            chosen += rng.sample(problems, min(len(problems), count - len(chosen)))
-        return [self.encode_example(p, self.task.target(p)) for p in chosen]
+            chosen += rng.sample(examples, min(len(examples), count - len(chosen)))
+        return chosen
 
     def _save_rollout(
         self, problems: list[Problem], sampled: SampleBatch, labels: torch.Tensor, round_index: int
