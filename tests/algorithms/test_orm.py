@@ -5,7 +5,7 @@ from functools import partial
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from lit_reason import SFT, OutcomeRewardModel, PolicySpec, RolloutDataModule, SamplingConfig
 from lit_reason.algorithms.orm import orm_loss, reliability_table
@@ -144,16 +144,10 @@ def test_reference_lm_trains_the_trunk_on_solutions(tmp_path, sft_policy_dir):
     first, second = (torch.cat([b.references.input_ids.flatten() for b in batches]) for batches in rounds)
     assert not torch.equal(first, second)
 
-    before = load_model_state(sft_policy_dir)
+    before = load_file(sft_policy_dir / "model.safetensors")
     after = module.network.trunk.state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before)
     assert "train/reference_lm_loss" in trainer.logged_metrics
-
-
-def load_model_state(path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(path / "model.safetensors")
 
 
 def train_orm(tmp_path, rollout_file, sft_policy_dir, steps=60):
