@@ -83,6 +83,11 @@ class TokenBatch:
         return len(self.input_ids)
 
 
+def fits_context(example: tuple[list[int], list[int]], max_length: int) -> bool:
+    """Whether a (prompt ids, target ids) pair fits in ``max_length`` tokens."""
+    return len(example[0]) + len(example[1]) <= max_length
+
+
 def make_token_batch(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> TokenBatch:
     """Right-pad (prompt ids, target ids) pairs into a ``TokenBatch`` whose loss covers the targets."""
     width = max(len(prompt) + len(target) for prompt, target in examples)

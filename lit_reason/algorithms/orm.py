@@ -45,6 +45,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalib
 from lit_reason.algorithms.base import (
     ReasoningModule,
     TokenBatch,
+    fits_context,
     full_state_dict,
     make_token_batch,
     next_token_nll,
@@ -268,7 +269,7 @@ class OutcomeRewardModel(ReasoningModule):
         """``count`` (prompt ids, solution ids) pairs of training questions that fit the context, drawn
         without replacement while they last, differently on every rank and round."""
         examples = [self.encode_example(p, self.task.target(p)) for p in self.task.problems("train") if p.solution]
-        examples = [e for e in examples if len(e[0]) + len(e[1]) <= self.max_length]
+        examples = [e for e in examples if fits_context(e, self.max_length)]
         if not examples:
             raise ValueError(
                 f"reference_lm_coef > 0 needs reference solutions of training questions within the context of "

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from lit_reason.algorithms.base import TokenBatch, make_token_batch
+from lit_reason.algorithms.base import TokenBatch, fits_context, make_token_batch
 from lit_reason.algorithms.expert_iteration import Example, ExpertIteration, KeptSample
 from lit_reason.data import TrainData
 from lit_reason.distributed import rank_and_world_size
@@ -143,8 +143,8 @@ class ReturnConditionedRL(ExpertIteration):
     def round_batches(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
         if self.positive_ratio is None:
             return super().round_batches(examples, round_index)
-        positives = [e for e, correct in examples if correct and _fits(e, self.max_length)]
-        negatives = [e for e, correct in examples if not correct and _fits(e, self.max_length)]
+        positives = [e for e, correct in examples if correct and fits_context(e, self.max_length)]
+        negatives = [e for e, correct in examples if not correct and fits_context(e, self.max_length)]
         batches = []
         for epoch in range(self.epochs_per_round):
             batches += ratio_batches(
@@ -197,7 +197,3 @@ def ratio_batches(
         rng.shuffle(members)
         batches.append(make_token_batch(members, pad_token_id))
     return batches
-
-
-def _fits(example: Example, max_length: int) -> bool:
-    return len(example[0]) + len(example[1]) <= max_length

@@ -13,7 +13,7 @@ import random
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_reason.algorithms.base import ReasoningModule, TokenBatch, make_token_batch
+from lit_reason.algorithms.base import ReasoningModule, TokenBatch, fits_context, make_token_batch
 from lit_reason.data import TrainData
 from lit_reason.tasks import Problem
 
@@ -64,7 +64,7 @@ def batch_examples(
 ) -> list[TokenBatch]:
     """Shuffle (prompt, target) id pairs with ``seed`` and cut them into ``TokenBatch``es; examples longer
     than ``max_length`` are dropped with a warning."""
-    kept = [e for e in examples if len(e[0]) + len(e[1]) <= max_length]
+    kept = [e for e in examples if fits_context(e, max_length)]
     if len(kept) < len(examples):
         rank_zero_warn(
             f"dropped {len(examples) - len(kept)} of {len(examples)} examples longer than {max_length} tokens"
