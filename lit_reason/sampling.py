@@ -15,6 +15,11 @@ Design points:
 * **Finished rows leave the batch**: once a quarter of the rows have emitted EOS they are dropped from the
   KV cache, so short samples stop paying for long ones; and the cache grows into preallocated room instead
   of being concatenated every step (together with the shared prefill, the speed-up over ``model.generate``).
+* **Guidance** (optional): every step's distribution contrasts the prompt with a negative prompt (the same
+  prompt behind another response prefix, e.g. the bad-return token of a return-conditioned policy) as in
+  classifier-free guidance, ``log p_neg + scale * (log p - log p_neg)`` over log-softmaxes: the formula of
+  Hugging Face's ``guidance_scale`` with ``negative_prompt_ids``. The negative rows run beside the sampled
+  ones through the same forward passes and receive the same tokens.
 * **Distributed**: with ``synced=True`` every rank keeps running forward passes (on a placeholder row once
   its own rows are done) until all ranks are done, as sharded models (FSDP) need every rank in every
   forward.
@@ -71,6 +76,31 @@ class SamplingConfig:
         return self.temperature == 0
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Contrast every step's distribution with the same prompt behind another response prefix.
+
+    Args:
+        negative_prefix: text placed after the prompt instead of the response prefix in the negative rows
+            ("" for the bare prompt, i.e. classic unconditional guidance).
+        scale: ``log p_neg + scale * (log p - log p_neg)``: 1 samples the conditioned policy as it is, larger
+            values push away from the negative prefix (Hugging Face's ``guidance_scale``).
+    """
+
+    negative_prefix: str
+    scale: float
+
+    def __post_init__(self) -> None:
+        if self.scale < 0:
+            raise ValueError(f"the guidance scale must be >= 0, got {self.scale}")
+
+
+def guided_logits(logits: torch.Tensor, negative_logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """(R, V), (R, V) -> (R, V): ``log p_neg + scale * (log p - log p_neg)``, over log-softmaxes."""
+    negative = negative_logits.log_softmax(-1)
+    return negative + scale * (logits.log_softmax(-1) - negative)
+
+
 @dataclass
 class SampleBatch:
     """Sampled responses, R = prompts x num_samples rows (row ``p * K + k`` is sample k of prompt p).
@@ -84,7 +114,8 @@ class SampleBatch:
         attention_mask: (R, L) long. 1 on prompt, prefix and sampled tokens (EOS included).
         response_mask: (R, L) bool. True on sampled tokens (EOS included; not the prefix).
         logprobs: (R, L) float32. Log-prob of each sampled token under the temperature-scaled, unfiltered
-            softmax (unscaled when greedy); 0 elsewhere.
+            softmax (unscaled when greedy) of the logits it was drawn from (the guided ones under guidance);
+            0 elsewhere.
         truncated: (R,) bool. The response reached ``max_new_tokens`` without EOS or a stop string.
         prompt_index: (R,) long. Index of the row's prompt in the list given to ``sample``.
         texts: R decoded responses, without prefix and special tokens, cut at a stop string.
@@ -306,6 +337,7 @@ def sample(
     response_prefix: str = "",
     stop_strings: Sequence[str] = (),
     suppress_token_ids: Sequence[int] = (),
+    guidance: Guidance | None = None,
     synced: bool | None = None,
     progress: bool = False,
     description: str = "sampling",
@@ -325,6 +357,8 @@ def sample(
         stop_strings: text that also ends a response (checked on the decoded tail of each row).
         suppress_token_ids: tokens never generated (e.g. return tokens, which only condition): their logits
             are -inf, so log-probs are over the other tokens.
+        guidance: contrast each step with the prompt behind ``guidance.negative_prefix`` (none: plain
+            sampling). Doubles the rows each forward pass computes; ``config.batch_size`` counts them all.
         synced: keep stepping until every rank is done; default: when torch.distributed is initialised.
         progress: show a progress bar (on rank 0).
         description: the progress bar's label.
@@ -334,10 +368,12 @@ def sample(
     if synced is None:
         synced = is_distributed()
     device = next(model.parameters()).device
-    prefix_ids = tokenizer(response_prefix, add_special_tokens=False).input_ids if response_prefix else []
-    encoded = [encode_prompt(tokenizer, prompt) + prefix_ids for prompt in prompts]
+    guided = guidance is not None and guidance.scale != 1
+    plain = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    encoded = [ids + _encode_prefix(tokenizer, response_prefix) for ids in plain]
+    negative = [ids + _encode_prefix(tokenizer, guidance.negative_prefix) for ids in plain] if guided else None
     k = config.num_samples
-    prompts_per_chunk = max(1, config.batch_size // k)
+    prompts_per_chunk = max(1, config.batch_size // (k * (2 if guided else 1)))
     chunks = [
         list(range(i, min(i + prompts_per_chunk, len(prompts)))) for i in range(0, len(prompts), prompts_per_chunk)
     ]
@@ -353,6 +389,8 @@ def sample(
             result = _generate_chunk(
                 runner,
                 [encoded[p] for p in chunk],
+                [negative[p] for p in chunk] if guided else None,
+                guidance.scale if guided else 1.0,
                 k if chunk else 1,
                 seeds_of_rows,
                 [p for p in chunk for _ in range(k)],
@@ -370,6 +408,10 @@ def sample(
     return _assemble(results, tokenizer)
 
 
+def _encode_prefix(tokenizer, prefix: str) -> list[int]:
+    return tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
+
+
 @dataclass
 class _ChunkResult:
     prompt_ids: list[list[int]]
@@ -383,6 +425,8 @@ class _ChunkResult:
 def _generate_chunk(
     runner: _CausalLM,
     prompt_ids: list[list[int]],
+    negative_prompt_ids: list[list[int]] | None,
+    guidance_scale: float,
     repeats: int,
     seeds: list[int],
     prompt_index: list[int],
@@ -395,15 +439,19 @@ def _generate_chunk(
     device: torch.device,
 ) -> _ChunkResult:
     """Sample ``repeats`` responses to each prompt; rows are prompt-major. Each prompt is run through the
-    model once and its KV cache copied to its rows."""
+    model once and its KV cache copied to its rows. Under guidance the model's batch holds the sampled rows,
+    then as many negative rows (``negative_prompt_ids``, same order), which receive the same tokens."""
     placeholder = not prompt_ids  # only keeps a rank in step with the others
     if placeholder:
         prompt_ids, seeds = [[eos_token_ids[0] if tokenizer.bos_token_id is None else tokenizer.bos_token_id]], [0]
-    width = max(len(ids) for ids in prompt_ids)
+        negative_prompt_ids = prompt_ids if negative_prompt_ids is not None else None
+    halves = 1 if negative_prompt_ids is None else 2
+    model_prompts = prompt_ids + (negative_prompt_ids or [])
+    width = max(len(ids) for ids in model_prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
+    input_ids = torch.full((len(model_prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(model_prompts), width), dtype=torch.long)
+    for row, ids in enumerate(model_prompts):
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -432,6 +480,8 @@ def _generate_chunk(
     steps_taken = 0
     suppressed = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=device)
     for step in range(config.max_new_tokens):
+        if halves == 2:
+            logits = guided_logits(*logits.chunk(2), guidance_scale)
         if len(suppressed):
             logits[:, suppressed] = float("-inf")
         tokens, chosen_logprobs = draw_tokens(logits, config, row_seeds, step)
@@ -456,12 +506,13 @@ def _generate_chunk(
         # stay just compute tokens that are thrown away). A synced rank keeps one row to stay in step.
         if 4 * (len(active) - remaining) >= len(active) and (remaining or len(active) > 1):
             index = torch.nonzero(~finished[active])[:, 0] if remaining else active.new_zeros(1)
-            cache.batch_select_indices(index)
-            active, attention_mask, row_seeds = active[index], attention_mask[index], row_seeds[index]
-            next_position, tokens = next_position[index], tokens[index]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
+            model_index = torch.cat([index + half * len(active) for half in range(halves)])
+            cache.batch_select_indices(model_index)
+            attention_mask, next_position = attention_mask[model_index], next_position[model_index]
+            active, row_seeds, tokens = active[index], row_seeds[index], tokens[index]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(attention_mask), 1))], dim=-1)
         next_position = next_position + 1
-        logits, cache = runner(tokens[:, None], attention_mask, next_position[:, None], cache)
+        logits, cache = runner(tokens.repeat(halves)[:, None], attention_mask, next_position[:, None], cache)
 
     if placeholder:
         return _ChunkResult([], [], [], [], [], [])

@@ -2,10 +2,12 @@ import pytest
 import torch
 
 from lit_reason.sampling import (
+    Guidance,
     SamplingConfig,
     counter_uniform,
     eval_mode,
     filter_logits,
+    guided_logits,
     position_ids_from_mask,
     row_seed,
     sample,
@@ -96,6 +98,66 @@ def test_greedy_matches_generate_and_top_k_1(micro_model, char_tokenizer):
     assert ours.texts == expected
 
 
+def test_guided_logits_by_hand():
+    probs, negative_probs = torch.tensor([[0.5, 0.3, 0.2]]), torch.tensor([[0.2, 0.3, 0.5]])
+    # log 0.2 + 2 (log 0.5 - log 0.2) = log(0.5^2 / 0.2): guidance sharpens away from the negative prompt
+    expected = torch.log(torch.tensor([[0.5**2 / 0.2, 0.3, 0.2**2 / 0.5]]))
+    assert torch.allclose(guided_logits(probs.log() + 7.0, negative_probs.log() - 1.0, 2.0), expected, atol=1e-6)
+    assert torch.allclose(guided_logits(probs.log(), negative_probs.log(), 1.0), probs.log(), atol=1e-6)
+    assert torch.allclose(guided_logits(probs.log(), negative_probs.log(), 0.0), negative_probs.log(), atol=1e-6)
+
+
+def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokenizer):
+    eos = [char_tokenizer.convert_tokens_to_ids("e"), char_tokenizer.eos_token_id]
+    # batch_size 8 holds 4 sampled + 4 negative rows: two chunks, and rows leave the batch as they end
+    config = SamplingConfig(num_samples=2, temperature=0.7, top_k=20, max_new_tokens=24, batch_size=8)
+    guidance = Guidance(negative_prefix="[B]", scale=2.5)
+    batch = sample(
+        micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, response_prefix="[G]",
+        guidance=guidance,
+    )  # fmt: skip
+    assert (batch.response_lengths < 24).any() and batch.truncated.any()
+    negative = batch.input_ids.clone()  # the same rows behind [B]: both prefixes are three characters
+    negative[:, batch.prompt_length - 3 : batch.prompt_length] = torch.tensor(
+        char_tokenizer("[B]", add_special_tokens=False).input_ids
+    )
+    position_ids = position_ids_from_mask(batch.attention_mask)
+    with torch.no_grad():
+        logits, negative_logits = (
+            micro_model(input_ids=ids, attention_mask=batch.attention_mask, position_ids=position_ids).logits[:, :-1]
+            for ids in (batch.input_ids, negative)
+        )
+    guided = guided_logits(logits.float(), negative_logits.float(), 2.5) / 0.7
+    expected = guided.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    mask = batch.response_mask[:, 1:]
+    assert torch.allclose(batch.logprobs[:, 1:][mask], expected[mask], atol=1e-5, rtol=0)
+    plain = sample(micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, response_prefix="[G]")
+    assert plain.texts != batch.texts
+    unit = Guidance(negative_prefix="[B]", scale=1.0)  # scale 1: the conditioned policy as it is
+    same = sample(
+        micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, response_prefix="[G]",
+        guidance=unit,
+    )  # fmt: skip
+    assert same.texts == plain.texts
+
+
+def test_greedy_guidance_matches_generate_with_a_negative_prompt(micro_model, char_tokenizer):
+    greedy = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=10)
+    guidance = Guidance(negative_prefix="[B]", scale=3.0)
+    ours = sample(
+        micro_model, char_tokenizer, PROMPTS, greedy, [0, 1, 2], eos_token_ids=[2], response_prefix="[G]",
+        guidance=guidance,
+    )  # fmt: skip
+    for prompt, text in zip(PROMPTS, ours.texts, strict=True):  # Hugging Face's guidance runs one prompt
+        encoded = char_tokenizer(prompt + "[G]", return_tensors="pt")
+        negative = char_tokenizer(prompt + "[B]", return_tensors="pt").input_ids
+        output = micro_model.generate(
+            **encoded, do_sample=False, max_new_tokens=10, eos_token_id=2, pad_token_id=0, guidance_scale=3.0,
+            negative_prompt_ids=negative,
+        )  # fmt: skip
+        assert text == char_tokenizer.decode(output[0, encoded.input_ids.shape[1] :], skip_special_tokens=True)
+
+
 def test_filter_logits_top_k_and_top_p_by_hand():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.isinf(filter_logits(logits, top_k=2, top_p=1.0)).tolist() == [[False, False, True, True]]
@@ -154,3 +216,5 @@ def test_bad_arguments():
         SamplingConfig(top_p=0.0)
     with pytest.raises(ValueError):
         SamplingConfig(num_samples=0)
+    with pytest.raises(ValueError, match="guidance scale"):
+        Guidance(negative_prefix="[B]", scale=-1.0)

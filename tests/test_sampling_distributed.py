@@ -8,7 +8,13 @@ from tests.helpers.distributed import run_in_processes
 PROMPTS = ["Ann has 3 apples.\n", "Ben has 12 coins. He finds 7 more.\n", "Hi\n"]
 
 
-def _sample_on_rank(rank: int, world_size: int, shard: bool):
+def _guidance(guided: bool) -> dict:
+    from lit_reason.sampling import Guidance
+
+    return {"response_prefix": "[G]", "guidance": Guidance(negative_prefix="[B]", scale=2.0)} if guided else {}
+
+
+def _sample_on_rank(rank: int, world_size: int, shard: bool, guided: bool):
     import torch.distributed as dist
 
     from lit_reason.algorithms.base import shard_model
@@ -28,16 +34,20 @@ def _sample_on_rank(rank: int, world_size: int, shard: bool):
         prompts, eos = PROMPTS, [tokenizer.eos_token_id]
     else:  # one prompt whose rows end at their first token (every token counts as EOS here)
         prompts, eos = PROMPTS[:1], list(range(len(tokenizer)))
-    batch = sample(model, tokenizer, prompts, config, seeds=list(range(len(prompts))), eos_token_ids=eos)
+    seeds = list(range(len(prompts)))
+    batch = sample(model, tokenizer, prompts, config, seeds=seeds, eos_token_ids=eos, **_guidance(guided))
     counts = torch.tensor([len(forwards)])
     gathered = [torch.zeros_like(counts) for _ in range(world_size)]
     dist.all_gather(gathered, counts)
     return {"texts": batch.texts, "lengths": batch.response_lengths.tolist(), "forwards": [int(c) for c in gathered]}
 
 
-@pytest.mark.parametrize("shard", [False, True], ids=["ddp", "fsdp2"])
-def test_ranks_keep_stepping_until_all_are_done(shard):
-    results = run_in_processes(_sample_on_rank, shard, timeout=180)
+@pytest.mark.parametrize(
+    ("shard", "guided"), [(False, False), (True, False), (True, True)], ids=["ddp", "fsdp2", "fsdp2-guided"]
+)
+def test_ranks_keep_stepping_until_all_are_done(shard, guided):
+    # Guided, the placeholder rows of a rank out of prompts run beside negative rows too.
+    results = run_in_processes(_sample_on_rank, shard, guided, timeout=180)
     forwards = results[0]["forwards"]
     assert forwards[0] == forwards[1], "every rank must run the same number of forward passes"
     assert results[1]["lengths"] == [1, 1] and max(results[0]["lengths"]) == 16, "lengths must differ across ranks"
@@ -48,5 +58,6 @@ def test_ranks_keep_stepping_until_all_are_done(shard):
     tokenizer = build_char_tokenizer()
     model = load_model(PolicySpec(name_or_path="micro", seed=3), tokenizer).eval()
     config = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=16, batch_size=2)
-    single = sample(model, tokenizer, PROMPTS, config, seeds=[0, 1, 2], eos_token_ids=[tokenizer.eos_token_id])
+    eos = [tokenizer.eos_token_id]
+    single = sample(model, tokenizer, PROMPTS, config, seeds=[0, 1, 2], eos_token_ids=eos, **_guidance(guided))
     assert results[0]["texts"] == single.texts
