@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lit_reason.sampling import Guidance
 from lit_reason.warm_start import resolve_policy_path
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -132,8 +133,17 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spr
             spread_rows(model.get_input_embeddings().weight, old_rows, new_row_spread, spec.seed)
     notes = Path(spec.resolved()) / POLICY_NOTES if not spec.is_preset else None
     if notes is not None and notes.is_file():  # e.g. the return token a return-conditioned policy expects
-        model.generation_config.response_prefix = json.loads(notes.read_text()).get("response_prefix", "")
+        recorded = json.loads(notes.read_text())
+        model.generation_config.response_prefix = recorded.get("response_prefix", "")
+        model.generation_config.response_guidance = recorded.get("guidance")
     return model
+
+
+def recorded_guidance(model: torch.nn.Module) -> Guidance | None:
+    """The guidance a policy's export records (``guidance`` in its lit_reason.json: a return-conditioned
+    policy contrasting its good token with its bad one), or None."""
+    recorded = getattr(getattr(model, "generation_config", None), "response_guidance", None)
+    return Guidance(**recorded) if recorded else None
 
 
 @torch.no_grad()

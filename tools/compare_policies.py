@@ -14,24 +14,43 @@ import argparse
 
 import torch
 
-from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
-from lit_reason.sampling import SamplingConfig, eval_mode, row_seed, sample
+from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, recorded_guidance
+from lit_reason.sampling import Guidance, SamplingConfig, eval_mode, row_seed, sample
 from lit_reason.tasks import Arithmetic, Problem
 
 
 def greedy_correct(
-    policy: str, problems: list[Problem], task, max_new_tokens: int, response_prefix: str | None = None
+    policy: str,
+    problems: list[Problem],
+    task,
+    max_new_tokens: int,
+    response_prefix: str | None = None,
+    guidance_scale: float | None = None,
+    negative_prefix: str | None = None,
 ) -> torch.Tensor:
     """(N,) bool: whether the policy's greedy response to each problem is correct.
 
-    ``response_prefix``: text placed before every response; default: what the policy's generation config
-    records (a return-conditioned policy's good token), whose ``suppress_tokens`` are never generated."""
+    Each option left None is what the policy's export records: ``response_prefix``, text placed before every
+    response (a return-conditioned policy's good token; its ``suppress_tokens`` are never generated);
+    ``guidance_scale`` (1: none); ``negative_prefix``, the guidance's negative prompt after the question (the
+    recorded one, or the recorded response prefix when ``response_prefix`` is that negative: a
+    return-conditioned policy asked for its bad return is guided away from its good one)."""
     spec = PolicySpec(name_or_path=policy)
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer)
     generation = model.generation_config
+    recorded_prefix = getattr(generation, "response_prefix", None) or ""
+    recorded = recorded_guidance(model)
     if response_prefix is None:
-        response_prefix = getattr(generation, "response_prefix", None) or ""
+        response_prefix = recorded_prefix
+    if negative_prefix is None and recorded is not None:
+        swapped = response_prefix == recorded.negative_prefix
+        negative_prefix = recorded_prefix if swapped else recorded.negative_prefix
+    if guidance_scale is None:
+        guidance_scale = recorded.scale if recorded is not None else 1.0
+    if guidance_scale != 1 and negative_prefix is None:
+        raise SystemExit(f"{policy} records no guidance: give its negative prompt (--candidate-negative-prefix)")
+    guidance = Guidance(negative_prefix, guidance_scale) if guidance_scale != 1 else None
     config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=512)
     with eval_mode(model):
         batch = sample(
@@ -44,6 +63,7 @@ def greedy_correct(
             response_prefix=response_prefix,
             stop_strings=task.stop_strings,
             suppress_token_ids=list(getattr(generation, "suppress_tokens", None) or []),
+            guidance=guidance,
             progress=True,
             description=policy,
         )
@@ -72,12 +92,31 @@ def main() -> None:
         help="response prefix for the candidate (default: its generation config's, e.g. an RCRL policy's "
         "[GOOD]; pass [BAD] to condition on the bad return)",
     )
+    parser.add_argument(
+        "--candidate-guidance-scale",
+        type=float,
+        default=None,
+        help="guidance scale for the candidate (default: what its export records; 1 turns guidance off)",
+    )
+    parser.add_argument(
+        "--candidate-negative-prefix",
+        default=None,
+        help="the candidate's guidance negative prompt after the question (default: what its export records)",
+    )
     args = parser.parse_args()
 
     task = Arithmetic()  # the built-in task every CPU config uses
     problems = task.problems(args.split)[: args.questions]
     baseline = greedy_correct(args.baseline, problems, task, args.max_new_tokens)
-    candidate = greedy_correct(args.candidate, problems, task, args.max_new_tokens, args.candidate_prefix)
+    candidate = greedy_correct(
+        args.candidate,
+        problems,
+        task,
+        args.max_new_tokens,
+        args.candidate_prefix,
+        args.candidate_guidance_scale,
+        args.candidate_negative_prefix,
+    )
     mean, low, high = paired_bootstrap(baseline, candidate)
     print(f"{len(problems)} {args.split} questions of the built-in task")
     print(f"maj@1 baseline {baseline.float().mean():.4f}  candidate {candidate.float().mean():.4f}")

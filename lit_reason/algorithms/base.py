@@ -24,8 +24,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_reason.data import TrainData
 from lit_reason.distributed import gather_objects, is_distributed, rank_and_world_size
 from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK, RerankAtK
-from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
+from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, recorded_guidance
 from lit_reason.sampling import (
+    Guidance,
     SampleBatch,
     SamplingConfig,
     encode_prompt,
@@ -275,6 +276,12 @@ class ReasoningModule(LightningModule):
         exported return-conditioned policy's return tokens)."""
         return list(getattr(getattr(self.policy, "generation_config", None), "suppress_tokens", None) or [])
 
+    @property
+    def evaluation_guidance(self) -> Guidance | None:
+        """How evaluation contrasts the response prefix with another: what the policy's export records (a
+        return-conditioned policy exported with guidance), else None. Rollouts sample the policy as it is."""
+        return recorded_guidance(self.policy) if self.response_prefix else None
+
     def prompt(self, problem: Problem) -> str:
         return self.task.prompt(problem, self.tokenizer)
 
@@ -286,9 +293,15 @@ class ReasoningModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------- sampling
     def generate(
-        self, problems: Sequence[Problem], config: SamplingConfig, seed_parts: Sequence[Any], description: str
+        self,
+        problems: Sequence[Problem],
+        config: SamplingConfig,
+        seed_parts: Sequence[Any],
+        description: str,
+        guidance: Guidance | None = None,
     ) -> SampleBatch:
-        """Sample ``config.num_samples`` responses per problem from the policy (eval mode, no gradients).
+        """Sample ``config.num_samples`` responses per problem from the policy (eval mode, no gradients),
+        behind its response prefix, with ``guidance`` if given.
 
         Sample k of problem p is seeded by ``(config.seed, *seed_parts, p.id, k)``.
         """
@@ -304,6 +317,7 @@ class ReasoningModule(LightningModule):
                 response_prefix=self.response_prefix,
                 stop_strings=self.task.stop_strings,
                 suppress_token_ids=self.suppressed_token_ids,
+                guidance=guidance,
                 progress=True,
                 description=description,
             )
@@ -388,8 +402,11 @@ class ReasoningModule(LightningModule):
     def evaluate_problems(self, problems: list[Problem]) -> None:
         """Greedy and K sampled responses for each problem; updates the evaluation metrics."""
         greedy_config = replace(self.evaluation, num_samples=1, temperature=0.0)
-        greedy = self.generate(problems, greedy_config, ("eval",), "greedy")
-        sampled = self.generate(problems, self.evaluation, ("eval",), f"{self.evaluation.num_samples} samples")
+        guidance = self.evaluation_guidance
+        greedy = self.generate(problems, greedy_config, ("eval",), "greedy", guidance)
+        sampled = self.generate(
+            problems, self.evaluation, ("eval",), f"{self.evaluation.num_samples} samples", guidance
+        )
         k = self.evaluation.num_samples
         ids = torch.tensor([p.id for p in problems], device=self.device)
         targets = torch.tensor([p.answer for p in problems], dtype=torch.float64, device=self.device)

@@ -9,14 +9,21 @@ prefix), so maj@1 / maj@K / pass@K mean the same as for every other algorithm. U
 on return tokens it samples unconditioned: the first round keeps the starting policy's own samples (a warm
 start has never seen a return token, whose fresh embedding would derail it), and validation before training
 measures the starting policy as it is. The share of positive samples in each training batch is set by
-``positive_ratio`` (the paper found a balanced ratio worse than a skewed one; on the tiny CPU policy balanced
-batches do best), or left natural.
+``positive_ratio`` (the paper found a balanced ratio worse than a skewed one), or left natural.
 
 The return tokens are added to the tokenizer and the embeddings before anything is sharded; exported
 policies carry them, and record the good token as ``response_prefix`` in their generation config (and in
 ``lit_reason.json``), which lit-reason's evaluation of an exported policy applies. Return tokens are never
 generated (the sampler suppresses them; exported policies list them in ``suppress_tokens``, which
 ``model.generate`` honours too).
+
+Addition, not in the paper: with ``guidance_scale`` above 1, evaluation contrasts the return token it
+conditions on with the other one at every token, as classifier-free guidance with a negative prompt (Sanchez
+et al. 2023, "Stay on topic with Classifier-Free Guidance", arXiv 2306.17806; Hugging Face's
+``guidance_scale`` with ``negative_prompt_ids``). A small policy learns only a slight difference between the
+two returns, spread over the steps where its mistakes fall, too slight to change a greedy choice; guidance
+amplifies what it learned. Rollouts sample without it. The export records it (``guidance`` in
+``lit_reason.json``); 1 (the default) turns it off.
 
 Deviation: the new tokens' embedding rows start at the mean row plus noise of the existing rows' spread
 (``return_token_spread``), not at the mean alone as Hugging Face's resizing leaves them. From the mean both
@@ -39,7 +46,7 @@ from lit_reason.algorithms.expert_iteration import Example, ExpertIteration, Kep
 from lit_reason.data import TrainData
 from lit_reason.distributed import rank_and_world_size
 from lit_reason.policy import POLICY_NOTES, PolicySpec, load_model
-from lit_reason.sampling import SampleBatch, encode_prompt
+from lit_reason.sampling import Guidance, SampleBatch, encode_prompt
 from lit_reason.tasks import Problem
 
 
@@ -57,6 +64,12 @@ class ReturnConditionedRL(ExpertIteration):
             look different from the first step (0: both at the mean, nearly the same vector).
         condition_on: which return evaluation (and rollouts) condition on: ``good`` (the algorithm) or
             ``bad`` (to measure what conditioning does).
+        guidance_scale: once conditioned, evaluation contrasts the return token it conditions on with the
+            other one, as classifier-free guidance with the other return as the negative prompt:
+            ``log p_other + guidance_scale * (log p - log p_other)`` at every token (Hugging Face's
+            ``guidance_scale``); exported policies record it. Rollouts sample without it: the policy learns
+            what each return looks like from its own conditioned samples. 1: no guidance; above 1 each
+            evaluation forward pass also runs the other return's rows (about twice the cost).
         **kwargs: Expert Iteration's options (rollout, epochs_per_round, restart_from, base_policy, dedupe,
             reference_solutions) and the shared ones. Reference solutions count as correct samples.
     """
@@ -69,6 +82,7 @@ class ReturnConditionedRL(ExpertIteration):
         train_return_token: bool = False,
         return_token_spread: float = 1.0,
         condition_on: Literal["good", "bad"] = "good",
+        guidance_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -81,6 +95,9 @@ class ReturnConditionedRL(ExpertIteration):
             raise ValueError(f"return_token_spread must be >= 0, got {return_token_spread}")
         self.return_token_spread = return_token_spread
         self.condition_on = condition_on
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1: no guidance), got {guidance_scale}")
+        self.guidance_scale = guidance_scale
         # Added before the model exists: configure_model grows the embeddings to the tokenizer's size.
         self.tokenizer.add_tokens(
             [t for t in (good_token, bad_token) if t not in self.tokenizer.get_vocab()], special_tokens=True
@@ -106,6 +123,15 @@ class ReturnConditionedRL(ExpertIteration):
         if not self.conditioned:
             return ""
         return self.good_token if self.condition_on == "good" else self.bad_token
+
+    @property
+    def evaluation_guidance(self) -> Guidance | None:
+        """With ``guidance_scale`` other than 1, once conditioned: the other return token is the negative
+        prompt."""
+        if not self.conditioned or self.guidance_scale == 1:
+            return None
+        other = self.bad_token if self.condition_on == "good" else self.good_token
+        return Guidance(negative_prefix=other, scale=self.guidance_scale)
 
     @property
     def suppressed_token_ids(self) -> list[int]:
@@ -168,14 +194,20 @@ class ReturnConditionedRL(ExpertIteration):
 
     # --------------------------------------------------------------------------------------------- export
     def export_policy(self, path: str | Path) -> None:
-        """Export as usual, recording the conditioning (once learned): generation config and
+        """Export as usual, recording the conditioning (once learned) and its guidance: generation config and
         ``lit_reason.json``."""
+        guidance = None
         if self.conditioned:
             self.policy.generation_config.response_prefix = self.good_token
+            if self.guidance_scale != 1:
+                guidance = {"negative_prefix": self.bad_token, "scale": self.guidance_scale}
+            self.policy.generation_config.response_guidance = guidance
         self.policy.generation_config.suppress_tokens = self.suppressed_token_ids
         super().export_policy(path)
         if self.conditioned and rank_and_world_size()[0] == 0:
             note = {"response_prefix": self.good_token, "bad_token": self.bad_token, "algorithm": "ReturnConditionedRL"}
+            if guidance:
+                note["guidance"] = guidance
             (Path(path) / POLICY_NOTES).write_text(json.dumps(note, indent=2))
 
 

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lit_reason import SFT, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
 from lit_reason.algorithms.expert_iteration import KeptSample
 from lit_reason.algorithms.rcrl import ratio_batches
+from lit_reason.sampling import Guidance
 from lit_reason.tasks import Arithmetic
 from tests.helpers.fakes import FakeTrainer
 
@@ -90,6 +91,52 @@ def test_sampling_conditions_on_the_return_token(condition_on):
     assert not batch.response_mask[:, : batch.prompt_length].any()
     assert all("[GOOD]" not in t and "[BAD]" not in t for t in batch.texts)
     assert sorted(module.suppressed_token_ids) == sorted(module.tokenizer.convert_tokens_to_ids(["[GOOD]", "[BAD]"]))
+
+
+@pytest.mark.parametrize("condition_on", ["good", "bad"])
+def test_evaluation_is_guided_away_from_the_other_return_and_exports_it(condition_on, tmp_path, monkeypatch):
+    short = SamplingConfig(num_samples=2, max_new_tokens=8)
+    module = ReturnConditionedRL(
+        policy=PolicySpec(name_or_path="micro"), guidance_scale=3.0, condition_on=condition_on, rollout=short,
+        evaluation=short, reference_solutions=0,
+    )  # fmt: skip
+    module.configure_model()
+    assert module.evaluation_guidance is None  # untrained return tokens: no conditioning, nothing to contrast
+    module.conditioned = True
+    other = {"good": "[BAD]", "bad": "[GOOD]"}[condition_on]
+    assert module.evaluation_guidance == Guidance(negative_prefix=other, scale=3.0)
+    task = Arithmetic(train_size=50, validation_size=4, test_size=4)
+    module._trainer = FakeTrainer(RolloutDataModule(task=task))
+    sampled = []  # (description, guidance, batch) of every sampling call
+    generate = module.generate
+
+    def recording_generate(problems, config, seed_parts, description, guidance=None):
+        batch = generate(problems, config, seed_parts, description, guidance)
+        sampled.append((description, guidance, batch))
+        return batch
+
+    monkeypatch.setattr(module, "generate", recording_generate)
+    module.evaluate_problems(task.problems("validation"))
+    module.make_train_data(task.problems("train")[:4], round_index=1)
+    assert [(d, g) for d, g, _ in sampled] == [
+        ("greedy", module.evaluation_guidance),
+        ("2 samples", module.evaluation_guidance),
+        ("round 1 rollout", None),  # rollouts sample the policy as it is
+    ]
+    guided = sampled[1][2]
+    plain = generate(task.problems("validation"), short, ("eval",), "plain")
+    prompts = guided.input_ids[:, : guided.prompt_length]  # the same prompts, behind the conditioned token
+    assert torch.equal(prompts, plain.input_ids[:, : plain.prompt_length])
+    first = guided.prompt_length  # the random policy hardly reads the return token: compare probabilities
+    assert (guided.logprobs[:, first] - plain.logprobs[:, first]).abs().min() > 1e-3
+    module.export_policy(tmp_path)
+    recorded = {"negative_prefix": "[BAD]", "scale": 3.0}  # an export conditions on [GOOD], whatever was measured
+    assert json.loads((tmp_path / "lit_reason.json").read_text())["guidance"] == recorded
+    evaluator = SFT(policy=PolicySpec(name_or_path=str(tmp_path)))
+    evaluator.configure_model()
+    assert evaluator.response_prefix == "[GOOD]" and evaluator.evaluation_guidance == Guidance("[BAD]", 3.0)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        ReturnConditionedRL(guidance_scale=-1.0)
 
 
 def test_keeps_correct_and_incorrect_samples():
