@@ -143,16 +143,19 @@ def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokeni
 
 def test_greedy_guidance_matches_generate_with_a_negative_prompt(micro_model, char_tokenizer):
     greedy = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=10)
-    guidance = Guidance(negative_prefix="[B]", scale=3.0)
+    # The random policy hardly reads its prefix: a strong scale, so that guidance changes greedy choices.
+    guidance = Guidance(negative_prefix="Zq9", scale=30.0)
     ours = sample(
         micro_model, char_tokenizer, PROMPTS, greedy, [0, 1, 2], eos_token_ids=[2], response_prefix="[G]",
         guidance=guidance,
     )  # fmt: skip
+    plain = sample(micro_model, char_tokenizer, PROMPTS, greedy, [0, 1, 2], eos_token_ids=[2], response_prefix="[G]")
+    assert ours.texts != plain.texts
     for prompt, text in zip(PROMPTS, ours.texts, strict=True):  # Hugging Face's guidance runs one prompt
         encoded = char_tokenizer(prompt + "[G]", return_tensors="pt")
-        negative = char_tokenizer(prompt + "[B]", return_tensors="pt").input_ids
+        negative = char_tokenizer(prompt + "Zq9", return_tensors="pt").input_ids
         output = micro_model.generate(
-            **encoded, do_sample=False, max_new_tokens=10, eos_token_id=2, pad_token_id=0, guidance_scale=3.0,
+            **encoded, do_sample=False, max_new_tokens=10, eos_token_id=2, pad_token_id=0, guidance_scale=30.0,
             negative_prompt_ids=negative,
         )  # fmt: skip
         assert text == char_tokenizer.decode(output[0, encoded.input_ids.shape[1] :], skip_special_tokens=True)
