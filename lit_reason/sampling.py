@@ -370,8 +370,12 @@ def sample(
     device = next(model.parameters()).device
     guided = guidance is not None and guidance.scale != 1
     plain = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    encoded = [ids + _encode_prefix(tokenizer, response_prefix) for ids in plain]
-    negative = [ids + _encode_prefix(tokenizer, guidance.negative_prefix) for ids in plain] if guided else None
+    prefix_ids = _encode_prefix(tokenizer, response_prefix)
+    encoded = [ids + prefix_ids for ids in plain]
+    negative = None
+    if guided:
+        negative_ids = _encode_prefix(tokenizer, guidance.negative_prefix)
+        negative = [ids + negative_ids for ids in plain]
     k = config.num_samples
     prompts_per_chunk = max(1, config.batch_size // (k * (2 if guided else 1)))
     chunks = [
