@@ -173,6 +173,7 @@ class OutcomeRewardModel(ReasoningModule):
         self.seed = seed
         self.network: ValueModel | None = None  # built in configure_model
         self._first_round: list[LabelledBatch] | None = None
+        self._reference_pool: list[tuple[list[int], list[int]]] | None = None  # encoded on first use
         self.orm_metrics = torch.nn.ModuleDict(
             {
                 "orm_loss": MeanMetric(),
@@ -268,9 +269,10 @@ class OutcomeRewardModel(ReasoningModule):
     def _reference_examples(self, count: int, round_index: int) -> list[tuple[list[int], list[int]]]:
         """``count`` (prompt ids, solution ids) pairs of training questions that fit the context, drawn
         without replacement while they last, differently on every rank and round."""
-        examples = [self.encode_example(p, self.task.target(p)) for p in self.task.problems("train") if p.solution]
-        examples = [e for e in examples if fits_context(e, self.max_length)]
-        if not examples:
+        if self._reference_pool is None:  # the training split is encoded once, not every round
+            examples = [self.encode_example(p, self.task.target(p)) for p in self.task.problems("train") if p.solution]
+            self._reference_pool = [e for e in examples if fits_context(e, self.max_length)]
+        if not self._reference_pool:
             raise ValueError(
                 f"reference_lm_coef > 0 needs reference solutions of training questions within the context of "
                 f"{self.max_length} tokens, but {type(self.task).__name__} has none; set reference_lm_coef: 0"
@@ -278,7 +280,7 @@ class OutcomeRewardModel(ReasoningModule):
         rng = random.Random(f"{self.seed}-references-{round_index}-{rank_and_world_size()[0]}")
         chosen = []
         while len(chosen) < count:
-            chosen += rng.sample(examples, min(len(examples), count - len(chosen)))
+            chosen += rng.sample(self._reference_pool, min(len(self._reference_pool), count - len(chosen)))
         return chosen
 
     def _save_rollout(
