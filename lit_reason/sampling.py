@@ -8,9 +8,11 @@ Design points:
 * **Log-probs** are those of the temperature-scaled, *unfiltered* softmax (top-k / top-p only decide which
   tokens may be drawn), so a training forward at the same temperature reproduces them exactly and PPO's first
   ratio is 1.
-* **Reproducible per question**: every row draws its randomness from a counter-based hash of
-  (row seed, step, token), so a question's samples do not depend on the batch it lands in, the rank, the
-  batch size or the device.
+* **Reproducible per question**: every row draws each token by inverting the cumulative distribution at one
+  uniform number, a counter-based hash of (row seed, step), so a question's samples do not depend on the
+  batch it lands in, the rank, the batch size or the device; and the noise costs one number per row, not
+  one per vocabulary entry. A token whose logit is -inf (filtered, suppressed) has no cumulative mass and is
+  never drawn.
 * **One prefill per prompt**: a prompt's K samples share its KV cache, computed once.
 * **Finished rows leave the batch**: once a quarter of the rows have emitted EOS they are dropped from the
   KV cache, so short samples stop paying for long ones; and the cache grows into preallocated room instead
@@ -96,9 +98,11 @@ class Guidance:
 
 
 def guided_logits(logits: torch.Tensor, negative_logits: torch.Tensor, scale: float) -> torch.Tensor:
-    """(R, V), (R, V) -> (R, V): ``log p_neg + scale * (log p - log p_neg)``, over log-softmaxes."""
-    negative = negative_logits.log_softmax(-1)
-    return negative + scale * (logits.log_softmax(-1) - negative)
+    """(R, V), (R, V) -> (R, V): ``log p_neg + scale * (log p - log p_neg)``, over log-softmaxes; -inf where
+    the policy's own logit is -inf (the formula would give NaN where both are)."""
+    positive, negative = logits.log_softmax(-1), negative_logits.log_softmax(-1)
+    guided = negative + scale * (positive - negative)
+    return guided.masked_fill(positive == float("-inf"), float("-inf"))
 
 
 @dataclass
@@ -147,6 +151,32 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=not has_bos).input_ids
 
 
+def encode_continuation(tokenizer, context: str, context_ids: list[int], text: str) -> list[int]:
+    """Token ids of ``text`` as they follow ``context`` (encoded as ``context_ids``): what a model continuing
+    that context produces for it.
+
+    They are the tail of the tokenization of ``context + text``, not the tokenization of ``text`` alone: a
+    SentencePiece-style tokenizer starts a lone text with a word-start marker ("▁") that a model continuing a
+    prompt does not produce. Where the joint tokenization merges tokens across the boundary (its head differs
+    from ``context_ids``), ``text`` is tokenized as it would be mid-text, behind a special token (which
+    tokenizers split off first), if that decodes after ``context_ids`` to what the joint tokenization decodes
+    to (a normalizer may still prepend "▁" there); else by itself.
+    """
+    joint = encode_prompt(tokenizer, context + text)
+    if joint[: len(context_ids)] == context_ids:
+        return joint[len(context_ids) :]
+    alone = tokenizer(text, add_special_tokens=False).input_ids
+    anchor = tokenizer.bos_token or tokenizer.eos_token
+    if anchor is None:
+        return alone
+    anchored = tokenizer(anchor + text, add_special_tokens=False).input_ids
+    if anchored[:1] == [tokenizer.convert_tokens_to_ids(anchor)] and tokenizer.decode(
+        context_ids + anchored[1:]
+    ) == tokenizer.decode(joint):
+        return anchored[1:]
+    return alone
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding: (B, L) mask -> (B, L) ``cumsum - 1``, clamped at 0 on padding."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -169,29 +199,62 @@ def row_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") >> 2
 
 
-def counter_uniform(seeds: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
-    """Uniform (0, 1) noise, (R, V) float32, that depends only on (row seed, step, token index).
+def counter_uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One uniform number per row, strictly inside (0, 1), that depends only on (row seed, step).
 
-    Counter-based: a 32-bit integer hash of the three, so the same row gets the same numbers whatever batch,
+    Counter-based: a 32-bit integer hash of the two, so the same row gets the same number whatever batch,
     device or process it is computed in.
 
     Args:
         seeds: (R,) long, non-negative row seeds.
         step: decoding step.
-        vocab_size: V.
+
+    Returns:
+        (R,) float64.
     """
-    tokens = torch.arange(vocab_size, device=seeds.device, dtype=torch.long)
     low, high = seeds & _MASK32, (seeds >> 32) & _MASK32
-    counter = _hash32((tokens + step * vocab_size) & _MASK32)[None, :]
-    value = _hash32(counter ^ _hash32(low)[:, None])
-    value = _hash32(value ^ _hash32(high ^ 0x5BD1E995)[:, None])
-    return ((value >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+    value = _hash32(low ^ _hash32(torch.full_like(low, step & _MASK32)))
+    value = _hash32(value ^ _hash32(high ^ 0x5BD1E995))
+    return uniform_from_hash(value)
+
+
+def uniform_from_hash(value: torch.Tensor) -> torch.Tensor:
+    """Map 32-bit hash values (long, 0 <= value < 2**32) to the centres of 2**32 equal cells of (0, 1):
+    ``(value + 0.5) / 2**32``, exact in float64, so never 0 or 1."""
+    return (value.to(torch.float64) + 0.5) / float(1 << 32)
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
     x = (((x >> 16) ^ x) * _HASH_MULTIPLIER) & _MASK32
     x = (((x >> 16) ^ x) * _HASH_MULTIPLIER) & _MASK32
     return (x >> 16) ^ x
+
+
+_PROBABILITY_SCALE = 2.0**40  # probabilities as integers in units of 2**-40: their sum, about 2**40, fits int64
+
+
+def inverse_cdf_draw(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """A draw from ``softmax(logits)`` per row by inverting its cumulative distribution at ``uniforms``.
+
+    Probabilities are counted in integer units of 2**-40 and summed exactly (a float cumulative sum rounds
+    differently by device and, on a GPU, by batch shape, and can give a token of probability 0 a step of
+    one ulp). The chosen token is the first whose cumulative count exceeds ``floor(u * total)``, a number in
+    [0, total): a token at -inf counts 0, so it never exceeds what its predecessor did and is never drawn.
+    Probabilities below 2**-40 are never drawn.
+
+    Args:
+        logits: (R, V) float logits, -inf for tokens that may not be drawn.
+        uniforms: (R,) float64 numbers in (0, 1), e.g. from ``counter_uniform``.
+
+    Returns:
+        (R,) long token ids. A row with no finite logit (which callers must not pass) gets token V - 1 rather
+        than an index out of range.
+    """
+    probabilities = logits.float().softmax(-1).nan_to_num(0.0)
+    cumulative = (probabilities.double() * _PROBABILITY_SCALE).long().cumsum(-1)
+    targets = (uniforms.double() * cumulative[:, -1].double()).long()
+    tokens = torch.searchsorted(cumulative, targets[:, None], side="right")[:, 0]
+    return tokens.clamp(max=logits.shape[-1] - 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -230,8 +293,7 @@ def draw_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tenso
     scaled = logits / config.temperature
     logprobs = scaled.log_softmax(-1)
     allowed = filter_logits(scaled, config.top_k, config.top_p)
-    gumbel = -torch.log(-torch.log(counter_uniform(seeds, step, logits.shape[-1])))
-    tokens = (allowed + gumbel).argmax(-1)  # Gumbel-max: a draw from softmax(allowed)
+    tokens = inverse_cdf_draw(allowed, counter_uniform(seeds, step))
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
 
 
@@ -370,11 +432,11 @@ def sample(
     device = next(model.parameters()).device
     guided = guidance is not None and guidance.scale != 1
     plain = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    prefix_ids = _encode_prefix(tokenizer, response_prefix)
+    prefix_ids = encode_response_prefix(tokenizer, response_prefix)
     encoded = [ids + prefix_ids for ids in plain]
     negative = None
     if guided:
-        negative_ids = _encode_prefix(tokenizer, guidance.negative_prefix)
+        negative_ids = encode_response_prefix(tokenizer, guidance.negative_prefix)
         negative = [ids + negative_ids for ids in plain]
     k = config.num_samples
     prompts_per_chunk = max(1, config.batch_size // (k * (2 if guided else 1)))
@@ -412,7 +474,8 @@ def sample(
     return _assemble(results, tokenizer)
 
 
-def _encode_prefix(tokenizer, prefix: str) -> list[int]:
+def encode_response_prefix(tokenizer, prefix: str) -> list[int]:
+    """Token ids of a response prefix (a return token), the same after every prompt."""
     return tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
 
 

@@ -5,12 +5,15 @@ from lit_reason.sampling import (
     Guidance,
     SamplingConfig,
     counter_uniform,
+    draw_tokens,
     eval_mode,
     filter_logits,
     guided_logits,
+    inverse_cdf_draw,
     position_ids_from_mask,
     row_seed,
     sample,
+    uniform_from_hash,
 )
 
 PROMPTS = ["Ann has 3 apples.\n", "A much longer prompt that needs left padding here.\n", "Hi\n"]
@@ -170,8 +173,6 @@ def test_filter_logits_top_k_and_top_p_by_hand():
 
 
 def test_sampled_frequencies_follow_the_temperature_scaled_softmax():
-    from lit_reason.sampling import draw_tokens
-
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
     seeds = torch.tensor([row_seed(0, i) for i in range(20000)])
     tokens, logprobs = draw_tokens(logits, SamplingConfig(temperature=2.0), seeds, step=0)
@@ -179,8 +180,77 @@ def test_sampled_frequencies_follow_the_temperature_scaled_softmax():
     observed = torch.bincount(tokens, minlength=4).float() / 20000
     assert torch.allclose(observed, expected, atol=0.015)
     assert torch.allclose(logprobs, expected.log()[tokens])
-    noise = counter_uniform(seeds[:1000], step=3, vocab_size=50)
-    assert noise.min() > 0 and noise.max() < 1 and abs(noise.mean().item() - 0.5) < 0.01
+
+
+def test_uniforms_are_strictly_inside_0_1_for_every_hash_value():
+    # The map is increasing, so its extremes are at the ends of the 32-bit range: check the lowest and highest
+    # 2**24 values exhaustively (the old map rounded the top 256 of them to exactly 1.0 in float32).
+    for values in (torch.arange(1 << 24), torch.arange((1 << 32) - (1 << 24), 1 << 32)):
+        uniforms = uniform_from_hash(values)
+        assert uniforms.min() > 0 and uniforms.max() < 1
+        assert (uniforms.diff() > 0).all()
+    seeds = torch.tensor([row_seed(7, i) for i in range(100_000)])
+    noise = torch.cat([counter_uniform(seeds, step) for step in range(2)])
+    counts = torch.histc(noise.float(), bins=100, min=0, max=1)
+    chi_square = ((counts - 2000) ** 2 / 2000).sum()
+    # 99 degrees of freedom: a correct uniform generator exceeds 160 with probability below 1e-4.
+    assert chi_square < 160
+    assert abs(torch.corrcoef(torch.stack([noise[:100_000], noise[100_000:]]))[0, 1]) < 0.02  # steps independent
+
+
+@pytest.mark.parametrize("uniform", [2.0**-33, 0.5, 1 - 2.0**-33])  # the extremes of uniform_from_hash
+def test_inverse_cdf_never_draws_a_token_at_minus_infinity(uniform):
+    finite = torch.tensor([0.0, 0.0, -1.0, 3.0, -30.0, -120.0])
+    for allowed in ([0], [5], [1, 2], [0, 5], [3], [4, 5], [0, 1, 2, 3, 4, 5]):
+        logits = torch.full((1, 6), float("-inf"))
+        logits[0, allowed] = finite[allowed]
+        token = inverse_cdf_draw(logits, torch.tensor([uniform], dtype=torch.float64))
+        assert token.item() in allowed
+    # Guidance where both prompts rule a token out gives -inf, not NaN (which would break the draw).
+    guided = guided_logits(torch.tensor([[0.0, float("-inf")]]), torch.tensor([[1.0, float("-inf")]]), 2.0)
+    assert guided[0, 1] == float("-inf") and inverse_cdf_draw(guided, torch.tensor([uniform], dtype=torch.float64)).item() == 0
+
+
+@pytest.mark.slow
+def test_sampler_matches_its_distribution_on_a_realistic_vocabulary():
+    """100,000 draws over 50,000 tokens with top-k, top-p and suppressed tokens: no disallowed token is ever
+    drawn, and the frequencies pass a chi-square test against softmax(filtered logits / T) whose false-alarm
+    rate is 1e-4."""
+    vocab, rows, steps = 50_000, 1_000, 100
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(vocab, generator=generator) * 3
+    suppressed = torch.randperm(vocab, generator=generator)[: vocab // 2]
+    logits[suppressed] = float("-inf")
+    config = SamplingConfig(temperature=1.3, top_k=10_000, top_p=0.98)
+    seeds = torch.tensor([row_seed(0, row) for row in range(rows)])
+    # draw_tokens filters (top-k, top-p) and scales, then draws with inverse_cdf_draw: the whole step once, ...
+    tokens, logprobs = draw_tokens(logits.expand(200, -1), config, seeds[:200], step=0)
+    allowed = filter_logits((logits / config.temperature)[None], config.top_k, config.top_p)[0]
+    probabilities = allowed.double().softmax(-1)
+    assert (probabilities[tokens] > 0).all()
+    assert torch.allclose(logprobs, (logits / config.temperature).log_softmax(-1)[tokens])
+    # ... then the draws alone, 100 steps of 1,000 rows: sorting 50,000 x 1,000 logits a hundred times for
+    # top-k / top-p (checked by hand above) would dominate the test.
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    for step in range(steps):
+        tokens = inverse_cdf_draw(allowed.expand(rows, -1), counter_uniform(seeds, step))
+        counts += torch.bincount(tokens, minlength=vocab)
+    assert counts.sum() == rows * steps
+    assert counts[probabilities == 0].sum() == 0  # filtered and suppressed tokens: never
+    # Chi-square over bins of tokens (in order of probability) expecting at least 20 draws each.
+    order = probabilities.argsort(descending=True)
+    expected = probabilities[order] * counts.sum()
+    observed = counts[order]
+    # Token i goes to bin floor(cumulative expected / 20), renumbered consecutively: in descending order each
+    # bin expects at least 10 draws (the last, partial, bin joins the one before).
+    raw = (expected.cumsum(0) / 20).floor().clamp(max=(expected.sum() / 20).floor() - 1)
+    bins = torch.unique_consecutive(raw, return_inverse=True)[1]
+    expected_bins = torch.zeros(int(bins.max()) + 1, dtype=torch.float64).index_add_(0, bins, expected)
+    observed_bins = torch.zeros_like(expected_bins).index_add_(0, bins, observed)
+    chi_square = ((observed_bins - expected_bins) ** 2 / expected_bins).sum()
+    degrees = torch.tensor(len(expected_bins) - 1.0, dtype=torch.float64)
+    p_value = torch.special.gammaincc(degrees / 2, chi_square / 2)
+    assert len(expected_bins) > 1000 and p_value > 1e-4, (chi_square.item(), degrees.item(), p_value.item())
 
 
 def test_stop_strings_end_a_response(micro_model, char_tokenizer):
