@@ -2,8 +2,13 @@
 
 Model text is hostile input. Nothing here calls ``eval``; the calculator walks a parsed ``ast`` that may only
 hold numbers, ``+ - * /`` and parentheses, and every entry point bounds the size of what it looks at, so a
-100k-character string, a number with thousands of digits or parentheses nested a thousand deep cost bounded
-time and never raise.
+100k-character string, a number with thousands of digits or parentheses nested a thousand deep never raise.
+
+Every entry point runs in time linear in its input (first cut to its last ``MAX_TEXT_CHARS`` characters). For
+the regular expressions that takes two rules. A whitespace run is only ever matched whole by one ``\\s*``, never
+shared by quantifiers in a row as in ``\\s*\\$?\\s*``: a failing match tries every split of the run between them,
+quadratic in its length (cubic for three). And a pattern that can scan far starts at a literal right before
+what it scans ("####", "=", "answer is", "<<"), so ``findall`` never rescans one run from many starting points.
 """
 
 from __future__ import annotations
@@ -22,16 +27,24 @@ MAX_EXPRESSION_DEPTH = 20
 MAX_MAGNITUDE = 1e15
 
 # A number as people write it: optional sign and dollar sign, thousands separators, decimals.
-_NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\$?\s?\.\d+"
-NUMBER_RE = re.compile(_NUMBER)
-_FINAL_MARK_RE = re.compile(r"####\s*(" + _NUMBER + r")")
+_DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+NUMBER_RE = re.compile(r"-?\$?\s?(?:" + _DIGITS + ")")
+# The same number where a "\s*" precedes it: the space it may hold must follow a sign or dollar sign, so that
+# "\s*" and the number cannot split one whitespace run between them (the match found is the same either way).
+_SPACED_NUMBER = r"(?:(?:-\$?|\$)\s?)?(?:" + _DIGITS + ")"
+_FINAL_MARK_RE = re.compile(r"####\s*(" + _SPACED_NUMBER + ")")
+# "answer is: \boxed{N}": the colon and the box each bring their own leading "\s*" rather than
+# "\s*:?\s*(?:\\boxed\{)?\s*", so no whitespace run is split between quantifiers (that was cubic).
 _ANSWER_IS_RE = re.compile(
-    r"(?:answer|result)\s*(?:is|=|:|was|will be)\s*:?\s*(?:\\boxed\{)?\s*(" + _NUMBER + r")", re.IGNORECASE
+    r"(?:answer|result)\s*(?:is|=|:|was|will be)(?:\s*:)?(?:\s*\\boxed\{)?\s*(" + _SPACED_NUMBER + ")",
+    re.IGNORECASE,
 )
-_BOXED_RE = re.compile(r"\\boxed\{\s*(" + _NUMBER + r")\s*\}")
+_BOXED_RE = re.compile(r"\\boxed\{\s*(" + _SPACED_NUMBER + r")\s*\}")
 _ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
-# The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12").
-_EQUATION_RESULT_RE = re.compile(r"=\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+# The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12"). The "\s*"
+# after a dollar sign sits in the dollar's optional group, so a whitespace run has one way to match
+# ("=\s*\$?\s*" tried every split of it: quadratic).
+_EQUATION_RESULT_RE = re.compile(r"=\s*(?:\$\s*)?(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
 _EXPRESSION_CHARS = frozenset("0123456789 ,.$+-*/x×()")
 MAX_CALCULATIONS = 100
 

@@ -1,16 +1,23 @@
+import gc
 import json
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
+from lit_reason.rewards import batch_steps, matched_result_credits
 from lit_reason.tasks.answers import (
+    MAX_TEXT_CHARS,
     answers_match,
     calculate,
     calculations,
     evaluate_steps,
     extract_answer,
     intermediate_results,
+    normalize_expression,
     operation_signature,
     parse_number,
 )
@@ -119,6 +126,120 @@ def test_hostile_text_is_bounded_and_never_raises(text):
     calculate(text)
     evaluate_steps(text)
     assert time.perf_counter() - start < 2.0
+
+
+def _padded(head: str, filler: str, tail: str = "x") -> Callable[[int], str]:
+    """A builder of texts of n characters: ``head``, then ``filler`` repeated, then ``tail``."""
+
+    def build(n: int) -> str:
+        return (head + filler * (n // len(filler) + 1))[: n - len(tail)] + tail
+
+    return build
+
+
+# Model text that makes backtracking patterns slow: long whitespace runs after every keyword the patterns anchor
+# on (a failing match tries every way to split such a run), and long runs of what they repeat over.
+ADVERSARIAL = {
+    "answer is, spaces": _padded("The answer is", " "),
+    "answer is:, newlines and spaces": _padded("answer is:", " \n"),
+    "result =, tabs and spaces": _padded("result =", "\t "),
+    "result:, spaces": _padded("The result:", " "),
+    "answer will be, spaces, }": _padded("answer will be", " ", "}"),
+    "answer is boxed, spaces": _padded("answer is: \\boxed{", " "),
+    "####, spaces": _padded("####", " "),
+    "boxed, newlines and spaces": _padded("\\boxed{", " \n"),
+    "boxed number, spaces": _padded("\\boxed{1", " "),
+    "boxed thousands, spaces": lambda n: _padded("\\boxed{", "111,", "")(n // 2) + _padded("", " ")(n - n // 2),
+    "=, spaces": _padded("1+1=", " "),
+    "= $, spaces": _padded("1+1= $", " "),
+    "$, spaces": _padded("$", " "),
+    "-, newlines": _padded("-", "\n"),
+    "= run, spaces": lambda n: "=" * (n // 2) + _padded("", " ")(n - n // 2),
+    "= run": _padded("", "="),
+    "= space run": _padded("", "= "),
+    "<< run": _padded("", "<<"),
+    ">> run": _padded("", ">>"),
+    "<< digits": _padded("<<", "1"),
+    "( run": _padded("", "((((1+"),
+    "{ run": _padded("", "{{{{"),
+    "1,1,1": _padded("", "1,"),
+    "1.1.1": _padded("", "1."),
+    "-$-$-$": _padded("", "-$"),
+    "#### run": _padded("", "#### "),
+    "boxed run": _padded("", "\\boxed{ "),
+    "1+1= run": _padded("", "1+1="),
+    "annotation run": _padded("", "<<1+1=2>>"),
+    "equation lines": _padded("", "\n1+1=2 "),
+    "answer is run": _padded("", "answer is "),
+    "digits": _padded("", "9"),
+}
+# Text lengths up to the cap, each 8 times the last: linear time grows 8-fold a step, quadratic 64, cubic 512.
+LENGTHS = [MAX_TEXT_CHARS // 8**k for k in (3, 2, 1, 0)]
+# Growth allowed per step: ~2.5x above linear for a loaded machine's noise, ~3x below quadratic.
+MAX_GROWTH = 20
+# Calls faster than this are too quick to time reliably and too quick to matter, at any length.
+MEASURABLE_S = 0.005
+
+
+def _seconds(call: Callable[[str], object], text: str, repeats: int = 3) -> float:
+    """CPU seconds of the fastest of a few runs. CPU time of this thread, not wall time, so that other processes
+    on a loaded machine do not count; the garbage collector is off (as in ``timeit``) because a full collection
+    scans every object of the process (torch's included), at moments unrelated to the call's own cost."""
+    best = math.inf
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            start = time.thread_time()
+            call(text)
+            best = min(best, time.thread_time() - start)
+    finally:
+        gc.enable()
+    return best
+
+
+def _assert_linear_time(call: Callable[[str], object], build: Callable[[int], str]) -> None:
+    """Once ``call`` takes measurable time, it grew at most about linearly with the text since the last length.
+
+    A growth check rather than a time limit keeps it independent of the machine's speed; short lengths come
+    first so that super-linear code fails within seconds instead of running for hours at the cap.
+    """
+    previous = None
+    for n in LENGTHS:
+        text = build(n)
+        assert len(text) == n
+        elapsed = _seconds(call, text)
+        if previous is not None and elapsed > MEASURABLE_S:
+            growth = elapsed / previous
+            assert growth < MAX_GROWTH, f"{call.__name__}: {previous:.4f} s at {n // 8} chars, {elapsed:.4f} s at {n}"
+        previous = elapsed
+
+
+def _line_credits(text: str) -> list[float]:
+    """The heuristic dense reward's reading of a response: credits for the calculations of each line."""
+    return matched_result_credits(text.splitlines(keepends=True), [2.0, 3.0])
+
+
+@pytest.mark.parametrize("build", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_parsing_model_text_takes_linear_time(build):
+    for call in (
+        extract_answer,
+        calculations,
+        intermediate_results,
+        operation_signature,
+        normalize_expression,
+        calculate,
+        evaluate_steps,
+        _line_credits,
+    ):
+        _assert_linear_time(call, build)
+
+
+def test_splitting_responses_into_steps_takes_linear_time(char_tokenizer):
+    def steps(text: str) -> list[list[tuple[int, str]]]:
+        ids = torch.tensor([char_tokenizer(text, add_special_tokens=False).input_ids])
+        return batch_steps(char_tokenizer, ids, torch.ones_like(ids, dtype=torch.bool), prompt_length=0)
+
+    _assert_linear_time(steps, ADVERSARIAL["equation lines"])
 
 
 @pytest.mark.skipif(not (DATA / "gsm8k").is_dir(), reason="needs ../shared/data/gsm8k")
