@@ -18,13 +18,26 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
-def reduce_int(value: int, op: str, device: torch.device) -> int:
-    """``value`` reduced over ranks with ``op`` in {"sum", "min", "max"}."""
+_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce(tensor: torch.Tensor, device: torch.device, op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced over ranks with ``op`` in {"sum", "min", "max"}, returned on its own device.
+
+    The reduction runs on ``device``, the module's: NCCL only takes tensors on the rank's GPU, while rollouts
+    and their statistics live on the CPU (gloo, which accepts either, would hide the mismatch). Every
+    collective of lit-reason goes through this module for that reason.
+    """
     if not is_distributed():
-        return value
-    tensor = torch.tensor([value], device=device, dtype=torch.long)
-    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
-    return int(tensor.item())
+        return tensor
+    on_device = tensor.to(device)
+    dist.all_reduce(on_device, op=_OPS[op])
+    return on_device.to(tensor.device)
+
+
+def reduce_int(value: int, op: str, device: torch.device) -> int:
+    """``value`` reduced over ranks with ``op`` in {"sum", "min", "max"} (communicated on ``device``)."""
+    return int(all_reduce(torch.tensor([value], dtype=torch.long), device, op).item())
 
 
 def gather_objects(items: list[Any]) -> list[Any]:

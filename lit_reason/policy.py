@@ -156,6 +156,29 @@ def spread_rows(weight: torch.Tensor, first_new_row: int, spread: float, seed: i
     weight[first_new_row:] += noise.to(weight.dtype)
 
 
+def disable_dropout(network: torch.nn.Module) -> None:
+    """Dropout off everywhere in ``network``, so a training-mode forward computes what an eval-mode one does.
+
+    Besides ``nn.Dropout`` modules, Hugging Face attention layers copy their dropout probability from the
+    config into a float attribute when built (Llama's ``self.attention_dropout``) and apply it in train mode,
+    so every float attribute of a module or config named like a dropout probability (or a LayerDrop rate) is
+    set to 0 as well; the exported config then records 0.
+    """
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):  # Dropout, Dropout1d-3d, AlphaDropout
+            module.p = 0.0
+        holders = [module, getattr(module, "config", None)]
+        for holder in (h for h in holders if h is not None):
+            for name, value in list(vars(holder).items()):
+                if _is_dropout_probability(name, value):
+                    setattr(holder, name, 0.0)
+
+
+def _is_dropout_probability(name: str, value: Any) -> bool:
+    named = any(word in name for word in ("dropout", "pdrop", "layerdrop"))  # layerdrop skips whole layers
+    return isinstance(value, float) and not isinstance(value, bool) and named
+
+
 def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> list[int]:
     """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models
     often end turns with a token other than the tokenizer's EOS)."""

@@ -54,7 +54,7 @@ from lit_reason.data import TrainData
 from lit_reason.distributed import gather_objects, rank_and_world_size
 from lit_reason.metrics import WithinQuestionAUROC
 from lit_reason.policy import PolicySpec, load_model
-from lit_reason.sampling import SampleBatch, SamplingConfig, encode_prompt
+from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import extract_answer
 from lit_reason.value_model import ValueModel
@@ -309,10 +309,9 @@ class OutcomeRewardModel(ReasoningModule):
 
     def _encode_responses(self, problems: list[Problem], texts: list[str]) -> SampleBatch:
         """Responses given as text, laid out like the sampler's output (an empty response is just EOS)."""
-        prompts = [encode_prompt(self.tokenizer, self.prompt(p)) for p in problems]
-        responses = [
-            self.tokenizer(t, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id] for t in texts
-        ]
+        # The ORM judges responses without a policy's response prefix (as reward_scores masks it out).
+        examples = [self.encode_example(p, t, response_prefix="") for p, t in zip(problems, texts, strict=True)]
+        prompts, responses = [prompt for prompt, _ in examples], [response for _, response in examples]
         width = max(map(len, prompts))
         length = width + max(map(len, responses))
         input_ids = torch.full((len(texts), length), self.tokenizer.pad_token_id, dtype=torch.long)

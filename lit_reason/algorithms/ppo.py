@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 
 from lit_reason.algorithms.base import ReasoningModule, markdown_cell
 from lit_reason.data import TrainData
-from lit_reason.distributed import gather_objects, is_distributed, rank_and_world_size
-from lit_reason.policy import load_model
+from lit_reason.distributed import all_reduce, gather_objects, rank_and_world_size
+from lit_reason.policy import disable_dropout, load_model
 from lit_reason.rewards import batch_steps, final_rewards, heuristic_step_rewards, orm_step_rewards
 from lit_reason.sampling import SampleBatch, SamplingConfig, eval_mode, position_ids_from_mask, token_logprobs
 from lit_reason.tasks import Problem
@@ -52,24 +51,28 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def global_mean_var(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def global_mean_var(
+    values: torch.Tensor, mask: torch.Tensor, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased variance of the masked entries of ``values`` on all ranks together.
 
-    (B, T), (B, T) -> (scalar, scalar); one all-reduce of (sum, sum of squares, count) when distributed.
+    (B, T), (B, T) -> (scalar, scalar); one all-reduce of (sum, sum of squares, count) when distributed, on
+    ``device`` (the module's; default: that of ``values``).
     """
     mask = mask.to(values.dtype)
     stats = torch.stack([(values * mask).sum(), (values**2 * mask).sum(), mask.sum()]).double()
-    if is_distributed():
-        dist.all_reduce(stats)
-    total, squares, count = stats
+    total, squares, count = all_reduce(stats, device or values.device)
     mean = total / count.clamp(min=1)
     variance = (squares / count.clamp(min=1) - mean**2) * count / (count - 1).clamp(min=1)
     return mean.to(values.dtype), variance.clamp(min=0).to(values.dtype)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Shift and scale the masked entries to mean 0 and variance 1 over all ranks; 0 elsewhere. (B, T)."""
-    mean, variance = global_mean_var(values, mask)
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, device: torch.device | None = None
+) -> torch.Tensor:
+    """Shift and scale the masked entries to mean 0 and variance 1 over all ranks; 0 elsewhere. (B, T).
+    ``device``: where the statistics are reduced (see ``global_mean_var``)."""
+    mean, variance = global_mean_var(values, mask, device)
     return (values - mean) * torch.rsqrt(variance + eps) * mask
 
 
@@ -167,10 +170,13 @@ def aggregate(
     return total * world_size / max(count, 1)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(returns - values) / Var(returns) over the masked entries (all ranks): 1 is a perfect critic."""
-    _, residual = global_mean_var(returns - values, mask)
-    _, total = global_mean_var(returns, mask)
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, device: torch.device | None = None
+) -> float:
+    """1 - Var(returns - values) / Var(returns) over the masked entries (all ranks): 1 is a perfect critic.
+    ``device``: where the statistics are reduced (see ``global_mean_var``)."""
+    _, residual = global_mean_var(returns - values, mask, device)
+    _, total = global_mean_var(returns, mask, device)
     return float(1 - residual / total) if total > 0 else float("nan")
 
 
@@ -316,7 +322,7 @@ class PPO(ReasoningModule):
             torch.nn.init.normal_(self.critic.weight, std=self.value_head_std)
             torch.nn.init.zeros_(self.critic.bias)
         for network in (self.policy, self.critic):
-            _disable_dropout(network)
+            disable_dropout(network)
 
     def networks_to_shard(self) -> list[torch.nn.Module]:
         return [self.policy, self.reference, self.critic]
@@ -362,7 +368,7 @@ class PPO(ReasoningModule):
         rewards = final_rewards(final, mask) + self.dense_coef * dense - self.kl_coef * kl
         advantages, returns = gae(rewards, values, mask, self.gamma, self.lam)
         if self.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, device=self.device)
         batches = self._minibatches(sampled, logprobs, values, advantages, returns, round_index)
         self._log_samples(problems, sampled, final, round_index)
         lengths = sampled.response_lengths.float()
@@ -374,7 +380,7 @@ class PPO(ReasoningModule):
             "kl_to_reference": (kl_penalty(logprobs, ref_logprobs, "k1") * mask).sum(-1).mean().item(),
             "response_length": lengths.mean().item(),
             "truncated_fraction": sampled.truncated.float().mean().item(),
-            "explained_variance": explained_variance(values, returns, mask),
+            "explained_variance": explained_variance(values, returns, mask, device=self.device),
             "value_mean": masked_mean(values, mask).item(),
             # Sampler and training forward should agree; a gap means mismatched numerics (e.g. precision).
             "logprob_gap_to_sampler": ((logprobs - sampled.logprobs).abs() * mask).max().item(),
@@ -434,11 +440,9 @@ class PPO(ReasoningModule):
                 torch.tensor(order[i : i + self.minibatch_size]) for i in range(0, len(order), self.minibatch_size)
             ]
         # Every minibatch's denominators count all ranks' share of it (one all-reduce for all of them).
-        counts = torch.tensor(
-            [[int(sampled.response_mask[rows].sum()), len(rows)] for rows in plan], device=self.device
+        counts = all_reduce(
+            torch.tensor([[int(sampled.response_mask[rows].sum()), len(rows)] for rows in plan]), self.device
         )
-        if is_distributed():
-            dist.all_reduce(counts)
         warmup = self.current_epoch < self.critic_warmup_rounds
         batches = []
         for rows, (tokens, sequences) in zip(plan, counts.tolist(), strict=True):
@@ -526,13 +530,3 @@ class PPO(ReasoningModule):
         if trainer.max_steps > 0:
             return trainer.max_steps
         return trainer.max_epochs * trainer.num_training_batches
-
-
-def _disable_dropout(network: torch.nn.Module) -> None:
-    """Dropout off everywhere in ``network`` (modules and Hugging Face attention dropout)."""
-    for module in network.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "attention_dropout"):
-            config.attention_dropout = 0.0

@@ -132,9 +132,9 @@ def first_token_frequency(module: PPO, task: Arithmetic) -> float:
     return (first == module.tokenizer.convert_tokens_to_ids(FirstTokenPPO.target)).float().mean().item()
 
 
-def make_ppo(**kwargs) -> tuple[PPO, Trainer, RolloutDataModule]:
+def make_ppo(preset_overrides: dict | None = None, **kwargs) -> tuple[PPO, Trainer, RolloutDataModule]:
     module = FirstTokenPPO(
-        policy=PolicySpec(name_or_path="micro", seed=1),
+        policy=PolicySpec(name_or_path="micro", seed=1, preset_overrides=preset_overrides or {}),
         rollout=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=3),
         minibatch_size=32,
         ppo_epochs=2,
@@ -150,8 +150,10 @@ def make_ppo(**kwargs) -> tuple[PPO, Trainer, RolloutDataModule]:
     return module, trainer, data
 
 
-def test_first_ratio_is_one():
-    module, trainer, data = make_ppo()
+@pytest.mark.parametrize("preset_overrides", [{}, {"attention_dropout": 0.5}])
+def test_first_ratio_is_one(preset_overrides):
+    # A checkpoint trained with attention dropout: the training forward must still reproduce the rollout.
+    module, trainer, data = make_ppo(preset_overrides)
     ratios = []
     original = PPO.training_step
 
