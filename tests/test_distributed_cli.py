@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import SFT_TASK
@@ -94,6 +95,30 @@ def test_expert_iteration_on_two_processes(strategy, tmp_path, sft_policy_dir):
     rank_one = {p.id for r in range(2) for p in data.round_problems(r)[1::2]}
     kept_ids = {problem_id for problem_id, _, _ in checkpoint["kept_samples"]}
     assert kept_ids & rank_one and kept_ids - rank_one
+
+
+def test_ranks_with_unequal_batch_counts_end_with_identical_weights(tmp_path):
+    """Rank 1 makes one batch more per round than rank 0; the data module cuts it, and the learning-rate
+    schedule must follow the cut (not each rank's own count), or the replicas drift apart."""
+    config = yaml.safe_load((CONFIGS / "ei.yaml").read_text())
+    config["model"]["class_path"] = "tests.helpers.unequal_rounds.UnequalBatchesEI"
+    (tmp_path / "unequal.yaml").write_text(yaml.safe_dump(config))
+    run_cli(
+        str(tmp_path / "unequal.yaml"),
+        "ddp",
+        "micro",
+        tmp_path,
+        "--model.init_args.batch_size=4",
+        "--model.init_args.reference_solutions=24",
+        "--model.init_args.rollout.num_samples=2",
+        "--model.init_args.rollout.max_new_tokens=8",
+        "--model.init_args.lr_schedule.warmup_steps=0",
+        "--data.questions_per_round=8",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=0",
+    )
+    rank0, rank1 = (torch.load(tmp_path / f"weights-rank{rank}.pt", weights_only=True) for rank in range(2))
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
 
 
 @pytest.mark.parametrize(("strategy", "critic"), [("ddp", "separate"), ("fsdp2", "shared")])

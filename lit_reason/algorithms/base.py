@@ -9,6 +9,7 @@ solutions), so numbers mean the same whichever algorithm produced the policy.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,9 @@ from lit_reason.sampling import (
     Guidance,
     SampleBatch,
     SamplingConfig,
+    encode_continuation,
     encode_prompt,
+    encode_response_prefix,
     eval_mode,
     position_ids_from_mask,
     row_seed,
@@ -218,9 +221,7 @@ class ReasoningModule(LightningModule):
         network (eval mode, no gradients, ``evaluation.batch_size`` rows at a time)."""
         network = self.reward_network()
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
-        prefix = (
-            len(self.tokenizer(self.response_prefix, add_special_tokens=False).input_ids) if self.response_prefix else 0
-        )
+        prefix = len(encode_response_prefix(self.tokenizer, self.response_prefix))
         if prefix:  # the ORM judges the response, not the return token a conditioned policy was given
             input_ids, attention_mask = input_ids.clone(), attention_mask.clone()
             input_ids[:, batch.prompt_length - prefix : batch.prompt_length] = self.tokenizer.pad_token_id
@@ -285,11 +286,17 @@ class ReasoningModule(LightningModule):
     def prompt(self, problem: Problem) -> str:
         return self.task.prompt(problem, self.tokenizer)
 
-    def encode_example(self, problem: Problem, target: str) -> tuple[list[int], list[int]]:
-        """(prompt ids, target ids + EOS) for fine-tuning, tokenized as the sampler tokenizes prompts."""
-        prompt_ids = encode_prompt(self.tokenizer, self.prompt(problem))
-        target_ids = self.tokenizer(target, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
-        return prompt_ids, target_ids
+    def encode_example(
+        self, problem: Problem, target: str, response_prefix: str | None = None
+    ) -> tuple[list[int], list[int]]:
+        """(prompt ids, target ids + EOS) for fine-tuning: the prompt and the response prefix (default: the
+        one the policy samples behind) as the sampler encodes them, and the target as the tokens that continue
+        them."""
+        response_prefix = self.response_prefix if response_prefix is None else response_prefix
+        prompt = self.prompt(problem)
+        prompt_ids = encode_prompt(self.tokenizer, prompt) + encode_response_prefix(self.tokenizer, response_prefix)
+        target_ids = encode_continuation(self.tokenizer, prompt + response_prefix, prompt_ids, target)
+        return prompt_ids, target_ids + [self.tokenizer.eos_token_id]
 
     # ----------------------------------------------------------------------------------------- sampling
     def generate(
@@ -435,6 +442,8 @@ class ReasoningModule(LightningModule):
                 "answered": float(torch.isfinite(answers[i]).float().mean()),
                 "truncated": float(sampled.truncated[i * k : (i + 1) * k].float().mean()),
                 "lengths": sampled.response_lengths[i * k : (i + 1) * k].tolist(),
+                "samples": sampled.texts[i * k : (i + 1) * k],
+                "samples_correct": correct[i].tolist(),
             }
             for i, problem in enumerate(problems)
         )
@@ -462,12 +471,14 @@ class ReasoningModule(LightningModule):
             values[f"{stage}/answered"] = torch.tensor(sum(r["answered"] for r in records.values()) / len(records))
             values[f"{stage}/truncated"] = torch.tensor(sum(r["truncated"] for r in records.values()) / len(records))
         values[f"{stage}/samples_drawn"] = torch.tensor(float(self._samples_drawn()))
-        # Identical on every rank already (metrics and records are gathered); the mean keeps them so.
-        self.log_dict({name: value.float() for name, value in values.items()}, sync_dist=True)
+        # Identical on every rank already (metrics and records are gathered); the mean keeps them so. Lightning
+        # reduces each value on the device it is on, and NCCL takes only the rank's GPU: move them all there.
+        self.log_dict({name: value.float().to(self.device) for name, value in values.items()}, sync_dist=True)
         rank_zero_info(
             f"{stage} step {self.global_step} ({time.perf_counter() - self._eval_started:.0f}s): "
             + ", ".join(f"{n.split('/', 1)[1]}={v.item():.4f}" for n, v in values.items())
         )
+        self.write_predictions(stage, records)
         experiment = self._tensorboard()
         if experiment is None or not records:
             return
@@ -487,6 +498,22 @@ class ReasoningModule(LightningModule):
             "| id | question | greedy response | correct |\n|---|---|---|---|\n" + table,
             self.global_step,
         )
+
+    def write_predictions(self, stage: str, records: dict[int, dict[str, Any]]) -> None:
+        """Per-question results beside the run's logs (rank 0): ``<log_dir>/predictions/<stage>-step<N>.jsonl``,
+        one line per question (id, greedy response and its correctness, the K samples and theirs), so that two
+        runs can be compared question by question (``tools/compare_policies.py --baseline-predictions``)."""
+        if self._trainer is None or not self.trainer.loggers:  # no run directory to write into
+            return
+        log_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank asks
+        if rank_and_world_size()[0] != 0 or not records or log_dir is None:
+            return
+        path = Path(log_dir) / "predictions" / f"{stage}-step{self.global_step}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = ("id", "question", "greedy", "greedy_correct", "samples", "samples_correct")
+        with path.open("w") as file:
+            for record in sorted(records.values(), key=lambda r: r["id"]):
+                file.write(json.dumps({field: record[field] for field in fields}) + "\n")
 
     def _samples_drawn(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)

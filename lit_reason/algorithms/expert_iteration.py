@@ -123,7 +123,6 @@ class ExpertIteration(SFT):
                 "questions_per_round) or start from a stronger policy."
             )
         batches = self.round_batches(examples, round_index)
-        self._round_steps = max(1, -(-len(batches) // self.trainer.accumulate_grad_batches))
         per_question = torch.tensor(correct, dtype=torch.float32).view(len(problems), -1)
         stats = {
             "correct_fraction": per_question.mean().item(),
@@ -201,7 +200,10 @@ class ExpertIteration(SFT):
 
     # ------------------------------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
+        # The round's LR window counts the batches the trainer runs, which the data module has already cut to
+        # the fewest of any rank: a count from this rank's own batches would give ranks different schedules.
         self._round_start_step = self.global_step
+        self._round_steps = max(1, -(-int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches))
         super().on_train_epoch_start()
 
     def lr_window(self) -> tuple[int, int]:

@@ -46,7 +46,7 @@ from lit_reason.algorithms.expert_iteration import Example, ExpertIteration, Kep
 from lit_reason.data import TrainData
 from lit_reason.distributed import rank_and_world_size
 from lit_reason.policy import POLICY_NOTES, PolicySpec, load_model
-from lit_reason.sampling import Guidance, SampleBatch, encode_prompt
+from lit_reason.sampling import Guidance, SampleBatch, encode_response_prefix
 from lit_reason.tasks import Problem
 
 
@@ -157,14 +157,12 @@ class ReturnConditionedRL(ExpertIteration):
     def encode_sample(self, problem: Problem, sample: KeptSample) -> Example:
         """``prompt + return token`` then ``response + EOS``; the return token joins the target when it is
         trained on."""
-        prompt_ids = encode_prompt(self.tokenizer, self.prompt(problem))
-        token = self.tokenizer(
-            self.good_token if sample.correct else self.bad_token, add_special_tokens=False
-        ).input_ids
-        target_ids = self.tokenizer(sample.text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+        token = self.good_token if sample.correct else self.bad_token
+        prompt_ids, target_ids = self.encode_example(problem, sample.text, response_prefix=token)
         if self.train_return_token:
-            return prompt_ids, token + target_ids
-        return prompt_ids + token, target_ids
+            token_length = len(encode_response_prefix(self.tokenizer, token))
+            return prompt_ids[:-token_length], prompt_ids[-token_length:] + target_ids
+        return prompt_ids, target_ids
 
     def round_batches(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
         if self.positive_ratio is None:

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -48,3 +49,54 @@ def test_lr_schedule_by_hand():
     linear = LRSchedule(warmup_steps=0, decay="linear", min_lr_ratio=0.0)
     assert linear.factor(25, 100) == pytest.approx(0.75)
     assert LRSchedule(decay="constant").factor(99, 100) == 1.0
+
+
+@pytest.fixture(scope="module")
+def subword_tokenizers():
+    from lit_reason.tasks import Arithmetic
+    from tests.helpers.tokenizers import byte_level_bpe, sentencepiece_style
+
+    task = Arithmetic(train_size=300, validation_size=10, test_size=10)
+    texts = [f"Question: {p.question}\nAnswer: {p.solution}" for p in task.problems("train")]
+    return {"byte_level_bpe": byte_level_bpe(texts), "sentencepiece_style": sentencepiece_style(texts)}
+
+
+@pytest.mark.parametrize("prompt_style", ["plain", "few_shot"])
+@pytest.mark.parametrize("tokenizer_name", ["char", "byte_level_bpe", "sentencepiece_style"])
+def test_training_targets_continue_the_prompt_as_sampling_does(
+    tokenizer_name, prompt_style, subword_tokenizers, char_tokenizer
+):
+    """Prompt ids + target ids decode to prompt + target (no word-start marker a lone target would get), and
+    where the joint tokenization keeps the prompt's tokens they are exactly its tokens: what a model continuing
+    the prompt produces. Also behind RCRL's return token."""
+    from lit_reason import SFT, PolicySpec, ReturnConditionedRL, RolloutDataModule
+    from lit_reason.algorithms.expert_iteration import KeptSample
+    from lit_reason.sampling import encode_prompt
+    from lit_reason.tasks import Arithmetic
+    from tests.helpers.fakes import FakeTrainer
+
+    tokenizer = char_tokenizer if tokenizer_name == "char" else subword_tokenizers[tokenizer_name]
+    task = Arithmetic(train_size=300, validation_size=10, test_size=10, prompt_style=prompt_style)
+    sft = SFT(policy=PolicySpec(name_or_path="micro"))
+    rcrl = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
+    good = rcrl.good_token
+    sft.tokenizer = tokenizer
+    rcrl.tokenizer = copy.deepcopy(tokenizer)
+    rcrl.tokenizer.add_tokens([good, rcrl.bad_token], special_tokens=True)
+    for module in (sft, rcrl):
+        module._trainer = FakeTrainer(RolloutDataModule(task=task))
+    joint_matches = 0
+    for problem in task.problems("train")[40:60]:
+        prompt, target = task.prompt(problem), task.target(problem)
+        prompt_ids, target_ids = sft.encode_example(problem, target)
+        assert prompt_ids == encode_prompt(tokenizer, prompt) and target_ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(prompt_ids + target_ids[:-1], skip_special_tokens=True) == prompt + target
+        joint = encode_prompt(tokenizer, prompt + target)
+        if joint[: len(prompt_ids)] == prompt_ids:
+            joint_matches += 1
+            assert target_ids[:-1] == joint[len(prompt_ids) :]
+        conditioned_ids, response_ids = rcrl.encode_sample(problem, KeptSample(problem.id, target, correct=True))
+        assert conditioned_ids[-1] == rcrl.tokenizer.convert_tokens_to_ids(good)
+        decoded = rcrl.tokenizer.decode(conditioned_ids + response_ids[:-1], skip_special_tokens=False)
+        assert decoded.endswith(good + target), (decoded[-60:], good + target)
+    assert joint_matches >= 10  # the common case is checked token for token
