@@ -22,7 +22,8 @@ _OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp
 
 
 def all_reduce(tensor: torch.Tensor, device: torch.device, op: str = "sum") -> torch.Tensor:
-    """``tensor`` reduced over ranks with ``op`` in {"sum", "min", "max"}, returned on its own device.
+    """``tensor`` reduced over ranks with ``op`` in {"sum", "min", "max"}, returned on its own device
+    (the input itself, reduced in place, when it is on ``device`` already: use the returned tensor).
 
     The reduction runs on ``device``, the module's: NCCL only takes tensors on the rank's GPU, while rollouts
     and their statistics live on the CPU (gloo, which accepts either, would hide the mismatch). Every

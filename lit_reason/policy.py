@@ -176,7 +176,7 @@ def disable_dropout(network: torch.nn.Module) -> None:
 
 def _is_dropout_probability(name: str, value: Any) -> bool:
     named = any(word in name for word in ("dropout", "pdrop", "layerdrop"))  # layerdrop skips whole layers
-    return isinstance(value, float) and not isinstance(value, bool) and named
+    return isinstance(value, float) and named
 
 
 def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> list[int]:

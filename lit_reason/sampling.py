@@ -251,7 +251,7 @@ def inverse_cdf_draw(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
         than an index out of range.
     """
     probabilities = logits.float().softmax(-1).nan_to_num(0.0)
-    cumulative = (probabilities.double() * _PROBABILITY_SCALE).long().cumsum(-1)
+    cumulative = (probabilities * _PROBABILITY_SCALE).long().cumsum(-1)  # scaling by 2**40 is exact in float32
     targets = (uniforms.double() * cumulative[:, -1].double()).long()
     tokens = torch.searchsorted(cumulative, targets[:, None], side="right")[:, 0]
     return tokens.clamp(max=logits.shape[-1] - 1)

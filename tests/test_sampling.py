@@ -208,7 +208,10 @@ def test_inverse_cdf_never_draws_a_token_at_minus_infinity(uniform):
         assert token.item() in allowed
     # Guidance where both prompts rule a token out gives -inf, not NaN (which would break the draw).
     guided = guided_logits(torch.tensor([[0.0, float("-inf")]]), torch.tensor([[1.0, float("-inf")]]), 2.0)
-    assert guided[0, 1] == float("-inf") and inverse_cdf_draw(guided, torch.tensor([uniform], dtype=torch.float64)).item() == 0
+    assert (
+        guided[0, 1] == float("-inf")
+        and inverse_cdf_draw(guided, torch.tensor([uniform], dtype=torch.float64)).item() == 0
+    )
 
 
 @pytest.mark.slow
