@@ -311,6 +311,15 @@ class Recorder(Callback):
         self.batches.append(batch)
 
 
+def fit_one_round(module, task: SVAMP, questions: int, tmp_path: Path):
+    """One round of ``module`` on ``questions`` training questions (no validation): (trainer, data, recorder)."""
+    data = RolloutDataModule(task=task, questions_per_round=questions)
+    recorder = Recorder()
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[recorder], default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    return trainer, data, recorder
+
+
 def changed_parameters(policy: torch.nn.Module, original: torch.nn.Module) -> int:
     before = dict(original.named_parameters())
     return sum(not torch.equal(p.detach(), before[name]) for name, p in policy.named_parameters())
@@ -318,7 +327,7 @@ def changed_parameters(policy: torch.nn.Module, original: torch.nn.Module) -> in
 
 @pytest.mark.slow
 @needs_data
-def test_expert_iteration_round(smollm2: SmolLM2, monkeypatch, tmp_path):
+def test_expert_iteration_round(smollm2: SmolLM2, svamp: SVAMP, monkeypatch, tmp_path):
     load_from_memory(smollm2, monkeypatch)
     module = ExpertIteration(
         policy=smollm2.spec,
@@ -327,11 +336,7 @@ def test_expert_iteration_round(smollm2: SmolLM2, monkeypatch, tmp_path):
         batch_size=2,
         optimizer=partial(torch.optim.AdamW, lr=1e-5),
     )
-    task = SVAMP(path=str(DATA / "svamp" / "SVAMP.json"), prompt_style="chat")
-    data = RolloutDataModule(task=task, questions_per_round=4)
-    recorder = Recorder()
-    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[recorder], default_root_dir=tmp_path)
-    trainer.fit(module, data)
+    trainer, data, recorder = fit_one_round(module, svamp, 4, tmp_path)
     assert smollm2.copies_served == {"model": 1, "tokenizer": 1}
     stats = data.round_data.stats
     assert data.samples_drawn == 8  # 4 questions x 2 samples
@@ -347,7 +352,7 @@ def test_expert_iteration_round(smollm2: SmolLM2, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 @needs_data
-def test_ppo_step(smollm2: SmolLM2, monkeypatch, tmp_path):
+def test_ppo_step(smollm2: SmolLM2, svamp: SVAMP, monkeypatch, tmp_path):
     load_from_memory(smollm2, monkeypatch)
     module = PPO(
         policy=smollm2.spec,
@@ -356,8 +361,6 @@ def test_ppo_step(smollm2: SmolLM2, monkeypatch, tmp_path):
         minibatch_size=4,  # the whole rollout (2 questions x 2 samples): one optimizer step
         optimizer=partial(torch.optim.AdamW, lr=1e-5),
     )
-    task = SVAMP(path=str(DATA / "svamp" / "SVAMP.json"), prompt_style="chat")
-    data = RolloutDataModule(task=task, questions_per_round=2)
     # The log-probs of the first training forward, to compare with the rollout's (the first PPO ratio).
     trained_logprobs = []
 
@@ -368,9 +371,7 @@ def test_ppo_step(smollm2: SmolLM2, monkeypatch, tmp_path):
         return values
 
     monkeypatch.setattr(ppo_module, "token_logprobs", recording)
-    recorder = Recorder()
-    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[recorder], default_root_dir=tmp_path)
-    trainer.fit(module, data)
+    trainer, data, recorder = fit_one_round(module, svamp, 2, tmp_path)
     assert smollm2.copies_served == {"model": 3, "tokenizer": 1}  # policy, reference, critic
     stats = data.round_data.stats
     assert data.samples_drawn == 4 and trainer.global_step == 1 and len(recorder.batches) == 1
