@@ -1,12 +1,9 @@
 """lit-reason: teach language models to reason with reinforcement learning, on PyTorch Lightning."""
 
-__version__ = "0.1.0"
-
 from lit_reason.algorithms import (
     PPO,
     SFT,
     ExpertIteration,
-    LRSchedule,
     OutcomeRewardModel,
     ReasoningModule,
     ReturnConditionedRL,
@@ -14,8 +11,11 @@ from lit_reason.algorithms import (
 from lit_reason.data import RolloutDataModule, TrainData
 from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SampleBatch, SamplingConfig
+from lit_reason.schedule import LRSchedule
+from lit_reason.version import __version__
 
 __all__ = [
+    "__version__",
     "SFT",
     "ExpertIteration",
     "OutcomeRewardModel",

@@ -9,6 +9,11 @@ nothing); resuming with ``--ckpt_path`` skips that.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -34,6 +39,64 @@ TRAINER_DEFAULTS = {
 }
 
 
+# PPO options that moved into groups (PPOLoss, RewardConfig, GAE, CriticConfig): a config or flag that still
+# uses the old key gets an error naming the new one.
+RENAMED_MODEL_OPTIONS = {
+    "clip_ratio": "loss.clip_ratio",
+    "value_clip": "loss.value_clip",
+    "vf_coef": "loss.vf_coef",
+    "entropy_coef": "loss.entropy_coef",
+    "loss_aggregation": "loss.aggregation",
+    "final_reward": "reward.final",
+    "dense_reward": "reward.dense",
+    "dense_coef": "reward.dense_coef",
+    "truncation_penalty": "reward.truncation_penalty",
+    "kl_coef": "reward.kl_coef",
+    "kl_estimator": "reward.kl_estimator",
+    "gamma": "advantage.gamma",
+    "lam": "advantage.lam",
+    "whiten_advantages": "advantage.whiten",
+    "critic_lr": "critic.lr",
+    "value_head_std": "critic.head_std",
+    "critic_warmup_rounds": "critic.warmup_rounds",
+}
+
+
+def renamed_options(args: list[str]) -> list[str]:
+    """One line per renamed model option that ``args`` (command-line arguments, ``--config`` files included)
+    still use, naming where it went."""
+    found = []
+    for source, options in _model_options(args):
+        for key, value in options.items():
+            if key in RENAMED_MODEL_OPTIONS:
+                found.append(f"{source}: model option {key} is now {RENAMED_MODEL_OPTIONS[key]}")
+            elif key == "critic" and isinstance(value, str):
+                found.append(f"{source}: model option critic: {value} is now critic.kind: {value}")
+    return found
+
+
+def _model_options(args: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, {model option: value}) from the config files and the ``--model.[init_args.]KEY`` flags."""
+    sources = []
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            path = args[index + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg.startswith("--model."):
+            key = arg.split("=", 1)[0].removeprefix("--model.").removeprefix("init_args.")
+            value = arg.split("=", 1)[1] if "=" in arg else (args[index + 1] if index + 1 < len(args) else None)
+            sources.append(("command line", {key: yaml.safe_load(value) if isinstance(value, str) else value}))
+            continue
+        else:
+            continue
+        config = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        model = config.get("model") if isinstance(config, dict) else None
+        if isinstance(model, dict):
+            sources.append((path, model.get("init_args", model) or {}))
+    return sources
+
+
 class LitReasonCLI(LightningCLI):
     """LightningCLI for lit-reason's algorithms (``--model`` picks one, e.g. ``SFT``, by class path)."""
 
@@ -48,6 +111,13 @@ class LitReasonCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        if args is None or isinstance(args, list):
+            renamed = renamed_options(sys.argv[1:] if args is None else [str(a) for a in args])
+            if renamed:
+                parser.error("renamed options:\n  " + "\n  ".join(renamed))
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(

@@ -1,4 +1,5 @@
-"""Small collectives that are no-ops in a single process."""
+"""Every collective of lit-reason, each a no-op in a single process, and the FSDP2 sharding and gathering of
+model weights."""
 
 from __future__ import annotations
 
@@ -48,3 +49,38 @@ def gather_objects(items: list[Any]) -> list[Any]:
     gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, items)
     return [item for part in gathered for item in part]
+
+
+def shard_model(model: torch.nn.Module, mesh) -> None:
+    """FSDP2: shard each transformer block (the classes a HF model lists in ``_no_split_modules``), then the
+    whole model."""
+    from torch.distributed.fsdp import fully_shard
+
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in block_names:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state on CPU, gathering FSDP2 shards (a collective: call on every rank)."""
+    from torch.distributed.tensor import DTensor
+
+    if is_distributed() and any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole (unsharded) state into ``model``, sharded by FSDP2 or not (call on every rank)."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state)

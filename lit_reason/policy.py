@@ -7,7 +7,6 @@ special tokens can be added before anything else); ``load_model`` builds the wei
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lit_reason.sampling import Guidance
 from lit_reason.warm_start import resolve_policy_path
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-# What lit-reason records beside an exported policy's weights (e.g. the response prefix it was trained with).
-POLICY_NOTES = "lit_reason.json"
 # Characters of the tiny tokenizer: printable ASCII and newline cover the built-in task, GSM8K and SVAMP
 # (their few non-ASCII characters become <unk>).
 CHARACTERS = "\n" + "".join(c for c in string.printable if c not in "\t\r\x0b\x0c\n")
@@ -131,19 +127,7 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spr
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         if new_row_spread > 0:
             spread_rows(model.get_input_embeddings().weight, old_rows, new_row_spread, spec.seed)
-    notes = Path(spec.resolved()) / POLICY_NOTES if not spec.is_preset else None
-    if notes is not None and notes.is_file():  # e.g. the return token a return-conditioned policy expects
-        recorded = json.loads(notes.read_text())
-        model.generation_config.response_prefix = recorded.get("response_prefix", "")
-        model.generation_config.response_guidance = recorded.get("guidance")
     return model
-
-
-def recorded_guidance(model: torch.nn.Module) -> Guidance | None:
-    """The guidance a policy's export records (``guidance`` in its lit_reason.json: a return-conditioned
-    policy contrasting its good token with its bad one), or None."""
-    recorded = getattr(getattr(model, "generation_config", None), "response_guidance", None)
-    return Guidance(**recorded) if recorded else None
 
 
 @torch.no_grad()

@@ -2,20 +2,78 @@
 
 All functions work on a ``SampleBatch``'s layout: R rows of L columns, responses starting at column P. A
 solution's *steps* are its lines; a step's dense reward sits on the token that ends the line (its newline, or
-the response's last token). The total per-token reward an algorithm uses is
+the response's last token). The total per-token reward an algorithm uses (``RewardConfig``) is
 
-    reward = final reward on the last response token + dense_coef * dense reward on step-end tokens
+    reward = (final reward - truncation penalty if cut off) on the last response token
+             + dense_coef * dense reward on step-end tokens - kl_coef * KL(policy || reference) per token
 
-with the final reward 1/0 correctness or the ORM's final score.
+with the final reward 1/0 correctness (``grade``, the one grading of samples) or the ORM's final score.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import answers_match, calculations
+
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+@dataclass
+class RewardConfig:
+    """What an RL algorithm rewards.
+
+    Args:
+        final: the reward of a whole response, on its last token: ``correctness`` (1 if the final answer is
+            right, else 0) or ``orm`` (the ORM's score at the last token; needs ``orm``).
+        dense: ``none``; ``orm``: the change of the ORM's score at every step (line) end; or ``heuristic``:
+            credit for intermediate results matching the reference's.
+        dense_coef: weight of the dense reward.
+        truncation_penalty: subtracted from the final reward of a response cut off at the token limit.
+        kl_coef: weight of the per-token KL penalty to the reference policy (the paper: 0.05).
+        kl_estimator: ``k1`` (log-ratio, the usual reward penalty), ``k2`` or ``k3``.
+    """
+
+    final: Literal["correctness", "orm"] = "correctness"
+    dense: Literal["none", "orm", "heuristic"] = "none"
+    dense_coef: float = 0.0
+    truncation_penalty: float = 0.0
+    kl_coef: float = 0.05
+    kl_estimator: KLEstimator = "k1"
+
+    @property
+    def needs_orm(self) -> bool:
+        return self.final == "orm" or self.dense == "orm"
+
+
+def grade(problems: Sequence[Problem], samples) -> torch.Tensor:
+    """(R,) bool: whether each sampled response's final answer is right for its problem.
+
+    Args:
+        problems: the P problems the samples answer.
+        samples: a ``SampleBatch`` (its ``prompt_index`` (R,) into ``problems`` and its R ``texts``).
+    """
+    pairs = zip(samples.prompt_index.tolist(), samples.texts, strict=True)
+    return torch.tensor([problems[p].is_correct(text) for p, text in pairs], dtype=torch.bool)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the log-probs of the sampled tokens. (B, T) each.
+
+    k1 = log p - log q (unbiased, can be negative); k2 = (log p - log q)^2 / 2; k3 = q/p - 1 - log(q/p)
+    (unbiased, non-negative), with p the policy and q the reference (Schulman's estimators).
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    return torch.expm1(-log_ratio) + log_ratio
 
 
 def step_ends(tokenizer, response_ids: Sequence[int]) -> list[tuple[int, str]]:
@@ -34,8 +92,8 @@ def step_ends(tokenizer, response_ids: Sequence[int]) -> list[tuple[int, str]]:
     return lines
 
 
-def final_rewards(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Put each row's final reward on its last response token.
+def reward_on_last_token(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Put each row's reward of the whole response on its last response token.
 
     Args:
         values: (R,) float, the reward of each whole response.

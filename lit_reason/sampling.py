@@ -29,17 +29,19 @@ Design points:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from lit_reason.conditioning import Conditioning
 from lit_reason.distributed import is_distributed, rank_and_world_size, reduce_int
+from lit_reason.tensors import position_ids_from_mask
 
 _HASH_MULTIPLIER = 0x45D9F3B  # small enough that 32-bit products never overflow int64
 _MASK32 = 0xFFFFFFFF
@@ -76,25 +78,6 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-@dataclass(frozen=True)
-class Guidance:
-    """Contrast every step's distribution with the same prompt behind another response prefix.
-
-    Args:
-        negative_prefix: text placed after the prompt instead of the response prefix in the negative rows
-            ("" for the bare prompt, i.e. classic unconditional guidance).
-        scale: ``log p_neg + scale * (log p - log p_neg)``: 1 samples the conditioned policy as it is, larger
-            values push away from the negative prefix (Hugging Face's ``guidance_scale``).
-    """
-
-    negative_prefix: str
-    scale: float
-
-    def __post_init__(self) -> None:
-        if self.scale < 0:
-            raise ValueError(f"the guidance scale must be >= 0, got {self.scale}")
 
 
 def guided_logits(logits: torch.Tensor, negative_logits: torch.Tensor, scale: float) -> torch.Tensor:
@@ -143,6 +126,53 @@ class SampleBatch:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def at_last_token(self, values: torch.Tensor) -> torch.Tensor:
+        """(R, L) values laid out like this batch -> (R,) each row's value at its last sampled token (at the
+        last prompt column for an empty response)."""
+        last = self.prompt_length + self.response_lengths - 1
+        return values.gather(1, last[:, None].to(values.device))[:, 0]
+
+    @classmethod
+    def from_token_lists(
+        cls,
+        prompt_ids: Sequence[list[int]],
+        response_ids: Sequence[list[int]],
+        texts: Sequence[str],
+        *,
+        pad_token_id: int,
+        response_logprobs: Sequence[list[float]] | None = None,
+        truncated: Sequence[bool] | None = None,
+        prompt_index: Sequence[int] | None = None,
+    ) -> SampleBatch:
+        """Lay rows of (prompt ids, response ids) out as a batch: prompts left-padded to the longest, responses
+        after them. Log-probs default to 0, ``truncated`` to False and ``prompt_index`` to the row number."""
+        rows = len(prompt_ids)
+        prompt_width = max((len(ids) for ids in prompt_ids), default=0)
+        width = prompt_width + max((len(ids) for ids in response_ids), default=0)
+        input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((rows, width), dtype=torch.long)
+        response_mask = torch.zeros((rows, width), dtype=torch.bool)
+        logprobs = torch.zeros((rows, width), dtype=torch.float32)
+        for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+            start, end = prompt_width - len(prompt), prompt_width + len(response)
+            input_ids[row, start:end] = torch.tensor(prompt + response, dtype=torch.long)
+            attention_mask[row, start:end] = 1
+            response_mask[row, prompt_width:end] = True
+            if response_logprobs is not None:
+                logprobs[row, prompt_width:end] = torch.tensor(response_logprobs[row], dtype=torch.float32)
+        return cls(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            logprobs=logprobs,
+            truncated=torch.tensor(list(truncated) if truncated is not None else [False] * rows, dtype=torch.bool),
+            prompt_index=torch.tensor(
+                list(prompt_index) if prompt_index is not None else range(rows), dtype=torch.long
+            ),
+            texts=list(texts),
+            prompt_length=prompt_width,
+        )
+
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of a prompt exactly as training and sampling both see it: with the tokenizer's special
@@ -177,20 +207,13 @@ def encode_continuation(tokenizer, context: str, context_ids: list[int], text: s
     return alone
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: (B, L) mask -> (B, L) ``cumsum - 1``, clamped at 0 on padding."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-prob of each token under the temperature-scaled softmax of the previous position's logits.
-
-    (B, L, V), (B, L) -> (B, L), column 0 (never predicted) 0: the sampler's layout. Temperature 0 (greedy)
-    uses the unscaled softmax, like the sampler.
-    """
-    scaled = logits[:, :-1].float() / (temperature or 1.0)
-    chosen = scaled.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-    return torch.nn.functional.pad(chosen, (1, 0))
+def encode_example(tokenizer, prompt: str, response_prefix: str, target: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids + EOS) to fine-tune on ``target`` as the response to ``prompt`` behind
+    ``response_prefix``: the prompt and prefix as the sampler encodes them, and the target as the tokens that
+    continue them."""
+    prompt_ids = encode_prompt(tokenizer, prompt) + encode_response_prefix(tokenizer, response_prefix)
+    target_ids = encode_continuation(tokenizer, prompt + response_prefix, prompt_ids, target)
+    return prompt_ids, target_ids + [tokenizer.eos_token_id]
 
 
 def row_seed(*parts: int | str) -> int:
@@ -297,21 +320,6 @@ def draw_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tenso
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
 
 
-@contextlib.contextmanager
-def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients inside; afterwards every submodule gets back its own previous mode (a
-    frozen reference model stays in eval even if the policy was training)."""
-    previous = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for submodule, training in previous:
-            submodule.training = training
-
-
 class GrowingLayer(DynamicLayer):
     """A KV-cache layer that writes new keys and values into preallocated room (doubled when full) and
     hands out views, instead of concatenating the whole cache at every step as ``DynamicLayer`` does."""
@@ -396,10 +404,8 @@ def sample(
     seeds: Sequence[int],
     *,
     eos_token_ids: Sequence[int],
-    response_prefix: str = "",
+    conditioning: Conditioning = Conditioning(),
     stop_strings: Sequence[str] = (),
-    suppress_token_ids: Sequence[int] = (),
-    guidance: Guidance | None = None,
     synced: bool | None = None,
     progress: bool = False,
     description: str = "sampling",
@@ -414,63 +420,34 @@ def sample(
         seeds: P integers, one per prompt (e.g. ``row_seed(seed, round, question_id)``); sample k of prompt p
             uses ``row_seed(seeds[p], k)``.
         eos_token_ids: tokens that end a response.
-        response_prefix: fixed text placed after every prompt and before the sampled tokens (e.g. a return
-            token); part of the prompt for masks and log-probs, not of ``texts``.
+        conditioning: the response prefix placed after every prompt (part of the prompt for masks and
+            log-probs, not of ``texts``), the tokens never generated (their logits are -inf, so log-probs are
+            over the other tokens) and the guidance (a negative prompt's rows run beside the sampled ones:
+            ``config.batch_size`` counts them all).
         stop_strings: text that also ends a response (checked on the decoded tail of each row).
-        suppress_token_ids: tokens never generated (e.g. return tokens, which only condition): their logits
-            are -inf, so log-probs are over the other tokens.
-        guidance: contrast each step with the prompt behind ``guidance.negative_prefix`` (none: plain
-            sampling). Doubles the rows each forward pass computes; ``config.batch_size`` counts them all.
         synced: keep stepping until every rank is done; default: when torch.distributed is initialised.
         progress: show a progress bar (on rank 0).
         description: the progress bar's label.
     """
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-    if synced is None:
-        synced = is_distributed()
-    device = next(model.parameters()).device
-    guided = guidance is not None and guidance.scale != 1
-    plain = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    prefix_ids = encode_response_prefix(tokenizer, response_prefix)
-    encoded = [ids + prefix_ids for ids in plain]
-    negative = None
-    if guided:
-        negative_ids = encode_response_prefix(tokenizer, guidance.negative_prefix)
-        negative = [ids + negative_ids for ids in plain]
-    k = config.num_samples
-    prompts_per_chunk = max(1, config.batch_size // (k * (2 if guided else 1)))
-    chunks = [
-        list(range(i, min(i + prompts_per_chunk, len(prompts)))) for i in range(0, len(prompts), prompts_per_chunk)
-    ]
-    num_chunks = reduce_int(len(chunks), "max", device) if synced else len(chunks)
-    runner = _CausalLM(model)
+    decoder = _ChunkDecoder(
+        runner=_CausalLM(model),
+        tokenizer=tokenizer,
+        config=config,
+        eos_token_ids=eos_token_ids,
+        stop_strings=stop_strings,
+        suppressed_token_ids=conditioning.suppressed_token_ids,
+        guidance_scale=conditioning.guidance.scale if conditioning.guided else None,
+        synced=is_distributed() if synced is None else synced,
+        device=next(model.parameters()).device,
+    )
+    encoded, negative = _encode_prompts(tokenizer, prompts, conditioning)
     show = progress and rank_and_world_size()[0] == 0
-    results = []
-    with tqdm(total=len(prompts) * k, desc=description, unit="sample", disable=not show, leave=False) as bar:
-        for index in range(num_chunks):
-            # A rank out of prompts while others are not still takes part in their forward passes (empty chunk).
-            chunk = chunks[index] if index < len(chunks) else []
-            seeds_of_rows = [row_seed(seeds[p], s) for p in chunk for s in range(k)]
-            result = _generate_chunk(
-                runner,
-                [encoded[p] for p in chunk],
-                [negative[p] for p in chunk] if guided else None,
-                guidance.scale if guided else 1.0,
-                k if chunk else 1,
-                seeds_of_rows,
-                [p for p in chunk for _ in range(k)],
-                config,
-                eos_token_ids,
-                tokenizer,
-                stop_strings,
-                suppress_token_ids,
-                synced,
-                device,
-            )
-            if chunk:
-                results.append(result)
-                bar.update(len(seeds_of_rows))
+    with tqdm(
+        total=len(prompts) * config.num_samples, desc=description, unit="sample", disable=not show, leave=False
+    ) as bar:
+        results = decoder.run_all(encoded, negative, seeds, on_chunk=bar.update)
     return _assemble(results, tokenizer)
 
 
@@ -479,8 +456,40 @@ def encode_response_prefix(tokenizer, prefix: str) -> list[int]:
     return tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
 
 
+def _encode_prompts(
+    tokenizer, prompts: Sequence[str], conditioning: Conditioning
+) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Every prompt's ids behind the response prefix, and behind the guidance's negative prefix (None
+    unguided)."""
+    plain = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    prefix_ids = encode_response_prefix(tokenizer, conditioning.response_prefix)
+    if not conditioning.guided:
+        return [ids + prefix_ids for ids in plain], None
+    negative_ids = encode_response_prefix(tokenizer, conditioning.guidance.negative_prefix)
+    return [ids + prefix_ids for ids in plain], [ids + negative_ids for ids in plain]
+
+
+def _assemble(results: list[_ChunkResult], tokenizer) -> SampleBatch:
+    """All chunks' rows, in order, as one batch."""
+    return SampleBatch.from_token_lists(
+        [ids for result in results for ids in result.prompt_ids],
+        [ids for result in results for ids in result.response_ids],
+        [text for result in results for text in result.texts],
+        pad_token_id=_pad_id(tokenizer),
+        response_logprobs=[values for result in results for values in result.response_logprobs],
+        truncated=[flag for result in results for flag in result.truncated],
+        prompt_index=[index for result in results for index in result.prompt_index],
+    )
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 @dataclass
 class _ChunkResult:
+    """A chunk's rows (prompt-major): token lists, not yet laid out."""
+
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     response_logprobs: list[list[float]]
@@ -489,147 +498,184 @@ class _ChunkResult:
     texts: list[str]
 
 
-def _generate_chunk(
-    runner: _CausalLM,
-    prompt_ids: list[list[int]],
-    negative_prompt_ids: list[list[int]] | None,
-    guidance_scale: float,
-    repeats: int,
-    seeds: list[int],
-    prompt_index: list[int],
-    config: SamplingConfig,
-    eos_token_ids: Sequence[int],
-    tokenizer,
-    stop_strings: Sequence[str],
-    suppress_token_ids: Sequence[int],
-    synced: bool,
-    device: torch.device,
-) -> _ChunkResult:
-    """Sample ``repeats`` responses to each prompt; rows are prompt-major. Each prompt is run through the
-    model once and its KV cache copied to its rows. Under guidance the model's batch holds the sampled rows,
-    then as many negative rows (``negative_prompt_ids``, same order), which receive the same tokens."""
-    placeholder = not prompt_ids  # only keeps a rank in step with the others
-    if placeholder:
-        prompt_ids, seeds = [[eos_token_ids[0] if tokenizer.bos_token_id is None else tokenizer.bos_token_id]], [0]
-        negative_prompt_ids = prompt_ids if negative_prompt_ids is not None else None
-    halves = 1 if negative_prompt_ids is None else 2
-    model_prompts = prompt_ids + (negative_prompt_ids or [])
-    width = max(len(ids) for ids in model_prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(model_prompts), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(model_prompts), width), dtype=torch.long)
-    for row, ids in enumerate(model_prompts):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[row, width - len(ids) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = position_ids_from_mask(attention_mask)
-    logits, cache = runner(input_ids, attention_mask, position_ids, None)
-    if repeats > 1:
-        logits = logits.repeat_interleave(repeats, dim=0)
-        cache.batch_repeat_interleave(repeats)
-        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-        position_ids = position_ids.repeat_interleave(repeats, dim=0)
-        prompt_ids = [ids for ids in prompt_ids for _ in range(repeats)]
-    num_rows = len(prompt_ids)
-    row_seeds = torch.tensor(seeds, dtype=torch.long, device=device)
-    eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=device)
+@dataclass
+class _DecodeRows:
+    """Every row's tokens so far, on the device and indexed by the row's place in the chunk (rows that leave
+    the model's batch keep their place here): one host sync per step."""
 
-    # Bookkeeping stays on the device, indexed by original row: one host sync per step.
-    responses = torch.full((num_rows, config.max_new_tokens), pad, dtype=torch.long, device=device)
-    logprobs = torch.zeros((num_rows, config.max_new_tokens), dtype=torch.float32, device=device)
-    lengths = torch.zeros(num_rows, dtype=torch.long, device=device)
-    finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
-    if placeholder:
-        finished[:] = True  # its tokens are never kept
-    active = torch.arange(num_rows, device=device)  # original row of each row still in the batch
-    next_position = position_ids[:, -1]
-    stop_tail = max((len(s) for s in stop_strings), default=0) + 8
-    steps_taken = 0
-    suppressed = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=device)
-    for step in range(config.max_new_tokens):
-        if halves == 2:
-            logits = guided_logits(*logits.chunk(2), guidance_scale)
-        if len(suppressed):
-            logits[:, suppressed] = float("-inf")
-        tokens, chosen_logprobs = draw_tokens(logits, config, row_seeds, step)
-        live = ~finished[active]  # rows still sampling (finished rows wait in the batch for compaction)
+    responses: torch.Tensor  # (N, T) long, pad after a row's last token
+    logprobs: torch.Tensor  # (N, T) float32
+    lengths: torch.Tensor  # (N,) long
+    finished: torch.Tensor  # (N,) bool: EOS or a stop string
+
+    @classmethod
+    def empty(cls, rows: int, max_new_tokens: int, pad_id: int, device: torch.device) -> _DecodeRows:
+        return cls(
+            responses=torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device),
+            logprobs=torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device),
+            lengths=torch.zeros(rows, dtype=torch.long, device=device),
+            finished=torch.zeros(rows, dtype=torch.bool, device=device),
+        )
+
+    def record(self, step: int, active: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor, eos) -> None:
+        """Store step ``step``'s tokens of the rows in the model's batch (``active``: their places) that are
+        still sampling; finished rows wait in the batch for compaction and keep nothing."""
+        live = ~self.finished[active]
         rows = active[live]
-        responses[rows, step] = tokens[live]
-        logprobs[rows, step] = chosen_logprobs[live].float()
-        lengths[rows] += 1
-        finished[rows] = torch.isin(tokens[live], eos)
-        steps_taken = step + 1
-        if stop_strings:
-            _apply_stop_strings(tokenizer, responses[:, :steps_taken], finished, rows, stop_strings, stop_tail)
-        remaining = int((~finished[active]).sum())
-        if synced:
-            if not reduce_int(int(remaining > 0), "max", device):
-                break
-        elif remaining == 0:
-            break
-        if steps_taken == config.max_new_tokens:
-            break
-        # Dropping rows copies the cache: worth it once a quarter of the rows are done (finished rows that
-        # stay just compute tokens that are thrown away). A synced rank keeps one row to stay in step.
-        if 4 * (len(active) - remaining) >= len(active) and (remaining or len(active) > 1):
-            index = torch.nonzero(~finished[active])[:, 0] if remaining else active.new_zeros(1)
-            model_index = torch.cat([index + half * len(active) for half in range(halves)])
-            cache.batch_select_indices(model_index)
-            attention_mask, next_position = attention_mask[model_index], next_position[model_index]
-            active, row_seeds, tokens = active[index], row_seeds[index], tokens[index]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(attention_mask), 1))], dim=-1)
-        next_position = next_position + 1
-        logits, cache = runner(tokens.repeat(halves)[:, None], attention_mask, next_position[:, None], cache)
+        self.responses[rows, step] = tokens[live]
+        self.logprobs[rows, step] = logprobs[live].float()
+        self.lengths[rows] += 1
+        self.finished[rows] = torch.isin(tokens[live], eos)
 
-    if placeholder:
-        return _ChunkResult([], [], [], [], [], [])
-    ended, lengths = finished.tolist(), lengths.tolist()
-    responses, logprobs = responses[:, :steps_taken].tolist(), logprobs[:, :steps_taken].tolist()
-    token_lists = [tokens[:length] for tokens, length in zip(responses, lengths, strict=True)]
-    logprob_lists = [values[:length] for values, length in zip(logprobs, lengths, strict=True)]
-    texts = tokenizer.batch_decode(token_lists, skip_special_tokens=True)
-    for row, text in enumerate(texts):
-        for stop in stop_strings:
+
+@dataclass
+class _ChunkDecoder:
+    """Decodes chunks of prompts with the settings of one ``sample`` call (``guidance_scale`` None: plain)."""
+
+    runner: _CausalLM
+    tokenizer: Any
+    config: SamplingConfig
+    eos_token_ids: Sequence[int]
+    stop_strings: Sequence[str]
+    suppressed_token_ids: Sequence[int]
+    guidance_scale: float | None
+    synced: bool
+    device: torch.device
+
+    def run_all(
+        self, prompt_ids: list[list[int]], negative_prompt_ids: list[list[int]] | None, seeds: Sequence[int], on_chunk
+    ) -> list[_ChunkResult]:
+        """Sample every prompt (``seeds``: one per prompt), as many prompts at a time as ``batch_size`` rows
+        hold (a prompt's samples never split); ``on_chunk(rows)`` after each chunk. Synced, a rank out of
+        prompts keeps running placeholder chunks while another rank still has some."""
+        k = self.config.num_samples
+        per_chunk = max(1, self.config.batch_size // (k * (2 if negative_prompt_ids is not None else 1)))
+        chunks = [list(range(i, min(i + per_chunk, len(prompt_ids)))) for i in range(0, len(prompt_ids), per_chunk)]
+        num_chunks = reduce_int(len(chunks), "max", self.device) if self.synced else len(chunks)
+        results = []
+        for index in range(num_chunks):
+            chunk = chunks[index] if index < len(chunks) else []
+            result = self.run(
+                prompt_ids=[prompt_ids[p] for p in chunk],
+                negative_prompt_ids=[negative_prompt_ids[p] for p in chunk]
+                if negative_prompt_ids is not None
+                else None,
+                seeds=[row_seed(seeds[p], sample) for p in chunk for sample in range(k)],
+                prompt_index=[p for p in chunk for _ in range(k)],
+            )
+            if chunk:
+                results.append(result)
+                on_chunk(len(result.texts))
+        return results
+
+    def run(
+        self,
+        *,
+        prompt_ids: list[list[int]],
+        negative_prompt_ids: list[list[int]] | None,
+        seeds: list[int],
+        prompt_index: list[int],
+    ) -> _ChunkResult:
+        """Sample ``num_samples`` responses to each prompt (rows prompt-major; ``seeds`` and ``prompt_index``
+        per row). Each prompt is run through the model once and its KV cache copied to its rows. Under guidance
+        the model's batch holds the sampled rows, then as many negative rows (``negative_prompt_ids``, same
+        order), which receive the same tokens. An empty chunk runs one placeholder row that only keeps this rank
+        in step with the others."""
+        config, placeholder = self.config, not prompt_ids
+        repeats = config.num_samples
+        if placeholder:
+            prompt_ids, seeds, repeats = [[self._placeholder_token()]], [0], 1
+            negative_prompt_ids = prompt_ids if negative_prompt_ids is not None else None
+        halves = 1 if negative_prompt_ids is None else 2
+        logits, cache, attention_mask, next_position = self._prefill(prompt_ids + (negative_prompt_ids or []), repeats)
+        rows = _DecodeRows.empty(len(prompt_ids) * repeats, config.max_new_tokens, _pad_id(self.tokenizer), self.device)
+        rows.finished[:] = placeholder  # a placeholder's tokens are never kept
+        active = torch.arange(len(rows.lengths), device=self.device)  # place of each row still in the batch
+        row_seeds = torch.tensor(seeds, dtype=torch.long, device=self.device)
+        eos = torch.tensor(list(self.eos_token_ids), dtype=torch.long, device=self.device)
+        suppressed = torch.tensor(list(self.suppressed_token_ids), dtype=torch.long, device=self.device)
+        steps_taken = 0
+        for step in range(config.max_new_tokens):
+            if halves == 2:
+                logits = guided_logits(*logits.chunk(2), self.guidance_scale)
+            if len(suppressed):
+                logits[:, suppressed] = float("-inf")
+            tokens, chosen_logprobs = draw_tokens(logits, config, row_seeds, step)
+            rows.record(step, active, tokens, chosen_logprobs, eos)
+            steps_taken = step + 1
+            if self.stop_strings:
+                self._apply_stop_strings(rows, active, steps_taken)
+            remaining = int((~rows.finished[active]).sum())
+            if not self._any_rank_sampling(remaining) or steps_taken == config.max_new_tokens:
+                break
+            # Dropping rows copies the cache: worth it once a quarter of the rows are done (finished rows that
+            # stay just compute tokens that are thrown away). A synced rank keeps one row to stay in step.
+            if 4 * (len(active) - remaining) >= len(active) and (remaining or len(active) > 1):
+                index = torch.nonzero(~rows.finished[active])[:, 0] if remaining else active.new_zeros(1)
+                model_index = torch.cat([index + half * len(active) for half in range(halves)])
+                cache.batch_select_indices(model_index)
+                attention_mask, next_position = attention_mask[model_index], next_position[model_index]
+                active, row_seeds, tokens = active[index], row_seeds[index], tokens[index]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(attention_mask), 1))], dim=-1)
+            next_position = next_position + 1
+            logits, cache = self.runner(tokens.repeat(halves)[:, None], attention_mask, next_position[:, None], cache)
+        if placeholder:
+            return _ChunkResult([], [], [], [], [], [])
+        prompt_rows = [ids for ids in prompt_ids for _ in range(repeats)]
+        return self._result(rows, steps_taken, prompt_rows, prompt_index)
+
+    def _placeholder_token(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return self.eos_token_ids[0] if bos is None else bos
+
+    def _prefill(self, prompt_ids: list[list[int]], repeats: int):
+        """Run the left-padded prompts through the model once and repeat each ``repeats`` times: the last
+        logits (rows, V), the KV cache, the attention mask (rows, width) and each row's last position (rows,)."""
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), _pad_id(self.tokenizer), dtype=torch.long)
+        attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        position_ids = position_ids_from_mask(attention_mask)
+        logits, cache = self.runner(input_ids, attention_mask, position_ids, None)
+        if repeats > 1:
+            logits = logits.repeat_interleave(repeats, dim=0)
+            cache.batch_repeat_interleave(repeats)
+            attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+            position_ids = position_ids.repeat_interleave(repeats, dim=0)
+        return logits, cache, attention_mask, position_ids[:, -1]
+
+    def _any_rank_sampling(self, remaining: int) -> bool:
+        """Whether to take another step: this rank has unfinished rows or (synced) another rank has."""
+        if self.synced:
+            return bool(reduce_int(int(remaining > 0), "max", self.device))
+        return remaining > 0
+
+    def _apply_stop_strings(self, rows: _DecodeRows, active: torch.Tensor, steps_taken: int) -> None:
+        """Mark rows finished whose decoded tail contains a stop string (text checks need the host)."""
+        tail_length = max(len(s) for s in self.stop_strings) + 8
+        for row in active.tolist():
+            if not rows.finished[row]:
+                tail = rows.responses[row, max(0, steps_taken - tail_length) : steps_taken].tolist()
+                if any(stop in self.tokenizer.decode(tail, skip_special_tokens=True) for stop in self.stop_strings):
+                    rows.finished[row] = True
+
+    def _result(
+        self, rows: _DecodeRows, steps_taken: int, prompt_rows: list[list[int]], prompt_index: list[int]
+    ) -> _ChunkResult:
+        lengths = rows.lengths.tolist()
+        responses = rows.responses[:, :steps_taken].tolist()
+        logprobs = rows.logprobs[:, :steps_taken].tolist()
+        token_lists = [tokens[:length] for tokens, length in zip(responses, lengths, strict=True)]
+        logprob_lists = [values[:length] for values, length in zip(logprobs, lengths, strict=True)]
+        texts = [self._cut_at_stop(text) for text in self.tokenizer.batch_decode(token_lists, skip_special_tokens=True)]
+        truncated = [not done for done in rows.finished.tolist()]
+        return _ChunkResult(prompt_rows, token_lists, logprob_lists, truncated, prompt_index, texts)
+
+    def _cut_at_stop(self, text: str) -> str:
+        for stop in self.stop_strings:
             if stop in text:
                 text = text[: text.index(stop)]
-        texts[row] = text
-    truncated = [not done for done in ended]
-    return _ChunkResult(prompt_ids, token_lists, logprob_lists, truncated, prompt_index, texts)
-
-
-def _apply_stop_strings(tokenizer, responses, finished, rows, stop_strings, tail_length) -> None:
-    """Mark ``rows`` finished whose decoded tail contains a stop string (text checks need the host)."""
-    for row in rows.tolist():
-        if not finished[row]:
-            tail = tokenizer.decode(responses[row, -tail_length:].tolist(), skip_special_tokens=True)
-            if any(stop in tail for stop in stop_strings):
-                finished[row] = True
-
-
-def _assemble(results: list[_ChunkResult], tokenizer) -> SampleBatch:
-    rows = [row for result in results for row in zip(*vars(result).values(), strict=True)]
-    prompt_width = max((len(r[0]) for r in rows), default=0)
-    response_width = max((len(r[1]) for r in rows), default=0)
-    num_rows, width = len(rows), prompt_width + response_width
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((num_rows, width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((num_rows, width), dtype=torch.long)
-    response_mask = torch.zeros((num_rows, width), dtype=torch.bool)
-    logprobs = torch.zeros((num_rows, width), dtype=torch.float32)
-    for row, (prompt, response, response_logprobs, *_) in enumerate(rows):
-        start = prompt_width - len(prompt)
-        end = prompt_width + len(response)
-        input_ids[row, start:end] = torch.tensor(prompt + response, dtype=torch.long)
-        attention_mask[row, start:end] = 1
-        response_mask[row, prompt_width:end] = True
-        logprobs[row, prompt_width:end] = torch.tensor(response_logprobs, dtype=torch.float32)
-    return SampleBatch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        response_mask=response_mask,
-        logprobs=logprobs,
-        truncated=torch.tensor([r[3] for r in rows], dtype=torch.bool),
-        prompt_index=torch.tensor([r[4] for r in rows], dtype=torch.long),
-        texts=[r[5] for r in rows],
-        prompt_length=prompt_width,
-    )
+        return text

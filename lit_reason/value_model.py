@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_reason.sampling import position_ids_from_mask, token_logprobs
+from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs
 
 HEAD_FILE = "value_head.safetensors"
 CONFIG_FILE = "value_model.json"
@@ -88,6 +88,23 @@ class ValueModel(torch.nn.Module):
         values = self.head(hidden.detach() if detach_trunk else hidden).squeeze(-1).float()
         return values, (logits if lm_logits else None)
 
+    @torch.no_grad()
+    def score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, *, batch_size: int
+    ) -> torch.Tensor:
+        """``sigmoid`` of the values of a batch of any size, ``batch_size`` rows at a time, in eval mode and
+        on this model's device: (R, L) ids, masks -> (R, L) float32 on the CPU."""
+        device = next(self.parameters()).device
+        scores = []
+        with eval_mode(self):
+            for start in range(0, len(input_ids), batch_size):
+                rows = slice(start, start + batch_size)
+                values, _ = self(
+                    input_ids[rows].to(device), attention_mask[rows].to(device), response_mask[rows].to(device)
+                )
+                scores.append(torch.sigmoid(values.float()).cpu())
+        return torch.cat(scores)
+
     def save(self, path: str | Path, tokenizer, state: dict[str, torch.Tensor] | None = None) -> None:
         """Write the trunk and tokenizer (loadable with ``from_pretrained``) and the head to ``path``.
 
@@ -127,6 +144,21 @@ class ValueModel(torch.nn.Module):
             )
         model.head.load_state_dict(head)
         return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_frozen_orm(path: str, tokenizer) -> ValueModel:
+    """An exported outcome reward model, frozen and in eval mode; its tokenizer must agree with the policy's
+    (``tokenizer``) on every token it knows."""
+    network, orm_tokenizer = ValueModel.load(path)
+    policy_vocab = tokenizer.get_vocab()
+    mismatched = [token for token, index in orm_tokenizer.get_vocab().items() if policy_vocab.get(token) != index]
+    if mismatched:
+        raise ValueError(
+            f"the ORM at {path} uses another tokenizer than the policy ({len(mismatched)} tokens differ, e.g. "
+            f"{mismatched[:3]}); train the ORM from the same model family as the policy"
+        )
+    network.requires_grad_(False)
+    return network.eval()
 
 
 def likelihood_features(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ algorithm whose config names the same file, loads the cached policy.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
+
+from lit_reason.version import __version__
 
 CONFIG_PREFIX = "config:"
 
@@ -31,8 +33,6 @@ def cache_root() -> Path:
 def warm_start_dir(config: Path) -> Path:
     """Where the policy exported by ``config`` is cached: keyed by its parsed content (comments and layout
     do not count) and lit-reason's version."""
-    from lit_reason import __version__
-
     content = json.dumps(yaml.safe_load(config.read_text()), sort_keys=True)
     key = hashlib.sha256((content + __version__).encode()).hexdigest()[:12]
     return cache_root() / "warm_start" / f"{config.stem}-{key}"
@@ -53,8 +53,7 @@ def resolve_policy_path(name_or_path: str) -> str:
     if (target / "config.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains; the others wait and then load
+    with FileLock(target.parent / f"{target.name}.lock"):  # one process trains; the others wait and then load
         if not (target / "config.json").is_file():
             _train(config, target)
     return str(target)

@@ -23,6 +23,16 @@ from tests.helpers.trainers import quiet_trainer
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+# Tests that use these fixtures train a policy or run the real model: they are slow whatever their marks.
+SLOW_FIXTURES = {"sft_policy_dir", "smollm2"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def char_tokenizer():
     return build_char_tokenizer()
@@ -66,9 +76,8 @@ def sft_policy_dir(request) -> Path:
     """Directory of an exported SFT policy (tiny preset) for ``sft_fixture_task()``; ~2 minutes to build once."""
     package = Path(__file__).resolve().parents[1] / "lit_reason"
     recipe = json.dumps({"task": SFT_TASK, "steps": SFT_STEPS, "version": 1}, sort_keys=True)
-    sources = "".join(
-        (package / name).read_text() for name in ("policy.py", "tasks/arithmetic.py", "algorithms/sft.py")
-    )
+    # Any change to the package may change what the recipe trains: every source file is part of the key.
+    sources = "".join(path.read_text() for path in sorted(package.rglob("*.py")))
     key = hashlib.sha256((recipe + sources).encode()).hexdigest()[:16]
     path = Path(request.config.cache.mkdir("lit-reason-sft-policy")) / key
     if (path / "config.json").is_file():

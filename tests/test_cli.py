@@ -49,6 +49,7 @@ def cpu_configs():
 
 
 @pytest.mark.parametrize("config", cpu_configs(), ids=[c.name for c in cpu_configs()])
+@pytest.mark.slow
 def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), *TINY_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}"])
@@ -59,6 +60,7 @@ def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
     assert events
 
 
+@pytest.mark.slow
 def test_validate_an_exported_policy_directory(tmp_path, monkeypatch, sft_policy_dir):
     monkeypatch.chdir(tmp_path)
     main(
@@ -74,6 +76,7 @@ def test_validate_an_exported_policy_directory(tmp_path, monkeypatch, sft_policy
     assert list(tmp_path.glob("**/events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "gsm8k").is_dir(), reason="needs ../shared/data")
 @pytest.mark.parametrize("name", ["gsm8k_sft.yaml", "svamp_sft.yaml", "svamp_ei.yaml"])
 def test_real_model_configs_run_on_cpu_with_a_micro_model(name, tmp_path, monkeypatch):
@@ -108,3 +111,16 @@ def test_help_documents_every_option(capsys):
     ]:
         assert f"--model.{option}" in text
     assert "(type:" in text and "see ``" not in text
+
+
+def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
+    config = tmp_path / "old_ppo.yaml"
+    config.write_text(
+        yaml.safe_dump({"model": {"class_path": "lit_reason.PPO", "init_args": {"kl_coef": 0.1, "critic": "shared"}}})
+    )
+    with pytest.raises(SystemExit):
+        LitReasonCLI(args=["fit", "--config", str(config), "--model.init_args.lam=0.9"], run=False)
+    message = capsys.readouterr().err
+    assert f"{config}: model option kl_coef is now reward.kl_coef" in message
+    assert f"{config}: model option critic: shared is now critic.kind: shared" in message
+    assert "command line: model option lam is now advantage.lam" in message

@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import SFT_TASK
 
+pytestmark = pytest.mark.slow  # several processes each
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STRATEGIES = {
     "ddp": ["--trainer.strategy=ddp"],
@@ -134,6 +136,6 @@ def test_ppo_on_two_processes(strategy, critic, tmp_path):
         "--model.init_args.rollout.num_samples=2",
         "--model.init_args.rollout.max_new_tokens=12",
         "--model.init_args.minibatch_size=4",
-        f"--model.init_args.critic={critic}",
+        f"--model.init_args.critic.kind={critic}",
     )
     assert list(tmp_path.glob("**/policy/config.json"))

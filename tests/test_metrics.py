@@ -105,6 +105,7 @@ def _metric_on_rank(rank: int, world_size: int) -> float:
     return metric.compute().item()
 
 
+@pytest.mark.slow
 def test_metrics_reduce_per_question_across_two_processes():
     from tests.helpers.distributed import run_in_processes
 

@@ -3,10 +3,10 @@ import torch
 
 from lit_reason.rewards import (
     batch_steps,
-    final_rewards,
     heuristic_step_rewards,
     matched_result_credits,
     orm_step_rewards,
+    reward_on_last_token,
     step_ends,
 )
 
@@ -20,9 +20,9 @@ def test_step_ends_split_responses_into_lines(char_tokenizer):
     assert step_ends(char_tokenizer, []) == []
 
 
-def test_final_rewards_sit_on_the_last_response_token():
+def test_whole_response_rewards_sit_on_the_last_response_token():
     response_mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    rewards = final_rewards(torch.tensor([1.0, 0.5, 9.0]), response_mask)
+    rewards = reward_on_last_token(torch.tensor([1.0, 0.5, 9.0]), response_mask)
     expected = torch.zeros(3, 6)
     expected[0, 4] = 1.0
     expected[1, 2] = 0.5  # a one-token response (just EOS) still gets its reward; an empty row gets none

@@ -1,20 +1,19 @@
 import pytest
 import torch
 
+from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.sampling import (
-    Guidance,
     SamplingConfig,
     counter_uniform,
     draw_tokens,
-    eval_mode,
     filter_logits,
     guided_logits,
     inverse_cdf_draw,
-    position_ids_from_mask,
     row_seed,
     sample,
     uniform_from_hash,
 )
+from lit_reason.tensors import position_ids_from_mask
 
 PROMPTS = ["Ann has 3 apples.\n", "A much longer prompt that needs left padding here.\n", "Hi\n"]
 
@@ -51,7 +50,13 @@ def test_logprobs_match_a_training_forward_with_left_padding_and_early_eos(micro
 def test_batch_layout(micro_model, char_tokenizer):
     config = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=6)
     batch = sample(
-        micro_model, char_tokenizer, PROMPTS, config, seeds=[0, 0, 0], eos_token_ids=[2], response_prefix="[G]"
+        micro_model,
+        char_tokenizer,
+        PROMPTS,
+        config,
+        seeds=[0, 0, 0],
+        eos_token_ids=[2],
+        conditioning=Conditioning("[G]"),
     )
     assert batch.input_ids.shape == batch.attention_mask.shape == batch.response_mask.shape == batch.logprobs.shape
     assert batch.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
@@ -116,9 +121,14 @@ def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokeni
     config = SamplingConfig(num_samples=2, temperature=0.7, top_k=20, max_new_tokens=24, batch_size=8)
     guidance = Guidance(negative_prefix="[B]", scale=2.5)
     batch = sample(
-        micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, response_prefix="[G]",
-        guidance=guidance,
-    )  # fmt: skip
+        micro_model,
+        char_tokenizer,
+        PROMPTS,
+        config,
+        [1, 2, 3],
+        eos_token_ids=eos,
+        conditioning=Conditioning("[G]", guidance=guidance),
+    )
     assert (batch.response_lengths < 24).any() and batch.truncated.any()
     negative = batch.input_ids.clone()  # the same rows behind [B]: both prefixes are three characters
     negative[:, batch.prompt_length - 3 : batch.prompt_length] = torch.tensor(
@@ -134,13 +144,20 @@ def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokeni
     expected = guided.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     mask = batch.response_mask[:, 1:]
     assert torch.allclose(batch.logprobs[:, 1:][mask], expected[mask], atol=1e-5, rtol=0)
-    plain = sample(micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, response_prefix="[G]")
+    plain = sample(
+        micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, conditioning=Conditioning("[G]")
+    )
     assert plain.texts != batch.texts
     unit = Guidance(negative_prefix="[B]", scale=1.0)  # scale 1: the conditioned policy as it is
     same = sample(
-        micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, response_prefix="[G]",
-        guidance=unit,
-    )  # fmt: skip
+        micro_model,
+        char_tokenizer,
+        PROMPTS,
+        config,
+        [1, 2, 3],
+        eos_token_ids=eos,
+        conditioning=Conditioning("[G]", guidance=unit),
+    )
     assert same.texts == plain.texts
 
 
@@ -149,10 +166,17 @@ def test_greedy_guidance_matches_generate_with_a_negative_prompt(micro_model, ch
     # The random policy hardly reads its prefix: a strong scale, so that guidance changes greedy choices.
     guidance = Guidance(negative_prefix="Zq9", scale=30.0)
     ours = sample(
-        micro_model, char_tokenizer, PROMPTS, greedy, [0, 1, 2], eos_token_ids=[2], response_prefix="[G]",
-        guidance=guidance,
-    )  # fmt: skip
-    plain = sample(micro_model, char_tokenizer, PROMPTS, greedy, [0, 1, 2], eos_token_ids=[2], response_prefix="[G]")
+        micro_model,
+        char_tokenizer,
+        PROMPTS,
+        greedy,
+        [0, 1, 2],
+        eos_token_ids=[2],
+        conditioning=Conditioning("[G]", guidance=guidance),
+    )
+    plain = sample(
+        micro_model, char_tokenizer, PROMPTS, greedy, [0, 1, 2], eos_token_ids=[2], conditioning=Conditioning("[G]")
+    )
     assert ours.texts != plain.texts
     for prompt, text in zip(PROMPTS, ours.texts, strict=True):  # Hugging Face's guidance runs one prompt
         encoded = char_tokenizer(prompt + "[G]", return_tensors="pt")
@@ -273,18 +297,15 @@ def test_suppressed_tokens_are_never_generated(micro_model, char_tokenizer, temp
     free = sample(micro_model, char_tokenizer, PROMPTS, config, seeds=[1, 2, 3], eos_token_ids=[0])
     favourite = free.input_ids[free.response_mask].mode().values  # what the model generates most
     held = sample(
-        micro_model, char_tokenizer, PROMPTS, config, seeds=[1, 2, 3], eos_token_ids=[0], suppress_token_ids=[favourite]
+        micro_model,
+        char_tokenizer,
+        PROMPTS,
+        config,
+        seeds=[1, 2, 3],
+        eos_token_ids=[0],
+        conditioning=Conditioning(suppressed_token_ids=(favourite,)),
     )
     assert not (held.input_ids[held.response_mask] == favourite).any()
-
-
-def test_eval_mode_restores_each_submodule(micro_model):
-    micro_model.train()
-    frozen = micro_model.model.layers[0]
-    frozen.eval()
-    with eval_mode(micro_model):
-        assert not micro_model.training and not torch.is_grad_enabled()
-    assert micro_model.training and not frozen.training
 
 
 def test_bad_arguments():

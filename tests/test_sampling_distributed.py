@@ -5,19 +5,21 @@ import torch
 
 from tests.helpers.distributed import run_in_processes
 
+pytestmark = pytest.mark.slow  # several processes each
+
 PROMPTS = ["Ann has 3 apples.\n", "Ben has 12 coins. He finds 7 more.\n", "Hi\n"]
 
 
 def _guidance(guided: bool) -> dict:
-    from lit_reason.sampling import Guidance
+    from lit_reason.conditioning import Conditioning, Guidance
 
-    return {"response_prefix": "[G]", "guidance": Guidance(negative_prefix="[B]", scale=2.0)} if guided else {}
+    return {"conditioning": Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=2.0))} if guided else {}
 
 
 def _sample_on_rank(rank: int, world_size: int, shard: bool, guided: bool):
     import torch.distributed as dist
 
-    from lit_reason.algorithms.base import shard_model
+    from lit_reason.distributed import shard_model
     from lit_reason.policy import PolicySpec, build_char_tokenizer, load_model
     from lit_reason.sampling import SamplingConfig, sample
 

@@ -22,11 +22,13 @@ import pytest
 import torch
 from lightning import Callback
 
-import lit_reason.algorithms.ppo as ppo_module
+import lit_reason.rl.losses as ppo_losses
 import tools.fetch_smollm2 as fetcher
 from lit_reason import PPO, ExpertIteration, RolloutDataModule, SamplingConfig
-from lit_reason.sampling import encode_prompt, eval_mode, position_ids_from_mask, sample, token_logprobs
+from lit_reason.conditioning import Conditioning
+from lit_reason.sampling import encode_prompt, sample
 from lit_reason.tasks import GSM8K, SVAMP
+from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs
 from tests.helpers.smollm2 import SmolLM2, load_from_memory
 from tests.helpers.trainers import quiet_trainer
 
@@ -258,7 +260,7 @@ def test_suppressed_tokens_are_never_drawn(smollm2: SmolLM2, svamp, gsm8k):
             SamplingConfig(num_samples=5, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=64),
             list(range(len(prompts))),
             eos_token_ids=eos,
-            suppress_token_ids=sorted(suppressed),
+            conditioning=Conditioning(suppressed_token_ids=tuple(sorted(suppressed))),
         )
     drawn = int(batch.response_mask.sum())
     hits = [(row, i, t) for row, ids in enumerate(responses(batch)) for i, t in enumerate(ids) if t in suppressed]
@@ -370,7 +372,7 @@ def test_ppo_step(smollm2: SmolLM2, svamp: SVAMP, monkeypatch, tmp_path):
             trained_logprobs.append(values.detach())
         return values
 
-    monkeypatch.setattr(ppo_module, "token_logprobs", recording)
+    monkeypatch.setattr(ppo_losses, "token_logprobs", recording)
     trainer, data, recorder = fit_one_round(module, svamp, 2, tmp_path)
     assert smollm2.copies_served == {"model": 3, "tokenizer": 1}  # policy, reference, critic
     stats = data.round_data.stats

@@ -19,7 +19,8 @@ import time
 import torch
 
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
-from lit_reason.sampling import SamplingConfig, encode_prompt, eval_mode, sample
+from lit_reason.sampling import SamplingConfig, encode_prompt, sample
+from lit_reason.tensors import eval_mode
 from lit_reason.tasks import Arithmetic
 
 

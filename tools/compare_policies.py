@@ -22,8 +22,11 @@ from pathlib import Path
 
 import torch
 
-from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, recorded_guidance
-from lit_reason.sampling import Guidance, SamplingConfig, eval_mode, row_seed, sample
+from lit_reason.conditioning import Conditioning, Guidance
+from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
+from lit_reason.sampling import SamplingConfig, row_seed, sample
+from lit_reason.statistics import paired_bootstrap
+from lit_reason.tensors import eval_mode
 from lit_reason.tasks import Arithmetic, Problem
 
 
@@ -46,9 +49,8 @@ def greedy_correct(
     spec = PolicySpec(name_or_path=policy)
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer)
-    generation = model.generation_config
-    recorded_prefix = getattr(generation, "response_prefix", None) or ""
-    recorded = recorded_guidance(model)
+    recorded_conditioning = Conditioning.load(spec.resolved())
+    recorded_prefix, recorded = recorded_conditioning.response_prefix, recorded_conditioning.guidance
     if response_prefix is None:
         response_prefix = recorded_prefix
     if negative_prefix is None and recorded is not None:
@@ -68,23 +70,12 @@ def greedy_correct(
             config,
             [row_seed(p.id) for p in problems],
             eos_token_ids=eos_token_ids(model, tokenizer),
-            response_prefix=response_prefix,
+            conditioning=Conditioning(response_prefix, recorded_conditioning.suppressed_token_ids, guidance),
             stop_strings=task.stop_strings,
-            suppress_token_ids=list(getattr(generation, "suppress_tokens", None) or []),
-            guidance=guidance,
             progress=True,
             description=policy,
         )
     return torch.tensor([p.is_correct(t) for p, t in zip(problems, batch.texts, strict=True)])
-
-
-def paired_bootstrap(baseline: torch.Tensor, candidate: torch.Tensor, resamples: int = 10_000, seed: int = 0):
-    """Mean of ``candidate - baseline`` (per-question 0/1 outcomes) and its 2.5% / 97.5% bootstrap quantiles."""
-    difference = candidate.float() - baseline.float()
-    generator = torch.Generator().manual_seed(seed)
-    indices = torch.randint(len(difference), (resamples, len(difference)), generator=generator)
-    means = difference[indices].mean(-1)
-    return difference.mean().item(), torch.quantile(means, 0.025).item(), torch.quantile(means, 0.975).item()
 
 
 def read_predictions(path: str | Path) -> dict[int, dict]:

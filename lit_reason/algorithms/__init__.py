@@ -1,19 +1,10 @@
 """One LightningModule per algorithm, all on ``ReasoningModule``."""
 
-from lit_reason.algorithms.base import LRSchedule, ReasoningModule, TokenBatch
+from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.algorithms.expert_iteration import ExpertIteration
 from lit_reason.algorithms.orm import OutcomeRewardModel
 from lit_reason.algorithms.ppo import PPO
 from lit_reason.algorithms.rcrl import ReturnConditionedRL
 from lit_reason.algorithms.sft import SFT
 
-__all__ = [
-    "SFT",
-    "ExpertIteration",
-    "OutcomeRewardModel",
-    "PPO",
-    "ReturnConditionedRL",
-    "LRSchedule",
-    "ReasoningModule",
-    "TokenBatch",
-]
+__all__ = ["SFT", "ExpertIteration", "OutcomeRewardModel", "PPO", "ReturnConditionedRL", "ReasoningModule"]

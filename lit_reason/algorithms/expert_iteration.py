@@ -27,11 +27,12 @@ from typing import Any, Literal
 
 import torch
 
-from lit_reason.algorithms.base import TokenBatch, full_state_dict, load_full_state_dict
-from lit_reason.algorithms.sft import SFT, batch_examples
+from lit_reason.algorithms.sft import SFT
+from lit_reason.batches import Example, TokenBatch, batch_examples
 from lit_reason.data import TrainData
-from lit_reason.distributed import gather_objects, rank_and_world_size
+from lit_reason.distributed import full_state_dict, gather_objects, load_full_state_dict, rank_and_world_size
 from lit_reason.policy import PolicySpec
+from lit_reason.rewards import grade
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import calculations
@@ -48,9 +49,6 @@ class KeptSample:
     problem_id: int
     text: str
     correct: bool = True
-
-
-Example = tuple[list[int], list[int]]  # (prompt ids, target ids + EOS)
 
 
 def normalize_text(text: str) -> str:
@@ -104,14 +102,12 @@ class ExpertIteration(SFT):
         self.dedupe = dedupe
         self.reference_solutions = reference_solutions
         self.kept: dict[tuple, KeptSample] = {}  # insertion-ordered D_i, identical on every rank
-        self._round_start_step = 0
-        self._round_steps = 1
         self._problems_by_id: dict[int, Problem] | None = None
 
     # --------------------------------------------------------------------------------------------- round
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
-        batch = self.generate(problems, self.rollout, ("rollout", round_index), f"round {round_index} rollout")
-        correct = self.grade(problems, batch)
+        batch = self.generate(problems, self.rollout, ("rollout", round_index), "rollout")
+        correct = grade(problems, batch).tolist()
         new = self.add_to_kept(gather_objects(self.select_samples(problems, batch, correct)))
         if self.restart_from != "previous":
             self.restart()
@@ -122,7 +118,7 @@ class ExpertIteration(SFT):
                 "train on. Mix some in (reference_solutions), draw more samples (rollout.num_samples, "
                 "questions_per_round) or start from a stronger policy."
             )
-        batches = self.round_batches(examples, round_index)
+        batches = self.batches_of_round(examples, round_index)
         per_question = torch.tensor(correct, dtype=torch.float32).view(len(problems), -1)
         stats = {
             "correct_fraction": per_question.mean().item(),
@@ -133,10 +129,6 @@ class ExpertIteration(SFT):
             "train_examples": float(len(examples)),
         }
         return TrainData(batches, samples_drawn=len(batch), stats=stats)
-
-    def grade(self, problems: list[Problem], batch: SampleBatch) -> list[bool]:
-        """Correctness of every sample (prompt-major, K per problem)."""
-        return [problems[int(p)].is_correct(text) for p, text in zip(batch.prompt_index, batch.texts, strict=True)]
 
     def select_samples(self, problems: list[Problem], batch: SampleBatch, correct: list[bool]) -> list[KeptSample]:
         """The samples worth keeping: correct, and not cut off at the token limit."""
@@ -175,7 +167,7 @@ class ExpertIteration(SFT):
         """The fine-tuning example of a kept sample: its prompt, then its text and EOS as the target."""
         return self.encode_example(problem, sample.text)
 
-    def round_batches(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
+    def batches_of_round(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
         """``epochs_per_round`` shuffled passes over the round's examples, in batches."""
         pairs = [example for example, _ in examples]
         return [
@@ -199,15 +191,12 @@ class ExpertIteration(SFT):
             optimizer.state.clear()
 
     # ------------------------------------------------------------------------------------------ training
-    def on_train_epoch_start(self) -> None:
-        # The round's LR window counts the batches the trainer runs, which the data module has already cut to
-        # the fewest of any rank: a count from this rank's own batches would give ranks different schedules.
-        self._round_start_step = self.global_step
-        self._round_steps = max(1, -(-int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches))
-        super().on_train_epoch_start()
-
-    def lr_window(self) -> tuple[int, int]:
-        return self.global_step - self._round_start_step, self._round_steps
+    def lr_window(self, step: int) -> tuple[int, int]:
+        """The LR schedule restarts every round: (place of optimizer step ``step`` in its round, the round's
+        length)."""
+        if self.steps.in_next_round(step):  # asked as this round ends, for the next round's first step
+            return 0, 1  # (a window's first step has the same learning rate whatever its length)
+        return step - self.steps.round_start, self.steps.round_steps
 
     # --------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

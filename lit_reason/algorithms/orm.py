@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,45 +42,18 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 
-from lit_reason.algorithms.base import (
-    ReasoningModule,
-    TokenBatch,
-    fits_context,
-    full_state_dict,
-    make_token_batch,
-    next_token_nll,
-)
+from lit_reason.algorithms.base import ReasoningModule
+from lit_reason.batches import Example, LabelledBatch, fits_context, make_token_batch
 from lit_reason.data import TrainData
-from lit_reason.distributed import gather_objects, rank_and_world_size
+from lit_reason.distributed import full_state_dict, gather_objects, rank_and_world_size
+from lit_reason.evaluation import GradedQuestions, markdown_table, tensorboard_writer
 from lit_reason.metrics import WithinQuestionAUROC
 from lit_reason.policy import PolicySpec, load_model
+from lit_reason.rewards import grade
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
-from lit_reason.tasks.answers import extract_answer
+from lit_reason.tensors import next_token_nll, take_rows
 from lit_reason.value_model import ValueModel
-
-
-@dataclass
-class LabelledBatch:
-    """Sampled responses with their final correctness, in the sampler's layout (B rows, L columns).
-
-    Attributes:
-        input_ids: (B, L) long. Left-padded prompt, then the response, then padding.
-        attention_mask: (B, L) long.
-        response_mask: (B, L) bool. The response's tokens (EOS included): where the ORM is trained.
-        labels: (B,) float. 1.0 if the response's final answer is correct.
-        references: reference solutions of training questions for the trunk's language-modelling loss
-            (``reference_lm_coef``), or None.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-    labels: torch.Tensor
-    references: TokenBatch | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def orm_loss(values: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -173,7 +146,7 @@ class OutcomeRewardModel(ReasoningModule):
         self.seed = seed
         self.network: ValueModel | None = None  # built in configure_model
         self._first_round: list[LabelledBatch] | None = None
-        self._reference_pool: list[tuple[list[int], list[int]]] | None = None  # encoded on first use
+        self._reference_pool: list[Example] | None = None  # encoded on first use
         self.orm_metrics = torch.nn.ModuleDict(
             {
                 "orm_loss": MeanMetric(),
@@ -216,21 +189,17 @@ class OutcomeRewardModel(ReasoningModule):
         if self.rollout_file is not None:
             if self._first_round is None:
                 self._first_round = self._batches_from_file(round_index)
-            return TrainData(self._round_batches(self._first_round, round_index), stats={"from_file": 1.0})
+            return TrainData(self._shuffled_with_references(self._first_round, round_index), stats={"from_file": 1.0})
         if not self.resample_every_round and self._first_round is not None:
-            return TrainData(self._round_batches(self._first_round, round_index))
-        sampled = self.generate(
-            problems, self.rollout, ("orm-rollout", round_index), f"round {round_index} ORM rollout"
-        )
-        labels = torch.tensor(
-            [problems[int(p)].is_correct(t) for p, t in zip(sampled.prompt_index, sampled.texts, strict=True)]
-        )
+            return TrainData(self._shuffled_with_references(self._first_round, round_index))
+        sampled = self.generate(problems, self.rollout, ("orm-rollout", round_index), "rollout")
+        labels = grade(problems, sampled)
         self._save_rollout(problems, sampled, labels, round_index)
         batches = self._labelled_batches(sampled, labels.float())
         if not self.resample_every_round:
             self._first_round = batches
         stats = {"correct_fraction": labels.float().mean().item(), "responses": float(len(labels))}
-        return TrainData(self._round_batches(batches, round_index), samples_drawn=len(sampled), stats=stats)
+        return TrainData(self._shuffled_with_references(batches, round_index), samples_drawn=len(sampled), stats=stats)
 
     def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
         order = list(range(len(labels)))
@@ -238,18 +207,13 @@ class OutcomeRewardModel(ReasoningModule):
         batches = []
         for start in range(0, len(order), self.batch_size):
             rows = torch.tensor(order[start : start + self.batch_size])
-            columns = sampled.attention_mask[rows].any(0)  # drop columns that are padding in every row
-            batches.append(
-                LabelledBatch(
-                    sampled.input_ids[rows][:, columns],
-                    sampled.attention_mask[rows][:, columns],
-                    sampled.response_mask[rows][:, columns],
-                    labels[rows],
-                )
+            attention_mask, input_ids, response_mask = take_rows(
+                rows, sampled.attention_mask, sampled.input_ids, sampled.response_mask
             )
+            batches.append(LabelledBatch(input_ids, attention_mask, response_mask, labels[rows]))
         return batches
 
-    def _round_batches(self, batches: list[LabelledBatch], round_index: int) -> list[LabelledBatch]:
+    def _shuffled_with_references(self, batches: list[LabelledBatch], round_index: int) -> list[LabelledBatch]:
         """The round's batches shuffled, each with a batch of reference solutions when those are trained on."""
         batches = list(batches)
         random.Random(f"{self.seed}-{round_index}").shuffle(batches)
@@ -266,7 +230,7 @@ class OutcomeRewardModel(ReasoningModule):
             for i, batch in enumerate(batches)
         ]
 
-    def _reference_examples(self, count: int, round_index: int) -> list[tuple[list[int], list[int]]]:
+    def _reference_examples(self, count: int, round_index: int) -> list[Example]:
         """``count`` (prompt ids, solution ids) pairs of training questions that fit the context, drawn
         without replacement while they last, differently on every rank and round."""
         if self._reference_pool is None:  # the training split is encoded once, not every round
@@ -304,37 +268,21 @@ class OutcomeRewardModel(ReasoningModule):
         rows = rows[rank::world_size]
         rows = rows[: len(rows) - len(rows) % max(1, self.batch_size)] or rows  # equal steps on every rank
         sampled = self._encode_responses([problems[i] for i, _ in rows], [text for _, text in rows])
-        labels = torch.tensor([problems[i].is_correct(text) for i, text in rows], dtype=torch.float32)
-        return self._labelled_batches(sampled, labels)
+        return self._labelled_batches(sampled, grade([problems[i] for i, _ in rows], sampled).float())
 
     def _encode_responses(self, problems: list[Problem], texts: list[str]) -> SampleBatch:
         """Responses given as text, laid out like the sampler's output (an empty response is just EOS)."""
         # The ORM judges responses without a policy's response prefix (as reward_scores masks it out).
         examples = [self.encode_example(p, t, response_prefix="") for p, t in zip(problems, texts, strict=True)]
-        prompts, responses = [prompt for prompt, _ in examples], [response for _, response in examples]
-        width = max(map(len, prompts))
-        length = width + max(map(len, responses))
-        input_ids = torch.full((len(texts), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
-        response_mask = torch.zeros((len(texts), length), dtype=torch.bool)
-        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-            input_ids[row, width - len(prompt) : width + len(response)] = torch.tensor(prompt + response)
-            attention_mask[row, width - len(prompt) : width + len(response)] = 1
-            response_mask[row, width : width + len(response)] = True
-        return SampleBatch(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            response_mask=response_mask,
-            logprobs=torch.zeros(input_ids.shape),
-            truncated=torch.zeros(len(texts), dtype=torch.bool),
-            prompt_index=torch.arange(len(texts)),
-            texts=list(texts),
-            prompt_length=width,
+        return SampleBatch.from_token_lists(
+            [prompt for prompt, _ in examples],
+            [response for _, response in examples],
+            texts,
+            pad_token_id=self.tokenizer.pad_token_id,
         )
 
     # ----------------------------------------------------------------------------------------- training
     def training_step(self, batch: LabelledBatch, batch_idx: int) -> torch.Tensor:
-        lr = self.set_learning_rate(self.global_step, self._window())
         values, logits = self.network(
             batch.input_ids,
             batch.attention_mask,
@@ -356,25 +304,11 @@ class OutcomeRewardModel(ReasoningModule):
             reference_loss = nll / count.clamp(min=1)
             self.log("train/reference_lm_loss", reference_loss, batch_size=len(references))
             loss = loss + self.reference_lm_coef * reference_loss
-        self.log("train/lr", lr, batch_size=len(batch))
         return loss
 
-    def _window(self) -> int:
-        trainer = self.trainer
-        if trainer.max_steps > 0:
-            return trainer.max_steps
-        return trainer.max_epochs * -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
-
     # --------------------------------------------------------------------------------------- evaluation
-    def update_reward_metrics(
-        self,
-        problems: list[Problem],
-        sampled: SampleBatch,
-        correct: torch.Tensor,
-        scores: torch.Tensor,
-        ids: torch.Tensor,
-    ) -> None:
-        answered = torch.tensor([extract_answer(t) is not None for t in sampled.texts]).view_as(correct)
+    def update_reward_metrics(self, graded: GradedQuestions) -> None:
+        scores, correct, answered = graded.scores, graded.correct, graded.answered
         flat_scores, flat_correct = scores[answered].to(self.device), correct[answered].to(self.device)
         if len(flat_scores):
             logits = torch.logit(flat_scores.clamp(1e-6, 1 - 1e-6))
@@ -384,7 +318,7 @@ class OutcomeRewardModel(ReasoningModule):
             self.orm_metrics["orm_accuracy"].update(flat_scores, flat_correct.long())
             self.orm_metrics["orm_auroc"].update(flat_scores, flat_correct.long())
             self.orm_metrics["orm_calibration_error"].update(flat_scores, flat_correct.long())
-        self.orm_metrics["orm_within_question_auroc"].update(scores, correct, answered, ids)
+        self.orm_metrics["orm_within_question_auroc"].update(scores, correct, answered, graded.question_ids)
         self._calibration.extend(zip(flat_scores.tolist(), flat_correct.tolist(), strict=True))
 
     def log_evaluation(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> None:
@@ -393,14 +327,14 @@ class OutcomeRewardModel(ReasoningModule):
             metric.reset()
         calibration = gather_objects(self._calibration)
         self._calibration.clear()
-        experiment = self._tensorboard()
-        if experiment is not None and calibration:
+        writer = tensorboard_writer(self.loggers)
+        if writer is not None and calibration:
             scores = torch.tensor([s for s, _ in calibration])
             labels = torch.tensor([c for _, c in calibration])
             for name, members in (("correct", scores[labels]), ("wrong", scores[~labels])):
                 if len(members):  # a weak policy may have no correct (or no wrong) sample at all
-                    experiment.add_histogram(f"{stage}/orm_score_{name}", members, self.global_step)
-            experiment.add_text(f"{stage}/orm_reliability", reliability_table(scores, labels), self.global_step)
+                    writer.add_histogram(f"{stage}/orm_score_{name}", members, self.global_step)
+            writer.add_text(f"{stage}/orm_reliability", reliability_table(scores, labels), self.global_step)
         super().log_evaluation(stage, {**values, **(extra or {})})
 
     # ------------------------------------------------------------------------------------------- export
@@ -414,17 +348,19 @@ class OutcomeRewardModel(ReasoningModule):
 def reliability_table(scores: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> str:
     """A Markdown reliability diagram: per score bin, the mean predicted probability, the observed fraction
     correct and the number of samples."""
-    rows = ["| scores | mean score | fraction correct | samples |", "|---|---|---|---|"]
     edges = torch.linspace(0, 1, bins + 1)
     index = torch.clamp(torch.bucketize(scores, edges[1:-1]), 0, bins - 1)
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            rows.append(
-                f"| {edges[b]:.1f}-{edges[b + 1]:.1f} | {scores[members].mean():.3f} | "
-                f"{labels[members].float().mean():.3f} | {int(members.sum())} |"
-            )
-    return "\n".join(rows)
+    rows = [
+        [
+            f"{edges[b]:.1f}-{edges[b + 1]:.1f}",
+            f"{scores[index == b].mean():.3f}",
+            f"{labels[index == b].float().mean():.3f}",
+            int((index == b).sum()),
+        ]
+        for b in range(bins)
+        if (index == b).any()
+    ]
+    return markdown_table(["scores", "mean score", "fraction correct", "samples"], rows)
 
 
 def _read_rollout_file(path: Path, problems: dict[int, Problem]) -> list[tuple[int, str]]:

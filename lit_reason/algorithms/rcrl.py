@@ -12,8 +12,8 @@ measures the starting policy as it is. The share of positive samples in each tra
 ``positive_ratio`` (the paper found a balanced ratio worse than a skewed one), or left natural.
 
 The return tokens are added to the tokenizer and the embeddings before anything is sharded; exported
-policies carry them, and record the good token as ``response_prefix`` in their generation config (and in
-``lit_reason.json``), which lit-reason's evaluation of an exported policy applies. Return tokens are never
+policies carry them, and record the token evaluation conditions on as their ``Conditioning`` (the response
+prefix in ``lit_reason.json``), which lit-reason's evaluation of an exported policy applies. Return tokens are never
 generated (the sampler suppresses them; exported policies list them in ``suppress_tokens``, which
 ``model.generate`` honours too).
 
@@ -34,19 +34,17 @@ similarity 0.999 after three rounds of configs/rcrl.yaml): the policy cannot tel
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from lit_reason.algorithms.base import TokenBatch, fits_context, make_token_batch
-from lit_reason.algorithms.expert_iteration import Example, ExpertIteration, KeptSample
+from lit_reason.algorithms.expert_iteration import ExpertIteration, KeptSample
+from lit_reason.batches import Example, TokenBatch, fits_context, make_token_batch
+from lit_reason.conditioning import Conditioning, Guidance, Stage
 from lit_reason.data import TrainData
-from lit_reason.distributed import rank_and_world_size
-from lit_reason.policy import POLICY_NOTES, PolicySpec, load_model
-from lit_reason.sampling import Guidance, SampleBatch, encode_response_prefix
+from lit_reason.policy import PolicySpec, load_model
+from lit_reason.sampling import SampleBatch, encode_response_prefix
 from lit_reason.tasks import Problem
 
 
@@ -109,34 +107,33 @@ class ReturnConditionedRL(ExpertIteration):
     def configure_model(self) -> None:
         super().configure_model()
         # An exported return-conditioned policy records its good token: it is conditioned already.
-        self.conditioned = self.conditioned or super().response_prefix == self.good_token
+        self.conditioned = self.conditioned or self.recorded_conditioning.response_prefix == self.good_token
 
     def load_policy_network(self, spec: PolicySpec) -> torch.nn.Module:
         """The policy, with the return tokens' rows spread apart where they are new to it."""
         return load_model(spec, self.tokenizer, new_row_spread=self.return_token_spread)
 
-    @property
-    def response_prefix(self) -> str:
-        """The return token sampling conditions on, once the policy has learned return tokens. Before that
-        (round 0's rollout, the validation before training) the policy samples as it was trained: the
-        warm start's own samples seed the first round, and the curves start at the warm start."""
+    def conditioning(self, stage: Stage) -> Conditioning:
+        """Return tokens condition a response and are never generated. Once the policy has learned them,
+        sampling conditions on the ``condition_on`` token and evaluation, with ``guidance_scale`` other than 1,
+        contrasts it with the other one. Before that (round 0's rollout, the validation before training) the
+        policy samples as it was trained: the warm start's own samples seed the first round, and the curves
+        start at the warm start."""
         if not self.conditioned:
-            return ""
-        return self.good_token if self.condition_on == "good" else self.bad_token
+            return Conditioning(suppressed_token_ids=self._return_token_ids())
+        return self._conditioned_on(self.condition_on, guided=stage == "evaluation")
 
-    @property
-    def evaluation_guidance(self) -> Guidance | None:
-        """With ``guidance_scale`` other than 1, once conditioned: the other return token is the negative
-        prompt."""
-        if not self.conditioned or self.guidance_scale == 1:
-            return None
-        other = self.bad_token if self.condition_on == "good" else self.good_token
-        return Guidance(negative_prefix=other, scale=self.guidance_scale)
+    def export_conditioning(self) -> Conditioning:
+        """An export conditions on the good return (with the evaluation's guidance), whatever was measured."""
+        return self._conditioned_on("good", guided=True) if self.conditioned else self.conditioning("evaluation")
 
-    @property
-    def suppressed_token_ids(self) -> list[int]:
-        """Return tokens condition a response; they are never generated, conditioned or not."""
-        return self.tokenizer.convert_tokens_to_ids([self.good_token, self.bad_token])
+    def _conditioned_on(self, which: Literal["good", "bad"], guided: bool) -> Conditioning:
+        token, other = (self.good_token, self.bad_token)[:: 1 if which == "good" else -1]
+        guidance = Guidance(other, self.guidance_scale) if guided and self.guidance_scale != 1 else None
+        return Conditioning(token, self._return_token_ids(), guidance)
+
+    def _return_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.tokenizer.convert_tokens_to_ids([self.good_token, self.bad_token]))
 
     # ------------------------------------------------------------------------------------------- rounds
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
@@ -164,9 +161,9 @@ class ReturnConditionedRL(ExpertIteration):
             return prompt_ids[:-token_length], prompt_ids[-token_length:] + target_ids
         return prompt_ids, target_ids
 
-    def round_batches(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
+    def batches_of_round(self, examples: list[tuple[Example, bool]], round_index: int) -> list[TokenBatch]:
         if self.positive_ratio is None:
-            return super().round_batches(examples, round_index)
+            return super().batches_of_round(examples, round_index)
         positives = [e for e, correct in examples if correct and fits_context(e, self.max_length)]
         negatives = [e for e, correct in examples if not correct and fits_context(e, self.max_length)]
         batches = []
@@ -189,24 +186,6 @@ class ReturnConditionedRL(ExpertIteration):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.conditioned = bool(checkpoint.get("return_conditioned", False))
-
-    # --------------------------------------------------------------------------------------------- export
-    def export_policy(self, path: str | Path) -> None:
-        """Export as usual, recording the conditioning (once learned) and its guidance: generation config and
-        ``lit_reason.json``."""
-        guidance = None
-        if self.conditioned:
-            self.policy.generation_config.response_prefix = self.good_token
-            if self.guidance_scale != 1:
-                guidance = {"negative_prefix": self.bad_token, "scale": self.guidance_scale}
-            self.policy.generation_config.response_guidance = guidance
-        self.policy.generation_config.suppress_tokens = self.suppressed_token_ids
-        super().export_policy(path)
-        if self.conditioned and rank_and_world_size()[0] == 0:
-            note = {"response_prefix": self.good_token, "bad_token": self.bad_token, "algorithm": "ReturnConditionedRL"}
-            if guidance:
-                note["guidance"] = guidance
-            (Path(path) / POLICY_NOTES).write_text(json.dumps(note, indent=2))
 
 
 def ratio_batches(

@@ -8,14 +8,13 @@ prompt (prompt tokens are not trained on). An epoch is one round of the RolloutD
 
 from __future__ import annotations
 
-import random
-
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_reason.algorithms.base import ReasoningModule, TokenBatch, fits_context, make_token_batch
+from lit_reason.algorithms.base import ReasoningModule
+from lit_reason.batches import TokenBatch, batch_examples
 from lit_reason.data import TrainData
 from lit_reason.tasks import Problem
+from lit_reason.tensors import next_token_nll, position_ids_from_mask
 
 
 class SFT(ReasoningModule):
@@ -42,32 +41,16 @@ class SFT(ReasoningModule):
         return TrainData(batches, stats={"examples": float(len(examples))})
 
     def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
-        lr = self.set_learning_rate(*self.lr_window())
         loss, tokens = self.token_batch_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log("train/lr", lr, batch_size=len(batch))
         self.log("train/target_tokens", tokens.float(), batch_size=len(batch))
         return loss
 
-    def lr_window(self) -> tuple[int, int]:
-        """(optimizer step within the LR schedule's window, the window's length): the whole run."""
-        trainer = self.trainer
-        if trainer.max_steps > 0:
-            return self.global_step, trainer.max_steps
-        return self.global_step, trainer.max_epochs * -(
-            -trainer.num_training_batches // trainer.accumulate_grad_batches
-        )
-
-
-def batch_examples(
-    examples: list[tuple[list[int], list[int]]], batch_size: int, max_length: int, pad_token_id: int, seed
-) -> list[TokenBatch]:
-    """Shuffle (prompt, target) id pairs with ``seed`` and cut them into ``TokenBatch``es; examples longer
-    than ``max_length`` are dropped with a warning."""
-    kept = [e for e in examples if fits_context(e, max_length)]
-    if len(kept) < len(examples):
-        rank_zero_warn(
-            f"dropped {len(examples) - len(kept)} of {len(examples)} examples longer than {max_length} tokens"
-        )
-    random.Random(repr(seed)).shuffle(kept)
-    return [make_token_batch(kept[i : i + batch_size], pad_token_id) for i in range(0, len(kept), batch_size)]
+    def token_batch_loss(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean next-token NLL over the batch's target tokens, and the number of target tokens."""
+        position_ids = position_ids_from_mask(batch.attention_mask)
+        logits = self.policy(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids
+        ).logits
+        total, count = next_token_nll(logits, batch.input_ids, batch.loss_mask)
+        return total / count.clamp(min=1), count

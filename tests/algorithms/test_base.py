@@ -1,54 +1,12 @@
 import copy
-import math
+from functools import partial
 
 import pytest
 import torch
+from lightning import Callback, Trainer
 
-from lit_reason.algorithms.base import LRSchedule, make_token_batch, next_token_nll
-from lit_reason.sampling import position_ids_from_mask
-
-
-def test_next_token_nll_by_hand():
-    # Vocabulary of 3; sequence [0, 1, 2]; the loss covers only the last token (2), predicted at position 1.
-    logits = torch.zeros(1, 3, 3)
-    logits[0, 1] = torch.tensor([0.0, 0.0, math.log(2.0)])  # p(2) = 2 / 4
-    input_ids = torch.tensor([[0, 1, 2]])
-    loss_mask = torch.tensor([[False, False, True]])
-    total, count = next_token_nll(logits, input_ids, loss_mask)
-    assert count.item() == 1
-    assert total.item() == pytest.approx(-math.log(0.5))
-    total, count = next_token_nll(
-        logits, input_ids, torch.tensor([[True, True, True]])
-    )  # position 0 is never predicted
-    assert count.item() == 2
-    assert total.item() == pytest.approx(math.log(3.0) - math.log(0.5))
-
-
-def test_make_token_batch_masks_targets_only():
-    batch = make_token_batch([([1, 5, 6], [7, 2]), ([1, 5], [8, 9, 2])], pad_token_id=0)
-    assert batch.input_ids.tolist() == [[1, 5, 6, 7, 2], [1, 5, 8, 9, 2]]
-    assert batch.loss_mask.tolist() == [[False, False, False, True, True], [False, False, True, True, True]]
-    short = make_token_batch([([1], [2]), ([1, 5, 6], [2])], pad_token_id=0)
-    assert short.input_ids.tolist() == [[1, 2, 0, 0], [1, 5, 6, 2]]
-    assert short.attention_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-    assert short.loss_mask.tolist() == [[False, True, False, False], [False, False, False, True]]
-
-
-def test_position_ids_skip_left_padding():
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
-    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
-
-
-def test_lr_schedule_by_hand():
-    schedule = LRSchedule(warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
-    assert [schedule.factor(s, 104) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert schedule.factor(4, 104) == pytest.approx(1.0)
-    assert schedule.factor(54, 104) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert schedule.factor(104, 104) == pytest.approx(0.1)
-    assert schedule.factor(500, 104) == pytest.approx(0.1)
-    linear = LRSchedule(warmup_steps=0, decay="linear", min_lr_ratio=0.0)
-    assert linear.factor(25, 100) == pytest.approx(0.75)
-    assert LRSchedule(decay="constant").factor(99, 100) == 1.0
+from lit_reason.schedule import LRSchedule
+from tests.helpers.trainers import quiet_trainer
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +58,41 @@ def test_training_targets_continue_the_prompt_as_sampling_does(
         decoded = rcrl.tokenizer.decode(conditioned_ids + response_ids[:-1], skip_special_tokens=False)
         assert decoded.endswith(good + target), (decoded[-60:], good + target)
     assert joint_matches >= 10  # the common case is checked token for token
+
+
+class LearningRates(Callback):
+    """Every optimizer step's learning rate of each parameter group, and the round it was taken in."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.steps.append((trainer.current_epoch, [group["lr"] for group in trainer.optimizers[0].param_groups]))
+
+
+def sft_run(schedule: LRSchedule, max_epochs: int, tmp_path, ckpt_path=None) -> tuple[LearningRates, Trainer]:
+    from lit_reason import SFT, PolicySpec, RolloutDataModule
+    from lit_reason.tasks import Arithmetic
+
+    module = SFT(
+        policy=PolicySpec(name_or_path="micro"),
+        batch_size=8,
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+        lr_schedule=schedule,
+    )
+    rates = LearningRates()
+    trainer = quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=[rates], default_root_dir=tmp_path)
+    task = Arithmetic(train_size=64, validation_size=4, test_size=4)
+    trainer.fit(module, RolloutDataModule(task=task, questions_per_round=16), ckpt_path=ckpt_path)
+    return rates, trainer
+
+
+def test_learning_rate_follows_the_schedule_at_every_step_and_after_resuming(tmp_path):
+    schedule = LRSchedule(warmup_steps=2, decay="cosine", min_lr_ratio=0.1)
+    expected = [1e-2 * schedule.factor(step, 6) for step in range(6)]  # 3 rounds of 2 batches
+    rates, _ = sft_run(schedule, 3, tmp_path / "whole")
+    assert [lr for _, (lr,) in rates.steps] == pytest.approx(expected)
+    _, first_round = sft_run(schedule, 1, tmp_path / "first")
+    first_round.save_checkpoint(tmp_path / "round0.ckpt")
+    resumed, _ = sft_run(schedule, 3, tmp_path / "resumed", ckpt_path=tmp_path / "round0.ckpt")
+    assert [lr for _, (lr,) in resumed.steps] == pytest.approx(expected[2:])

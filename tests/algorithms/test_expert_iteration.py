@@ -220,3 +220,22 @@ def test_resume_after_round_two_keeps_data_round_and_count(tmp_path, sft_policy_
     )
     assert recorder.rounds[0]["samples_drawn"] == 3 * 12 * 4  # round 2 added to the restored count
     assert recorder.rounds[0]["kept"][: len(kept_after_two)] == [(s.problem_id, s.text) for s in kept_after_two]
+
+
+def test_learning_rate_schedule_restarts_every_round(tmp_path):
+    from lit_reason.schedule import LRSchedule
+    from tests.algorithms.test_base import LearningRates
+
+    module = ExpertIteration(
+        policy=PolicySpec(name_or_path="micro"),
+        rollout=SamplingConfig(num_samples=4, max_new_tokens=8),
+        batch_size=2,
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+        lr_schedule=LRSchedule(warmup_steps=0, decay="linear", min_lr_ratio=0.0),
+    )
+    module.generate = partial(scripted_rounds([ROUND_0, ROUND_1]), module)
+    rates = LearningRates()
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=[rates], default_root_dir=tmp_path)
+    trainer.fit(module, RolloutDataModule(task=Arithmetic(**TASK), questions_per_round=2))
+    # Round 0 trains 1 batch, round 1 2 (the kept data grows): each round's window starts at the full rate.
+    assert [(round_index, lr) for round_index, (lr,) in rates.steps] == [(0, 1e-2), (1, 1e-2), (1, 0.5e-2)]

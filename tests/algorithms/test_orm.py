@@ -109,6 +109,7 @@ def test_trunk_training_options_are_checked():
         OutcomeRewardModel(trunk_training="language_model")
 
 
+@pytest.mark.slow
 def test_reference_lm_trains_the_trunk_on_solutions(tmp_path, sft_policy_dir):
     """trunk_training language_model: every batch of samples comes with a batch of reference solutions of
     training questions (different in each round), and the trunk learns from them."""
@@ -171,7 +172,7 @@ def train_orm(tmp_path, rollout_file, sft_policy_dir, steps=60):
 
 def final_score(module: OutcomeRewardModel, problem, response: str) -> float:
     """The ORM's value at the last token (EOS) of ``response`` to ``problem``."""
-    prompt = encode_prompt(module.tokenizer, module.prompt(problem))
+    prompt = encode_prompt(module.tokenizer, module.task.prompt(problem, module.tokenizer))
     target = module.tokenizer(response, add_special_tokens=False).input_ids + [module.tokenizer.eos_token_id]
     ids = torch.tensor([prompt + target])
     response_mask = torch.tensor([[False] * len(prompt) + [True] * len(target)])

@@ -10,19 +10,13 @@ import torch
 from lightning import Trainer
 
 from lit_reason import PPO, PolicySpec, RolloutDataModule, SamplingConfig
-from lit_reason.algorithms.ppo import (
-    aggregate,
-    clipped_policy_loss,
-    clipped_value_loss,
-    entropy_from_logits,
-    gae,
-    global_mean_var,
-    kl_penalty,
-    masked_mean,
-    whiten,
-)
-from lit_reason.sampling import eval_mode, sample, token_logprobs
+from lit_reason.algorithms.ppo import CriticConfig
+from lit_reason.rewards import RewardConfig, kl_penalty
+from lit_reason.rl.advantages import gae, global_mean_var, whiten
+from lit_reason.rl.losses import aggregate, clipped_policy_loss, clipped_value_loss
+from lit_reason.sampling import sample
 from lit_reason.tasks import Arithmetic
+from lit_reason.tensors import entropy_from_logits, eval_mode, masked_mean, token_logprobs
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -111,7 +105,7 @@ class FirstTokenPPO(PPO):
 
     target = " "
 
-    def final_reward_values(self, sampled, correct):
+    def outcome_rewards(self, sampled, correct):
         first = sampled.input_ids[:, sampled.prompt_length]
         return (first == self.tokenizer.convert_tokens_to_ids(self.target)).float()
 
@@ -138,7 +132,7 @@ def make_ppo(preset_overrides: dict | None = None, **kwargs) -> tuple[PPO, Train
         rollout=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=3),
         minibatch_size=32,
         ppo_epochs=2,
-        kl_coef=0.0,
+        reward=RewardConfig(kl_coef=0.0),
         optimizer=partial(torch.optim.AdamW, lr=3e-2),
         **kwargs,
     )
@@ -170,6 +164,7 @@ def test_first_ratio_is_one(preset_overrides):
     assert torch.allclose(ratios[0], torch.ones_like(ratios[0]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_learns_a_rewarded_first_token_in_seconds():
     module, trainer, data = make_ppo()
     module.configure_model()
@@ -183,4 +178,19 @@ def test_rejects_filtered_sampling_and_orm_rewards_without_an_orm():
     with pytest.raises(ValueError, match="top_k 0, top_p 1"):
         PPO(rollout=SamplingConfig(top_k=5))
     with pytest.raises(ValueError, match="need an ORM"):
-        PPO(final_reward="orm")
+        PPO(reward=RewardConfig(final="orm"))
+
+
+def test_critic_warmup_holds_the_policy_for_exactly_its_rounds():
+    from tests.algorithms.test_base import LearningRates
+
+    module, trainer, data = make_ppo(critic=CriticConfig(warmup_rounds=1))
+    rates = LearningRates()
+    trainer.callbacks.append(rates)
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(module, data)
+    rounds = [round_index for round_index, _ in rates.steps]
+    assert rounds == [0] * 8 + [1] * 8  # 128 responses a round, minibatches of 32, 2 PPO epochs
+    assert all(actor == 0 for round_index, (actor, _) in rates.steps if round_index == 0)
+    assert all(actor > 0 for round_index, (actor, _) in rates.steps if round_index == 1)
+    assert all(critic > 0 for _, (_, critic) in rates.steps)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lit_reason import SFT, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
 from lit_reason.algorithms.expert_iteration import KeptSample
 from lit_reason.algorithms.rcrl import ratio_batches
-from lit_reason.sampling import Guidance
+from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.tasks import Arithmetic
 from tests.helpers.fakes import FakeTrainer
 
@@ -36,7 +36,7 @@ def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
     at_mean = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(warm_start)), return_token_spread=0.0)
     at_mean.configure_model()
     assert torch.allclose(at_mean.policy.get_input_embeddings().weight[good], old_mean, atol=1e-3)
-    assert module.response_prefix == ""  # untrained return tokens: nothing to condition on yet
+    assert module.conditioning("rollout").response_prefix == ""  # untrained return tokens: nothing to condition on yet
     module.conditioned = True
     export = tmp_path / "rcrl"
     module.export_policy(export)
@@ -47,7 +47,7 @@ def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
     # Any algorithm evaluating the exported policy conditions on its good token.
     other = SFT(policy=PolicySpec(name_or_path=str(export)))
     other.configure_model()
-    assert other.response_prefix == "[GOOD]" and other.suppressed_token_ids == [good, bad]
+    assert other.conditioning("evaluation") == Conditioning("[GOOD]", (good, bad))
     # Continuing RCRL from the export keeps the learned return-token rows (they are not new to it).
     again = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(export)))
     again.configure_model()
@@ -85,12 +85,16 @@ def test_sampling_conditions_on_the_return_token(condition_on):
     module.conditioned = True
     task = Arithmetic(train_size=50, validation_size=4, test_size=4)
     module._trainer = FakeTrainer(RolloutDataModule(task=task))
-    batch = module.generate(task.problems("validation"), SamplingConfig(num_samples=2, max_new_tokens=4), ("t",), "t")
+    batch = module.generate(
+        task.problems("validation"), SamplingConfig(num_samples=2, max_new_tokens=4), ("t",), "rollout"
+    )
     token = module.tokenizer.convert_tokens_to_ids({"good": "[GOOD]", "bad": "[BAD]"}[condition_on])
     assert (batch.input_ids[:, batch.prompt_length - 1] == token).all()  # right before every response
     assert not batch.response_mask[:, : batch.prompt_length].any()
     assert all("[GOOD]" not in t and "[BAD]" not in t for t in batch.texts)
-    assert sorted(module.suppressed_token_ids) == sorted(module.tokenizer.convert_tokens_to_ids(["[GOOD]", "[BAD]"]))
+    assert sorted(module.conditioning("rollout").suppressed_token_ids) == sorted(
+        module.tokenizer.convert_tokens_to_ids(["[GOOD]", "[BAD]"])
+    )
 
 
 @pytest.mark.parametrize("condition_on", ["good", "bad"])
@@ -101,30 +105,33 @@ def test_evaluation_is_guided_away_from_the_other_return_and_exports_it(conditio
         evaluation=short, reference_solutions=4,  # the random policy's 8-token samples may all be cut off
     )  # fmt: skip
     module.configure_model()
-    assert module.evaluation_guidance is None  # untrained return tokens: no conditioning, nothing to contrast
+    assert (
+        module.conditioning("evaluation").guidance is None
+    )  # untrained return tokens: no conditioning, nothing to contrast
     module.conditioned = True
     other = {"good": "[BAD]", "bad": "[GOOD]"}[condition_on]
-    assert module.evaluation_guidance == Guidance(negative_prefix=other, scale=3.0)
+    guidance = Guidance(negative_prefix=other, scale=3.0)
+    assert module.conditioning("evaluation").guidance == guidance
     task = Arithmetic(train_size=50, validation_size=4, test_size=4)
     module._trainer = FakeTrainer(RolloutDataModule(task=task))
-    sampled = []  # (description, guidance, batch) of every sampling call
+    sampled = []  # (seed parts, samples per question, guidance, batch) of every sampling call
     generate = module.generate
 
-    def recording_generate(problems, config, seed_parts, description, guidance=None):
-        batch = generate(problems, config, seed_parts, description, guidance)
-        sampled.append((description, guidance, batch))
+    def recording_generate(problems, config, seed_parts, stage):
+        batch = generate(problems, config, seed_parts, stage)
+        sampled.append((seed_parts, config.num_samples, module.conditioning(stage).guidance, batch))
         return batch
 
     monkeypatch.setattr(module, "generate", recording_generate)
     module.evaluate_problems(task.problems("validation"))
     module.make_train_data(task.problems("train")[:4], round_index=1)
-    assert [(d, g) for d, g, _ in sampled] == [
-        ("greedy", module.evaluation_guidance),
-        ("2 samples", module.evaluation_guidance),
-        ("round 1 rollout", None),  # rollouts sample the policy as it is
+    assert [(parts, k, g) for parts, k, g, _ in sampled] == [
+        (("eval",), 1, guidance),  # greedy
+        (("eval",), 2, guidance),
+        (("rollout", 1), 2, None),  # rollouts sample the policy as it is
     ]
-    guided = sampled[1][2]
-    plain = generate(task.problems("validation"), short, ("eval",), "plain")
+    guided = sampled[1][3]
+    plain = generate(task.problems("validation"), short, ("eval",), "rollout")
     prompts = guided.input_ids[:, : guided.prompt_length]  # the same prompts, behind the conditioned token
     assert torch.equal(prompts, plain.input_ids[:, : plain.prompt_length])
     first = guided.prompt_length  # the random policy hardly reads the return token: compare probabilities
@@ -134,7 +141,8 @@ def test_evaluation_is_guided_away_from_the_other_return_and_exports_it(conditio
     assert json.loads((tmp_path / "lit_reason.json").read_text())["guidance"] == recorded
     evaluator = SFT(policy=PolicySpec(name_or_path=str(tmp_path)))
     evaluator.configure_model()
-    assert evaluator.response_prefix == "[GOOD]" and evaluator.evaluation_guidance == Guidance("[BAD]", 3.0)
+    good, bad = module.tokenizer.convert_tokens_to_ids(["[GOOD]", "[BAD]"])
+    assert evaluator.conditioning("evaluation") == Conditioning("[GOOD]", (good, bad), Guidance("[BAD]", 3.0))
     with pytest.raises(ValueError, match="guidance_scale"):
         ReturnConditionedRL(guidance_scale=-1.0)
 
@@ -169,12 +177,12 @@ def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp
     task = Arithmetic(train_size=50, validation_size=4, test_size=4)
     module._trainer = FakeTrainer(RolloutDataModule(task=task))
     module.make_train_data(task.problems("train")[:4], round_index=0)
-    assert module.response_prefix == "[GOOD]"
+    assert module.conditioning("rollout").response_prefix == "[GOOD]"
     module.add_to_kept([KeptSample(task.problems("train")[0].id, "#### 1", correct=False)])
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     resumed = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
     resumed.configure_model()
     resumed.on_load_checkpoint(checkpoint)
-    assert resumed.response_prefix == "[GOOD]"
+    assert resumed.conditioning("rollout").response_prefix == "[GOOD]"
     assert sorted(resumed.kept.values(), key=repr) == sorted(module.kept.values(), key=repr)

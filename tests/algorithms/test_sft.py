@@ -2,7 +2,8 @@ import pytest
 
 from lit_reason import SFT, PolicySpec, RolloutDataModule
 from lit_reason.policy import load_model, load_tokenizer
-from lit_reason.sampling import SamplingConfig, eval_mode, sample
+from lit_reason.sampling import SamplingConfig, sample
+from lit_reason.tensors import eval_mode
 from tests.conftest import sft_fixture_task
 from tests.helpers.fakes import FakeTrainer
 
@@ -49,6 +50,7 @@ def greedy_accuracy(policy: str, problems) -> float:
     return sum(p.is_correct(t) for p, t in zip(problems, batch.texts, strict=True)) / len(problems)
 
 
+@pytest.mark.slow
 def test_sft_learns_the_task(sft_policy_dir):
     problems = sft_fixture_task().problems("validation")[:200]
     assert greedy_accuracy("tiny", problems) < 0.05  # untrained

@@ -1,20 +1,12 @@
-"""The paired comparison behind every interval the README reports."""
+"""Pairing two evaluations' prediction files question by question."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 
-from tools.compare_policies import paired_bootstrap, paired_outcomes, read_predictions
-
-
-def test_paired_bootstrap_by_hand():
-    baseline = torch.tensor([0, 0, 1, 1] * 50)
-    assert paired_bootstrap(baseline, baseline) == (0.0, 0.0, 0.0)
-    mean, low, high = paired_bootstrap(baseline, torch.ones(200))
-    assert mean == pytest.approx(0.5) and low < 0.5 < high and high - low < 0.2
+from tools.compare_policies import paired_outcomes, read_predictions
 
 
 def test_predictions_pair_on_question_ids(tmp_path):

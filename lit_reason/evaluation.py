@@ -1,0 +1,216 @@
+"""The evaluation every algorithm shares, and what it leaves beside a run.
+
+For every validation / test question: one greedy response (maj@1) and K sampled ones under the shared
+``evaluation`` sampling settings (maj@K, pass@K, pass@1, distinct correct solutions, and rerank@K where a
+reward model scores them), so numbers mean the same whichever algorithm produced the policy. Each question
+also leaves a record (its responses and their grades): TensorBoard text samples and length histograms, and
+per-question predictions (``<log_dir>/predictions/<stage>-step<N>.jsonl``) that two runs can be paired on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_reason.distributed import gather_objects, rank_and_world_size
+from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK, RerankAtK
+from lit_reason.rewards import grade
+from lit_reason.sampling import SampleBatch
+from lit_reason.tasks import Problem
+from lit_reason.tasks.answers import extract_answer, operation_signature
+
+# What a prediction file keeps of each question's record.
+PREDICTION_FIELDS = ("id", "question", "greedy", "greedy_correct", "samples", "samples_correct")
+
+
+@dataclass
+class GradedQuestions:
+    """One evaluation batch of Q questions with K samples each, graded (on the metrics' device).
+
+    Attributes:
+        question_ids: (Q,) long.
+        correct: (Q, K) bool. Whether each sample's final answer is right.
+        answered: (Q, K) bool. Whether each sample states an answer at all.
+        scores: (Q, K) float. The reward model's score of each sample, or None without one.
+    """
+
+    question_ids: torch.Tensor
+    correct: torch.Tensor
+    answered: torch.Tensor
+    scores: torch.Tensor | None
+
+
+class Evaluator(torch.nn.Module):
+    """The shared evaluation metrics and the per-question records of one evaluation pass.
+
+    Args:
+        num_samples: K of maj@K, pass@K and rerank@K.
+        rerank: also compute rerank@K (needs reward-model scores).
+    """
+
+    def __init__(self, num_samples: int, rerank: bool) -> None:
+        super().__init__()
+        k = self.num_samples = num_samples
+        self.metrics = torch.nn.ModuleDict(
+            {
+                "maj@1": MajorityAtK(k=1),
+                f"maj@{k}": MajorityAtK(k=k),
+                f"pass@{k}": PassAtK(k=k),
+                "pass@1": PassAtK(k=1),
+                f"distinct_correct@{k}": DistinctCorrect(k=k),
+            }
+        )
+        if rerank:
+            self.metrics[f"rerank@{k}"] = RerankAtK(k=k)
+        self.records: list[dict[str, Any]] = []
+        self._started = time.perf_counter()
+
+    def seconds_since_start(self) -> float:
+        """Seconds since this evaluation pass's first update."""
+        return time.perf_counter() - self._started
+
+    def update(
+        self, problems: list[Problem], greedy: SampleBatch, sampled: SampleBatch, scores: torch.Tensor | None
+    ) -> GradedQuestions:
+        """Grade one greedy and K sampled responses per problem (``scores``: (Q * K,) reward-model scores of
+        the sampled ones, or None), update the metrics and keep the questions' records."""
+        k, device = self.num_samples, self.metrics["maj@1"].device
+        if not self.records:
+            self._started = time.perf_counter()
+        ids = torch.tensor([p.id for p in problems], device=device)
+        targets = torch.tensor([p.answer for p in problems], dtype=torch.float64, device=device)
+        greedy_correct = grade(problems, greedy)
+        answers = _answers(sampled.texts).view(len(problems), k)
+        graded = GradedQuestions(
+            question_ids=ids,
+            correct=grade(problems, sampled).view(-1, k).to(device),
+            answered=torch.isfinite(answers).to(device),
+            scores=scores.view(-1, k).to(device) if scores is not None else None,
+        )
+        signatures = torch.tensor([operation_signature(t) for t in sampled.texts], device=device).view(-1, k)
+        self.metrics["maj@1"].update(_answers(greedy.texts).view(-1, 1).to(device), targets, ids)
+        self.metrics[f"maj@{k}"].update(answers.to(device), targets, ids)
+        self.metrics[f"pass@{k}"].update(graded.correct, ids)
+        self.metrics["pass@1"].update(graded.correct, ids)
+        self.metrics[f"distinct_correct@{k}"].update(graded.correct, signatures, ids)
+        if graded.scores is not None:
+            self.metrics[f"rerank@{k}"].update(graded.correct, graded.scores, ids)
+        self.records.extend(
+            {
+                "id": problem.id,
+                "question": problem.question,
+                "greedy": greedy.texts[i],
+                "greedy_correct": bool(greedy_correct[i]),
+                "answered": float(graded.answered[i].float().mean()),
+                "truncated": float(sampled.truncated[i * k : (i + 1) * k].float().mean()),
+                "lengths": sampled.response_lengths[i * k : (i + 1) * k].tolist(),
+                "samples": sampled.texts[i * k : (i + 1) * k],
+                "samples_correct": graded.correct[i].tolist(),
+            }
+            for i, problem in enumerate(problems)
+        )
+        return graded
+
+    def compute(self) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, Any]]]:
+        """Every metric (by name), the shares of samples answered and truncated, and all ranks' records by
+        question id (a question padded onto two ranks counts once); then starts afresh (a collective)."""
+        values = {name: metric.compute() for name, metric in self.metrics.items()}
+        for metric in self.metrics.values():
+            metric.reset()
+        records = {r["id"]: r for r in gather_objects(self.records)}
+        self.records.clear()
+        if records:
+            values["answered"] = torch.tensor(sum(r["answered"] for r in records.values()) / len(records))
+            values["truncated"] = torch.tensor(sum(r["truncated"] for r in records.values()) / len(records))
+        return values, records
+
+
+def _answers(texts: Sequence[str]) -> torch.Tensor:
+    """(N,) float64 answers, NaN where a text states none."""
+    return torch.tensor([float("nan") if (a := extract_answer(t)) is None else a for t in texts], dtype=torch.float64)
+
+
+def write_outputs(
+    loggers: Sequence[Any],
+    log_dir: Path | None,
+    stage: str,
+    values: dict[str, torch.Tensor],
+    records: dict[int, dict[str, Any]],
+    *,
+    step: int,
+    samples_drawn: int,
+    text_samples: int,
+) -> None:
+    """What an evaluation leaves beside the run (on rank 0): the predictions file
+    ``<log_dir>/predictions/<stage>-step<step>.jsonl`` and, with a TensorBoard logger, its samples and figures."""
+    if rank_and_world_size()[0] != 0:
+        return
+    if log_dir is not None:
+        write_predictions(log_dir / "predictions" / f"{stage}-step{step}.jsonl", records)
+    writer = tensorboard_writer(loggers)
+    if writer is not None:
+        log_to_tensorboard(
+            writer, stage, values, records, step=step, samples_drawn=samples_drawn, text_samples=text_samples
+        )
+
+
+def write_predictions(path: Path, records: dict[int, dict[str, Any]]) -> None:
+    """One JSON line per question, in id order: its id, question, greedy response and whether it is correct,
+    the K samples and theirs (what ``tools/compare_policies.py --baseline-predictions`` pairs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as file:
+        for record in sorted(records.values(), key=lambda r: r["id"]):
+            file.write(json.dumps({field: record[field] for field in PREDICTION_FIELDS}) + "\n")
+
+
+def tensorboard_writer(loggers: Sequence[Any]):
+    """The TensorBoard ``SummaryWriter`` among ``loggers`` on rank 0, or None."""
+    if rank_and_world_size()[0] != 0:
+        return None
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_text") and hasattr(experiment, "add_histogram"):
+            return experiment
+    return None
+
+
+def log_to_tensorboard(
+    writer,
+    stage: str,
+    values: dict[str, torch.Tensor],
+    records: dict[int, dict[str, Any]],
+    *,
+    step: int,
+    samples_drawn: int,
+    text_samples: int,
+) -> None:
+    """Accuracy metrics against training samples drawn, the response-length histogram and a table of the
+    first ``text_samples`` questions' greedy responses."""
+    for name, value in values.items():
+        if "maj@" in name or "pass@" in name:
+            writer.add_scalar(f"by_samples_drawn/{name}", value.item(), global_step=samples_drawn)
+    lengths = torch.tensor([n for r in records.values() for n in r["lengths"]], dtype=torch.float32)
+    writer.add_histogram(f"{stage}/response_length", lengths, global_step=step)
+    shown = list(records.values())[:text_samples]
+    table = markdown_table(
+        ["id", "question", "greedy response", "correct"],
+        [[r["id"], r["question"], r["greedy"], r["greedy_correct"]] for r in shown],
+    )
+    writer.add_text(f"{stage}/greedy_samples", table, step)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (TensorBoard's text tab renders it); cells may hold any text."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_markdown_cell(str(cell)) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")

@@ -1,0 +1,120 @@
+"""PPO's loss: the clipped surrogate, the clipped value loss and an entropy bonus, aggregated so that the
+gradient averaged over ranks is that of the whole minibatch's mean (Schulman et al. 2017)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+
+from lit_reason.batches import PPOBatch
+from lit_reason.tensors import entropy_from_logits, masked_mean, token_logprobs
+
+LossAggregation = Literal["token_mean", "sequence_mean"]
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, per token: ``max(-A r, -A clip(r, 1 - clip, 1 + clip))``, r = p / p_old.
+
+    (B, T) each -> per-token loss (B, T) and whether the clipped term was the larger (B, T) bool.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """``0.5 max((v - R)^2, (clip(v, v_old - clip, v_old + clip) - R)^2)`` per token. (B, T) each -> (B, T)."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+
+
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: LossAggregation,
+    global_tokens: int,
+    global_sequences: int,
+    world_size: int,
+) -> torch.Tensor:
+    """Reduce a per-token loss of this rank's share of a minibatch to the scalar whose gradient, averaged
+    over ranks (as DDP and FSDP do), is that of the minibatch's mean over all ranks.
+
+    ``token_mean``: sum over tokens / response tokens on all ranks. ``sequence_mean``: every response's
+    token mean, summed / responses on all ranks. (B, T), (B, T) -> scalar.
+    """
+    mask = mask.to(per_token.dtype)
+    if mode == "token_mean":
+        total, count = (per_token * mask).sum(), global_tokens
+    else:
+        total, count = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum(), global_sequences
+    return total * world_size / max(count, 1)
+
+
+class PPOLossOutput(NamedTuple):
+    """The loss to backpropagate and its parts, each a scalar (statistics detached, means over response
+    tokens of this rank's share of the minibatch)."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+    clip_fraction: torch.Tensor
+    approx_kl: torch.Tensor
+    ratio_max: torch.Tensor
+
+
+@dataclass
+class PPOLoss:
+    """``policy_loss + vf_coef * value_loss - entropy_coef * entropy`` per response token, aggregated.
+
+    Args:
+        clip_ratio: PPO's policy ratio clip.
+        value_clip: how far a value may move from its rollout value before its loss is clipped.
+        vf_coef: weight of the value loss.
+        entropy_coef: entropy bonus (0: entropy only reported).
+        aggregation: ``token_mean`` (every response token weighs the same) or ``sequence_mean`` (every
+            response does); denominators count the minibatch on all ranks.
+    """
+
+    clip_ratio: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    entropy_coef: float = 0.0
+    aggregation: LossAggregation = "token_mean"
+
+    def __call__(
+        self, logits: torch.Tensor, values: torch.Tensor, batch: PPOBatch, temperature: float, world_size: int
+    ) -> PPOLossOutput:
+        """PPO's loss of a minibatch.
+
+        Args:
+            logits: (B, L, V) the policy's logits over the batch (position t predicts token t + 1).
+            values: (B, L) the critic's value of the state before each token.
+            batch: the minibatch (its rollout log-probs, values, advantages and returns).
+            temperature: the rollout's sampling temperature (log-probs and entropy are at it).
+            world_size: ranks sharing the minibatch.
+        """
+        mask = batch.response_mask
+        logprobs = token_logprobs(logits, batch.input_ids, temperature)
+        policy_losses, clipped = clipped_policy_loss(logprobs, batch.old_logprobs, batch.advantages, self.clip_ratio)
+        value_losses = clipped_value_loss(values, batch.old_values, batch.returns, self.value_clip)
+        entropy = torch.nn.functional.pad(entropy_from_logits(logits[:, :-1] / (temperature or 1.0)), (1, 0))
+        per_token = policy_losses + self.vf_coef * value_losses - self.entropy_coef * entropy
+        loss = aggregate(per_token, mask, self.aggregation, batch.global_tokens, batch.global_sequences, world_size)
+        log_ratio = (logprobs - batch.old_logprobs).detach()
+        return PPOLossOutput(
+            loss=loss,
+            policy_loss=masked_mean(policy_losses.detach(), mask),
+            value_loss=masked_mean(value_losses.detach(), mask),
+            entropy=masked_mean(entropy.detach(), mask),
+            clip_fraction=masked_mean(clipped.float(), mask),
+            approx_kl=masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            ratio_max=(torch.exp(log_ratio) * mask).max(),
+        )

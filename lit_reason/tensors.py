@@ -1,0 +1,85 @@
+"""Tensor helpers every layer uses: positions under left padding, token log-probs, masked means, the
+next-token loss, entropy, picking rows of a padded batch, eval mode. Depends on torch alone."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: (B, L) mask -> (B, L) ``cumsum - 1``, clamped at 0 on padding."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-prob of each token under the temperature-scaled softmax of the previous position's logits.
+
+    (B, L, V), (B, L) -> (B, L), column 0 (never predicted) 0: the sampler's layout. Temperature 0 (greedy)
+    uses the unscaled softmax, like the sampler.
+    """
+    scaled = logits[:, :-1].float() / (temperature or 1.0)
+    chosen = scaled.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+    return torch.nn.functional.pad(chosen, (1, 0))
+
+
+def next_token_nll(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of the masked tokens, and how many there are.
+
+    Args:
+        logits: (B, L, V) logits; position t predicts token t + 1.
+        input_ids: (B, L) long.
+        loss_mask: (B, L) bool, True on tokens to predict (position 0 is never predicted).
+
+    Returns:
+        (scalar sum of -log p over masked tokens, scalar count of masked tokens).
+    """
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return (nll * mask.flatten()).sum(), mask.sum()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is true (0 if nothing is). (B, T), (B, T) -> scalar."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax at every position. (B, T, V) -> (B, T)."""
+    logprobs = logits.float().log_softmax(-1)
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def take_rows(rows: torch.Tensor, attention_mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Rows ``rows`` of each (R, L) tensor, without the columns that are padding in every chosen row.
+
+    Args:
+        rows: (B,) long, the rows to take.
+        attention_mask: (R, L), nonzero on real tokens: decides which columns stay.
+        *tensors: (R, L, ...) tensors laid out like ``attention_mask``.
+
+    Returns:
+        ``attention_mask`` and then each tensor, (B, L', ...) with L' <= L.
+    """
+    columns = attention_mask[rows].bool().any(0)
+    return [tensor[rows][:, columns] for tensor in (attention_mask, *tensors)]
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients inside; afterwards every submodule gets back its own previous mode (a
+    frozen reference model stays in eval even if the policy was training)."""
+    previous = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for submodule, training in previous:
+            submodule.training = training
