@@ -98,19 +98,22 @@ def test_real_model_configs_run_on_cpu_with_a_micro_model(name, tmp_path, monkey
     assert list(tmp_path.glob("**/policy/config.json"))
 
 
-def test_help_documents_every_option(capsys):
+@pytest.mark.parametrize(
+    ("model", "options"),
+    [
+        ("SFT", ["batch_size", "policy.name_or_path", "policy.trust_remote_code", "evaluation.num_samples"]),
+        ("PPO", ["loss.clip_ratio", "reward.kl_coef", "advantage.lam", "critic.kind", "lr_schedule.warmup_steps"]),
+    ],
+)
+def test_help_documents_every_option(model, options, capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--model.help", "SFT"])
+        main(["fit", "--model.help", model])
     text = capsys.readouterr().out
-    for option in [
-        "batch_size",
-        "policy.name_or_path",
-        "policy.trust_remote_code",
-        "evaluation.num_samples",
-        "lr_schedule.warmup_steps",
-    ]:
+    for option in options:
         assert f"--model.{option}" in text
-    assert "(type:" in text and "see ``" not in text
+        described = text.split(f"  --model.{option} ", 1)[1].split("\n  --", 1)[0]
+        assert "(type:" in described and len(described.split("(type:")[0].split()) > 2, described
+    assert "see ``" not in text
 
 
 def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):

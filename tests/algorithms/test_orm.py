@@ -214,7 +214,7 @@ def test_orm_learns_from_a_rollout_file_and_reranks(tmp_path, sft_policy_dir):
     other = quiet_trainer(inference_mode=False)
     result = other.validate(policy, RolloutDataModule(task=task, validation_questions=16), verbose=False)[0]
     assert "val/rerank@4" in result
-    assert all(key.startswith(("policy.", "eval_metrics.")) for key in policy.state_dict())  # no ORM weights
+    assert all(key.startswith(("policy.", "evaluator.")) for key in policy.state_dict())  # no ORM weights
     assert all(p.requires_grad is False for p in policy.reward_network().parameters())
 
 

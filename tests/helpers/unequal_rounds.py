@@ -15,8 +15,8 @@ class UnequalBatchesEI(ExpertIteration):
     """Rank r makes r extra copies of its last batch every round; saves its final weights as
     ``weights-rank{r}.pt`` in the working directory."""
 
-    def round_batches(self, examples, round_index):
-        batches = super().round_batches(examples, round_index)
+    def batches_of_round(self, examples, round_index):
+        batches = super().batches_of_round(examples, round_index)
         return batches + batches[-1:] * rank_and_world_size()[0]
 
     def on_train_end(self) -> None:
