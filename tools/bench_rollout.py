@@ -20,8 +20,8 @@ import torch
 
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, encode_prompt, sample
-from lit_reason.tensors import eval_mode
 from lit_reason.tasks import Arithmetic
+from lit_reason.tensors import eval_mode
 
 
 def hf_generate(model, tokenizer, prompts, config: SamplingConfig, eos_ids, device) -> tuple[list[str], int]:

@@ -26,8 +26,8 @@ from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, row_seed, sample
 from lit_reason.statistics import paired_bootstrap
-from lit_reason.tensors import eval_mode
 from lit_reason.tasks import Arithmetic, Problem
+from lit_reason.tensors import eval_mode
 
 
 def greedy_correct(
