@@ -71,17 +71,19 @@ class Conditioning:
         (Path(path) / CONDITIONING_FILE).write_text(json.dumps(record, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> Conditioning:
-        """What the policy exported to ``path`` records; no conditioning for any other model."""
+    def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> Conditioning:
+        """What the policy exported to ``path`` records. Where that names no suppressed tokens (any other model,
+        or an export of lit-reason 0.1.0), those of ``model``'s generation config, which ``generate`` honours."""
+        configured = getattr(getattr(model, "generation_config", None), "suppress_tokens", None) or ()
         file = Path(path) / CONDITIONING_FILE
         if not file.is_file():
-            return cls()
+            return cls(suppressed_token_ids=tuple(int(i) for i in configured))
         try:
             record = json.loads(file.read_text())
             guidance = record.get("guidance")
             return cls(
                 response_prefix=str(record.get("response_prefix") or ""),
-                suppressed_token_ids=tuple(int(i) for i in record.get("suppressed_token_ids") or ()),
+                suppressed_token_ids=tuple(int(i) for i in record.get("suppressed_token_ids", configured) or ()),
                 guidance=Guidance(**guidance) if guidance else None,
             )
         except (ValueError, TypeError, AttributeError) as error:

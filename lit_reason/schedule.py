@@ -57,11 +57,12 @@ class StepCounter:
 
         The round's length counts the batches the trainer runs, which the data module has cut to the fewest of
         any rank (a count of this rank's own batches would give ranks different schedules); the run's is
-        Lightning's estimate over all epochs (``max_steps`` if that ends the run first)."""
+        ``max_steps`` if set, else ``max_epochs`` rounds of this one's length (0 for an unbounded run: a
+        constant rate after warm-up)."""
         self.round_start = trainer.global_step
         self.round_steps = max(1, -(-int(trainer.num_training_batches) // trainer.accumulate_grad_batches))
-        run_steps = trainer.estimated_stepping_batches
-        self.run_steps = int(run_steps) if run_steps != float("inf") else self.round_steps
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        self.run_steps = trainer.max_steps if trainer.max_steps > 0 else max(0, max_epochs * self.round_steps)
 
     def in_next_round(self, step: int) -> bool:
         """Whether global optimizer step ``step`` comes after the current round's last one."""

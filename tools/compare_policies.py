@@ -49,7 +49,7 @@ def greedy_correct(
     spec = PolicySpec(name_or_path=policy)
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer)
-    recorded_conditioning = Conditioning.load(spec.resolved())
+    recorded_conditioning = Conditioning.load(spec.resolved(), model)
     recorded_prefix, recorded = recorded_conditioning.response_prefix, recorded_conditioning.guidance
     if response_prefix is None:
         response_prefix = recorded_prefix

@@ -81,7 +81,7 @@ class ReasoningModule(LightningModule):
             return
         self.policy = self.load_policy_network(self.policy_spec).train()  # from_pretrained gives eval mode
         if not self.policy_spec.is_preset:
-            self.recorded_conditioning = Conditioning.load(self.policy_spec.resolved())
+            self.recorded_conditioning = Conditioning.load(self.policy_spec.resolved(), self.policy)
         if self.orm_path is not None:
             self._frozen_orm.append(load_frozen_orm(self.orm_path, self.tokenizer))
         self.build_extra_models()
@@ -104,22 +104,20 @@ class ReasoningModule(LightningModule):
 
     def reward_network(self) -> ValueModel | None:
         """The outcome reward model that scores samples, on this module's device, or None."""
-        if not self._frozen_orm:
-            return None
-        network = self._frozen_orm[0]
-        if next(network.parameters()).device != self.device:
-            network.to(self.device)
-        return network
+        if self._frozen_orm and next(self._frozen_orm[0].parameters()).device != self.device:
+            self._frozen_orm[0].to(self.device)
+        return self._frozen_orm[0] if self._frozen_orm else None
 
     def reward_scores(self, batch: SampleBatch) -> torch.Tensor:
         """(R, L) the reward network's probability of a correct final answer at every column of a sampled
         batch (``evaluation.batch_size`` rows at a time); it judges the response, not a response prefix."""
-        prefix = len(encode_response_prefix(self.tokenizer, self.conditioning("rollout").response_prefix))
-        attention_mask = batch.attention_mask.clone()
-        attention_mask[:, batch.prompt_length - prefix : batch.prompt_length] = 0
+        prefix_ids = encode_response_prefix(self.tokenizer, self.conditioning("rollout").response_prefix)
+        prefix = slice(batch.prompt_length - len(prefix_ids), batch.prompt_length)
+        input_ids, attention_mask = batch.input_ids.clone(), batch.attention_mask.clone()
+        input_ids[:, prefix], attention_mask[:, prefix] = self.tokenizer.pad_token_id, 0
         with self._precision_context():
             return self.reward_network().score(
-                batch.input_ids, attention_mask, batch.response_mask, batch_size=self.evaluation.batch_size
+                input_ids, attention_mask, batch.response_mask, batch_size=self.evaluation.batch_size
             )
 
     def orm_last_token_scores(self, batch: SampleBatch) -> torch.Tensor | None:
@@ -191,13 +189,17 @@ class ReasoningModule(LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
-        factors = [partial(self.group_lr_factor, group) for group in range(len(optimizer.param_groups))]
+        factors = [partial(self._scheduled_lr_factor, group) for group in range(len(optimizer.param_groups))]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def trainable_parameters(self) -> Iterator[torch.nn.Parameter] | list[dict[str, Any]]:
         """What the optimizer trains: parameters, or parameter groups with their own options (a ``lr``)."""
         return (p for p in self.policy.parameters() if p.requires_grad)
+
+    def _scheduled_lr_factor(self, group: int, scheduler_steps: int) -> float:
+        # The global step, not LambdaLR's own count: one counter, right even after resuming without its state.
+        return self.group_lr_factor(group, self.global_step)
 
     def group_lr_factor(self, group: int, step: int) -> float:
         """Multiplier of parameter group ``group``'s learning rate at optimizer step ``step``: the LR

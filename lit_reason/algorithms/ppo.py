@@ -156,6 +156,12 @@ class PPO(ReasoningModule):
             return 0.0
         return super().group_lr_factor(group, step)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # lit-reason 0.1.0 named the value network "critic" (now the critic's options).
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("critic.")]:
+            state["value_network." + key.removeprefix("critic.")] = state.pop(key)
+
     def forward_policy_and_values(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

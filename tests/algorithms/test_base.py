@@ -70,7 +70,9 @@ class LearningRates(Callback):
         self.steps.append((trainer.current_epoch, [group["lr"] for group in trainer.optimizers[0].param_groups]))
 
 
-def sft_run(schedule: LRSchedule, max_epochs: int, tmp_path, ckpt_path=None) -> tuple[LearningRates, Trainer]:
+def sft_run(
+    schedule: LRSchedule, max_epochs: int, tmp_path, ckpt_path=None, max_steps: int = -1
+) -> tuple[LearningRates, Trainer]:
     from lit_reason import SFT, PolicySpec, RolloutDataModule
     from lit_reason.tasks import Arithmetic
 
@@ -81,7 +83,9 @@ def sft_run(schedule: LRSchedule, max_epochs: int, tmp_path, ckpt_path=None) -> 
         lr_schedule=schedule,
     )
     rates = LearningRates()
-    trainer = quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=[rates], default_root_dir=tmp_path)
+    trainer = quiet_trainer(
+        max_epochs=max_epochs, max_steps=max_steps, limit_val_batches=0, callbacks=[rates], default_root_dir=tmp_path
+    )
     task = Arithmetic(train_size=64, validation_size=4, test_size=4)
     trainer.fit(module, RolloutDataModule(task=task, questions_per_round=16), ckpt_path=ckpt_path)
     return rates, trainer
@@ -96,3 +100,10 @@ def test_learning_rate_follows_the_schedule_at_every_step_and_after_resuming(tmp
     first_round.save_checkpoint(tmp_path / "round0.ckpt")
     resumed, _ = sft_run(schedule, 3, tmp_path / "resumed", ckpt_path=tmp_path / "round0.ckpt")
     assert [lr for _, (lr,) in resumed.steps] == pytest.approx(expected[2:])
+
+
+def test_a_run_capped_by_max_steps_decays_over_max_steps(tmp_path):
+    # 3 rounds of 2 batches end the run after 6 steps; the schedule's window is max_steps (10) all the same.
+    schedule = LRSchedule(warmup_steps=0, decay="linear", min_lr_ratio=0.0)
+    rates, _ = sft_run(schedule, 3, tmp_path, max_steps=10)
+    assert [lr for _, (lr,) in rates.steps] == pytest.approx([1e-2 * (1 - step / 10) for step in range(6)])

@@ -85,6 +85,33 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
         ValueModel.load(stale)
 
 
+def test_reward_scores_ignore_the_response_prefix_the_policy_sampled_behind(tmp_path, char_tokenizer):
+    """The ORM judges the response: a return token in front of it (blanked to padding) changes no score."""
+    from lit_reason.conditioning import Conditioning
+    from lit_reason.policy import load_model
+    from lit_reason.sampling import SampleBatch
+
+    trunk = load_model(PolicySpec(name_or_path="micro"), char_tokenizer)
+    ValueModel(trunk, head_std=0.1, likelihood_features=True).save(tmp_path / "orm", char_tokenizer)
+    module = SFT(policy=PolicySpec(name_or_path="micro"), orm=str(tmp_path / "orm"))
+    module.configure_model()
+    module.recorded_conditioning = Conditioning("[G]")
+    prompt = char_tokenizer("Q: 1+1?\n").input_ids
+    response = char_tokenizer("1+1=2\n#### 2", add_special_tokens=False).input_ids + [char_tokenizer.eos_token_id]
+    scores = [
+        module.reward_scores(
+            SampleBatch.from_token_lists(
+                [prompt + char_tokenizer(prefix, add_special_tokens=False).input_ids],
+                [response],
+                ["1+1=2\n#### 2"],
+                pad_token_id=char_tokenizer.pad_token_id,
+            )
+        )
+        for prefix in ("[G]", "[B]")
+    ]
+    assert torch.equal(scores[0], scores[1])
+
+
 def test_detach_trunk_trains_the_head_alone(char_tokenizer):
     from lit_reason.policy import load_model
 

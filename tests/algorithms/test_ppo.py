@@ -194,3 +194,11 @@ def test_critic_warmup_holds_the_policy_for_exactly_its_rounds():
     assert all(actor == 0 for round_index, (actor, _) in rates.steps if round_index == 0)
     assert all(actor > 0 for round_index, (actor, _) in rates.steps if round_index == 1)
     assert all(critic > 0 for _, (_, critic) in rates.steps)
+
+
+def test_checkpoints_of_lit_reason_0_1_0_load_their_critic():
+    module = PPO(policy=PolicySpec(name_or_path="micro"))
+    weight = torch.ones(1, 4)
+    checkpoint = {"state_dict": {"critic.head.weight": weight, "policy.lm_head.weight": weight}}
+    module.on_load_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == {"value_network.head.weight", "policy.lm_head.weight"}
