@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_reason.distributed import rank_and_world_size, reduce_int
+from lit_reason.seeds import run_seed
 from lit_reason.tasks import Arithmetic, Problem, Task
 
 
@@ -52,7 +53,7 @@ class RolloutDataModule(LightningDataModule):
         validation_questions: use only the first N validation questions (``None``: all).
         test_questions: use only the first N test questions (``None``: all).
         eval_batch_size: questions per validation / test step on each rank.
-        seed: fixes which questions each round uses.
+        seed: fixes which questions each round uses; unset: the run's ``seed_everything``.
     """
 
     def __init__(
@@ -62,7 +63,7 @@ class RolloutDataModule(LightningDataModule):
         validation_questions: int | None = None,
         test_questions: int | None = None,
         eval_batch_size: int = 64,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.task = task if task is not None else Arithmetic()
@@ -85,7 +86,7 @@ class RolloutDataModule(LightningDataModule):
         while len(chosen) < count:
             epoch, offset = divmod(start + len(chosen), len(problems))
             order = list(range(len(problems)))
-            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+            random.Random(f"{run_seed(self.seed)}-{epoch}").shuffle(order)
             chosen.extend(problems[i] for i in order[offset : offset + count - len(chosen)])
         return chosen
 

@@ -10,6 +10,7 @@ per-question predictions (``<log_dir>/predictions/<stage>-step<N>.jsonl``) that 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +26,12 @@ from lit_reason.sampling import SampleBatch
 from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import extract_answer, operation_signature
 
-# What a prediction file keeps of each question's record.
-PREDICTION_FIELDS = ("id", "question", "greedy", "greedy_correct", "samples", "samples_correct")
+# What a prediction file keeps of each question's record (answers: parsed, null where a text states none;
+# scores: the reward model's, null without one).
+PREDICTION_FIELDS = (
+    "id", "question", "greedy", "greedy_answer", "greedy_correct", "samples", "sample_answers", "samples_correct",
+    "sample_scores",
+)  # fmt: skip
 
 
 @dataclass
@@ -85,7 +90,7 @@ class Evaluator(torch.nn.Module):
             self._started = time.perf_counter()
         ids = torch.tensor([p.id for p in problems], device=device)
         targets = torch.tensor([p.answer for p in problems], dtype=torch.float64, device=device)
-        greedy_correct = grade(problems, greedy)
+        greedy_correct, greedy_answers = grade(problems, greedy), _answers(greedy.texts)
         answers = _answers(sampled.texts).view(len(problems), k)
         graded = GradedQuestions(
             question_ids=ids,
@@ -94,7 +99,7 @@ class Evaluator(torch.nn.Module):
             scores=scores.view(-1, k).to(device) if scores is not None else None,
         )
         signatures = torch.tensor([operation_signature(t) for t in sampled.texts], device=device).view(-1, k)
-        self.metrics["maj@1"].update(_answers(greedy.texts).view(-1, 1).to(device), targets, ids)
+        self.metrics["maj@1"].update(greedy_answers.view(-1, 1).to(device), targets, ids)
         self.metrics[f"maj@{k}"].update(answers.to(device), targets, ids)
         self.metrics[f"pass@{k}"].update(graded.correct, ids)
         self.metrics["pass@1"].update(graded.correct, ids)
@@ -106,12 +111,15 @@ class Evaluator(torch.nn.Module):
                 "id": problem.id,
                 "question": problem.question,
                 "greedy": greedy.texts[i],
+                "greedy_answer": _finite_or_none(greedy_answers[i].item()),
                 "greedy_correct": bool(greedy_correct[i]),
                 "answered": float(graded.answered[i].float().mean()),
                 "truncated": float(sampled.truncated[i * k : (i + 1) * k].float().mean()),
                 "lengths": sampled.response_lengths[i * k : (i + 1) * k].tolist(),
                 "samples": sampled.texts[i * k : (i + 1) * k],
+                "sample_answers": [_finite_or_none(a) for a in answers[i].tolist()],
                 "samples_correct": graded.correct[i].tolist(),
+                "sample_scores": graded.scores[i].tolist() if graded.scores is not None else None,
             }
             for i, problem in enumerate(problems)
         )
@@ -131,33 +139,46 @@ class Evaluator(torch.nn.Module):
         return values, records
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def _answers(texts: Sequence[str]) -> torch.Tensor:
     """(N,) float64 answers, NaN where a text states none."""
     return torch.tensor([float("nan") if (a := extract_answer(t)) is None else a for t in texts], dtype=torch.float64)
 
 
 def write_outputs(
-    loggers: Sequence[Any],
-    log_dir: Path | None,
-    stage: str,
-    values: dict[str, torch.Tensor],
-    records: dict[int, dict[str, Any]],
-    *,
-    step: int,
-    samples_drawn: int,
-    text_samples: int,
+    trainer, stage: str, values: dict[str, torch.Tensor], records: dict[int, dict[str, Any]], *, text_samples: int
 ) -> None:
-    """What an evaluation leaves beside the run (on rank 0): the predictions file
-    ``<log_dir>/predictions/<stage>-step<step>.jsonl`` and, with a TensorBoard logger, its samples and figures."""
+    """What an evaluation leaves beside a run with a logger (call on every rank; rank 0 writes): its metrics
+    appended to ``<log_dir>/metrics.json``, the per-question predictions ``<log_dir>/predictions/<stage>-step<N>
+    .jsonl`` and, with a TensorBoard logger, samples and figures."""
+    if not trainer.loggers or not records:
+        return
+    log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
     if rank_and_world_size()[0] != 0:
         return
+    step, samples_drawn = trainer.global_step, int(getattr(trainer.datamodule, "samples_drawn", 0))
     if log_dir is not None:
-        write_predictions(log_dir / "predictions" / f"{stage}-step{step}.jsonl", records)
-    writer = tensorboard_writer(loggers)
+        write_predictions(Path(log_dir) / "predictions" / f"{stage}-step{step}.jsonl", records)
+        metrics = {name.split("/", 1)[-1]: _finite_or_none(float(value)) for name, value in values.items()}
+        entry = {"stage": stage, "step": step, "samples_drawn": samples_drawn, "metrics": metrics}
+        append_json(Path(log_dir) / "metrics.json", entry)
+    writer = tensorboard_writer(trainer.loggers)
     if writer is not None:
         log_to_tensorboard(
             writer, stage, values, records, step=step, samples_drawn=samples_drawn, text_samples=text_samples
         )
+
+
+def append_json(path: Path, entry: dict[str, Any]) -> None:
+    """Append ``entry`` to the JSON list in ``path`` (created if missing), replacing the file atomically: a
+    crash leaves the previous list or the new one, never half of one."""
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps([*entries, entry], indent=1, allow_nan=False))
+    staging.replace(path)
 
 
 def write_predictions(path: Path, records: dict[int, dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lit_reason.seeds import run_seed
 from lit_reason.warm_start import resolve_policy_path
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -48,7 +49,8 @@ class PolicySpec:
         trust_remote_code: run model code shipped with a checkpoint. Off: only enable it for code you trust.
         preset_overrides: LlamaConfig fields that override a tiny preset, e.g. ``{"num_hidden_layers": 6}``.
         max_length: longest prompt + response in tokens, for tiny presets (their position range).
-        seed: initialises a tiny preset's weights.
+        seed: initialises a tiny preset's weights (and the rows of added tokens); unset: the run's
+            ``seed_everything``.
     """
 
     name_or_path: str = "tiny"
@@ -56,7 +58,7 @@ class PolicySpec:
     trust_remote_code: bool = False
     preset_overrides: dict[str, Any] = field(default_factory=dict)
     max_length: int = 512
-    seed: int = 0
+    seed: int | None = None
 
     @property
     def is_preset(self) -> bool:
@@ -116,7 +118,7 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spr
             **{**TINY_PRESETS[spec.name_or_path], **spec.preset_overrides},
         )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed)
+            torch.manual_seed(run_seed(spec.seed))
             model = LlamaForCausalLM(config)
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -126,7 +128,7 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spr
     if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         if new_row_spread > 0:
-            spread_rows(model.get_input_embeddings().weight, old_rows, new_row_spread, spec.seed)
+            spread_rows(model.get_input_embeddings().weight, old_rows, new_row_spread, run_seed(spec.seed))
     return model
 
 

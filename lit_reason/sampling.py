@@ -58,7 +58,8 @@ class SamplingConfig:
         top_p: sample only from the smallest set of tokens whose probability reaches top_p (1: no limit).
         max_new_tokens: longest response; a response that reaches it without EOS is marked truncated.
         batch_size: sequences per forward pass (prompts are never split across two batches).
-        seed: with the question id (and the round, in training), fixes every sample.
+        seed: with the question id (and the round, in training), fixes every sample. Unset: rollouts follow
+            the run's ``seed_everything``, evaluation uses a fixed seed (runs stay paired on its noise).
     """
 
     num_samples: int = 1
@@ -67,7 +68,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 128
     batch_size: int = 256
-    seed: int = 0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:

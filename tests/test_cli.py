@@ -1,11 +1,13 @@
 """The ``lit-reason`` CLI: every YAML parses; each CPU config runs end to end on a micro preset."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lit_reason.cli import LitReasonCLI, main
+from lit_reason.evaluation import PREDICTION_FIELDS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,6 +60,11 @@ def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
     assert list((run / "checkpoints").glob("*.ckpt"))
     events = list(run.glob("events.out.tfevents.*"))
     assert events
+    if yaml.safe_load(config.read_text()).get("validate_before_fit", True):  # results of the first validation
+        (first, *_) = json.loads((run / "metrics.json").read_text())
+        assert (first["stage"], first["step"]) == ("val", 0) and "maj@1" in first["metrics"]
+        record = json.loads((run / "predictions" / "val-step0.jsonl").read_text().splitlines()[0])
+        assert set(record) == set(PREDICTION_FIELDS) and len(record["sample_answers"]) == 2
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from lit_reason.evaluation import Evaluator, GradedQuestions, write_outputs
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_example, encode_response_prefix, row_seed, sample
 from lit_reason.schedule import LRSchedule, StepCounter
+from lit_reason.seeds import EVALUATION_SEED, run_seed
 from lit_reason.tasks import Problem, Task
 from lit_reason.tensors import eval_mode
 from lit_reason.value_model import ValueModel, load_frozen_orm
@@ -46,6 +47,8 @@ class ReasoningModule(LightningModule):
         orm: an outcome reward model exported by ``lit-reason fit --config configs/orm.yaml`` (the run's
             ``policy/`` directory): frozen, never trained or checkpointed; adds ``rerank@K`` to evaluation
             and is available to algorithms as a reward.
+        seed: the algorithm's shuffles (of examples, minibatches, kept samples); unset: the run's
+            ``seed_everything``.
     """
 
     trains_reward_model = False  # the ORM module scores with the network it trains
@@ -58,6 +61,7 @@ class ReasoningModule(LightningModule):
         evaluation: SamplingConfig = SamplingConfig(num_samples=8, temperature=0.7, max_new_tokens=128),
         text_samples: int = 4,
         orm: str | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.policy_spec = policy
@@ -66,6 +70,7 @@ class ReasoningModule(LightningModule):
         self.evaluation = evaluation
         self.text_samples = text_samples
         self.orm_path = orm
+        self._seed = seed
         self.tokenizer = load_tokenizer(self.policy_spec)
         self.policy: torch.nn.Module | None = None  # built in configure_model
         self.recorded_conditioning = Conditioning()  # what the starting policy's export records
@@ -125,6 +130,10 @@ class ReasoningModule(LightningModule):
         return None if self.reward_network() is None else batch.at_last_token(self.reward_scores(batch))
 
     @property
+    def seed(self) -> int:
+        return run_seed(self._seed)
+
+    @property
     def eos_token_ids(self) -> list[int]:
         return eos_token_ids(self.policy, self.tokenizer)
 
@@ -160,9 +169,11 @@ class ReasoningModule(LightningModule):
     def generate(
         self, problems: Sequence[Problem], config: SamplingConfig, seed_parts: Sequence[Any], stage: Stage
     ) -> SampleBatch:
-        """Sample ``config.num_samples`` responses per problem from the policy (eval mode, no gradients),
-        conditioned for ``stage``. Sample k of problem p is seeded by ``(config.seed, *seed_parts, p.id, k)``."""
-        seeds = [row_seed(config.seed, *seed_parts, problem.id) for problem in problems]
+        """``config.num_samples`` responses per problem from the policy conditioned for ``stage`` (eval mode, no
+        gradients); sample k of problem p seeded by ``(seed, *seed_parts, p.id, k)``, ``seed`` ``config.seed``
+        or, unset, the run's (rollouts) or ``EVALUATION_SEED`` (evaluation)."""
+        seed = config.seed if config.seed is not None else run_seed(None) if stage == "rollout" else EVALUATION_SEED
+        seeds = [row_seed(seed, *seed_parts, problem.id) for problem in problems]
         with eval_mode(self), self._precision_context():
             return sample(
                 self.policy,
@@ -178,9 +189,7 @@ class ReasoningModule(LightningModule):
             )
 
     def _precision_context(self) -> contextlib.AbstractContextManager:
-        if self._trainer is None:
-            return contextlib.nullcontext()
-        return self.trainer.precision_plugin.forward_context()
+        return contextlib.nullcontext() if self._trainer is None else self.trainer.precision_plugin.forward_context()
 
     # ----------------------------------------------------------------------------------------- training
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
@@ -266,18 +275,8 @@ class ReasoningModule(LightningModule):
             f"{stage} step {self.global_step} ({self.evaluator.seconds_since_start():.0f}s): "
             + ", ".join(f"{n.split('/', 1)[1]}={v.item():.4f}" for n, v in values.items())
         )
-        if self._trainer is not None and self.trainer.loggers and records:
-            log_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank asks
-            write_outputs(
-                self.loggers,
-                Path(log_dir) if log_dir else None,
-                stage,
-                values,
-                records,
-                step=self.global_step,
-                samples_drawn=self._samples_drawn(),
-                text_samples=self.text_samples,
-            )
+        if self._trainer is not None:
+            write_outputs(self.trainer, stage, values, records, text_samples=self.text_samples)
 
     def _samples_drawn(self) -> int:
         return int(getattr(getattr(self.trainer, "datamodule", None), "samples_drawn", 0))

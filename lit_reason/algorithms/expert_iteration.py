@@ -78,8 +78,9 @@ class ExpertIteration(SFT):
             ``operations`` also drops those performing the same sequence of calculations.
         reference_solutions: training questions whose reference solutions are mixed into every round's data
             (0: kept samples only).
-        **kwargs: ``SFT``'s options (batch_size, seed) and the shared ones (policy, optimizer, lr_schedule,
-            evaluation, text_samples). The LR schedule restarts every round.
+        **kwargs: ``SFT``'s options (batch_size) and the shared ones (policy, optimizer, lr_schedule,
+            evaluation, text_samples, seed: also picks the reference solutions). The LR schedule restarts
+            every round.
     """
 
     def __init__(

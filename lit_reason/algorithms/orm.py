@@ -98,9 +98,9 @@ class OutcomeRewardModel(ReasoningModule):
         trunk_lr: learning rate of the trunk when it trains (``None``: the optimizer's, which the head uses);
             a head starting from zero wants a far larger one than a pretrained trunk.
         batch_size: responses per optimizer step on each rank.
-        seed: shuffles the training responses.
         **kwargs: the shared options (``policy``: the frozen policy whose samples are judged; optimizer,
-            lr_schedule, evaluation, text_samples). ``orm`` does not apply.
+            lr_schedule, evaluation, text_samples, seed: shuffles the training responses). ``orm`` does not
+            apply.
     """
 
     trains_reward_model = True
@@ -117,7 +117,6 @@ class OutcomeRewardModel(ReasoningModule):
         trunk_training: Literal["joint", "language_model", "frozen"] = "joint",
         trunk_lr: float | None = None,
         batch_size: int = 32,
-        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("orm") is not None:
@@ -143,7 +142,6 @@ class OutcomeRewardModel(ReasoningModule):
         self.trunk_training = trunk_training
         self.trunk_lr = trunk_lr
         self.batch_size = batch_size
-        self.seed = seed
         self.network: ValueModel | None = None  # built in configure_model
         self._first_round: list[LabelledBatch] | None = None
         self._reference_pool: list[Example] | None = None  # encoded on first use

@@ -86,8 +86,8 @@ class PPO(ReasoningModule):
         advantage: GAE's discount and lambda, and whether advantages are whitened.
         critic: the value network and its learning rate, initialisation and warm-up.
         max_grad_norm: gradient clipping (norm) of each optimizer step (0: off).
-        seed: shuffles minibatches.
-        **kwargs: the shared options (policy, optimizer, lr_schedule, evaluation, text_samples, orm).
+        **kwargs: the shared options (policy, optimizer, lr_schedule, evaluation, text_samples, orm, seed:
+            shuffles minibatches).
     """
 
     def __init__(
@@ -100,7 +100,6 @@ class PPO(ReasoningModule):
         advantage: GAE = GAE(),
         critic: CriticConfig = CriticConfig(),
         max_grad_norm: float = 1.0,
-        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -121,7 +120,6 @@ class PPO(ReasoningModule):
         self.advantage = advantage
         self.critic = critic
         self.max_grad_norm = max_grad_norm
-        self.seed = seed
         self.reference: torch.nn.Module | None = None
         self.value_network: torch.nn.Module | None = None  # a ValueModel, or the shared value head
 

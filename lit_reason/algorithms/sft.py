@@ -22,16 +22,14 @@ class SFT(ReasoningModule):
 
     Args:
         batch_size: sequences per optimizer step on each rank.
-        seed: shuffles the examples of each round.
         **kwargs: the shared options of ``ReasoningModule`` (policy, optimizer, lr_schedule, evaluation,
-            text_samples). The LR schedule's window is the whole run (``max_steps``, else ``max_epochs`` x
-            batches per epoch).
+            text_samples, seed: shuffles the examples of each round). The LR schedule's window is the whole run
+            (``max_steps``, else ``max_epochs`` x batches per epoch).
     """
 
-    def __init__(self, batch_size: int = 32, seed: int = 0, **kwargs) -> None:
+    def __init__(self, batch_size: int = 32, **kwargs) -> None:
         super().__init__(**kwargs)
         self.batch_size = batch_size
-        self.seed = seed
 
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
         examples = [self.encode_example(p, self.task.target(p)) for p in problems]
