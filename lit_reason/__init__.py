@@ -1,6 +1,7 @@
 """lit-reason: teach language models to reason with reinforcement learning, on PyTorch Lightning."""
 
 from lit_reason.algorithms import (
+    GRPO,
     PPO,
     SFT,
     ExpertIteration,
@@ -18,6 +19,7 @@ __all__ = [
     "__version__",
     "SFT",
     "ExpertIteration",
+    "GRPO",
     "OutcomeRewardModel",
     "PPO",
     "ReturnConditionedRL",

@@ -66,22 +66,25 @@ class PPOBatch:
         attention_mask: (B, L) long.
         response_mask: (B, L) bool. Sampled tokens, EOS included: the actions.
         old_logprobs: (B, L) float32. Log-probs of the actions when sampled (training forward, rollout time).
-        old_values: (B, L) float32. Critic values of the state before each action, at rollout time.
-        advantages: (B, L) float32. GAE advantages, whitened over the whole rollout.
-        returns: (B, L) float32. Value targets.
+        advantages: (B, L) float32. Advantages of the actions (GAE, or a critic-free estimator).
         global_tokens: response tokens in this minibatch on all ranks together.
         global_sequences: responses in this minibatch on all ranks together.
+        old_values: (B, L) float32. Critic values of the state before each action, at rollout time (with a
+            critic).
+        returns: (B, L) float32. Value targets (with a critic).
+        ref_logprobs: (B, L) float32. The reference policy's log-probs of the actions (with a KL loss term).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     old_logprobs: torch.Tensor
-    old_values: torch.Tensor
     advantages: torch.Tensor
-    returns: torch.Tensor
     global_tokens: int
     global_sequences: int
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -36,7 +36,9 @@ class RewardConfig:
         dense_coef: weight of the dense reward.
         truncation_penalty: subtracted from the final reward of a response cut off at the token limit.
         kl_coef: weight of the per-token KL penalty to the reference policy (the paper: 0.05).
-        kl_estimator: ``k1`` (log-ratio, the usual reward penalty), ``k2`` or ``k3``.
+        kl_estimator: ``k1`` (log-ratio, the usual reward penalty), ``k2`` or ``k3`` (GRPO's loss term).
+        kl_in: where the penalty goes: ``reward`` (a per-token reward, PPO's) or ``loss`` (a term of the loss,
+            differentiated through the policy's log-probs, GRPO's).
     """
 
     final: Literal["correctness", "orm"] = "correctness"
@@ -45,10 +47,21 @@ class RewardConfig:
     truncation_penalty: float = 0.0
     kl_coef: float = 0.05
     kl_estimator: KLEstimator = "k1"
+    kl_in: Literal["reward", "loss"] = "reward"
 
     @property
     def needs_orm(self) -> bool:
         return self.final == "orm" or self.dense == "orm"
+
+    @property
+    def reward_kl_coef(self) -> float:
+        """The KL penalty's weight in the per-token reward (0 when it is a loss term)."""
+        return self.kl_coef if self.kl_in == "reward" else 0.0
+
+    @property
+    def loss_kl_coef(self) -> float:
+        """The KL penalty's weight in the loss (0 when it is a reward term)."""
+        return self.kl_coef if self.kl_in == "loss" else 0.0
 
 
 def grade(problems: Sequence[Problem], samples) -> torch.Tensor:

@@ -139,3 +139,20 @@ def test_ppo_on_two_processes(strategy, critic, tmp_path):
         f"--model.init_args.critic.kind={critic}",
     )
     assert list(tmp_path.glob("**/policy/config.json"))
+
+
+def test_grpo_on_two_processes(tmp_path):
+    # Each rank's rollout holds whole groups (a question's samples on one rank): the group estimator checks it.
+    run_cli(
+        "grpo.yaml",
+        "ddp",
+        "micro",
+        tmp_path,
+        "--data.questions_per_round=8",
+        "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=1",
+        "--model.init_args.rollout.num_samples=2",
+        "--model.init_args.rollout.max_new_tokens=12",
+        "--model.init_args.minibatch_size=4",
+    )
+    assert list(tmp_path.glob("**/policy/config.json"))

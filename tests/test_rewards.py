@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 
 from lit_reason.rewards import (
     batch_steps,
     heuristic_step_rewards,
+    kl_penalty,
     matched_result_credits,
     orm_step_rewards,
     reward_on_last_token,
@@ -69,3 +72,13 @@ def test_heuristic_step_rewards_on_a_batch(char_tokenizer):
     assert rewards[0, first_newline].item() == 1.0 and rewards[0].sum().item() == 1.0
     assert rewards[1].sum().item() == 0.0  # 5 is not the reference's 4
     assert not rewards[~response_mask].any()  # never on prompt or padding
+
+
+def test_kl_estimators_by_hand():
+    logp, logq = torch.tensor([math.log(0.5), math.log(0.2)]), torch.tensor([math.log(0.25), math.log(0.4)])
+    k1 = kl_penalty(logp, logq, "k1")
+    assert k1.tolist() == pytest.approx([math.log(2), math.log(0.5)])
+    assert kl_penalty(logp, logq, "k2").tolist() == pytest.approx([0.5 * math.log(2) ** 2, 0.5 * math.log(0.5) ** 2])
+    assert kl_penalty(logp, logq, "k3").tolist() == pytest.approx([0.5 - 1 + math.log(2), 2.0 - 1 - math.log(2)])
+    assert (kl_penalty(logp, logq, "k3") >= 0).all()
+    assert kl_penalty(logp, logp, "k3").abs().max().item() == 0.0

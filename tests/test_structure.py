@@ -20,7 +20,7 @@ LAYERS = {
     "training plumbing": ["data", "evaluation", "callbacks"],
     "algorithms": [
         "algorithms.base", "algorithms.sft", "algorithms.expert_iteration", "algorithms.rcrl", "algorithms.orm",
-        "algorithms.ppo", "algorithms",
+        "algorithms.policy_gradient", "algorithms.ppo", "algorithms.grpo", "algorithms",
     ],
     "entry points": ["cli", "", "__main__"],
 }  # fmt: skip

@@ -1,9 +1,11 @@
-"""Advantages and value targets: GAE, and statistics over all ranks' rollouts (whitening, explained
-variance). Tensors are (B, T) over a ``SampleBatch``'s columns, masked to the response tokens."""
+"""Advantages and value targets: GAE (with a critic), the critic-free estimators (GRPO, Dr. GRPO, RLOO,
+REINFORCE++), and statistics over all ranks' rollouts (whitening, explained variance). Tensors are (B, T) over
+a ``SampleBatch``'s columns, masked to the response tokens, unless a docstring says otherwise."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -97,3 +99,64 @@ def explained_variance(
     _, residual = global_mean_var(returns - values, mask, device)
     _, total = global_mean_var(returns, mask, device)
     return float(1 - residual / total) if total > 0 else float("nan")
+
+
+CriticFreeEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"]
+
+
+def group_advantages(scores: torch.Tensor, estimator: CriticFreeEstimator, eps: float = 1e-4) -> torch.Tensor:
+    """Each response's advantage against the other responses to its question. (Q, K) -> (Q, K).
+
+    ``grpo`` (Shao et al. 2024): ``(s - mean) / (std + eps)``, std over the K samples (unbiased);
+    ``dr_grpo`` (Liu et al. 2025): ``s - mean``, no division by the std; ``rloo`` (Ahmadian et al. 2024):
+    ``s`` minus the mean of the *other* K - 1 samples, ``K / (K - 1) * (s - mean)``. A question whose samples
+    all score the same gives zeros (no NaN, also for K = 1).
+    """
+    k = scores.shape[-1]
+    centred = scores - scores.mean(-1, keepdim=True)
+    if estimator == "dr_grpo":
+        return centred
+    if estimator == "rloo":
+        return centred * k / (k - 1) if k > 1 else torch.zeros_like(scores)
+    if estimator == "grpo":
+        std = scores.std(-1, keepdim=True) if k > 1 else torch.zeros_like(scores[..., :1])
+        return centred / (std + eps)
+    raise ValueError(f"{estimator!r} is not a group estimator")
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Undiscounted sum of each token's reward and all later ones in its response. (B, T) -> (B, T), 0 off the
+    mask."""
+    masked = rewards * mask
+    return (masked.flip(-1).cumsum(-1).flip(-1)) * mask
+
+
+def critic_free_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    estimator: CriticFreeEstimator,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Per-token advantages without a critic, from per-token rewards of a prompt-major rollout.
+
+    Group estimators score each response by its total reward and give every token of it the response's
+    ``group_advantages`` over the ``group_size`` consecutive rows of one question (all on one rank).
+    ``reinforce_pp`` (REINFORCE++, Hu 2025): each token's reward-to-go, whitened over every response token of
+    all ranks (``device``: where those statistics are reduced).
+
+    Args:
+        rewards: (B, T) per-token rewards (final, dense and any KL term), B = questions x group_size.
+        mask: (B, T) bool, response tokens.
+        group_size: K, samples per question.
+        estimator: ``grpo``, ``dr_grpo``, ``rloo`` or ``reinforce_pp``.
+
+    Returns:
+        (B, T) advantages, 0 off the mask.
+    """
+    if estimator == "reinforce_pp":
+        return whiten(returns_to_go(rewards, mask), mask, device=device)
+    if len(rewards) % group_size:
+        raise ValueError(f"{len(rewards)} responses are not whole groups of {group_size} (a question's samples)")
+    scores = (rewards * mask).sum(-1).view(-1, group_size)
+    return group_advantages(scores, estimator).view(-1, 1) * mask

@@ -1,0 +1,259 @@
+"""What PPO and the critic-free policy-gradient algorithms (GRPO and its relatives) share, after Schulman et
+al. 2017 and the per-token KL reward of Ziegler et al. 2019 / Ouyang et al. 2022.
+
+A round (one Lightning epoch): sample K responses per question (top-k 0, top-p 1, so the sampled
+distribution is the temperature-scaled softmax whose log-probs the loss uses); recompute the policy's
+log-probs with a training forward and the frozen reference's at the same temperature over the *whole*
+rollout (and a critic's values, for PPO); build per-token rewards (``RewardConfig``)
+
+    reward_t = [t is the last token] * (final reward - truncation penalty if cut off)
+               + dense_coef * dense_t - kl_coef * KL_t(policy || reference)   (KL as a reward term)
+
+and the algorithm's advantages; then ``ppo_epochs`` passes of clipped-ratio updates over shuffled
+minibatches, one backward of ``PPOLoss`` each (manual optimization).
+
+Loss aggregation: every term is summed over the response tokens of a minibatch and divided by the number of
+response tokens (or responses) in that minibatch on *all* ranks together, times the world size (DDP and
+FSDP average gradients over ranks), so no denominator is per rank or per micro-batch.
+
+Deviation: dropout is switched off in the trained networks, so a training forward reproduces the rollout's
+log-probs (the first ratio is exactly 1).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from lit_reason.algorithms.base import ReasoningModule
+from lit_reason.batches import PPOBatch
+from lit_reason.data import TrainData
+from lit_reason.distributed import all_reduce, gather_objects, rank_and_world_size
+from lit_reason.evaluation import markdown_table, tensorboard_writer
+from lit_reason.policy import disable_dropout, load_model
+from lit_reason.rewards import (
+    RewardConfig,
+    batch_steps,
+    grade,
+    heuristic_step_rewards,
+    kl_penalty,
+    orm_step_rewards,
+    reward_on_last_token,
+)
+from lit_reason.rl.losses import PPOLoss
+from lit_reason.sampling import SampleBatch, SamplingConfig
+from lit_reason.tasks import Problem
+from lit_reason.tensors import eval_mode, position_ids_from_mask, take_rows, token_logprobs
+
+
+class PolicyGradient(ReasoningModule):
+    """Base of the clipped policy-gradient algorithms: rollouts, rewards, minibatches and the update.
+
+    Args:
+        rollout: sampling of training responses (``num_samples`` per question). Keep top_k 0 and top_p 1:
+            the loss's log-probs are those of the full temperature-scaled softmax.
+        ppo_epochs: passes over each rollout.
+        minibatch_size: responses per optimizer step on each rank.
+        loss: the clipped policy loss (and value loss, with a critic), the entropy bonus and how they are
+            aggregated.
+        reward: the final and dense rewards, truncation penalty and KL penalty.
+        max_grad_norm: gradient clipping (norm) of each optimizer step (0: off).
+        **kwargs: the shared options (policy, optimizer, lr_schedule, evaluation, text_samples, orm, seed:
+            shuffles minibatches).
+    """
+
+    def __init__(
+        self,
+        rollout: SamplingConfig = SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=128),
+        ppo_epochs: int = 2,
+        minibatch_size: int = 64,
+        loss: PPOLoss = PPOLoss(),
+        reward: RewardConfig = RewardConfig(),
+        max_grad_norm: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if reward.needs_orm and self.orm_path is None:
+            raise ValueError(
+                "reward.final: orm and reward.dense: orm need an ORM: set orm to an exported ORM directory"
+            )
+        if rollout.top_k or rollout.top_p < 1:
+            raise ValueError(
+                f"{type(self).__name__}'s rollout must sample the full softmax (top_k 0, top_p 1): its log-probs "
+                "are that distribution's"
+            )
+        self.automatic_optimization = False
+        self.rollout = rollout
+        self.ppo_epochs = ppo_epochs
+        self.minibatch_size = minibatch_size
+        self.loss = loss
+        self.reward = reward
+        self.max_grad_norm = max_grad_norm
+        self.reference: torch.nn.Module | None = None
+
+    # ------------------------------------------------------------------------------------------- models
+    def build_extra_models(self) -> None:
+        self.reference = load_model(self.policy_spec, self.tokenizer).eval()
+        self.reference.requires_grad_(False)
+        disable_dropout(self.policy)
+
+    def networks_to_shard(self) -> list[torch.nn.Module]:
+        return [self.policy, self.reference]
+
+    def forward_policy_and_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Policy logits (B, L, V) and a critic's value of the state before each token (B, L), or None
+        without a critic."""
+        position_ids = position_ids_from_mask(attention_mask)
+        return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits, None
+
+    def advantages(
+        self, rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+        """(R, L) advantages of a rollout's tokens from its per-token rewards (and values), the critic's value
+        targets (or None) and statistics of the round."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------------- rollout
+    def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
+        sampled = self.generate(problems, self.rollout, ("rollout", round_index), "rollout")
+        mask, reward = sampled.response_mask, self.reward
+        logprobs, ref_logprobs, values = self._score_rollout(sampled)
+        correct = grade(problems, sampled)
+        final = self.outcome_rewards(sampled, correct) - reward.truncation_penalty * sampled.truncated.float()
+        dense = self.dense_rewards(problems, sampled)
+        kl = kl_penalty(logprobs, ref_logprobs, reward.kl_estimator) * mask
+        rewards = reward_on_last_token(final, mask) + reward.dense_coef * dense - reward.reward_kl_coef * kl
+        advantages, returns, advantage_stats = self.advantages(rewards, values, mask)
+        tensors = {"old_logprobs": logprobs, "advantages": advantages, "old_values": values, "returns": returns}
+        if reward.loss_kl_coef:
+            tensors["ref_logprobs"] = ref_logprobs
+        batches = self._minibatches(sampled, tensors, round_index)
+        self._log_samples(problems, sampled, final)
+        stats = {
+            "reward_final": final.mean().item(),
+            "reward_dense": (dense.sum(-1) * reward.dense_coef).mean().item(),
+            "reward_total": rewards.sum(-1).mean().item(),
+            "correct_fraction": correct.float().mean().item(),
+            "kl_to_reference": (kl_penalty(logprobs, ref_logprobs, "k1") * mask).sum(-1).mean().item(),
+            "response_length": sampled.response_lengths.float().mean().item(),
+            "truncated_fraction": sampled.truncated.float().mean().item(),
+            # Sampler and training forward should agree; a gap means mismatched numerics (e.g. precision).
+            "logprob_gap_to_sampler": ((logprobs - sampled.logprobs).abs() * mask).max().item(),
+            **advantage_stats,
+        }
+        return TrainData(batches, samples_drawn=len(sampled), stats=stats)
+
+    def _score_rollout(self, sampled: SampleBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Policy and reference log-probs at the sampling temperature, and values (or None), of the whole
+        rollout (eval mode, no gradients, ``rollout.batch_size`` rows at a time): (R, L) each, 0 off the
+        responses."""
+        temperature, mask = self.rollout.temperature, sampled.response_mask
+        parts = []
+        with eval_mode(self), self._precision_context():
+            for start in range(0, len(sampled), self.rollout.batch_size):
+                rows = slice(start, start + self.rollout.batch_size)
+                input_ids = sampled.input_ids[rows].to(self.device)
+                attention_mask = sampled.attention_mask[rows].to(self.device)
+                logits, values = self.forward_policy_and_values(input_ids, attention_mask)
+                ref_logits = self.reference(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask),
+                ).logits
+                parts.append(
+                    (
+                        token_logprobs(logits, input_ids, temperature).cpu(),
+                        token_logprobs(ref_logits, input_ids, temperature).cpu(),
+                        values.float().cpu() if values is not None else None,
+                    )
+                )
+        logprobs, ref_logprobs, values = zip(*parts, strict=True)
+        values = torch.cat(values) * mask if values[0] is not None else None
+        return torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask, values
+
+    def outcome_rewards(self, sampled: SampleBatch, correct: torch.Tensor) -> torch.Tensor:
+        """(R,) reward of each whole response: 1/0 correctness, or the ORM's score at its last token."""
+        if self.reward.final == "orm":
+            return self.orm_last_token_scores(sampled)
+        return correct.float()
+
+    def dense_rewards(self, problems: list[Problem], sampled: SampleBatch) -> torch.Tensor:
+        """(R, L) dense rewards on step-end tokens (zeros for ``reward.dense: none``)."""
+        if self.reward.dense == "none":
+            return torch.zeros(sampled.input_ids.shape)
+        steps = batch_steps(self.tokenizer, sampled.input_ids, sampled.response_mask, sampled.prompt_length)
+        if self.reward.dense == "orm":
+            scores = self.reward_scores(sampled)
+            return orm_step_rewards(scores, [[c for c, _ in row] for row in steps], sampled.prompt_length)
+        references = [problems[int(p)].intermediate_results for p in sampled.prompt_index]
+        return heuristic_step_rewards(steps, references, tuple(sampled.input_ids.shape))
+
+    def _minibatches(
+        self, sampled: SampleBatch, tensors: dict[str, torch.Tensor | None], round_index: int
+    ) -> list[PPOBatch]:
+        """``ppo_epochs`` shuffled passes over the rollout, cut into minibatches of ``minibatch_size`` rows;
+        ``tensors``: the (R, L) ``PPOBatch`` fields beyond the sampled tokens (None: left out)."""
+        plan = []
+        for epoch in range(self.ppo_epochs):
+            order = list(range(len(sampled)))
+            random.Random(f"{self.seed}-{round_index}-{epoch}").shuffle(order)
+            plan += [
+                torch.tensor(order[i : i + self.minibatch_size]) for i in range(0, len(order), self.minibatch_size)
+            ]
+        # Every minibatch's denominators count all ranks' share of it (one all-reduce for all of them).
+        counts = all_reduce(
+            torch.tensor([[int(sampled.response_mask[rows].sum()), len(rows)] for rows in plan]), self.device
+        )
+        names = [name for name, tensor in tensors.items() if tensor is not None]
+        batches = []
+        for rows, (tokens, sequences) in zip(plan, counts.tolist(), strict=True):
+            attention_mask, input_ids, response_mask, *picked = take_rows(
+                rows, sampled.attention_mask, sampled.input_ids, sampled.response_mask, *(tensors[n] for n in names)
+            )
+            batches.append(
+                PPOBatch(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    response_mask=response_mask,
+                    global_tokens=tokens,
+                    global_sequences=sequences,
+                    **dict(zip(names, picked, strict=True)),
+                )
+            )
+        return batches
+
+    def _log_samples(self, problems: list[Problem], sampled: SampleBatch, final: torch.Tensor) -> None:
+        rows = zip(sampled.prompt_index.tolist(), sampled.texts, final.tolist(), strict=True)
+        shown = gather_objects([(problems[p].question, text, f"{r:.3f}") for p, text, r in rows][: self.text_samples])
+        writer = tensorboard_writer(self.loggers)
+        if writer is not None and shown:
+            table = markdown_table(["question", "response", "final reward"], shown)
+            writer.add_text("rollout/samples", table, self.global_step)
+
+    # --------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: PPOBatch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask)
+        output = self.loss(
+            logits,
+            values,
+            batch,
+            temperature=self.rollout.temperature,
+            world_size=rank_and_world_size()[1],
+            max_length=self.rollout.max_new_tokens,
+            kl_coef=self.reward.loss_kl_coef,
+            kl_estimator=self.reward.kl_estimator,
+        )
+        self.manual_backward(output.loss)
+        if self.max_grad_norm > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad()
+        self.lr_schedulers().step()  # manual optimization: Lightning leaves the scheduler to the module
+        self.log_dict(
+            {f"train/{name}": value.detach() for name, value in output._asdict().items()}, batch_size=len(batch)
+        )

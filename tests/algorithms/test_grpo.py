@@ -1,0 +1,79 @@
+"""GRPO and the critic-free estimators: no critic, the first ratio, a seconds-long learning test."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from lit_reason import GRPO, PolicySpec, RolloutDataModule, SamplingConfig
+from lit_reason.rewards import RewardConfig
+from lit_reason.rl.losses import PPOLoss
+from lit_reason.tasks import Arithmetic
+from lit_reason.tensors import token_logprobs
+from tests.algorithms.test_ppo import FirstTokenPPO, first_token_frequency
+from tests.helpers.trainers import quiet_trainer
+
+
+class FirstTokenGRPO(GRPO):
+    """Reward 1 when a response starts with the target token."""
+
+    outcome_rewards = FirstTokenPPO.outcome_rewards
+    target = FirstTokenPPO.target
+
+
+def make_grpo(estimator: str, max_epochs: int, **kwargs):
+    module = FirstTokenGRPO(
+        estimator=estimator,
+        policy=PolicySpec(name_or_path="micro", seed=1),
+        rollout=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=3),
+        minibatch_size=32,
+        ppo_epochs=2,
+        optimizer=partial(torch.optim.AdamW, lr=3e-2),
+        **kwargs,
+    )
+    trainer = quiet_trainer(max_epochs=max_epochs, limit_val_batches=0)
+    data = RolloutDataModule(task=Arithmetic(train_size=200, validation_size=8, test_size=8), questions_per_round=16)
+    return module, trainer, data
+
+
+@pytest.mark.parametrize("kl_in", ["loss", "reward"])
+def test_no_critic_and_the_first_ratio_is_one(kl_in):
+    module, trainer, data = make_grpo("grpo", 1, reward=RewardConfig(kl_coef=0.04, kl_estimator="k3", kl_in=kl_in))
+    ratios = []
+    original = GRPO.training_step
+
+    def record(self, batch, batch_idx):
+        if not ratios:
+            logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask)
+            assert values is None and batch.old_values is None and batch.returns is None
+            assert (batch.ref_logprobs is not None) == (kl_in == "loss")
+            logprobs = token_logprobs(logits, batch.input_ids, self.rollout.temperature)
+            ratios.append(torch.exp(logprobs - batch.old_logprobs)[batch.response_mask])
+        return original(self, batch, batch_idx)
+
+    module.training_step = record.__get__(module)
+    trainer.fit(module, data)
+    assert module.networks_to_shard() == [module.policy, module.reference]  # no critic built
+    assert torch.allclose(ratios[0], torch.ones_like(ratios[0]), atol=1e-5)
+    assert 0 <= data.round_data.stats["uniform_group_fraction"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("estimator", "aggregation"),
+    [("grpo", "sequence_mean"), ("dr_grpo", "max_length_mean"), ("rloo", "token_mean"), ("reinforce_pp", "token_mean")],
+)
+def test_learns_a_rewarded_first_token_in_seconds(estimator, aggregation):
+    module, trainer, data = make_grpo(estimator, 12, loss=PPOLoss(aggregation=aggregation))
+    module.configure_model()
+    before = first_token_frequency(module, data.task)
+    trainer.fit(module, data)
+    after = first_token_frequency(module, data.task)
+    assert before < 0.1 and after > 0.8, (before, after)
+
+
+def test_group_estimators_need_groups():
+    with pytest.raises(ValueError, match="num_samples must be >= 2"):
+        GRPO(estimator="rloo", rollout=SamplingConfig(num_samples=1))
