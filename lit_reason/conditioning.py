@@ -9,7 +9,7 @@ generation config's standard ``suppress_tokens``, so that ``model.generate`` hon
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +50,7 @@ class Conditioning:
     """
 
     response_prefix: str = ""
-    suppressed_token_ids: tuple[int, ...] = field(default=())
+    suppressed_token_ids: tuple[int, ...] = ()
     guidance: Guidance | None = None
 
     @property

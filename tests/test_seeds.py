@@ -2,7 +2,6 @@
 
 from functools import partial
 
-import pytest
 import torch
 from lightning import seed_everything
 
@@ -48,7 +47,6 @@ def same(a: dict, b: dict) -> dict[str, bool]:
     }
 
 
-@pytest.mark.slow
 def test_two_seeds_give_two_runs_and_one_seed_gives_one():
     first, second, again = one_round(1), one_round(2), one_round(1)
     assert same(first, again) == {"questions": True, "samples": True, "weights": True}
