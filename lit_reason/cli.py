@@ -70,7 +70,7 @@ def renamed_options(args: list[str]) -> list[str]:
         for key, value in options.items():
             if key in RENAMED_MODEL_OPTIONS:
                 found.append(f"{source}: model option {key} is now {RENAMED_MODEL_OPTIONS[key]}")
-            elif key == "critic" and isinstance(value, str):
+            elif key == "critic" and isinstance(value, str) and not value.lstrip().startswith("{"):
                 found.append(f"{source}: model option critic: {value} is now critic.kind: {value}")
     return found
 
@@ -86,7 +86,7 @@ def _model_options(args: list[str]) -> list[tuple[str, dict[str, Any]]]:
         elif arg.startswith("--model."):
             key = arg.split("=", 1)[0].removeprefix("--model.").removeprefix("init_args.")
             value = arg.split("=", 1)[1] if "=" in arg else (args[index + 1] if index + 1 < len(args) else None)
-            sources.append(("command line", {key: yaml.safe_load(value) if isinstance(value, str) else value}))
+            sources.append(("command line", {key: value}))
             continue
         else:
             continue
