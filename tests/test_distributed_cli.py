@@ -123,10 +123,19 @@ def test_ranks_with_unequal_batch_counts_end_with_identical_weights(tmp_path):
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
 
 
-@pytest.mark.parametrize(("strategy", "critic"), [("ddp", "separate"), ("fsdp2", "shared")])
-def test_ppo_on_two_processes(strategy, critic, tmp_path):
+@pytest.mark.parametrize(
+    ("config", "strategy", "options"),
+    [
+        ("ppo.yaml", "ddp", ["--model.init_args.critic.kind=separate"]),
+        ("ppo.yaml", "fsdp2", ["--model.init_args.critic.kind=shared"]),
+        # Each rank's rollout holds whole groups (a question's samples on one rank): the estimator checks it.
+        ("grpo.yaml", "ddp", []),
+    ],
+    ids=["ppo-ddp-separate", "ppo-fsdp2-shared", "grpo-ddp"],
+)
+def test_policy_gradient_on_two_processes(config, strategy, options, tmp_path):
     run_cli(
-        "ppo.yaml",
+        config,
         strategy,
         "micro",
         tmp_path,
@@ -136,23 +145,6 @@ def test_ppo_on_two_processes(strategy, critic, tmp_path):
         "--model.init_args.rollout.num_samples=2",
         "--model.init_args.rollout.max_new_tokens=12",
         "--model.init_args.minibatch_size=4",
-        f"--model.init_args.critic.kind={critic}",
-    )
-    assert list(tmp_path.glob("**/policy/config.json"))
-
-
-def test_grpo_on_two_processes(tmp_path):
-    # Each rank's rollout holds whole groups (a question's samples on one rank): the group estimator checks it.
-    run_cli(
-        "grpo.yaml",
-        "ddp",
-        "micro",
-        tmp_path,
-        "--data.questions_per_round=8",
-        "--trainer.max_epochs=2",
-        "--trainer.check_val_every_n_epoch=1",
-        "--model.init_args.rollout.num_samples=2",
-        "--model.init_args.rollout.max_new_tokens=12",
-        "--model.init_args.minibatch_size=4",
+        *options,
     )
     assert list(tmp_path.glob("**/policy/config.json"))
