@@ -61,10 +61,8 @@ def test_no_critic_and_the_first_ratio_is_one(kl_in):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("estimator", "aggregation"),
-    [("grpo", "sequence_mean"), ("dr_grpo", "max_length_mean"), ("rloo", "token_mean"), ("reinforce_pp", "token_mean")],
-)
+# One group estimator and the token-level one (the others differ only in ``group_advantages``, tested by hand).
+@pytest.mark.parametrize(("estimator", "aggregation"), [("grpo", "sequence_mean"), ("reinforce_pp", "token_mean")])
 def test_learns_a_rewarded_first_token_in_seconds(estimator, aggregation):
     module, trainer, data = make_grpo(estimator, 12, loss=PPOLoss(aggregation=aggregation))
     module.configure_model()
