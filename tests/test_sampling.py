@@ -119,16 +119,14 @@ def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokeni
     eos = [char_tokenizer.convert_tokens_to_ids("e"), char_tokenizer.eos_token_id]
     # batch_size 8 holds 4 sampled + 4 negative rows: two chunks, and rows leave the batch as they end
     config = SamplingConfig(num_samples=2, temperature=0.7, top_k=20, max_new_tokens=24, batch_size=8)
-    guidance = Guidance(negative_prefix="[B]", scale=2.5)
-    batch = sample(
-        micro_model,
-        char_tokenizer,
-        PROMPTS,
-        config,
-        [1, 2, 3],
-        eos_token_ids=eos,
-        conditioning=Conditioning("[G]", guidance=guidance),
-    )
+
+    def draw(guidance: Guidance | None):
+        conditioning = Conditioning("[G]", guidance=guidance)
+        return sample(
+            micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, conditioning=conditioning
+        )
+
+    batch = draw(Guidance(negative_prefix="[B]", scale=2.5))
     assert (batch.response_lengths < 24).any() and batch.truncated.any()
     negative = batch.input_ids.clone()  # the same rows behind [B]: both prefixes are three characters
     negative[:, batch.prompt_length - 3 : batch.prompt_length] = torch.tensor(
@@ -144,21 +142,9 @@ def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokeni
     expected = guided.log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     mask = batch.response_mask[:, 1:]
     assert torch.allclose(batch.logprobs[:, 1:][mask], expected[mask], atol=1e-5, rtol=0)
-    plain = sample(
-        micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=eos, conditioning=Conditioning("[G]")
-    )
+    plain = draw(None)
     assert plain.texts != batch.texts
-    unit = Guidance(negative_prefix="[B]", scale=1.0)  # scale 1: the conditioned policy as it is
-    same = sample(
-        micro_model,
-        char_tokenizer,
-        PROMPTS,
-        config,
-        [1, 2, 3],
-        eos_token_ids=eos,
-        conditioning=Conditioning("[G]", guidance=unit),
-    )
-    assert same.texts == plain.texts
+    assert draw(Guidance(negative_prefix="[B]", scale=1.0)).texts == plain.texts  # scale 1: the policy as it is
 
 
 def test_greedy_guidance_matches_generate_with_a_negative_prompt(micro_model, char_tokenizer):
