@@ -155,6 +155,15 @@ class LitReasonCLI(LightningCLI):
 
 
 def main(args=None) -> None:
+    """``lit-reason fit | validate | test | predict`` (LightningCLI) or ``lit-reason study`` (a declared grid)."""
+    arguments = sys.argv[1:] if args is None else list(args)
+    if arguments[:1] == ["study"]:
+        from lit_reason.study import study_main  # the study runs lit-reason commands itself
+
+        study_main(arguments[1:])
+        return
+    if arguments[:1] in (["-h"], ["--help"]):
+        print("lit-reason study --config STUDY.yaml: run a declared study and write its results (see --help there)\n")
     LitReasonCLI(args=args)
 
 

@@ -27,10 +27,11 @@ from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import extract_answer, operation_signature
 
 # What a prediction file keeps of each question's record (answers: parsed, null where a text states none;
-# scores: the reward model's, null without one).
+# scores: the reward model's, null without one; outcomes: the question's value of each metric, what paired
+# comparisons of two evaluations resample).
 PREDICTION_FIELDS = (
     "id", "question", "greedy", "greedy_answer", "greedy_correct", "samples", "sample_answers", "samples_correct",
-    "sample_scores",
+    "sample_scores", "outcomes",
 )  # fmt: skip
 
 
@@ -106,6 +107,7 @@ class Evaluator(torch.nn.Module):
         self.metrics[f"distinct_correct@{k}"].update(graded.correct, signatures, ids)
         if graded.scores is not None:
             self.metrics[f"rerank@{k}"].update(graded.correct, graded.scores, ids)
+        outcomes = {name: metric.last_update().tolist() for name, metric in self.metrics.items()}
         self.records.extend(
             {
                 "id": problem.id,
@@ -120,6 +122,7 @@ class Evaluator(torch.nn.Module):
                 "sample_answers": [_finite_or_none(a) for a in answers[i].tolist()],
                 "samples_correct": graded.correct[i].tolist(),
                 "sample_scores": graded.scores[i].tolist() if graded.scores is not None else None,
+                "outcomes": {name: values[i] for name, values in outcomes.items()},
             }
             for i, problem in enumerate(problems)
         )
@@ -188,6 +191,48 @@ def write_predictions(path: Path, records: dict[int, dict[str, Any]]) -> None:
     with path.open("w") as file:
         for record in sorted(records.values(), key=lambda r: r["id"]):
             file.write(json.dumps({field: record[field] for field in PREDICTION_FIELDS}) + "\n")
+
+
+def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
+    """Question id -> record of a predictions file; a malformed line is an error naming the file and line."""
+    records = {}
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            try:
+                record = json.loads(line)
+                records[int(record["id"])] = record
+                bool(record["greedy_correct"]), list(record["samples_correct"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: not a lit-reason prediction record ({error!r})") from None
+    return records
+
+
+def question_outcomes(record: dict[str, Any]) -> dict[str, float]:
+    """A prediction record's value of each metric: what its evaluation recorded (``outcomes``), or for files
+    written before lit-reason recorded them, maj@1, pass@1 and pass@K worked out from the correctness flags."""
+    if record.get("outcomes"):
+        return {name: float(value) for name, value in record["outcomes"].items()}
+    correct = record["samples_correct"]
+    k = len(correct)
+    return {
+        "maj@1": float(record["greedy_correct"]),
+        "pass@1": sum(correct) / max(1, k),
+        f"pass@{k}": float(any(correct)),
+    }
+
+
+def paired_outcomes(
+    baseline: dict[int, dict[str, Any]], candidate: dict[int, dict[str, Any]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-question outcomes of two evaluations on the questions both answered: metric -> (baseline,
+    candidate), each (Q,) float, for every metric both recorded."""
+    shared = sorted(baseline.keys() & candidate.keys())
+    if not shared:
+        raise ValueError("the two prediction files share no question id: were they made on the same task?")
+    first = [question_outcomes(baseline[i]) for i in shared]
+    second = [question_outcomes(candidate[i]) for i in shared]
+    names = [name for name in first[0] if name in second[0]]
+    return {name: (torch.tensor([o[name] for o in first]), torch.tensor([o[name] for o in second])) for name in names}
 
 
 def tensorboard_writer(loggers: Sequence[Any]):

@@ -84,6 +84,10 @@ class PerQuestionMetric(Metric):
         self.values.append(values.detach().to(device=self.device, dtype=torch.float32))
         self.question_ids.append(question_ids.to(device=self.device, dtype=torch.long))
 
+    def last_update(self) -> torch.Tensor:
+        """(Q,) float: each question's value from the latest ``update`` (what a prediction file records)."""
+        return self.values[-1]
+
     def compute(self) -> torch.Tensor:
         if isinstance(self.values, list) and not self.values:
             return torch.tensor(float("nan"), device=self.device)

@@ -22,6 +22,7 @@ LAYERS = {
         "algorithms.base", "algorithms.sft", "algorithms.expert_iteration", "algorithms.rcrl", "algorithms.orm",
         "algorithms.policy_gradient", "algorithms.ppo", "algorithms.grpo", "algorithms",
     ],
+    "study": ["study.spec", "study.runner", "study.results", "study.claims", "study.report", "study"],
     "entry points": ["cli", "", "__main__"],
 }  # fmt: skip
 LAYER_OF = {module: index for index, modules in enumerate(LAYERS.values()) for module in modules}

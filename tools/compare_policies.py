@@ -17,12 +17,11 @@ writes ``<log_dir>/predictions/<stage>-step<N>.jsonl``): maj@1, pass@1 and pass@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
 from lit_reason.conditioning import Conditioning, Guidance
+from lit_reason.evaluation import paired_outcomes, read_predictions
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, row_seed, sample
 from lit_reason.statistics import paired_bootstrap
@@ -78,39 +77,9 @@ def greedy_correct(
     return torch.tensor([p.is_correct(t) for p, t in zip(problems, batch.texts, strict=True)])
 
 
-def read_predictions(path: str | Path) -> dict[int, dict]:
-    """Question id -> record of a predictions file; a malformed line is an error naming the file and line."""
-    records = {}
-    with open(path) as file:
-        for number, line in enumerate(file, start=1):
-            try:
-                record = json.loads(line)
-                records[int(record["id"])] = record
-                bool(record["greedy_correct"]), list(record["samples_correct"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: not a lit-reason prediction record ({error!r})") from None
-    return records
-
-
-def paired_outcomes(baseline: dict[int, dict], candidate: dict[int, dict]) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Per-question outcomes of two evaluations on the questions both answered: metric -> (baseline,
-    candidate), each (Q,) float: maj@1 (greedy correct), pass@1 (share of correct samples), pass@K (any)."""
-    shared = sorted(baseline.keys() & candidate.keys())
-    if not shared:
-        raise ValueError("the two prediction files share no question id: were they made on the same task?")
-    outcomes = {}
-    for name, value in (
-        ("maj@1", lambda r: float(r["greedy_correct"])),
-        ("pass@1", lambda r: sum(r["samples_correct"]) / max(1, len(r["samples_correct"]))),
-        ("pass@K", lambda r: float(any(r["samples_correct"]))),
-    ):
-        outcomes[name] = tuple(torch.tensor([value(run[i]) for i in shared]) for run in (baseline, candidate))
-    return outcomes
-
-
 def compare_predictions(baseline_path: str, candidate_path: str) -> None:
     outcomes = paired_outcomes(read_predictions(baseline_path), read_predictions(candidate_path))
-    print(f"{len(outcomes['maj@1'][0])} questions in both files")
+    print(f"{len(next(iter(outcomes.values()))[0])} questions in both files")
     for name, (baseline, candidate) in outcomes.items():
         mean, low, high = paired_bootstrap(baseline, candidate)
         print(

@@ -27,9 +27,9 @@ amplifies what it learned. Rollouts sample without it. The export records it (``
 
 Deviation: the new tokens' embedding rows start at the mean row plus noise of the existing rows' spread
 (``return_token_spread``), not at the mean alone as Hugging Face's resizing leaves them. From the mean both
-rows are the same vector, and fine-tuning at the usual learning rate hardly separates them (cosine
-similarity 0.999 after three rounds of configs/rcrl.yaml): the policy cannot tell ``[GOOD]`` from
-``[BAD]`` and learns the incorrect samples as if they were good ones.
+rows are the same vector, and fine-tuning at the usual learning rate hardly separates them (measured in the
+README): the policy cannot tell ``[GOOD]`` from ``[BAD]`` and learns the incorrect samples as if they were
+good ones.
 """
 
 from __future__ import annotations

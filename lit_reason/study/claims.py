@@ -1,0 +1,186 @@
+"""The claims of Havrilla et al. 2024 a study tests, each with the numbers that decide it and a verdict.
+
+Every comparison is a paired bootstrap of per-question outcomes (means over seeds) with its 95% interval. A
+difference is *significant* when its interval excludes 0, and two runs are *equivalent* when the interval
+lies within the study's ``equivalence_margin`` of 0. Verdicts: ``supported`` and ``refuted`` when the
+intervals decide, ``inconclusive`` when they do not (more seeds or questions would), ``not tested`` when the
+study lacks the runs a claim needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from lit_reason.study.results import Difference, StudyResults
+
+Outcome = Literal["supported", "refuted", "inconclusive", "not tested"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim, its verdict and the numbers behind it."""
+
+    claim: str
+    verdict: Outcome
+    evidence: str
+
+
+def assess_claims(results: StudyResults) -> list[Verdict]:
+    """Every claim's verdict, in the paper's order."""
+    return [claim(results) for claim in CLAIMS]
+
+
+def _finished(results: StudyResults, *names: str | None) -> bool:
+    return all(name is not None and results.runs[name].seeds for name in names)
+
+
+def expert_iteration_best_or_equal(results: StudyResults) -> Verdict:
+    claim = "Expert Iteration performs best or equal on most metrics"
+    ei, hot_ei = results.study.claims.expert_iteration, results.study.claims.hot_expert_iteration
+    others = [r for r in results.runs.values() if r.spec.family == "rl" and r.name not in (ei, hot_ei) and r.seeds]
+    if not _finished(results, ei) or not others:
+        return Verdict(claim, "not tested", "needs the Expert Iteration run and another RL run")
+    margin, decided, lines = results.study.equivalence_margin, [], []
+    paper_metrics = ["maj@1", f"maj@{results.k}", f"rerank@{results.k}", f"pass@{results.k}"]
+    for metric in [name for name in results.metric_names() if name in paper_metrics]:
+        differences = {r.name: results.difference(r.name, metric, baseline=ei) for r in others}
+        differences = {name: d for name, d in differences.items() if d is not None}
+        if not differences:
+            continue
+        best_name, best = max(differences.items(), key=lambda item: item[1].mean)
+        if any(d.low > 0 for d in differences.values()):
+            decided.append("worse")
+        elif all(d.high <= margin for d in differences.values()):
+            decided.append("best or equal")
+        else:
+            decided.append("undecided")
+        lines.append(f"{metric}: {decided[-1]} (strongest other: {best_name} {best} against Expert Iteration)")
+    most = len(decided) // 2 + 1
+    if decided.count("best or equal") >= most:
+        verdict: Outcome = "supported"
+    elif decided.count("worse") >= most:
+        verdict = "refuted"
+    else:
+        verdict = "inconclusive"
+    return Verdict(claim, verdict, "; ".join(lines))
+
+
+def rl_lifts_both_while_sft_trades(results: StudyResults) -> Verdict:
+    claim = "RL lifts maj@1 and pass@K together, while more SFT trades pass@K for maj@1"
+    roles = results.study.claims
+    rl_runs = [name for name in (roles.expert_iteration, roles.ppo) if _finished(results, name)]
+    if not rl_runs or not _finished(results, roles.more_sft):
+        return Verdict(claim, "not tested", "needs the more-SFT run and the Expert Iteration or PPO run")
+    pass_k, lines, holds = f"pass@{results.k}", [], []
+    for name in rl_runs:
+        maj, passed = results.difference(name, "maj@1"), results.difference(name, pass_k)
+        lines.append(f"{name}: maj@1 {maj}, {pass_k} {passed}")
+        holds.append(_decide(maj.low > 0 and passed.low > 0, maj.high < 0 or passed.high < 0))
+    maj, passed = results.difference(roles.more_sft, "maj@1"), results.difference(roles.more_sft, pass_k)
+    lines.append(f"{roles.more_sft}: maj@1 {maj}, {pass_k} {passed}")
+    holds.append(_decide(passed.high < 0 and maj.mean >= passed.mean, passed.low > 0))
+    return Verdict(claim, _combine(holds), "; ".join(lines) + " (each against the warm start)")
+
+
+def similar_sample_counts(results: StudyResults) -> Verdict:
+    claim = "Expert Iteration and PPO need similar numbers of samples to converge"
+    roles = results.study.claims
+    if not _finished(results, roles.expert_iteration, roles.ppo):
+        return Verdict(claim, "not tested", "needs the Expert Iteration and PPO runs")
+    counts, lines = {}, []
+    for name in (roles.expert_iteration, roles.ppo):
+        gain = results.difference(name, "maj@1")
+        counts[name] = samples_to_converge(results, name)
+        lines.append(f"{name}: maj@1 gain {gain}, 90% of it after {counts[name]:,} samples")
+        if gain.low <= 0:
+            return Verdict(claim, "inconclusive", "; ".join(lines) + f": {name} has no significant gain to converge to")
+    ratio = counts[roles.ppo] / max(1, counts[roles.expert_iteration])
+    lines.append(f"ratio PPO / EI {ratio:.2f} (similar: within a factor of 2; resolution: one validation per round)")
+    return Verdict(claim, "supported" if 0.5 <= ratio <= 2 else "refuted", "; ".join(lines))
+
+
+def samples_to_converge(results: StudyResults, name: str) -> int:
+    """Training samples a run drew before its (seed-averaged) maj@1 first reached 90% of its final gain."""
+    run, start = results.runs[name], results.baseline.final(results.study.shared_seed).metrics["maj@1"]
+    rounds = min(len(run.evaluations[s]) for s in run.seeds)
+    curve = [
+        (
+            sum(run.evaluations[s][i].samples_drawn for s in run.seeds) / len(run.seeds),
+            sum(run.evaluations[s][i].metrics["maj@1"] for s in run.seeds) / len(run.seeds),
+        )
+        for i in range(rounds)
+    ]
+    target = start + 0.9 * (curve[-1][1] - start)
+    return int(next(samples for samples, value in curve if value >= target))
+
+
+def dense_rewards_do_not_help(results: StudyResults) -> Verdict:
+    claim = "Dense rewards do not lift final accuracy over the sparse reward"
+    roles = results.study.claims
+    dense = [name for name in roles.dense_rewards if _finished(results, name)]
+    if not dense or not _finished(results, roles.ppo):
+        return Verdict(claim, "not tested", "needs the sparse-reward PPO run and a dense-reward one")
+    differences = {name: results.difference(name, "maj@1", baseline=roles.ppo) for name in dense}
+    lines = [f"{name} - {roles.ppo}: maj@1 {d}" for name, d in differences.items()]
+    margin = results.study.equivalence_margin
+    verdict = _decide(all(d.high <= margin for d in differences.values()), any(d.low > 0 for d in differences.values()))
+    return Verdict(claim, verdict, "; ".join(lines) + f" (no lift: every interval below +{margin})")
+
+
+def temperature_drives_exploration(results: StudyResults) -> Verdict:
+    claim = "A higher sampling temperature in training explores more (higher pass@K of the trained policy)"
+    roles = results.study.claims
+    if not _finished(results, roles.hot_expert_iteration, roles.expert_iteration):
+        return Verdict(claim, "not tested", "needs Expert Iteration at two rollout temperatures")
+    pass_k = f"pass@{results.k}"
+    difference = results.difference(roles.hot_expert_iteration, pass_k, baseline=roles.expert_iteration)
+    evidence = f"{roles.hot_expert_iteration} - {roles.expert_iteration}: {pass_k} {difference}"
+    return Verdict(claim, _decide(difference.low > 0, difference.high < 0), evidence)
+
+
+def rl_beats_more_sft(results: StudyResults) -> Verdict:
+    claim = "RL (Expert Iteration) beats more SFT for the same time"
+    roles = results.study.claims
+    if not _finished(results, roles.expert_iteration, roles.more_sft):
+        return Verdict(claim, "not tested", "needs the Expert Iteration and more-SFT runs")
+    difference = results.difference(roles.expert_iteration, "maj@1", baseline=roles.more_sft)
+    times = {name: _mean_wall_time(results, name) for name in (roles.expert_iteration, roles.more_sft)}
+    evidence = f"{roles.expert_iteration} - {roles.more_sft}: maj@1 {difference}; wall time " + ", ".join(
+        f"{name} {seconds / 60:.1f} min" for name, seconds in times.items()
+    )
+    return Verdict(claim, _decide(difference.low > 0, difference.high < 0), evidence)
+
+
+def _mean_wall_time(results: StudyResults, name: str) -> float:
+    times = [t for t in results.runs[name].wall_seconds.values() if t is not None]
+    return sum(times) / len(times) if times else float("nan")
+
+
+def _decide(supported: bool, refuted: bool) -> Outcome:
+    return "supported" if supported else "refuted" if refuted else "inconclusive"
+
+
+def _combine(parts: list[Outcome]) -> Outcome:
+    """A claim made of parts holds when all do and fails when one fails."""
+    if "refuted" in parts:
+        return "refuted"
+    return "supported" if all(part == "supported" for part in parts) else "inconclusive"
+
+
+def converged_warm_start(results: StudyResults) -> Difference | None:
+    """More SFT's maj@1 gain over the warm start (the warm start counts as converged when it is at most the
+    study's equivalence margin)."""
+    more_sft = results.study.claims.more_sft
+    return results.difference(more_sft, "maj@1") if _finished(results, more_sft) else None
+
+
+CLAIMS: tuple[Callable[[StudyResults], Verdict], ...] = (
+    expert_iteration_best_or_equal,
+    rl_lifts_both_while_sft_trades,
+    similar_sample_counts,
+    dense_rewards_do_not_help,
+    temperature_drives_exploration,
+    rl_beats_more_sft,
+)

@@ -1,0 +1,181 @@
+"""A study's results read back from its runs' ``metrics.json`` and prediction files.
+
+Every run (and the warm start) is evaluated on the same validation questions with the same sampling noise, so
+any two are compared question by question: a run's per-question outcome of a metric is its mean over the
+run's seeds, and a difference between two runs is the paired bootstrap of those outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lit_reason.evaluation import question_outcomes as record_outcomes
+from lit_reason.evaluation import read_predictions
+from lit_reason.statistics import paired_bootstrap, seed_interval
+from lit_reason.study.runner import DONE_FILE, run_dir
+from lit_reason.study.spec import RunSpec, StudySpec
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One validation of one run with one seed.
+
+    Attributes:
+        step: optimizer steps taken before it.
+        samples_drawn: training samples drawn before it (all ranks).
+        metrics: metric name (``maj@1``, ``pass@8``, ...) -> value.
+        predictions: its per-question prediction file.
+    """
+
+    step: int
+    samples_drawn: int
+    metrics: dict[str, float]
+    predictions: Path
+
+
+@dataclass
+class RunResult:
+    """A run's evaluations with each seed, and each seed's wall time (None while unfinished)."""
+
+    name: str
+    spec: RunSpec | None
+    evaluations: dict[int, list[Evaluation]] = field(default_factory=dict)
+    wall_seconds: dict[int, float | None] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(seed for seed, evaluations in self.evaluations.items() if evaluations)
+
+    def final(self, seed: int) -> Evaluation:
+        return self.evaluations[seed][-1]
+
+    def final_values(self, metric: str) -> list[float]:
+        """The last evaluation's value of ``metric`` with every seed that has one."""
+        return [self.final(s).metrics[metric] for s in self.seeds if self.final(s).metrics.get(metric) is not None]
+
+    def summary(self, metric: str) -> tuple[float, float, float] | None:
+        """Mean over seeds of the final ``metric`` and its 95% t-interval, or None without a value."""
+        values = self.final_values(metric)
+        return seed_interval(values) if values else None
+
+    def outcomes(self) -> dict[str, dict[int, float]]:
+        """metric -> question id -> the final evaluation's outcome, averaged over seeds."""
+        totals: dict[str, dict[int, float]] = {}
+        for seed in self.seeds:
+            for question, record in read_predictions(self.final(seed).predictions).items():
+                for metric, value in record_outcomes(record).items():
+                    totals.setdefault(metric, {})
+                    totals[metric][question] = totals[metric].get(question, 0.0) + value / len(self.seeds)
+        return totals
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``candidate - baseline`` of a metric over the questions both answered, with its paired-bootstrap 95%
+    interval."""
+
+    mean: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+@dataclass
+class StudyResults:
+    """Everything the report and the claims read.
+
+    Attributes:
+        study: the declaration.
+        baseline: the warm start's evaluation (the shared starting point).
+        warm_start: the warm start's training run (its evaluation after every epoch).
+        runs: the grid's runs by name, in declaration order.
+        k: K of maj@K / pass@K / rerank@K.
+    """
+
+    study: StudySpec
+    baseline: RunResult
+    warm_start: RunResult
+    runs: dict[str, RunResult]
+    k: int
+    _outcomes: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict, repr=False)
+
+    def metric_names(self) -> list[str]:
+        """The table's metrics, those the evaluations recorded."""
+        names = ["maj@1", f"maj@{self.k}", f"rerank@{self.k}", f"pass@{self.k}", "pass@1"]
+        recorded = {m for run in [self.baseline, *self.runs.values()] for s in run.seeds for m in run.final(s).metrics}
+        return [name for name in names if name in recorded]
+
+    def result(self, name: str) -> RunResult:
+        return self.baseline if name == "warm_start" else self.runs[name]
+
+    def difference(self, candidate: str, metric: str, baseline: str = "warm_start") -> Difference | None:
+        """Paired difference of two finished runs (``warm_start``: the warm start's evaluation) on ``metric``."""
+        first, second = self._run_outcomes(baseline).get(metric), self._run_outcomes(candidate).get(metric)
+        if not first or not second:
+            return None
+        shared = sorted(first.keys() & second.keys())
+        if not shared:
+            return None
+        mean, low, high = paired_bootstrap(
+            torch.tensor([first[q] for q in shared]), torch.tensor([second[q] for q in shared])
+        )
+        return Difference(mean, low, high)
+
+    def _run_outcomes(self, name: str) -> dict[str, dict[int, float]]:
+        if name not in self._outcomes:
+            result = self.result(name)
+            self._outcomes[name] = result.outcomes() if result.seeds else {}
+        return self._outcomes[name]
+
+
+def read_evaluations(log_dir: Path) -> list[Evaluation]:
+    """A run's validations in step order (a step validated twice, by a run resumed from an earlier
+    checkpoint, counts once: the later one)."""
+    path = log_dir / "metrics.json"
+    if not path.is_file():
+        return []
+    by_step: dict[int, Evaluation] = {}
+    for entry in json.loads(path.read_text()):
+        if entry["stage"] != "val":
+            continue
+        step = int(entry["step"])
+        predictions = log_dir / "predictions" / f"val-step{step}.jsonl"
+        by_step[step] = Evaluation(step, int(entry["samples_drawn"]), entry["metrics"], predictions)
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def read_run(study: StudySpec, name: str, spec: RunSpec | None, seeds: tuple[int, ...]) -> RunResult:
+    result = RunResult(name, spec)
+    for seed in seeds:
+        log_dir = run_dir(study, name, seed)
+        result.evaluations[seed] = read_evaluations(log_dir)
+        done = log_dir / DONE_FILE
+        result.wall_seconds[seed] = json.loads(done.read_text())["wall_seconds"] if done.is_file() else None
+    return result
+
+
+def read_results(study: StudySpec) -> StudyResults:
+    """The study's results as far as its runs have got (unfinished runs have fewer or no evaluations)."""
+    shared = (study.shared_seed,)
+    baseline = read_run(study, "warm_start_eval", None, shared)
+    if not baseline.seeds:
+        raise FileNotFoundError(
+            f"study {study.name}: the warm start has not been evaluated yet (no "
+            f"{run_dir(study, 'warm_start_eval', study.shared_seed) / 'metrics.json'}); run the study first"
+        )
+    names = baseline.final(study.shared_seed).metrics
+    k = max(int(match.group(1)) for name in names if (match := re.fullmatch(r"maj@(\d+)", name)))
+    return StudyResults(
+        study=study,
+        baseline=baseline,
+        warm_start=read_run(study, "warm_start", None, shared),
+        runs={run.name: read_run(study, run.name, run, study.seeds) for run in study.runs},
+        k=k,
+    )

@@ -1,0 +1,141 @@
+"""Running a study: the shared warm start, the ORM and the warm start's evaluation, then every run once per seed.
+
+Each step is one ``lit-reason`` command logging to ``<study>/runs/<run>/seed<S>/`` (a TensorBoard run with its
+``metrics.json``, predictions, checkpoints and exported policy). A step that finished leaves ``study.json``
+there (its command and wall time) and is skipped when the study runs again; a step that was interrupted
+resumes from its ``checkpoints/last.ckpt`` (or starts afresh when it never saved one). ``--print-commands``
+prints the commands instead, in order, for a cluster launcher: each depends on the warm start (and ORM) above it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lit_reason.study.spec import StudySpec
+
+DONE_FILE = "study.json"
+LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a study.
+
+    Attributes:
+        run: the run's name (``warm_start``, ``orm``, ``warm_start_eval`` or a row of the grid).
+        seed: its ``seed_everything``.
+        log_dir: where it logs (``<study>/runs/<run>/seed<seed>``).
+        command: the ``lit-reason`` arguments (after the program name).
+    """
+
+    run: str
+    seed: int
+    log_dir: Path
+    command: tuple[str, ...]
+
+    @property
+    def finished(self) -> bool:
+        return (self.log_dir / DONE_FILE).is_file()
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.log_dir / "checkpoints" / "last.ckpt"
+
+
+def warm_start_policy(study: StudySpec) -> Path:
+    """The policy every run starts from: the warm start run's best-validation export."""
+    return run_dir(study, "warm_start", study.shared_seed) / "policy"
+
+
+def orm_policy(study: StudySpec) -> Path | None:
+    """The study's ORM export, or None without one."""
+    return run_dir(study, "orm", study.shared_seed) / "policy" if study.orm is not None else None
+
+
+def run_dir(study: StudySpec, run: str, seed: int) -> Path:
+    return study.directory / "runs" / run / f"seed{seed}"
+
+
+def plan(study: StudySpec) -> list[Step]:
+    """Every command of the study, in the order they must run."""
+    shared = study.shared_seed
+    policy = f"--model.init_args.policy.name_or_path={warm_start_policy(study)}"
+    orm = orm_policy(study)
+    with_orm = (f"--model.init_args.orm={orm}",) if orm is not None else ()
+    steps = [_step(study, "fit", "warm_start", shared, study.warm_start.config, study.warm_start.args)]
+    if study.orm is not None:
+        steps.append(_step(study, "fit", "orm", shared, study.orm.config, (*study.orm.args, policy)))
+    # The warm start evaluated like every run (with the ORM for rerank@K): the baseline each run is paired with.
+    steps.append(_step(study, "validate", "warm_start_eval", shared, study.warm_start.config, (policy, *with_orm)))
+    for run in study.runs:
+        for seed in study.seeds:
+            args = (*run.args, policy, *with_orm, "--validate_before_fit=false")
+            steps.append(_step(study, "fit", run.name, seed, run.config, args))
+    return steps
+
+
+def _step(study: StudySpec, subcommand: str, run: str, seed: int, config: str, args: tuple[str, ...]) -> Step:
+    log_dir = run_dir(study, run, seed)
+    logger = {"class_path": LOGGER, "init_args": {"save_dir": str(log_dir.parent.parent), "name": run}}
+    logger["init_args"]["version"] = log_dir.name
+    command = (
+        subcommand,
+        "--config",
+        config,
+        *study.common_args,
+        *args,
+        f"--seed_everything={seed}",
+        f"--trainer.logger={json.dumps(logger)}",
+    )
+    return Step(run=run, seed=seed, log_dir=log_dir, command=command)
+
+
+def shell_command(step: Step) -> str:
+    return shlex.join(["lit-reason", *step.command])
+
+
+def run_study(study: StudySpec, only: set[str] | None = None) -> None:
+    """Run every step not finished yet, one after another (``only``: just these runs; the warm start, ORM and
+    baseline are run first when missing). A failing step stops the study with its command."""
+    steps = plan(study)
+    shared_steps = {"warm_start", "orm", "warm_start_eval"}
+    for index, step in enumerate(steps, start=1):
+        if only is not None and step.run not in only | shared_steps:
+            continue
+        label = f"[study {study.name} {index}/{len(steps)}] {step.run} seed {step.seed}"
+        if step.finished:
+            print(f"{label}: finished before, skipped", flush=True)
+            continue
+        command = list(step.command)
+        resumed = step.checkpoint.is_file() and step.command[0] == "fit"
+        if resumed:
+            command.append(f"--ckpt_path={step.checkpoint}")
+            print(f"{label}: resuming from {step.checkpoint}", flush=True)
+        elif step.log_dir.exists():
+            shutil.rmtree(step.log_dir)  # an attempt that saved no checkpoint: start it afresh
+        print(f"{label}: {shell_command(step)}", flush=True)
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "lit_reason", *command])
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{label} failed (exit code {result.returncode}); its output is above. Fix the cause and run the "
+                f"study again: finished runs are kept. The command was:\n  {shell_command(step)}"
+            )
+        record = {"command": shell_command(step), "wall_seconds": round(time.perf_counter() - started, 1)}
+        if resumed:
+            record["resumed"] = True  # wall_seconds counts this last attempt only
+        (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
+
+
+def print_commands(study: StudySpec) -> None:
+    """The study's commands, in order, for a cluster launcher (finished ones commented out)."""
+    print(f"# study {study.name}: run in order; every command after the first needs the warm start's export")
+    for step in plan(study):
+        print(("# finished: " if step.finished else "") + shell_command(step))

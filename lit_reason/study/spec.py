@@ -1,0 +1,233 @@
+"""A study's declaration: the shared warm start and ORM, the grid of runs, the seeds and the claims to test.
+
+A study file is YAML (``configs/study/paper.yaml`` is the paper's study)::
+
+    name: paper                      # results go to <output_dir>/<name>/
+    output_dir: study
+    seeds: [0, 1, 2]                 # every run, once per seed
+    shared_seed: 0                   # the warm start's, the ORM's and their evaluation's seed
+    common_args: [--data.validation_questions=500]   # given to every lit-reason command
+    warm_start: {config: configs/study/sft.yaml}
+    orm: {config: configs/orm.yaml, args: [...]}
+    runs:
+      - {name: ei, algorithm: Expert Iteration, reward: sparse, family: rl, config: configs/ei.yaml, args: [...]}
+    claims: {expert_iteration: ei, ppo: ppo_sparse, more_sft: sft_more, ...}
+    equivalence_margin: 0.02
+
+Every error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Family = Literal["rl", "sft"]
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A training run of the study's shared models (the warm start or the ORM).
+
+    Args:
+        config: the ``lit-reason fit`` config.
+        args: extra command-line arguments for it.
+    """
+
+    config: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of the study: a config started from the study's warm start, run once per seed.
+
+    Args:
+        name: the run's directory name and its name in ``claims``.
+        algorithm: what the table calls it, e.g. ``Expert Iteration``.
+        reward: what the table shows as its reward, e.g. ``sparse``, ``ORM dense``.
+        family: ``rl`` (compared with the other RL rows) or ``sft`` (more supervised fine-tuning).
+        config: the ``lit-reason fit`` config.
+        args: extra command-line arguments, e.g. the rounds that give it the study's sample budget.
+    """
+
+    name: str
+    algorithm: str
+    reward: str
+    family: Family
+    config: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClaimRoles:
+    """Which runs play which part in the paper's claims (a claim whose runs are missing is not tested).
+
+    Args:
+        expert_iteration: the Expert Iteration run.
+        ppo: the PPO run with the sparse (correctness) reward.
+        more_sft: the run that continues SFT from the warm start.
+        dense_rewards: PPO runs with dense rewards (compared with ``ppo``).
+        hot_expert_iteration: Expert Iteration with a higher rollout temperature.
+    """
+
+    expert_iteration: str | None = None
+    ppo: str | None = None
+    more_sft: str | None = None
+    dense_rewards: tuple[str, ...] = ()
+    hot_expert_iteration: str | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A declared study (see the module docstring for the file format)."""
+
+    name: str
+    source: Path
+    output_dir: Path
+    seeds: tuple[int, ...]
+    warm_start: StageSpec
+    runs: tuple[RunSpec, ...]
+    orm: StageSpec | None = None
+    shared_seed: int = 0
+    common_args: tuple[str, ...] = ()
+    claims: ClaimRoles = ClaimRoles()
+    equivalence_margin: float = 0.02
+
+    @property
+    def directory(self) -> Path:
+        """Where the study's runs and results live."""
+        return self.output_dir / self.name
+
+    def run(self, name: str) -> RunSpec:
+        return next(run for run in self.runs if run.name == name)
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and check a study file; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a YAML file ({error})") from None
+    where = _Where(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a study file is a mapping of options, got {type(raw).__name__}")
+    allowed = {f.name for f in fields(StudySpec)} - {"source"}
+    where.no_unknown(raw, allowed, "")
+    runs = tuple(_run(where, item, f"runs[{i}]") for i, item in enumerate(where.required(raw, "runs", list)))
+    names = [run.name for run in runs]
+    duplicates = sorted({name for name in names if names.count(name) > 1} | ({"warm_start", "orm"} & set(names)))
+    if duplicates:
+        raise ValueError(f"{path}: runs: names must be unique and not warm_start / orm, got {duplicates} twice")
+    seeds = tuple(where.integer(seed, f"seeds[{i}]") for i, seed in enumerate(where.required(raw, "seeds", list)))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{path}: seeds: give at least one seed, each once; got {list(seeds)}")
+    study = StudySpec(
+        name=where.name(where.required(raw, "name", str), "name"),
+        source=path,
+        output_dir=Path(raw.get("output_dir", "study")),
+        seeds=seeds,
+        warm_start=_stage(where, where.required(raw, "warm_start", dict), "warm_start"),
+        runs=runs,
+        orm=_stage(where, raw["orm"], "orm") if raw.get("orm") is not None else None,
+        shared_seed=where.integer(raw.get("shared_seed", 0), "shared_seed"),
+        common_args=where.strings(raw.get("common_args", []), "common_args"),
+        claims=_claims(where, raw.get("claims") or {}, set(names)),
+        equivalence_margin=float(where.number(raw.get("equivalence_margin", 0.02), "equivalence_margin")),
+    )
+    return study
+
+
+def _stage(where: _Where, raw: Any, field_name: str) -> StageSpec:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where.path}: {field_name}: expected a mapping with config (and args)")
+    where.no_unknown(raw, {"config", "args"}, field_name)
+    return StageSpec(
+        config=where.config(where.required(raw, "config", str, field_name), f"{field_name}.config"),
+        args=where.strings(raw.get("args", []), f"{field_name}.args"),
+    )
+
+
+def _run(where: _Where, raw: Any, field_name: str) -> RunSpec:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where.path}: {field_name}: expected a mapping (name, algorithm, reward, family, config)")
+    where.no_unknown(raw, {f.name for f in fields(RunSpec)}, field_name)
+    family = where.required(raw, "family", str, field_name)
+    if family not in ("rl", "sft"):
+        raise ValueError(f"{where.path}: {field_name}.family: expected rl or sft, got {family!r}")
+    return RunSpec(
+        name=where.name(where.required(raw, "name", str, field_name), f"{field_name}.name"),
+        algorithm=where.required(raw, "algorithm", str, field_name),
+        reward=str(raw.get("reward", "-")),
+        family=family,
+        config=where.config(where.required(raw, "config", str, field_name), f"{field_name}.config"),
+        args=where.strings(raw.get("args", []), f"{field_name}.args"),
+    )
+
+
+def _claims(where: _Where, raw: Any, run_names: set[str]) -> ClaimRoles:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where.path}: claims: expected a mapping of roles to run names")
+    where.no_unknown(raw, {f.name for f in fields(ClaimRoles)}, "claims")
+    roles = {key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()}
+    for key, value in roles.items():
+        for name in value if isinstance(value, tuple) else (value,):
+            if name not in run_names:
+                raise ValueError(f"{where.path}: claims.{key}: no run is named {name!r} (runs: {sorted(run_names)})")
+    return ClaimRoles(**roles)
+
+
+@dataclass
+class _Where:
+    """Checks that name the study file and the field in their errors."""
+
+    path: Path
+
+    def required(self, raw: dict, key: str, kind: type, parent: str = "") -> Any:
+        label = f"{parent}.{key}" if parent else key
+        if key not in raw:
+            raise ValueError(f"{self.path}: {label} is required")
+        if not isinstance(raw[key], kind):
+            raise ValueError(f"{self.path}: {label}: expected {kind.__name__}, got {raw[key]!r}")
+        return raw[key]
+
+    def no_unknown(self, raw: dict, allowed: set[str], parent: str) -> None:
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ValueError(f"{self.path}: {parent or 'the study'}: unknown keys {unknown} (known: {sorted(allowed)})")
+
+    def integer(self, value: Any, label: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{self.path}: {label}: expected an integer, got {value!r}")
+        return value
+
+    def number(self, value: Any, label: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{self.path}: {label}: expected a number in [0, 1), got {value!r}")
+        return value
+
+    def strings(self, value: Any, label: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{self.path}: {label}: expected a list of command-line arguments (strings)")
+        return tuple(value)
+
+    def name(self, value: str, label: str) -> str:
+        if not NAME.fullmatch(value):
+            raise ValueError(f"{self.path}: {label}: {value!r} is not a usable directory name (letters, digits, _.-)")
+        return value
+
+    def config(self, value: str, label: str) -> str:
+        if not Path(value).is_file():
+            raise ValueError(
+                f"{self.path}: {label}: no config file {value} (relative paths start at the working directory, "
+                f"{Path.cwd()})"
+            )
+        return value

@@ -1,0 +1,40 @@
+"""Finished study runs written straight to disk (metrics.json, predictions, study.json) with chosen
+per-question outcomes: what the study's report reads, without training anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lit_reason.study.runner import DONE_FILE
+
+
+def write_run(log_dir: Path, evaluations: list[tuple[int, int, dict[str, list[float]]]], minutes: float = 1.0) -> None:
+    """A finished run in ``log_dir``: each evaluation is (step, samples drawn, metric -> per-question outcomes
+    of questions 0..Q-1)."""
+    (log_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for step, samples_drawn, outcomes in evaluations:
+        count = len(next(iter(outcomes.values())))
+        with (log_dir / "predictions" / f"val-step{step}.jsonl").open("w") as file:
+            for question in range(count):
+                values = {metric: values[question] for metric, values in outcomes.items()}
+                record = {
+                    "id": question,
+                    "greedy_correct": bool(values["maj@1"]),
+                    "samples_correct": [bool(values["pass@8"])] * 8,
+                    "outcomes": values,
+                }
+                file.write(json.dumps(record) + "\n")
+        metrics = {metric: sum(values) / len(values) for metric, values in outcomes.items()}
+        entries.append({"stage": "val", "step": step, "samples_drawn": samples_drawn, "metrics": metrics})
+    (log_dir / "metrics.json").write_text(json.dumps(entries))
+    (log_dir / DONE_FILE).write_text(json.dumps({"command": "lit-reason fit", "wall_seconds": 60 * minutes}))
+
+
+def outcomes(correct_share: float, pass_share: float, count: int = 200) -> dict[str, list[float]]:
+    """Per-question outcomes where the first ``correct_share`` of questions are right greedily and by
+    majority and the first ``pass_share`` have a right sample."""
+    right = [float(q < correct_share * count) for q in range(count)]
+    passed = [float(q < pass_share * count) for q in range(count)]
+    return {"maj@1": right, "maj@8": right, "pass@8": passed, "pass@1": [p / 2 for p in passed]}

@@ -1,0 +1,130 @@
+"""A study's report and the paper's claims, on runs written to disk with known per-question outcomes."""
+
+import pytest
+import yaml
+
+from lit_reason.study.claims import CLAIMS, assess_claims, samples_to_converge
+from lit_reason.study.report import write_report
+from lit_reason.study.results import read_results
+from lit_reason.study.runner import run_dir
+from lit_reason.study.spec import load_study
+from tests.helpers.study_runs import outcomes, write_run
+
+RUNS = {
+    "ei": ("Expert Iteration", "sparse", "rl"),
+    "ppo": ("PPO", "sparse", "rl"),
+    "ppo_dense": ("PPO", "heuristic dense", "rl"),
+    "ei_hot": ("Expert Iteration, T = 1.0", "sparse", "rl"),
+    "sft_more": ("SFT", "-", "sft"),
+}
+
+
+def make_study(tmp_path, finals: dict[str, tuple[float, float]], seeds=(0,)):
+    """A study whose warm start scores maj@1 0.4 / pass@8 0.7 and each run ends at ``finals[run]`` (maj@1,
+    pass@8) after three rounds of 100 samples, the first at the warm start's numbers."""
+    config = tmp_path / "fit.yaml"
+    config.write_text("seed_everything: 0\n")
+    runs = [
+        {"name": name, "algorithm": algorithm, "reward": reward, "family": family, "config": str(config)}
+        for name, (algorithm, reward, family) in RUNS.items()
+    ]
+    claims = {
+        "expert_iteration": "ei", "ppo": "ppo", "more_sft": "sft_more", "dense_rewards": ["ppo_dense"],
+        "hot_expert_iteration": "ei_hot",
+    }  # fmt: skip
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "synthetic",
+                "output_dir": str(tmp_path / "out"),
+                "seeds": list(seeds),
+                "warm_start": {"config": str(config)},
+                "runs": runs,
+                "claims": claims,
+            }
+        )
+    )
+    study = load_study(study_file)
+    start = outcomes(0.4, 0.7)
+    write_run(run_dir(study, "warm_start", 0), [(0, 0, outcomes(0.1, 0.5)), (10, 0, start)])
+    write_run(run_dir(study, "warm_start_eval", 0), [(0, 0, start)])
+    for name, (maj, passed) in finals.items():
+        for seed in seeds:
+            middle = outcomes((maj + 0.4) / 2, (passed + 0.7) / 2)
+            write_run(run_dir(study, name, seed), [(1, 100, start), (2, 200, middle), (3, 300, outcomes(maj, passed))])
+    return study
+
+
+def verdicts(study) -> dict[str, str]:
+    """Each claim's verdict by the name of the function that assesses it."""
+    return {claim.__name__: v.verdict for claim, v in zip(CLAIMS, assess_claims(read_results(study)), strict=True)}
+
+
+def test_claims_the_numbers_support(tmp_path):
+    study = make_study(
+        tmp_path,
+        {"ei": (0.6, 0.8), "ppo": (0.6, 0.8), "ppo_dense": (0.6, 0.8), "ei_hot": (0.6, 0.9), "sft_more": (0.4, 0.6)},
+    )
+    assert verdicts(study) == {
+        "expert_iteration_best_or_equal": "supported",
+        "rl_lifts_both_while_sft_trades": "supported",
+        "similar_sample_counts": "supported",
+        "dense_rewards_do_not_help": "supported",
+        "temperature_drives_exploration": "supported",
+        "rl_beats_more_sft": "supported",
+    }
+
+
+def test_claims_the_numbers_refute(tmp_path):
+    study = make_study(
+        tmp_path,
+        {"ei": (0.45, 0.8), "ppo": (0.7, 0.6), "ppo_dense": (0.9, 0.8), "ei_hot": (0.45, 0.75), "sft_more": (0.6, 0.8)},
+    )
+    found = verdicts(study)
+    assert found["expert_iteration_best_or_equal"] == "refuted"  # PPO and dense PPO beat it on maj@1, maj@8
+    assert found["rl_lifts_both_while_sft_trades"] == "refuted"  # PPO's pass@8 falls and more SFT's rises
+    assert (
+        found["dense_rewards_do_not_help"] == "refuted"
+        and found["temperature_drives_exploration"] == "refuted"
+        and found["rl_beats_more_sft"] == "refuted"
+    )
+
+
+def test_claims_without_their_runs_are_not_tested_and_small_differences_are_inconclusive(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.41, 0.7), "sft_more": (0.4, 0.7)})
+    found = verdicts(study)
+    assert (
+        found["expert_iteration_best_or_equal"] == "not tested" and found["dense_rewards_do_not_help"] == "not tested"
+    )
+    assert found["rl_beats_more_sft"] == "inconclusive"  # 2 more right questions of 200
+
+
+def test_samples_to_converge_reads_the_curve(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8)})
+    # the middle evaluation (200 samples) is at 0.5: half the gain; 90% is reached only at 300
+    assert samples_to_converge(read_results(study), "ei") == 300
+
+
+def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)}, seeds=(0, 1))
+    path = write_report(read_results(study), ["lit-reason", "study", "--config", "study.yaml"])
+    text = path.read_text()
+    assert (
+        "| run | algorithm | reward | maj@1 | maj@8 | pass@8 | pass@1 | samples drawn | seeds | minutes per seed |"
+        in text
+    )
+    assert "| ei | Expert Iteration | sparse | 0.600 | 0.600 | 0.800 | 0.400 | 300 | 2 | 1.0 |" in text
+    assert "| ei | +0.200 [" in text  # the paired difference from the warm start
+    assert "- **RL (Expert Iteration) beats more SFT for the same time**: SUPPORTED." in text
+    assert "Warm start converged: more SFT changes maj@1 by +0.010" in text
+    assert "ei: its 2 seeds' final evaluations DO NOT differ" in text  # the fake seeds are copies
+    for plot in ("curves.png", "sft.png"):
+        assert (path.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_report_before_the_warm_start_was_evaluated_says_so(tmp_path):
+    study = make_study(tmp_path, {})
+    (run_dir(study, "warm_start_eval", 0) / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="the warm start has not been evaluated yet"):
+        read_results(study)

@@ -1,0 +1,53 @@
+"""The study's commands: order, shared models, seeds, log directories."""
+
+import json
+
+import yaml
+
+from lit_reason.study.runner import plan, print_commands
+from lit_reason.study.spec import load_study
+
+
+def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp_path, capsys):
+    config = tmp_path / "fit.yaml"
+    config.write_text("seed_everything: 0\n")
+    study_file = tmp_path / "study.yaml"
+    run = {"algorithm": "A", "family": "rl", "config": str(config)}
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "output_dir": str(tmp_path),
+                "seeds": [3, 4],
+                "shared_seed": 7,
+                "common_args": ["--data.validation_questions=10"],
+                "warm_start": {"config": str(config)},
+                "orm": {"config": str(config), "args": ["--trainer.max_epochs=1"]},
+                "runs": [{"name": "a", **run, "args": ["--trainer.max_epochs=2"]}, {"name": "b", **run}],
+            }
+        )
+    )
+    study = load_study(study_file)
+    steps = plan(study)
+    assert [(s.run, s.seed) for s in steps] == [
+        ("warm_start", 7), ("orm", 7), ("warm_start_eval", 7), ("a", 3), ("a", 4), ("b", 3), ("b", 4)
+    ]  # fmt: skip
+    warm_start = tmp_path / "s" / "runs" / "warm_start" / "seed7" / "policy"
+    orm = tmp_path / "s" / "runs" / "orm" / "seed7" / "policy"
+    a3 = steps[3]
+    assert a3.log_dir == tmp_path / "s" / "runs" / "a" / "seed3"
+    assert a3.command[:3] == ("fit", "--config", str(config))
+    assert "--data.validation_questions=10" in a3.command and "--trainer.max_epochs=2" in a3.command
+    assert f"--model.init_args.policy.name_or_path={warm_start}" in a3.command
+    assert f"--model.init_args.orm={orm}" in a3.command and "--seed_everything=3" in a3.command
+    logger = json.loads(a3.command[-1].removeprefix("--trainer.logger="))
+    assert logger["init_args"] == {"save_dir": str(tmp_path / "s" / "runs"), "name": "a", "version": "seed3"}
+    assert steps[0].command[0] == "fit" and not any("name_or_path" in arg for arg in steps[0].command)
+    assert not any("--model.init_args.orm" in arg for arg in steps[1].command)  # the ORM trains its own
+    assert steps[2].command[0] == "validate" and f"--model.init_args.orm={orm}" in steps[2].command
+    (steps[0].log_dir / "study.json").parent.mkdir(parents=True)
+    (steps[0].log_dir / "study.json").write_text("{}")
+    print_commands(study)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("# finished: lit-reason fit") and printed[2].startswith("lit-reason fit")
+    assert len(printed) == 1 + len(steps)

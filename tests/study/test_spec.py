@@ -1,0 +1,68 @@
+"""Reading a study file: every error names the file and the field."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_reason.study.spec import load_study
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "fit.yaml"
+    path.write_text("seed_everything: 0\n")
+    return path
+
+
+def write_study(tmp_path, config, **changes) -> Path:
+    study = {
+        "name": "micro",
+        "output_dir": str(tmp_path / "out"),
+        "seeds": [0, 1],
+        "warm_start": {"config": str(config)},
+        "runs": [
+            {"name": "ei", "algorithm": "Expert Iteration", "reward": "sparse", "family": "rl", "config": str(config)},
+            {"name": "sft_more", "algorithm": "SFT", "family": "sft", "config": str(config), "args": ["--x=1"]},
+        ],
+        "claims": {"expert_iteration": "ei", "more_sft": "sft_more"},
+    } | changes
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_a_study_file_is_read_into_its_declaration(tmp_path, config):
+    study = load_study(write_study(tmp_path, config))
+    assert study.seeds == (0, 1) and study.orm is None and study.equivalence_margin == 0.02
+    assert [run.name for run in study.runs] == ["ei", "sft_more"] and study.runs[1].args == ("--x=1",)
+    assert study.runs[1].reward == "-" and study.claims.more_sft == "sft_more"
+    assert study.directory == tmp_path / "out" / "micro"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seed": [0]}, r"study\.yaml: the study: unknown keys \['seed'\]"),
+        ({"seeds": []}, r"study\.yaml: seeds: give at least one seed"),
+        ({"seeds": [0, "1"]}, r"study\.yaml: seeds\[1\]: expected an integer"),
+        ({"name": "a b"}, r"study\.yaml: name: 'a b' is not a usable directory name"),
+        ({"warm_start": {"config": "missing.yaml"}}, r"study\.yaml: warm_start\.config: no config file missing\.yaml"),
+        ({"claims": {"ppo": "ppo_sparse"}}, r"study\.yaml: claims\.ppo: no run is named 'ppo_sparse'"),
+        ({"claims": {"ppo_run": "ei"}}, r"study\.yaml: claims: unknown keys \['ppo_run'\]"),
+        ({"equivalence_margin": 2}, r"study\.yaml: equivalence_margin: expected a number in \[0, 1\)"),
+    ],
+)
+def test_a_bad_study_file_is_an_error_naming_the_field(tmp_path, config, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_study(write_study(tmp_path, config, **changes))
+
+
+def test_bad_runs_are_errors_naming_the_run(tmp_path, config):
+    run = {"name": "ei", "algorithm": "EI", "family": "rl", "config": str(config)}
+    with pytest.raises(ValueError, match=r"runs\[1\]\.family: expected rl or sft, got 'ppo'"):
+        load_study(write_study(tmp_path, config, runs=[run, {**run, "name": "b", "family": "ppo"}], claims={}))
+    with pytest.raises(ValueError, match=r"runs: names must be unique .* \['ei'\]"):
+        load_study(write_study(tmp_path, config, runs=[run, run], claims={}))
+    with pytest.raises(ValueError, match=r"runs\[0\]\.algorithm is required"):
+        load_study(write_study(tmp_path, config, runs=[{k: v for k, v in run.items() if k != "algorithm"}], claims={}))

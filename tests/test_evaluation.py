@@ -1,0 +1,63 @@
+"""The shared evaluation's per-question records, and pairing two evaluations' prediction files question by
+question."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lit_reason.evaluation import Evaluator, paired_outcomes, read_predictions
+from lit_reason.sampling import SampleBatch
+from lit_reason.tasks import Problem
+
+
+def test_predictions_pair_on_question_ids(tmp_path):
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return path
+
+    row = {"question": "q", "greedy": "g", "samples": ["a", "b"]}
+    baseline = write(
+        "a.jsonl", [{**row, "id": i, "greedy_correct": False, "samples_correct": [False, i == 2]} for i in (1, 2, 3)]
+    )
+    candidate = write(
+        "b.jsonl", [{**row, "id": i, "greedy_correct": True, "samples_correct": [True, True]} for i in (2, 3, 4)]
+    )
+    outcomes = paired_outcomes(read_predictions(baseline), read_predictions(candidate))
+    assert outcomes["maj@1"][0].tolist() == [0.0, 0.0] and outcomes["maj@1"][1].tolist() == [1.0, 1.0]
+    assert outcomes["pass@1"][0].tolist() == [0.5, 0.0] and outcomes["pass@2"][0].tolist() == [1.0, 0.0]
+    broken = write("c.jsonl", [row])
+    with pytest.raises(ValueError, match=r"c\.jsonl:1"):
+        read_predictions(broken)
+
+
+def test_each_record_keeps_its_outcome_of_every_metric_and_they_average_to_the_metrics():
+    problems = [Problem(id=i, question=f"q{i}", solution="", answer=float(i)) for i in range(3)]
+
+    def batch(texts):
+        per_question = len(texts) // len(problems)
+        return SampleBatch.from_token_lists(
+            [[1]] * len(texts), [[2]] * len(texts), texts, pad_token_id=0,
+            prompt_index=[i // per_question for i in range(len(texts))],
+        )  # fmt: skip
+
+    # q0: greedy right, samples 0/0/5 (majority right), q1: greedy wrong, samples 1/7/7 (majority wrong, one
+    # right), q2: nothing right
+    greedy = batch(["#### 0", "#### 3", "#### 9"])
+    sampled = batch(["#### 0", "#### 0", "#### 5", "#### 1", "#### 7", "#### 7", "#### 4", "none", "#### 8"])
+    scores = torch.tensor([0.1, 0.2, 0.9, 0.8, 0.1, 0.1, 0.5, 0.5, 0.5])
+    evaluator = Evaluator(num_samples=3, rerank=True)
+    evaluator.update(problems, greedy, sampled, scores)
+    values, records = evaluator.compute()
+    outcomes = {i: records[i]["outcomes"] for i in range(3)}
+    assert [outcomes[i]["maj@1"] for i in range(3)] == [1.0, 0.0, 0.0]
+    assert [outcomes[i]["maj@3"] for i in range(3)] == [1.0, 0.0, 0.0]
+    assert [outcomes[i]["rerank@3"] for i in range(3)] == [0.0, 1.0, 0.0]  # q0's top score is the wrong 5
+    assert [outcomes[i]["pass@3"] for i in range(3)] == [1.0, 1.0, 0.0]
+    assert outcomes[0]["pass@1"] == pytest.approx(2 / 3) and outcomes[1]["pass@1"] == pytest.approx(1 / 3)
+    for name, value in values.items():
+        if name in outcomes[0]:
+            assert value.item() == pytest.approx(sum(outcomes[i][name] for i in range(3)) / 3)
