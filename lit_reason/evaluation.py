@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from lit_reason.distributed import gather_objects, rank_and_world_size
+from lit_reason.files import jsonl_records
 from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK, RerankAtK
 from lit_reason.rewards import grade
 from lit_reason.sampling import SampleBatch
@@ -196,14 +197,12 @@ def write_predictions(path: Path, records: dict[int, dict[str, Any]]) -> None:
 def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
     """Question id -> record of a predictions file; a malformed line is an error naming the file and line."""
     records = {}
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            try:
-                record = json.loads(line)
-                records[int(record["id"])] = record
-                bool(record["greedy_correct"]), list(record["samples_correct"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: not a lit-reason prediction record ({error!r})") from None
+    for where, record in jsonl_records(path):
+        try:
+            records[int(record["id"])] = record
+            bool(record["greedy_correct"]), list(record["samples_correct"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{where}: not a lit-reason prediction record ({error!r})") from None
     return records
 
 

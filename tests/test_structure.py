@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_reason"
 # Lowest first. A module may import modules of its own layer or of lower ones, never of a higher one.
 LAYERS = {
     "foundation": [
-        "version", "seeds", "tensors", "statistics", "distributed", "schedule", "conditioning", "batches", "metrics",
-        "warm_start", "tasks", "tasks.answers", "tasks.base", "tasks.arithmetic", "tasks.gsm8k", "tasks.svamp",
+        "version", "seeds", "files", "tensors", "statistics", "distributed", "schedule", "conditioning", "batches",
+        "metrics", "warm_start", "tasks", "tasks.answers", "tasks.base", "tasks.arithmetic", "tasks.gsm8k",
+        "tasks.svamp",
     ],
     "models and sampling": ["sampling", "policy", "value_model", "rewards", "rl", "rl.advantages", "rl.losses"],
     "training plumbing": ["data", "evaluation", "callbacks"],

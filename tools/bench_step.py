@@ -148,15 +148,24 @@ def bench_trl(policy: str, rollout: SamplingConfig, questions: int, rounds: int,
     def correctness(prompts, completions, question, **kwargs) -> list[float]:
         return [float(problems[q].is_correct(c)) for q, c in zip(question, completions, strict=True)]
 
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
+    clock = RoundClock()
 
+    class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+            clock.round_started()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.seconds.append(time.perf_counter() - self.started)
+            total = time.perf_counter() - clock.current.pop("started")
+            data, sampling = clock.current["data"], clock.current["sampling"]
+            clock.rounds.append(
+                {
+                    "completions_per_s": completions / total,
+                    "seconds": total,
+                    "sampling": sampling / total,
+                    "scoring": (data - sampling) / total,
+                    "update": (total - data) / total,  # loss, backward and optimizer step
+                }
+            )
 
     completions = questions * rollout.num_samples
     config = GRPOConfig(
@@ -165,6 +174,8 @@ def bench_trl(policy: str, rollout: SamplingConfig, questions: int, rounds: int,
         num_generations=rollout.num_samples,
         max_completion_length=rollout.max_new_tokens,
         temperature=rollout.temperature,
+        top_k=0,
+        top_p=1.0,
         beta=0.0,
         num_iterations=1,
         steps_per_generation=1,
@@ -178,25 +189,18 @@ def bench_trl(policy: str, rollout: SamplingConfig, questions: int, rounds: int,
         save_strategy="no",
         seed=0,
     )
-    clock = StepClock()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=correctness,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[clock],
+        callbacks=[StepClock()],
     )
+    clock.wrap(trainer, "_generate", "sampling")
+    clock.wrap(trainer, "_generate_and_score_completions", "data")
     trainer.train()
-    generation = [entry.get("generation_time") for entry in trainer.state.log_history]
-    rows = []
-    for seconds in clock.seconds[1:]:
-        rows.append({"completions_per_s": completions / seconds, "seconds": seconds})
-    if any(g is not None for g in generation):
-        share = statistics.median(g for g in generation[1:] if g is not None) / statistics.median(clock.seconds[1:])
-        for row in rows:
-            row["sampling"] = share
-    return rows
+    return clock.rounds[1:]  # the first step warms up
 
 
 def median_row(rows: list[dict]) -> dict[str, float]:

@@ -45,6 +45,7 @@ from lit_reason.batches import Example, LabelledBatch, fits_context, make_token_
 from lit_reason.data import TrainData
 from lit_reason.distributed import full_state_dict, gather_objects, rank_and_world_size
 from lit_reason.evaluation import GradedQuestions, markdown_table, tensorboard_writer
+from lit_reason.files import jsonl_records
 from lit_reason.metrics import WithinQuestionAUROC
 from lit_reason.policy import PolicySpec, load_model
 from lit_reason.rewards import grade
@@ -363,20 +364,17 @@ def _read_rollout_file(path: Path, problems: dict[int, Problem]) -> list[tuple[i
     if not path.is_file():
         raise FileNotFoundError(f"rollout_file {path} does not exist")
     rows = []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                question_id, response = int(row["question_id"]), row["response"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise ValueError(f'{path}:{number}: expected {{"question_id": int, "response": str}}') from None
-            if not isinstance(response, str):
-                raise ValueError(f"{path}:{number}: response must be a string")
-            if question_id not in problems:
-                raise ValueError(f"{path}:{number}: question_id {question_id} is not in the task's training split")
-            rows.append((question_id, response))
+    for where, row in jsonl_records(path):
+        question_id = row.get("question_id") if isinstance(row, dict) else None
+        if (
+            isinstance(question_id, bool)
+            or not isinstance(question_id, int)
+            or not isinstance(row.get("response"), str)
+        ):
+            raise ValueError(f'{where}: expected {{"question_id": int, "response": str}}, got {row!r:.200}')
+        if question_id not in problems:
+            raise ValueError(f"{where}: question_id {question_id} is not in the task's training split")
+        rows.append((question_id, row["response"]))
     if not rows:
         raise ValueError(f"{path} holds no responses")
     return rows

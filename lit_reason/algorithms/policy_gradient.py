@@ -4,7 +4,8 @@ al. 2017 and the per-token KL reward of Ziegler et al. 2019 / Ouyang et al. 2022
 A round (one Lightning epoch): sample K responses per question (top-k 0, top-p 1, so the sampled
 distribution is the temperature-scaled softmax whose log-probs the loss uses); recompute the policy's
 log-probs with a training forward and the frozen reference's at the same temperature over the *whole*
-rollout (and a critic's values, for PPO); build per-token rewards (``RewardConfig``)
+rollout (and a critic's values, for PPO; no reference is built or run when ``reward.kl_coef`` is 0); build
+per-token rewards (``RewardConfig``)
 
     reward_t = [t is the last token] * (final reward - truncation penalty if cut off)
                + dense_coef * dense_t - kl_coef * KL_t(policy || reference)   (KL as a reward term)
@@ -95,12 +96,13 @@ class PolicyGradient(ReasoningModule):
 
     # ------------------------------------------------------------------------------------------- models
     def build_extra_models(self) -> None:
-        self.reference = load_model(self.policy_spec, self.tokenizer).eval()
-        self.reference.requires_grad_(False)
         disable_dropout(self.policy)
+        if self.reward.kl_coef:  # without a KL penalty nothing reads the reference: no copy, no forward
+            self.reference = load_model(self.policy_spec, self.tokenizer).eval()
+            self.reference.requires_grad_(False)
 
     def networks_to_shard(self) -> list[torch.nn.Module]:
-        return [self.policy, self.reference]
+        return [self.policy] if self.reference is None else [self.policy, self.reference]
 
     def forward_policy_and_values(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -148,9 +150,9 @@ class PolicyGradient(ReasoningModule):
         return TrainData(batches, samples_drawn=len(sampled), stats=stats)
 
     def _score_rollout(self, sampled: SampleBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Policy and reference log-probs at the sampling temperature, and values (or None), of the whole
-        rollout (eval mode, no gradients, ``rollout.batch_size`` rows at a time): (R, L) each, 0 off the
-        responses."""
+        """Policy and reference log-probs at the sampling temperature (the policy's twice without a
+        reference), and values (or None), of the whole rollout (eval mode, no gradients, ``rollout.batch_size``
+        rows at a time): (R, L) each, 0 off the responses."""
         temperature, mask = self.rollout.temperature, sampled.response_mask
         parts = []
         with eval_mode(self), self._precision_context():
@@ -159,18 +161,16 @@ class PolicyGradient(ReasoningModule):
                 input_ids = sampled.input_ids[rows].to(self.device)
                 attention_mask = sampled.attention_mask[rows].to(self.device)
                 logits, values = self.forward_policy_and_values(input_ids, attention_mask)
-                ref_logits = self.reference(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids_from_mask(attention_mask),
-                ).logits
-                parts.append(
-                    (
-                        token_logprobs(logits, input_ids, temperature).cpu(),
-                        token_logprobs(ref_logits, input_ids, temperature).cpu(),
-                        values.float().cpu() if values is not None else None,
-                    )
-                )
+                logprobs = token_logprobs(logits, input_ids, temperature).cpu()
+                ref_logprobs = logprobs
+                if self.reference is not None:
+                    ref_logits = self.reference(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        position_ids=position_ids_from_mask(attention_mask),
+                    ).logits
+                    ref_logprobs = token_logprobs(ref_logits, input_ids, temperature).cpu()
+                parts.append((logprobs, ref_logprobs, values.float().cpu() if values is not None else None))
         logprobs, ref_logprobs, values = zip(*parts, strict=True)
         values = torch.cat(values) * mask if values[0] is not None else None
         return torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask, values

@@ -131,6 +131,7 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
         record = {"command": shell_command(step), "wall_seconds": round(time.perf_counter() - started, 1)}
         if resumed:
             record["resumed"] = True  # wall_seconds counts this last attempt only
+        step.log_dir.mkdir(parents=True, exist_ok=True)
         (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
 
 

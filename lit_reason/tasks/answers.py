@@ -26,8 +26,9 @@ MAX_EXPRESSION_CHARS = 200
 MAX_EXPRESSION_DEPTH = 20
 MAX_MAGNITUDE = 1e15
 
-# A number as people write it: optional sign and dollar sign, thousands separators, decimals.
-_DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+# A number as people write it: optional sign and dollar sign, thousands separators, decimals, and an exponent
+# ("2e5" is 200000, not a 2 and a 5).
+_DIGITS = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
 NUMBER_RE = re.compile(r"-?\$?\s?(?:" + _DIGITS + ")")
 # The same number where a "\s*" precedes it: the space it may hold must follow a sign or dollar sign, so that
 # "\s*" and the number cannot split one whitespace run between them (the match found is the same either way).

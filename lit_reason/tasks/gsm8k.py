@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from lit_reason.files import jsonl_records
 from lit_reason.tasks.answers import parse_number
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Task, split_off
 
@@ -61,15 +61,9 @@ def _read_jsonl(path: Path) -> list[tuple[dict, str]]:
         raise FileNotFoundError(
             f"GSM8K: {path} does not exist; point `path` at a folder with train.jsonl and test.jsonl"
         )
-    rows = []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((json.loads(line), f"{path}:{number}"))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    rows = [(row, where) for where, row in jsonl_records(path)]
+    if not rows:
+        raise ValueError(f"GSM8K: {path} holds no questions (one JSON object a line)")
     return rows
 
 

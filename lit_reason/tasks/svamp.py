@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
-from lit_reason.tasks.answers import evaluate_steps, format_number
+from lit_reason.tasks.answers import evaluate_steps, format_number, parse_number
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Task, split_off
 
 
@@ -49,24 +51,45 @@ class SVAMP(Task):
             raise FileNotFoundError(f"SVAMP: {path} does not exist; point `path` at SVAMP.json")
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            line = path.read_bytes()[: error.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of problems")
+        if not isinstance(rows, list) or not rows:
+            raise ValueError(f"{path}: expected a non-empty JSON list of problems")
         problems = [_problem(i, row, f"{path}[{i}]") for i, row in enumerate(rows)]
         rest, test = split_off(problems, self.test_size, self.seed)
         train, validation = split_off(rest, self.validation_size, self.seed + 1)
-        return {"train": train, "validation": validation, "test": test}
+        splits = {"train": train, "validation": validation, "test": test}
+        # Rows whose Answer contradicts their Equation are left out after splitting, so the others keep their
+        # split; which answer is right cannot be told.
+        contradictions = {p.id: why for p in problems if (why := _contradiction(rows[p.id]))}
+        for problem_id, why in contradictions.items():
+            warnings.warn(f"SVAMP: {path}[{problem_id}] left out: {why}", stacklevel=2)
+        return {name: [p for p in split if p.id not in contradictions] for name, split in splits.items()}
+
+
+def _contradiction(row: dict) -> str | None:
+    """Why a row's Answer disagrees with its Equation, or None when they agree."""
+    steps = evaluate_steps(str(row["Equation"]))
+    # An equation without an operation ("8.0") is its number.
+    value = steps[-1][1] if steps else parse_number(str(row["Equation"]).replace("(", "").replace(")", ""))
+    if value is not None and math.isclose(value, float(row["Answer"]), rel_tol=1e-4, abs_tol=1e-6):
+        return None
+    shown = format_number(value) if value is not None else "no number"
+    return f"Answer {row['Answer']!r} contradicts Equation {row['Equation']!r}, which gives {shown}"
 
 
 def _problem(problem_id: int, row: dict, where: str) -> Problem:
     fields = ("Body", "Question", "Equation", "Answer")
     if not isinstance(row, dict) or any(field not in row for field in fields):
         raise ValueError(f"{where}: expected an object with fields {', '.join(fields)}")
-    try:
-        answer = float(row["Answer"])
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: Answer is not a number: {row['Answer']!r}") from None
+    answer = row["Answer"]
+    if isinstance(answer, str):
+        answer = parse_number(answer)
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)) or not math.isfinite(answer):
+        raise ValueError(f"{where}: Answer is not a finite number: {row['Answer']!r}")
     steps = evaluate_steps(str(row["Equation"]))
     if steps is None:
         raise ValueError(f"{where}: cannot read Equation {row['Equation']!r}")

@@ -67,6 +67,14 @@ def test_learns_a_rewarded_first_token_in_seconds(estimator, aggregation):
     assert_learns_the_first_token(*make_grpo(estimator, 12, loss=PPOLoss(aggregation=aggregation)))
 
 
+def test_without_a_kl_penalty_no_reference_is_built_or_run():
+    module, trainer, data = make_grpo("grpo", 1, reward=RewardConfig(kl_coef=0.0))
+    trainer.fit(module, data)
+    assert module.reference is None and module.networks_to_shard() == [module.policy]
+    assert data.round_data.stats["kl_to_reference"] == 0.0
+    assert all(batch.ref_logprobs is None for batch in data.round_data.batches)
+
+
 def test_group_estimators_need_groups():
     with pytest.raises(ValueError, match="num_samples must be >= 2"):
         GRPO(estimator="rloo", rollout=SamplingConfig(num_samples=1))

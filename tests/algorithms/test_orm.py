@@ -253,6 +253,9 @@ def test_rollout_file_errors_name_the_line(tmp_path, sft_policy_dir):
     path.write_text('{"question_id": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected"):
         train_orm(tmp_path, path, sft_policy_dir, steps=1)
+    path.write_text('{"question_id": 1.7, "response": "#### 1"}\n')  # not truncated to question 1
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected .*question_id.: 1\.7"):
+        train_orm(tmp_path, path, sft_policy_dir, steps=1)
 
 
 def test_orm_takes_no_other_orm():

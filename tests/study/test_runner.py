@@ -1,10 +1,12 @@
-"""The study's commands: order, shared models, seeds, log directories."""
+"""The study's commands (order, shared models, seeds, log directories) and how a study runs them."""
 
 import json
+import subprocess
 
+import pytest
 import yaml
 
-from lit_reason.study.runner import plan, print_commands
+from lit_reason.study.runner import plan, print_commands, run_study
 from lit_reason.study.spec import load_study
 
 
@@ -51,3 +53,43 @@ def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp
     printed = capsys.readouterr().out.splitlines()
     assert printed[1].startswith("# finished: lit-reason fit") and printed[2].startswith("lit-reason fit")
     assert len(printed) == 1 + len(steps)
+
+
+def test_running_skips_finished_steps_resumes_checkpointed_ones_and_restarts_the_rest(tmp_path, monkeypatch):
+    config = tmp_path / "fit.yaml"
+    config.write_text("seed_everything: 0\n")
+    study_file = tmp_path / "study.yaml"
+    run = {"algorithm": "A", "family": "rl", "config": str(config)}
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "output_dir": str(tmp_path),
+                "seeds": [0],
+                "warm_start": {"config": str(config)},
+                "runs": [{"name": "a", **run}, {"name": "b", **run}, {"name": "c", **run}],
+            }
+        )
+    )
+    study = load_study(study_file)
+    warm_start, baseline, a, b, c = plan(study)
+    for step in (warm_start, baseline):
+        step.log_dir.mkdir(parents=True)
+        (step.log_dir / "study.json").write_text("{}")
+    a.checkpoint.parent.mkdir(parents=True)
+    a.checkpoint.write_bytes(b"checkpoint")
+    (b.log_dir / "predictions").mkdir(parents=True)  # an attempt killed before its first checkpoint
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1 if len(commands) == 3 else 0)  # c fails
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match=r"(?s)\[study s 5/5\] c seed 0 failed \(exit code 1\).*lit-reason fit"):
+        run_study(study)
+    assert [command[3] for command in commands] == ["fit"] * 3  # the warm start and baseline were skipped
+    assert commands[0][-1] == f"--ckpt_path={a.checkpoint}" and not any("ckpt_path" in arg for arg in commands[1])
+    assert not (b.log_dir / "predictions").exists()  # restarted afresh
+    assert json.loads((a.log_dir / "study.json").read_text())["resumed"] is True
+    assert (b.log_dir / "study.json").is_file() and not (c.log_dir / "study.json").exists()

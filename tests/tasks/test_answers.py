@@ -40,6 +40,10 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("He earns 12 per hour.\nIn 5 hours he earns 12*5=<<12*5=60>>60 dollars out of 100", 60.0),
         ("First 2+2=4\nThen 4 times 3 is 12", 12.0),
         ("It costs .5 dollars", 0.5),
+        ("#### 2e5", 200000.0),  # an exponent, not a 2 and a 5
+        ("The answer is 1.5E-3", 0.0015),
+        ("so x = 3e2", 300.0),
+        ("She has 3eggs", 3.0),  # an "e" without digits after it is not an exponent
         ("answer is 7 ... #### 9", 9.0),  # the marker wins over earlier phrasing
         ("no numbers here", None),
         ("", None),

@@ -96,14 +96,20 @@ def test_gsm8k_errors_name_file_and_line(tmp_path):
         GSM8K(path=str(tmp_path), validation_size=0).problems("train")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         GSM8K(path=str(tmp_path / "missing")).problems("train")
+    (tmp_path / "test.jsonl").write_bytes(b'{"question": "q", "answer": "#### 3"}\n{"question": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"test\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 18\)"):
+        GSM8K(path=str(tmp_path), validation_size=0).problems("test")
+    (tmp_path / "test.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"test\.jsonl holds no questions"):
+        GSM8K(path=str(tmp_path), validation_size=0).problems("test")
 
 
 @pytest.mark.skipif(not (DATA / "svamp").is_dir(), reason="needs ../shared/data/svamp")
 def test_svamp_from_local_file():
     task = SVAMP(path=str(DATA / "svamp" / "SVAMP.json"))
     splits = [task.problems(s) for s in ("train", "validation", "test")]
-    assert [len(s) for s in splits] == [600, 100, 300]
-    assert len({p.id for s in splits for p in s}) == 1000
+    assert [len(s) for s in splits] == [599, 100, 300]  # one row's Answer contradicts its Equation
+    assert len({p.id for s in splits for p in s}) == 999
     for problem in splits[0]:
         assert extract_answer(problem.solution) == problem.answer
 
@@ -127,3 +133,40 @@ def test_svamp_reference_solution_from_equation(tmp_path):
     )
     with pytest.raises(ValueError, match=r"bad\.json\[0\]: cannot read Equation"):
         SVAMP(path=str(tmp_path / "bad.json"), validation_size=0, test_size=0).problems("train")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (float("nan"), r"Answer is not a finite number: nan"),
+        ("inf", r"Answer is not a finite number: 'inf'"),
+        (True, r"Answer is not a finite number: True"),
+    ],
+)
+def test_svamp_answers_must_be_finite_numbers_that_agree_with_the_equation(tmp_path, answer, message):
+    row = {"Body": "b", "Question": "q", "Equation": "( 26.0 + 2.0 )", "Answer": answer}
+    (tmp_path / "svamp.json").write_text(json.dumps([row]))
+    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: " + message):
+        SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
+
+
+def test_svamp_rows_whose_answer_contradicts_the_equation_are_left_out_with_a_warning(tmp_path):
+    rows = [{"Body": "b", "Question": f"q{i}", "Equation": f"( {i}.0 + 2.0 )", "Answer": i + 2.0} for i in range(6)]
+    rows[3]["Answer"] = 27.0
+    (tmp_path / "svamp.json").write_text(json.dumps(rows))
+    task = SVAMP(path=str(tmp_path / "svamp.json"), validation_size=1, test_size=1)
+    with pytest.warns(
+        UserWarning,
+        match=r"svamp\.json\[3\] left out: Answer 27\.0 contradicts Equation '\( 3\.0 \+ 2\.0 \)', which gives 5",
+    ):
+        kept = [p.id for split in ("train", "validation", "test") for p in task.problems(split)]
+    assert sorted(kept) == [0, 1, 2, 4, 5]
+
+
+def test_svamp_file_errors_name_the_file(tmp_path):
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"empty\.json: expected a non-empty JSON list"):
+        SVAMP(path=str(tmp_path / "empty.json")).problems("train")
+    (tmp_path / "latin1.json").write_bytes(b'[\n{"Body": "caf\xe9"}]')
+    with pytest.raises(ValueError, match=r"latin1\.json:2: not UTF-8 text"):
+        SVAMP(path=str(tmp_path / "latin1.json")).problems("train")

@@ -1,0 +1,29 @@
+"""Reading the JSON Lines files users hand lit-reason (data sets, rollouts, predictions): every error names the
+file and the line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Each non-blank line of a JSONL file, parsed: (``"path:line"``, value). A line that is not UTF-8 text or
+    not JSON is a ``ValueError`` naming the file, the line and what to do."""
+    with Path(path).open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None

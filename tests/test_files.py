@@ -1,0 +1,23 @@
+"""Reading JSONL files: blank lines skipped, every error naming the file and the line."""
+
+import pytest
+
+from lit_reason.files import jsonl_records
+
+
+def test_records_come_with_where_they_are(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"a": 1}\n\n  \n[2, 3]\n')
+    assert list(jsonl_records(path)) == [(f"{path}:1", {"a": 1}), (f"{path}:4", [2, 3])]
+
+
+def test_bad_lines_are_errors_naming_file_line_and_cause(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')
+    with pytest.raises(
+        ValueError, match=r"a\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 11\); save the file as UTF-8"
+    ):
+        list(jsonl_records(path))
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: not valid JSON \(Expecting value\)"):
+        list(jsonl_records(path))
