@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+
+from lit_reason.files import replace_directory
 
 
 class ExportPolicy(Callback):
@@ -44,12 +47,21 @@ class ExportPolicy(Callback):
             self._export(trainer, pl_module, f"{self.monitor}={value:.4f} at step {trainer.global_step}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.exported:
-            self._export(trainer, pl_module, "final policy (no validation improved)")
+        # A run resumed into a new log directory restores ``exported`` but finds no policy there.
+        missing = trainer.strategy.broadcast(not (self.target(trainer) / "config.json").is_file())
+        if not self.exported or missing:
+            self._export(trainer, pl_module, "final policy (no validation improved in this run)")
 
     def _export(self, trainer: Trainer, pl_module: LightningModule, why: str) -> None:
+        """Write the export beside its place and move it in when complete: a crash mid-export leaves the
+        previous export intact."""
         path = self.target(trainer)
-        pl_module.export_policy(path)
+        staging = path.with_name(f".{path.name}.staging")
+        if trainer.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        pl_module.export_policy(staging)  # every rank: sharded weights are gathered
+        if trainer.is_global_zero:
+            replace_directory(staging, path)
         self.exported = True
         rank_zero_info(f"exported policy to {path}: {why}")
 

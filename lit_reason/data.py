@@ -140,6 +140,11 @@ class RolloutDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         _, world_size = rank_and_world_size()
+        if self.questions_per_round is not None and self.questions_per_round < world_size:
+            raise ValueError(
+                f"data.questions_per_round is {self.questions_per_round} but the run has {world_size} ranks: every "
+                f"rank needs at least one question a round; set it to at least {world_size}"
+            )
         if world_size > 1 and self.trainer is not None and self.trainer._accelerator_connector.use_distributed_sampler:
             raise ValueError(
                 "RolloutDataModule shards questions itself: run with Trainer(use_distributed_sampler=False) "

@@ -4,6 +4,7 @@ file and the line."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,3 +28,16 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
+def replace_directory(staging: str | Path, target: str | Path) -> None:
+    """Put the fully written directory ``staging`` in place of ``target`` (replacing any earlier one): a reader
+    or a crash finds the earlier directory or the new one, never a half-written one (between the two renames
+    the earlier one waits beside it as ``.<name>.previous``)."""
+    staging, target = Path(staging), Path(target)
+    previous = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)

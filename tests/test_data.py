@@ -80,3 +80,10 @@ def test_task_defaults_to_the_built_in_arithmetic():
 def test_shards_are_equal_for_any_world_size(small_task, world_size):
     problems = small_task.problems("validation")[:7]
     assert len({len(shard_evenly(problems, r, world_size)) for r in range(world_size)}) == 1
+
+
+def test_fewer_questions_a_round_than_ranks_is_an_error_saying_what_to_set(small_task, monkeypatch):
+    monkeypatch.setattr("lit_reason.data.rank_and_world_size", lambda: (0, 4))
+    data = RolloutDataModule(task=small_task, questions_per_round=3)
+    with pytest.raises(ValueError, match=r"questions_per_round is 3 but the run has 4 ranks.*at least 4"):
+        data.setup("fit")

@@ -198,6 +198,20 @@ class OutcomeRewardModel(ReasoningModule):
         stats = {"correct_fraction": labels.float().mean().item(), "responses": float(len(labels))}
         return TrainData(self._shuffled_with_references(batches, round_index), samples_drawn=len(sampled), stats=stats)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The first round's labelled samples, which later rounds re-use: a resumed run must not sample afresh
+        # (other data, samples counted twice).
+        if self._first_round is not None:
+            checkpoint["orm_first_round"] = [
+                {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "response_mask": b.response_mask,
+                 "labels": b.labels}
+                for b in self._first_round
+            ]  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("orm_first_round")
+        self._first_round = [LabelledBatch(**batch) for batch in saved] if saved is not None else None
+
     def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
         order = list(range(len(labels)))
         random.Random(f"{self.seed}-order").shuffle(order)

@@ -261,3 +261,43 @@ def test_rollout_file_errors_name_the_line(tmp_path, sft_policy_dir):
 def test_orm_takes_no_other_orm():
     with pytest.raises(ValueError, match="orm must be null"):
         OutcomeRewardModel(orm="somewhere")
+
+
+@pytest.mark.slow
+def test_a_resumed_orm_that_keeps_its_first_round_trains_on_the_same_samples(tmp_path):
+    """resample_every_round false: the first round's labelled samples are in the checkpoint, so a run resumed
+    after round 1 neither samples again nor counts samples twice, and ends with the uninterrupted run's
+    weights."""
+    from lightning import Callback, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StopAfterFirstRound(Callback):  # the run is interrupted once round 1's checkpoint is written
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def run(max_epochs: int, ckpt_path=None, callbacks=()):
+        seed_everything(0)
+        module = OutcomeRewardModel(
+            policy=PolicySpec(name_or_path="micro"),
+            rollout=SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=8, batch_size=64),
+            resample_every_round=False,
+            reference_lm_coef=0.0,
+            batch_size=8,
+        )
+        data = RolloutDataModule(task=sft_fixture_task(), questions_per_round=8, validation_questions=2)
+        trainer = quiet_trainer(
+            max_epochs=max_epochs,
+            limit_val_batches=0,
+            enable_checkpointing=bool(callbacks),
+            callbacks=list(callbacks),
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, data, ckpt_path=ckpt_path)
+        return module, data
+
+    uninterrupted, uninterrupted_data = run(2)
+    run(2, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True), StopAfterFirstRound()])
+    resumed, resumed_data = run(2, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed_data.samples_drawn == uninterrupted_data.samples_drawn == 16
+    for name, value in uninterrupted.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[name]), name

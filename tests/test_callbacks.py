@@ -1,0 +1,44 @@
+"""The export callback: exports are moved into place only when complete, and every fit leaves a policy."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from lit_reason.callbacks import ExportPolicy
+
+
+class FakeModule:
+    """Writes an export the way a module's ``export_policy`` does; ``fail_after_weights`` stops it half-way."""
+
+    def __init__(self, version: str, fail_after_weights: bool = False) -> None:
+        self.version, self.fail_after_weights = version, fail_after_weights
+
+    def export_policy(self, path) -> None:
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_text(self.version)
+        if self.fail_after_weights:
+            raise RuntimeError("killed mid-export")
+        (path / "config.json").write_text("{}")
+
+
+def fake_trainer(log_dir) -> SimpleNamespace:
+    return SimpleNamespace(log_dir=str(log_dir), is_global_zero=True, strategy=SimpleNamespace(broadcast=lambda x: x))
+
+
+def test_a_failed_export_leaves_the_previous_one_intact(tmp_path):
+    callback, trainer = ExportPolicy(), fake_trainer(tmp_path)
+    callback._export(trainer, FakeModule("first"), "test")
+    with pytest.raises(RuntimeError, match="killed mid-export"):
+        callback._export(trainer, FakeModule("second", fail_after_weights=True), "test")
+    assert (tmp_path / "policy" / "model.safetensors").read_text() == "first"
+    assert (tmp_path / "policy" / "config.json").is_file()
+    callback._export(trainer, FakeModule("third"), "test")  # the half-written staging is cleared first
+    assert (tmp_path / "policy" / "model.safetensors").read_text() == "third"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+
+
+def test_a_run_resumed_into_a_new_directory_still_leaves_a_policy(tmp_path):
+    callback = ExportPolicy()
+    callback.load_state_dict({"best": 0.9, "exported": True})  # restored from a checkpoint of the earlier run
+    callback.on_fit_end(fake_trainer(tmp_path / "version_1"), FakeModule("resumed"))
+    assert (tmp_path / "version_1" / "policy" / "model.safetensors").read_text() == "resumed"
