@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.callbacks import ExportPolicy
 from lit_reason.data import RolloutDataModule
+from lit_reason.warm_start import exit_with_parent
 
 TRAINER_DEFAULTS = {
     # RL rounds regenerate the training data from the current policy every epoch.
@@ -156,6 +157,7 @@ class LitReasonCLI(LightningCLI):
 
 def main(args=None) -> None:
     """``lit-reason fit | validate | test | predict`` (LightningCLI) or ``lit-reason study`` (a declared grid)."""
+    exit_with_parent()
     arguments = sys.argv[1:] if args is None else list(args)
     if arguments[:1] == ["study"]:
         from lit_reason.study import study_main  # the study runs lit-reason commands itself

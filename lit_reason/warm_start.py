@@ -3,8 +3,12 @@
 ``PolicySpec(name_or_path="config:configs/sft.yaml")`` means "the policy that ``lit-reason fit --config
 configs/sft.yaml`` exports". The first run that asks for it trains it (a separate ``lit-reason fit`` process
 that logs to its own run) and caches the exported policy under ``$LIT_REASON_CACHE`` (default
-``~/.cache/lit-reason``), keyed by the config's parsed content and lit-reason's version; every later run, and every
-algorithm whose config names the same file, loads the cached policy.
+``~/.cache/lit-reason``), keyed by what it trains (the config's parsed content, the configs it names in turn,
+the data files it reads) and lit-reason's source code; every later run, and every algorithm whose config names
+the same file, loads the cached policy.
+
+The training process is a single process of its own: it does not inherit a distributed launcher's rank
+variables (it would join or wait for the parent's job), and it stops when its parent dies.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -32,10 +38,49 @@ def cache_root() -> Path:
 
 def warm_start_dir(config: Path) -> Path:
     """Where the policy exported by ``config`` is cached: keyed by its parsed content (comments and layout
-    do not count) and lit-reason's version."""
-    content = json.dumps(yaml.safe_load(config.read_text()), sort_keys=True)
-    key = hashlib.sha256((content + __version__).encode()).hexdigest()[:12]
-    return cache_root() / "warm_start" / f"{config.stem}-{key}"
+    do not count), the ``config:`` files it names, the size and time of every data file it names (a
+    ``path``), and lit-reason's version and source code."""
+    digest = hashlib.sha256((__version__ + source_fingerprint()).encode())
+    for part in _training_inputs(config, seen=set()):
+        digest.update(part.encode())
+    return cache_root() / "warm_start" / f"{config.stem}-{digest.hexdigest()[:12]}"
+
+
+def source_fingerprint() -> str:
+    """A hash of lit-reason's source files: any code change may change what a config trains."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _training_inputs(config: Path, seen: set[Path]) -> list[str]:
+    """The parsed content of ``config`` and of every config and data file it names, as text."""
+    if config.resolve() in seen:
+        return []
+    seen.add(config.resolve())
+    content = yaml.safe_load(config.read_text())
+    parts = [json.dumps(content, sort_keys=True)]
+    for key, value in _leaves(content):
+        if isinstance(value, str) and value.startswith(CONFIG_PREFIX) and Path(value[len(CONFIG_PREFIX) :]).is_file():
+            parts += _training_inputs(Path(value[len(CONFIG_PREFIX) :]), seen)
+        elif key == "path" and isinstance(value, str) and Path(value).exists():
+            files = [Path(value)] if Path(value).is_file() else sorted(p for p in Path(value).rglob("*") if p.is_file())
+            parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return parts
+
+
+def _leaves(node, key: str | None = None):
+    """(key, value) of every scalar in a parsed YAML document."""
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            yield from _leaves(child, str(child_key))
+    elif isinstance(node, list):
+        for child in node:
+            yield from _leaves(child, key)
+    else:
+        yield key, node
 
 
 def resolve_policy_path(name_or_path: str) -> str:
@@ -55,8 +100,46 @@ def resolve_policy_path(name_or_path: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.parent / f"{target.name}.lock"):  # one process trains; the others wait and then load
         if not (target / "config.json").is_file():
+            for stale in target.parent.glob(f".{target.name}-*"):  # left by a training that was killed
+                shutil.rmtree(stale, ignore_errors=True)
             _train(config, target)
     return str(target)
+
+
+# Variables by which a launcher (torchrun, SLURM, MPI, Lightning) makes a process one rank of a job.
+LAUNCHER_VARIABLES = frozenset(
+    {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK", "MASTER_ADDR",
+     "MASTER_PORT"}
+)  # fmt: skip
+LAUNCHER_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_")
+PARENT_VARIABLE = "LIT_REASON_EXIT_WITH_PARENT"
+
+
+def single_process_environment() -> dict[str, str]:
+    """This process's environment without a launcher's rank variables, for a child that trains on its own,
+    asked to exit when this process does (``exit_with_parent``)."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in LAUNCHER_VARIABLES and not name.startswith(LAUNCHER_PREFIXES)
+    }
+    environment[PARENT_VARIABLE] = str(os.getpid())
+    return environment
+
+
+def exit_with_parent() -> None:
+    """In a child started with ``single_process_environment``: exit as soon as the parent process is gone, so
+    a killed run leaves no orphan training (checked every second on a daemon thread)."""
+    parent = os.environ.pop(PARENT_VARIABLE, None)  # not passed on: processes this one starts have their own
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _train(config: Path, target: Path) -> None:
@@ -76,7 +159,7 @@ def _train(config: Path, target: Path) -> None:
         flush=True,
     )
     try:
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env=single_process_environment())
         (staging / "policy").rename(target)  # atomic: a half-written policy is never found
     except subprocess.CalledProcessError as error:
         raise RuntimeError(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lit_reason.study.spec import StudySpec
+from lit_reason.warm_start import single_process_environment
 
 DONE_FILE = "study.json"
 LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
@@ -122,7 +123,7 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
             shutil.rmtree(step.log_dir)  # an attempt that saved no checkpoint: start it afresh
         print(f"{label}: {shell_command(step)}", flush=True)
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "lit_reason", *command])
+        result = subprocess.run([sys.executable, "-m", "lit_reason", *command], env=single_process_environment())
         if result.returncode != 0:
             raise RuntimeError(
                 f"{label} failed (exit code {result.returncode}); its output is above. Fix the cause and run the "

@@ -1,0 +1,98 @@
+"""Warm starts: what the cache key covers, and the single, parent-bound process that trains one."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lit_reason import warm_start
+from lit_reason.warm_start import resolve_policy_path, single_process_environment, warm_start_dir
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_REASON_CACHE", str(tmp_path / "cache"))
+
+
+def test_the_key_covers_named_configs_data_files_and_the_code_but_not_layout(tmp_path, monkeypatch):
+    inner, data = tmp_path / "inner.yaml", tmp_path / "data.json"
+    inner.write_text("a: 1\n")
+    data.write_text("[1]")
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"model: {{policy: 'config:{inner}'}}\ndata: {{task: {{init_args: {{path: {data}}}}}}}\n")
+    first = warm_start_dir(config)
+    config.write_text(
+        f"# a comment\nmodel:  {{policy: 'config:{inner}'}}\ndata: {{task: {{init_args: {{path: {data}}}}}}}\n"
+    )
+    assert warm_start_dir(config) == first  # comments and layout do not count
+    inner.write_text("a: 2\n")
+    second = warm_start_dir(config)
+    assert second != first
+    data.write_text("[1, 2]")
+    third = warm_start_dir(config)
+    assert third not in (first, second)
+    monkeypatch.setattr(warm_start, "source_fingerprint", lambda: "other code")
+    assert warm_start_dir(config) not in (first, second, third)
+
+
+def test_training_runs_alone_bound_to_its_parent_and_clears_stale_staging(tmp_path, monkeypatch):
+    config = tmp_path / "sft.yaml"
+    config.write_text("seed_everything: 0\n")
+    target = warm_start_dir(config)
+    stale = target.parent / f".{target.name}-killed"
+    stale.mkdir(parents=True)
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "29500", "SLURM_NTASKS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    launched = {}
+
+    def fake_run(command, check, env):
+        launched.update(command=command, env=env)
+        export = next(a for a in command if a.startswith("--export.dirpath=")).split("=", 1)[1]
+        os.makedirs(export)
+        open(os.path.join(export, "config.json"), "w").close()
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert resolve_policy_path(f"config:{config}") == str(target)
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT", "SLURM_NTASKS"} & set(launched["env"])
+    assert launched["env"][warm_start.PARENT_VARIABLE] == str(os.getpid())
+    assert not stale.exists() and (target / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_child_exits_when_its_parent_dies(tmp_path):
+    # A parent starts a child bound to it (the way a warm start is trained) and is killed; the child, which
+    # would otherwise sleep for a minute, exits within seconds.
+    child = "from lit_reason.warm_start import exit_with_parent; import time; exit_with_parent(); time.sleep(60)"
+    parent = (
+        "import subprocess, sys, time\n"
+        "from lit_reason.warm_start import single_process_environment\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=single_process_environment())\n"
+        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", parent])
+    pid_file = tmp_path / "child.pid"
+    for _ in range(200):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        subprocess.run(["sleep", "0.05"])
+    child_pid = int(pid_file.read_text())
+    process.kill()
+    process.wait()
+    for _ in range(100):  # up to 10 s
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return
+        subprocess.run(["sleep", "0.1"])
+    os.kill(child_pid, 9)
+    pytest.fail("the child outlived its parent")
+
+
+def test_single_process_environment_keeps_everything_else(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("MY_SETTING", "kept")
+    environment = single_process_environment()
+    assert "LOCAL_RANK" not in environment and environment["MY_SETTING"] == "kept"
+    assert environment["PATH"] == os.environ["PATH"]
