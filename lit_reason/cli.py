@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.callbacks import ExportPolicy
 from lit_reason.data import RolloutDataModule
-from lit_reason.warm_start import exit_with_parent
+from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached
 
 TRAINER_DEFAULTS = {
     # RL rounds regenerate the training data from the current policy every epoch.
@@ -113,6 +113,19 @@ class LitReasonCLI(LightningCLI):
             run=run,
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # No ``predict``: a run's predictions come from validate / test (``<log_dir>/predictions/``).
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
+    def instantiate_trainer(self, **kwargs: Any):
+        # The checkpoint callbacks this CLI adds give way to --trainer.enable_checkpointing=false.
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if trainer_config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return self._instantiate_trainer(trainer_config, callbacks)
+
     def parse_arguments(self, parser, args) -> None:
         if args is None or isinstance(args, list):
             renamed = renamed_options(sys.argv[1:] if args is None else [str(a) for a in args])
@@ -148,6 +161,19 @@ class LitReasonCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(ExportPolicy, "export")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand not in ("validate", "test"):
+            return
+        policy = self.config[self.subcommand].model.init_args.policy
+        name = getattr(policy, "name_or_path", "")
+        if name.startswith(CONFIG_PREFIX) and not is_cached(name):
+            config = name[len(CONFIG_PREFIX) :]
+            raise SystemExit(
+                f"lit-reason {self.subcommand}: the policy is the warm start that {config} trains, and it is not "
+                f"trained yet; evaluating it would first train it. Name the policy to evaluate "
+                f"(--model.init_args.policy.name_or_path=DIR), or train it with lit-reason fit --config {config}"
+            )
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]

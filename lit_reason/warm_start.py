@@ -83,11 +83,23 @@ def _leaves(node, key: str | None = None):
         yield key, node
 
 
+def is_cached(name_or_path: str) -> bool:
+    """Whether the ``config:PATH`` warm start is trained and cached (so resolving it costs nothing)."""
+    config = Path(name_or_path[len(CONFIG_PREFIX) :])
+    return config.is_file() and (warm_start_dir(config) / "config.json").is_file()
+
+
 def resolve_policy_path(name_or_path: str) -> str:
     """``name_or_path`` itself (a leading ``~`` expanded to the home directory), or for ``config:PATH`` the
     cached policy that config exports (trained now if missing; concurrent callers wait for one training run)."""
     if not name_or_path.startswith(CONFIG_PREFIX):
-        return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
+        path = Path(name_or_path).expanduser()
+        if not path.exists() and _looks_local(name_or_path):
+            raise FileNotFoundError(
+                f"policy {name_or_path!r}: no such directory (from {Path.cwd()}). A local policy is a directory "
+                "that save_pretrained wrote, e.g. runs/sft/version_0/policy; a hub model is named org/name"
+            )
+        return str(path) if name_or_path.startswith("~") else name_or_path
     config = Path(name_or_path[len(CONFIG_PREFIX) :])
     if not config.is_file():
         raise FileNotFoundError(
@@ -140,6 +152,14 @@ def exit_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _looks_local(name_or_path: str) -> bool:
+    """Whether a policy name is meant as a local path: absolute, relative to ``.``/``~``, deeper than a hub id's
+    ``org/name``, or an ``org/name`` whose first part is a local directory (``runs/typo``)."""
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        return True
+    return "/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir()
 
 
 def _train(config: Path, target: Path) -> None:

@@ -134,3 +134,25 @@ def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
     assert f"{config}: model option kl_coef is now reward.kl_coef" in message
     assert f"{config}: model option critic: shared is now critic.kind: shared" in message
     assert "command line: model option lam is now advantage.lam" in message
+
+
+def test_evaluating_an_untrained_warm_start_stops_instead_of_training_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_REASON_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.chdir(CONFIGS[0].parents[1])
+    with pytest.raises(SystemExit, match=r"lit-reason validate: the policy is the warm start that configs/sft\.yaml"):
+        main(["validate", "--config", "configs/ei.yaml"])
+
+
+def test_predict_is_not_a_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(CONFIGS[0])])
+    assert "invalid choice: 'predict'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_checkpointing_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sft = CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")]
+    main(["fit", "--config", str(sft), *TINY_RUN, "--trainer.enable_checkpointing=false",
+          f"--trainer.logger.init_args.save_dir={tmp_path}"])  # fmt: skip
+    assert not list(tmp_path.glob("**/*.ckpt")) and list(tmp_path.glob("**/policy/config.json"))

@@ -96,3 +96,18 @@ def test_single_process_environment_keeps_everything_else(monkeypatch):
     environment = single_process_environment()
     assert "LOCAL_RANK" not in environment and environment["MY_SETTING"] == "kept"
     assert environment["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.parametrize("name", ["/no/such/policy", "./missing", "~/missing-policy", "a/b/c", "runs/typo"])
+def test_a_missing_local_policy_is_named_not_sent_to_the_hub(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="no such directory .* save_pretrained wrote"):
+        resolve_policy_path(name)
+
+
+def test_hub_names_and_existing_directories_pass_through(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "policy").mkdir()
+    assert resolve_policy_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_policy_path("./policy") == "./policy" and resolve_policy_path("tiny") == "tiny"
