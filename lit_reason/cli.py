@@ -182,7 +182,7 @@ class LitReasonCLI(LightningCLI):
 
 
 def main(args=None) -> None:
-    """``lit-reason fit | validate | test | predict`` (LightningCLI) or ``lit-reason study`` (a declared grid)."""
+    """``lit-reason fit | validate | test`` (LightningCLI) or ``lit-reason study`` (a declared grid)."""
     exit_with_parent()
     arguments = sys.argv[1:] if args is None else list(args)
     if arguments[:1] == ["study"]:
