@@ -97,9 +97,19 @@ def differences_table(results: StudyResults) -> str:
 
 
 def checks(results: StudyResults) -> list[str]:
-    """What makes the comparison fair, measured: a converged warm start, equal sample budgets, seeds that
-    change the runs."""
+    """What makes the comparison fair, measured: the same evaluation everywhere, a converged warm start, equal
+    sample budgets, seeds that change the runs."""
     lines = []
+    reference = results.baseline.evaluation_settings.get(results.study.shared_seed)
+    differing = sorted(
+        {run.name for run in results.runs.values() for s in run.seeds if run.evaluation_settings.get(s) != reference}
+    )
+    if reference is not None:
+        lines.append(
+            "Evaluation identical for every run (sampling settings, task, validation questions)"
+            if not differing
+            else f"Evaluation DIFFERS from the warm start's in: {', '.join(differing)}"
+        )
     gain, margin = converged_warm_start(results), results.study.equivalence_margin
     if gain is not None:
         state = "converged" if gain.mean <= margin else "NOT converged"

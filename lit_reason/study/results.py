@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from lit_reason.evaluation import question_outcomes as record_outcomes
 from lit_reason.evaluation import read_predictions
@@ -40,12 +41,14 @@ class Evaluation:
 
 @dataclass
 class RunResult:
-    """A run's evaluations with each seed, and each seed's wall time (None while unfinished)."""
+    """A run's evaluations with each seed, each seed's wall time (None while unfinished) and the settings its
+    evaluations used (None where no run recorded them)."""
 
     name: str
     spec: RunSpec | None
     evaluations: dict[int, list[Evaluation]] = field(default_factory=dict)
     wall_seconds: dict[int, float | None] = field(default_factory=dict)
+    evaluation_settings: dict[int, str | None] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -151,11 +154,32 @@ def read_evaluations(log_dir: Path) -> list[Evaluation]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+# The options of a run's saved config that decide what its evaluations measure.
+EVALUATION_OPTIONS = (("model", "init_args", "evaluation"), ("data", "task"), ("data", "validation_questions"))
+
+
+def read_evaluation_settings(log_dir: Path) -> str | None:
+    """The sampling settings, task and validation questions of a run's evaluations, from the ``config.yaml``
+    its run saved (as sorted JSON, to compare runs by), or None without one."""
+    path = log_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text())
+    settings = {}
+    for keys in EVALUATION_OPTIONS:
+        node = config
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        settings[".".join(keys)] = node
+    return json.dumps(settings, sort_keys=True)
+
+
 def read_run(study: StudySpec, name: str, spec: RunSpec | None, seeds: tuple[int, ...]) -> RunResult:
     result = RunResult(name, spec)
     for seed in seeds:
         log_dir = run_dir(study, name, seed)
         result.evaluations[seed] = read_evaluations(log_dir)
+        result.evaluation_settings[seed] = read_evaluation_settings(log_dir)
         done = log_dir / DONE_FILE
         result.wall_seconds[seed] = json.loads(done.read_text())["wall_seconds"] if done.is_file() else None
     return result

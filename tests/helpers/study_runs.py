@@ -9,7 +9,12 @@ from pathlib import Path
 from lit_reason.study.runner import DONE_FILE
 
 
-def write_run(log_dir: Path, evaluations: list[tuple[int, int, dict[str, list[float]]]], minutes: float = 1.0) -> None:
+def write_run(
+    log_dir: Path,
+    evaluations: list[tuple[int, int, dict[str, list[float]]]],
+    minutes: float = 1.0,
+    evaluation: dict | None = None,
+) -> None:
     """A finished run in ``log_dir``: each evaluation is (step, samples drawn, metric -> per-question outcomes
     of questions 0..Q-1)."""
     (log_dir / "predictions").mkdir(parents=True, exist_ok=True)
@@ -29,6 +34,8 @@ def write_run(log_dir: Path, evaluations: list[tuple[int, int, dict[str, list[fl
         metrics = {metric: sum(values) / len(values) for metric, values in outcomes.items()}
         entries.append({"stage": "val", "step": step, "samples_drawn": samples_drawn, "metrics": metrics})
     (log_dir / "metrics.json").write_text(json.dumps(entries))
+    config = {"model": {"init_args": {"evaluation": evaluation or {"num_samples": 8}}}, "data": {"task": "t"}}
+    (log_dir / "config.yaml").write_text(json.dumps(config))
     (log_dir / DONE_FILE).write_text(json.dumps({"command": "lit-reason fit", "wall_seconds": 60 * minutes}))
 
 

@@ -119,6 +119,9 @@ def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path
     assert "- **RL (Expert Iteration) beats more SFT for the same time**: SUPPORTED." in text
     assert "Warm start converged: more SFT changes maj@1 by +0.010" in text
     assert "ei: its 2 seeds' final evaluations DO NOT differ" in text  # the fake seeds are copies
+    assert "Evaluation identical for every run" in text
+    write_run(run_dir(study, "ei", 1), [(3, 300, outcomes(0.6, 0.8))], evaluation={"num_samples": 4})
+    assert "Evaluation DIFFERS from the warm start's in: ei" in write_report(read_results(study)).read_text()
     for plot in ("curves.png", "sft.png"):
         assert (path.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
