@@ -51,7 +51,8 @@ def run_cli(config: str, strategy: str, policy: str, tmp_path: Path, *extra: str
     return result
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+# FSDP2 only: Expert Iteration (below) trains SFT's way under DDP as well.
+@pytest.mark.parametrize("strategy", ["fsdp2"])
 def test_sft_on_two_processes(strategy, tmp_path):
     run_cli(
         "sft.yaml",

@@ -61,13 +61,13 @@ def test_training_runs_alone_bound_to_its_parent_and_clears_stale_staging(tmp_pa
 
 @pytest.mark.slow
 def test_a_child_exits_when_its_parent_dies(tmp_path):
-    # A parent starts a child bound to it (the way a warm start is trained) and is killed; the child, which
-    # would otherwise sleep for a minute, exits within seconds.
+    # A parent starts a child bound to it (the environment single_process_environment gives, tested above) and
+    # is killed; the child, which would otherwise sleep for a minute, exits within seconds.
     child = "from lit_reason.warm_start import exit_with_parent; import time; exit_with_parent(); time.sleep(60)"
     parent = (
-        "import subprocess, sys, time\n"
-        "from lit_reason.warm_start import single_process_environment\n"
-        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=single_process_environment())\n"
+        "import os, subprocess, sys, time\n"
+        f"environment = {{**os.environ, {warm_start.PARENT_VARIABLE!r}: str(os.getpid())}}\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=environment)\n"
         f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(child.pid))\n"
         "time.sleep(60)\n"
     )
