@@ -242,7 +242,7 @@ def test_sampler_matches_its_distribution_on_a_realistic_vocabulary():
     probabilities = allowed.double().softmax(-1)
     assert (probabilities[tokens] > 0).all()
     assert torch.allclose(logprobs, (logits / config.temperature).log_softmax(-1)[tokens])
-    # ... then the draws alone, 50 steps of 1,000 rows: sorting 50,000 x 1,000 logits a hundred times for
+    # ... then the draws alone, 50 steps of 1,000 rows: sorting 50,000 x 1,000 logits fifty times for
     # top-k / top-p (checked by hand above) would dominate the test.
     counts = torch.zeros(vocab, dtype=torch.float64)
     for step in range(steps):
