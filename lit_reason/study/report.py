@@ -30,7 +30,8 @@ def write_report(results: StudyResults, command: list[str] | None = None) -> Pat
         f"with the same sampling noise: greedy maj@1, and maj@{results.k} / rerank@{results.k} / "
         f"pass@{results.k} from {results.k} samples.",
         "## Results",
-        "Means over seeds of each run's last evaluation, with their 95% t-interval when there are several seeds.",
+        "Means over seeds of each run's last evaluation, with their 95% t-interval when there are several seeds. "
+        "Minutes marked * are those of the last attempt of a run resumed after an interruption.",
         results_table(results),
         "## Against the warm start",
         "Each run minus the warm start, per question (means over seeds), with the paired-bootstrap 95% interval.",
@@ -69,7 +70,8 @@ def _cell(summary: tuple[float, float, float] | None) -> str:
 
 def _minutes(run: RunResult) -> str:
     times = [t for t in run.wall_seconds.values() if t is not None]
-    return f"{sum(times) / len(times) / 60:.1f}" if times else "unfinished"
+    mark = "*" if run.resumed else ""  # the last attempt's time only
+    return f"{sum(times) / len(times) / 60:.1f}{mark}" if times else "unfinished"
 
 
 def results_table(results: StudyResults) -> str:

@@ -48,6 +48,7 @@ class RunResult:
     spec: RunSpec | None
     evaluations: dict[int, list[Evaluation]] = field(default_factory=dict)
     wall_seconds: dict[int, float | None] = field(default_factory=dict)
+    resumed: set[int] = field(default_factory=set)
     evaluation_settings: dict[int, str | None] = field(default_factory=dict)
 
     @property
@@ -181,7 +182,10 @@ def read_run(study: StudySpec, name: str, spec: RunSpec | None, seeds: tuple[int
         result.evaluations[seed] = read_evaluations(log_dir)
         result.evaluation_settings[seed] = read_evaluation_settings(log_dir)
         done = log_dir / DONE_FILE
-        result.wall_seconds[seed] = json.loads(done.read_text())["wall_seconds"] if done.is_file() else None
+        record = json.loads(done.read_text()) if done.is_file() else {}
+        result.wall_seconds[seed] = record.get("wall_seconds")
+        if record.get("resumed"):
+            result.resumed.add(seed)
     return result
 
 
