@@ -49,6 +49,13 @@ class RewardConfig:
     kl_estimator: KLEstimator = "k1"
     kl_in: Literal["reward", "loss"] = "reward"
 
+    def __post_init__(self) -> None:
+        if self.dense != "none" and self.dense_coef == 0:
+            raise ValueError(
+                f"reward.dense is {self.dense} but reward.dense_coef is 0, so the dense reward would change nothing: "
+                "set reward.dense_coef (e.g. 0.5)"
+            )
+
     @property
     def needs_orm(self) -> bool:
         return self.final == "orm" or self.dense == "orm"

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lit_reason.rewards import (
+    RewardConfig,
     batch_steps,
     heuristic_step_rewards,
     kl_penalty,
@@ -82,3 +83,11 @@ def test_kl_estimators_by_hand():
     assert kl_penalty(logp, logq, "k3").tolist() == pytest.approx([0.5 - 1 + math.log(2), 2.0 - 1 - math.log(2)])
     assert (kl_penalty(logp, logq, "k3") >= 0).all()
     assert kl_penalty(logp, logp, "k3").abs().max().item() == 0.0
+
+
+def test_a_dense_reward_without_a_weight_is_an_error_not_a_silent_no_op():
+    with pytest.raises(
+        ValueError, match=r"reward\.dense is heuristic but reward\.dense_coef is 0.*set reward\.dense_coef"
+    ):
+        RewardConfig(dense="heuristic")
+    assert RewardConfig(dense="orm", dense_coef=0.5).dense_coef == 0.5

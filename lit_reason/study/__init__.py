@@ -46,5 +46,5 @@ def study_main(args: list[str]) -> None:
         return
     if not options.report_only:
         run_study(study, only=set(options.only.split(",")) if options.only else None)
-    path = write_report(read_results(study), ["lit-reason", "study", *args])
+    path = write_report(read_results(study), ["lit-reason", "study", "--config", options.config])
     print(f"[lit-reason] study {study.name}: {path}", flush=True)
