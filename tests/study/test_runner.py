@@ -7,29 +7,31 @@ import pytest
 import yaml
 
 from lit_reason.study.runner import plan, print_commands, run_study
-from lit_reason.study.spec import load_study
+from lit_reason.study.spec import StudySpec, load_study
+
+
+def make_study(tmp_path, runs: dict[str, list[str]], **options) -> tuple[StudySpec, str]:
+    """A study named ``s`` in ``tmp_path`` whose runs (name -> arguments) all use one trivial config."""
+    config = tmp_path / "fit.yaml"
+    config.write_text("seed_everything: 0\n")
+    rows = [
+        {"name": name, "algorithm": "A", "family": "rl", "config": str(config), "args": args}
+        for name, args in runs.items()
+    ]
+    study = {"name": "s", "output_dir": str(tmp_path), "warm_start": {"config": str(config)}, "runs": rows} | options
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    return load_study(tmp_path / "study.yaml"), str(config)
 
 
 def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp_path, capsys):
-    config = tmp_path / "fit.yaml"
-    config.write_text("seed_everything: 0\n")
-    study_file = tmp_path / "study.yaml"
-    run = {"algorithm": "A", "family": "rl", "config": str(config)}
-    study_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": "s",
-                "output_dir": str(tmp_path),
-                "seeds": [3, 4],
-                "shared_seed": 7,
-                "common_args": ["--data.validation_questions=10"],
-                "warm_start": {"config": str(config)},
-                "orm": {"config": str(config), "args": ["--trainer.max_epochs=1"]},
-                "runs": [{"name": "a", **run, "args": ["--trainer.max_epochs=2"]}, {"name": "b", **run}],
-            }
-        )
+    study, config = make_study(
+        tmp_path,
+        {"a": ["--trainer.max_epochs=2"], "b": []},
+        seeds=[3, 4],
+        shared_seed=7,
+        common_args=["--data.validation_questions=10"],
+        orm={"config": str(tmp_path / "fit.yaml"), "args": ["--trainer.max_epochs=1"]},
     )
-    study = load_study(study_file)
     steps = plan(study)
     assert [(s.run, s.seed) for s in steps] == [
         ("warm_start", 7), ("orm", 7), ("warm_start_eval", 7), ("a", 3), ("a", 4), ("b", 3), ("b", 4)
@@ -38,7 +40,7 @@ def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp
     orm = tmp_path / "s" / "runs" / "orm" / "seed7" / "policy"
     a3 = steps[3]
     assert a3.log_dir == tmp_path / "s" / "runs" / "a" / "seed3"
-    assert a3.command[:3] == ("fit", "--config", str(config))
+    assert a3.command[:3] == ("fit", "--config", config)
     assert "--data.validation_questions=10" in a3.command and "--trainer.max_epochs=2" in a3.command
     assert f"--model.init_args.policy.name_or_path={warm_start}" in a3.command
     assert f"--model.init_args.orm={orm}" in a3.command and "--seed_everything=3" in a3.command
@@ -56,22 +58,7 @@ def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp
 
 
 def test_running_skips_finished_steps_resumes_checkpointed_ones_and_restarts_the_rest(tmp_path, monkeypatch):
-    config = tmp_path / "fit.yaml"
-    config.write_text("seed_everything: 0\n")
-    study_file = tmp_path / "study.yaml"
-    run = {"algorithm": "A", "family": "rl", "config": str(config)}
-    study_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": "s",
-                "output_dir": str(tmp_path),
-                "seeds": [0],
-                "warm_start": {"config": str(config)},
-                "runs": [{"name": "a", **run}, {"name": "b", **run}, {"name": "c", **run}],
-            }
-        )
-    )
-    study = load_study(study_file)
+    study, _ = make_study(tmp_path, {"a": [], "b": [], "c": []}, seeds=[0])
     warm_start, baseline, a, b, c = plan(study)
     for step in (warm_start, baseline):
         step.log_dir.mkdir(parents=True)
