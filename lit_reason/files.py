@@ -1,5 +1,6 @@
-"""Reading the JSON Lines files users hand lit-reason (data sets, rollouts, predictions): every error names the
-file and the line."""
+"""Files: reading the JSON Lines files users hand lit-reason (data sets, rollouts, predictions), every error
+naming the file and the line; and putting a finished directory (an export) in place without a half-written
+moment."""
 
 from __future__ import annotations
 
