@@ -104,9 +104,6 @@ class StudySpec:
         """Where the study's runs and results live."""
         return self.output_dir / self.name
 
-    def run(self, name: str) -> RunSpec:
-        return next(run for run in self.runs if run.name == name)
-
 
 def load_study(path: str | Path) -> StudySpec:
     """Read and check a study file; errors name the file and the field."""
@@ -130,7 +127,7 @@ def load_study(path: str | Path) -> StudySpec:
     seeds = tuple(where.integer(seed, f"seeds[{i}]") for i, seed in enumerate(where.required(raw, "seeds", list)))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds: give at least one seed, each once; got {list(seeds)}")
-    study = StudySpec(
+    return StudySpec(
         name=where.name(where.required(raw, "name", str), "name"),
         source=path,
         output_dir=Path(raw.get("output_dir", "study")),
@@ -143,7 +140,6 @@ def load_study(path: str | Path) -> StudySpec:
         claims=_claims(where, raw.get("claims") or {}, set(names)),
         equivalence_margin=float(where.number(raw.get("equivalence_margin", 0.02), "equivalence_margin")),
     )
-    return study
 
 
 def _stage(where: _Where, raw: Any, field_name: str) -> StageSpec:
