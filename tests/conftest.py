@@ -17,6 +17,7 @@ from lightning import seed_everything
 from lit_reason import SFT, LRSchedule, PolicySpec, RolloutDataModule
 from lit_reason.policy import build_char_tokenizer, load_model
 from lit_reason.tasks import Arithmetic
+from lit_reason.warm_start import source_fingerprint
 from tests.helpers.smollm2 import SmolLM2, load_smollm2
 from tests.helpers.trainers import quiet_trainer
 
@@ -74,11 +75,9 @@ def sft_fixture_task() -> Arithmetic:
 @pytest.fixture(scope="session")
 def sft_policy_dir(request) -> Path:
     """Directory of an exported SFT policy (tiny preset) for ``sft_fixture_task()``; ~2 minutes to build once."""
-    package = Path(__file__).resolve().parents[1] / "lit_reason"
     recipe = json.dumps({"task": SFT_TASK, "steps": SFT_STEPS, "version": 1}, sort_keys=True)
     # Any change to the package may change what the recipe trains: every source file is part of the key.
-    sources = "".join(path.read_text() for path in sorted(package.rglob("*.py")))
-    key = hashlib.sha256((recipe + sources).encode()).hexdigest()[:16]
+    key = hashlib.sha256((recipe + source_fingerprint()).encode()).hexdigest()[:16]
     path = Path(request.config.cache.mkdir("lit-reason-sft-policy")) / key
     if (path / "config.json").is_file():
         return path
