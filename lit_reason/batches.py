@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -65,10 +65,13 @@ class PPOBatch:
         input_ids: (B, L) long.
         attention_mask: (B, L) long.
         response_mask: (B, L) bool. Sampled tokens, EOS included: the actions.
-        old_logprobs: (B, L) float32. Log-probs of the actions when sampled (training forward, rollout time).
         advantages: (B, L) float32. Advantages of the actions (GAE, or a critic-free estimator).
         global_tokens: response tokens in this minibatch on all ranks together.
         global_sequences: responses in this minibatch on all ranks together.
+        prompt_length: P, the column where the responses start (columns before P - 1 predict no action).
+        old_logprobs: (B, L) float32. Log-probs of the actions when sampled (training forward, rollout time),
+            or None when the update is one step on the whole rollout: the policy is then still the sampling
+            one and the update's own forward gives them.
         old_values: (B, L) float32. Critic values of the state before each action, at rollout time (with a
             critic).
         returns: (B, L) float32. Value targets (with a critic).
@@ -78,16 +81,28 @@ class PPOBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
-    old_logprobs: torch.Tensor
     advantages: torch.Tensor
     global_tokens: int
     global_sequences: int
+    prompt_length: int
+    old_logprobs: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def response_columns(self) -> PPOBatch:
+        """The batch from column P - 1 on: all that the loss reads (the logits of column P - 1 predict the first
+        action), in the layout of ``response_logits``."""
+        start = self.prompt_length - 1
+        columns = {
+            field.name: value[:, start:] if isinstance(value, torch.Tensor) else value
+            for field in fields(self)
+            for value in [getattr(self, field.name)]
+        }
+        return PPOBatch(**{**columns, "prompt_length": 1})
 
 
 def fits_context(example: Example, max_length: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_reason.files import replace_directory
+from lit_reason.model_card import CARD_FILE, ModelCard
 
 
 class ExportPolicy(Callback):
@@ -61,6 +63,7 @@ class ExportPolicy(Callback):
             shutil.rmtree(staging, ignore_errors=True)
         pl_module.export_policy(staging)  # every rank: sharded weights are gathered
         if trainer.is_global_zero:
+            (staging / CARD_FILE).write_text(model_card(trainer, pl_module, why).markdown(), encoding="utf-8")
             replace_directory(staging, path)
         self.exported = True
         rank_zero_info(f"exported policy to {path}: {why}")
@@ -71,3 +74,32 @@ class ExportPolicy(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
         self.exported = state_dict["exported"]
+
+
+def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: str) -> ModelCard:
+    """The card of an export of ``pl_module`` (a ``ReasoningModule``) written now."""
+    task = trainer.datamodule.task
+    module_doc = sys.modules[type(pl_module).__module__].__doc__ or ""
+    sampling = pl_module.evaluation
+    reward_model = pl_module.trains_reward_model
+    return ModelCard(
+        title=Path(trainer.log_dir or ".").name,
+        method=type(pl_module).__name__,
+        method_summary=" ".join(module_doc.strip().split("\n\n")[0].split()),
+        base_model=pl_module.policy_spec.name_or_path,
+        task=f"{type(task).__name__} (prompt_style {task.prompt_style})",
+        exported_because=exported_because,
+        step=trainer.global_step,
+        samples_drawn=trainer.datamodule.samples_drawn,
+        metrics={name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")},
+        example_prompt=task.prompt(task.problems("validation")[0], pl_module.tokenizer),
+        response_prefix="" if reward_model else pl_module.export_conditioning().response_prefix,
+        stop_strings=task.stop_strings,
+        sampling={
+            "num_samples": sampling.num_samples,
+            "temperature": sampling.temperature,
+            "max_new_tokens": sampling.max_new_tokens,
+        },
+        config_file=str(Path(trainer.log_dir) / "config.yaml") if trainer.log_dir else None,
+        kind="reward model" if reward_model else "policy",
+    )

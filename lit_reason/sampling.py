@@ -30,7 +30,6 @@ Design points:
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from lit_reason.cached_forward import CausalLMWithCache
 from lit_reason.conditioning import Conditioning
 from lit_reason.distributed import is_distributed, rank_and_world_size, reduce_int
 from lit_reason.tensors import position_ids_from_mask
@@ -376,26 +376,6 @@ def _new_cache(model: torch.nn.Module) -> DynamicCache:
     return cache
 
 
-class _CausalLM:
-    """Calls a Hugging Face causal LM with a KV cache across transformers versions (the cache argument was
-    renamed from ``past_key_values`` to ``cache``)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        parameters = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
-        self.keep_arg = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in parameters), None)
-
-    def __call__(self, input_ids, attention_mask, position_ids, cache):
-        cache = cache if cache is not None else _new_cache(self.model)
-        kwargs = {self.cache_arg: cache, "use_cache": True}
-        if self.keep_arg:
-            kwargs[self.keep_arg] = 1
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        new_cache = output.cache if self.cache_arg == "cache" else output.past_key_values
-        return output.logits[:, -1].float(), new_cache
-
-
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -433,7 +413,7 @@ def sample(
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
     decoder = _ChunkDecoder(
-        runner=_CausalLM(model),
+        runner=CausalLMWithCache(model),
         tokenizer=tokenizer,
         config=config,
         eos_token_ids=eos_token_ids,
@@ -533,7 +513,7 @@ class _DecodeRows:
 class _ChunkDecoder:
     """Decodes chunks of prompts with the settings of one ``sample`` call (``guidance_scale`` None: plain)."""
 
-    runner: _CausalLM
+    runner: CausalLMWithCache
     tokenizer: Any
     config: SamplingConfig
     eos_token_ids: Sequence[int]
@@ -619,7 +599,10 @@ class _ChunkDecoder:
                 active, row_seeds, tokens = active[index], row_seeds[index], tokens[index]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(attention_mask), 1))], dim=-1)
             next_position = next_position + 1
-            logits, cache = self.runner(tokens.repeat(halves)[:, None], attention_mask, next_position[:, None], cache)
+            logits, cache = self.runner(
+                tokens.repeat(halves)[:, None], attention_mask, next_position[:, None], cache, last_logits_only=True
+            )
+            logits = logits[:, -1].float()
         if placeholder:
             return _ChunkResult([], [], [], [], [], [])
         prompt_rows = [ids for ids in prompt_ids for _ in range(repeats)]
@@ -640,7 +623,10 @@ class _ChunkDecoder:
             attention_mask[row, width - len(ids) :] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = position_ids_from_mask(attention_mask)
-        logits, cache = self.runner(input_ids, attention_mask, position_ids, None)
+        logits, cache = self.runner(
+            input_ids, attention_mask, position_ids, _new_cache(self.runner.model), last_logits_only=True
+        )
+        logits = logits[:, -1].float()
         if repeats > 1:
             logits = logits.repeat_interleave(repeats, dim=0)
             cache.batch_repeat_interleave(repeats)

@@ -5,6 +5,10 @@ from types import SimpleNamespace
 import pytest
 
 from lit_reason.callbacks import ExportPolicy
+from lit_reason.conditioning import Conditioning
+from lit_reason.policy import PolicySpec
+from lit_reason.sampling import SamplingConfig
+from lit_reason.tasks import Arithmetic
 
 
 class FakeModule:
@@ -20,9 +24,25 @@ class FakeModule:
             raise RuntimeError("killed mid-export")
         (path / "config.json").write_text("{}")
 
+    # What the model card reads.
+    trains_reward_model = False
+    tokenizer = None
+    policy_spec = PolicySpec(name_or_path="tiny")
+    evaluation = SamplingConfig(num_samples=2, temperature=0.7, max_new_tokens=16)
+
+    def export_conditioning(self) -> Conditioning:
+        return Conditioning(response_prefix="[GOOD]")
+
 
 def fake_trainer(log_dir) -> SimpleNamespace:
-    return SimpleNamespace(log_dir=str(log_dir), is_global_zero=True, strategy=SimpleNamespace(broadcast=lambda x: x))
+    return SimpleNamespace(
+        log_dir=str(log_dir),
+        is_global_zero=True,
+        strategy=SimpleNamespace(broadcast=lambda x: x),
+        datamodule=SimpleNamespace(task=Arithmetic(train_size=20, validation_size=4, test_size=4), samples_drawn=64),
+        global_step=3,
+        callback_metrics={"val/maj@1": 0.5, "train/loss": 1.0},
+    )
 
 
 def test_a_failed_export_leaves_the_previous_one_intact(tmp_path):
@@ -34,6 +54,9 @@ def test_a_failed_export_leaves_the_previous_one_intact(tmp_path):
     assert (tmp_path / "policy" / "config.json").is_file()
     callback._export(trainer, FakeModule("third"), "test")  # the half-written staging is cleared first
     assert (tmp_path / "policy" / "model.safetensors").read_text() == "third"
+    card = (tmp_path / "policy" / "README.md").read_text()  # with its card
+    assert "by `FakeModule` from `tiny`" in card and "Exported at optimizer step 3, after 64" in card
+    assert "| val/maj@1 | 0.5000 |" in card and "train/loss" not in card and "\n[GOOD]\n```" in card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
 
 

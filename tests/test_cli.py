@@ -57,6 +57,9 @@ def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
     main(["fit", "--config", str(config), *TINY_RUN, f"--trainer.logger.init_args.save_dir={tmp_path}"])
     (run,) = [p.parent for p in tmp_path.glob("**/config.yaml")]
     assert (run / "policy" / "config.json").is_file()  # exported
+    card = (run / "policy" / "README.md").read_text()
+    assert f"by `{yaml.safe_load(config.read_text())['model']['class_path'].split('.')[-1]}`" in card
+    assert ("## How to use it" if config.name == "orm.yaml" else "## How to prompt it") in card
     assert list((run / "checkpoints").glob("*.ckpt"))
     events = list(run.glob("events.out.tfevents.*"))
     assert events

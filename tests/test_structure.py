@@ -14,10 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_reason"
 LAYERS = {
     "foundation": [
         "version", "seeds", "files", "tensors", "statistics", "distributed", "schedule", "conditioning", "batches",
-        "metrics", "warm_start", "tasks", "tasks.answers", "tasks.base", "tasks.arithmetic", "tasks.gsm8k",
-        "tasks.svamp",
+        "metrics", "model_card", "warm_start", "tasks", "tasks.answers", "tasks.base", "tasks.arithmetic",
+        "tasks.gsm8k", "tasks.jsonl", "tasks.svamp",
     ],
-    "models and sampling": ["sampling", "policy", "value_model", "rewards", "rl", "rl.advantages", "rl.losses"],
+    "models and sampling": [
+        "cached_forward", "sampling", "policy", "value_model", "rewards", "rl", "rl.advantages", "rl.losses",
+    ],
     "training plumbing": ["data", "evaluation", "callbacks"],
     "algorithms": [
         "algorithms.base", "algorithms.sft", "algorithms.expert_iteration", "algorithms.rcrl", "algorithms.orm",

@@ -4,14 +4,18 @@ al. 2017 and the per-token KL reward of Ziegler et al. 2019 / Ouyang et al. 2022
 A round (one Lightning epoch): sample K responses per question (top-k 0, top-p 1, so the sampled
 distribution is the temperature-scaled softmax whose log-probs the loss uses); recompute the policy's
 log-probs with a training forward and the frozen reference's at the same temperature over the *whole*
-rollout (and a critic's values, for PPO; no reference is built or run when ``reward.kl_coef`` is 0); build
-per-token rewards (``RewardConfig``)
+rollout (and a critic's values, for PPO; no reference is built or run when ``reward.kl_coef`` is 0; no
+policy forward when the update is one step over the whole rollout without a critic or KL reward: that step's
+own forward gives them); build per-token rewards (``RewardConfig``)
 
     reward_t = [t is the last token] * (final reward - truncation penalty if cut off)
                + dense_coef * dense_t - kl_coef * KL_t(policy || reference)   (KL as a reward term)
 
 and the algorithm's advantages; then ``ppo_epochs`` passes of clipped-ratio updates over shuffled
 minibatches, one backward of ``PPOLoss`` each (manual optimization).
+
+Every forward over a rollout (scoring and update) runs each distinct prompt once and shares its KV cache with
+the rows that repeat it (``cached_forward.response_logits``): a question's K samples cost one prompt.
 
 Loss aggregation: every term is summed over the response tokens of a minibatch and divided by the number of
 response tokens (or responses) in that minibatch on *all* ranks together, times the world size (DDP and
@@ -30,8 +34,9 @@ import torch
 
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.batches import PPOBatch
+from lit_reason.cached_forward import response_logits
 from lit_reason.data import TrainData
-from lit_reason.distributed import all_reduce, gather_objects, rank_and_world_size
+from lit_reason.distributed import all_reduce, gather_objects, rank_and_world_size, reduce_int
 from lit_reason.evaluation import markdown_table, tensorboard_writer
 from lit_reason.policy import disable_dropout, load_model
 from lit_reason.rewards import (
@@ -46,7 +51,7 @@ from lit_reason.rewards import (
 from lit_reason.rl.losses import PPOLoss
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
-from lit_reason.tensors import eval_mode, position_ids_from_mask, take_rows, token_logprobs
+from lit_reason.tensors import eval_mode, take_rows, token_logprobs
 
 
 class PolicyGradient(ReasoningModule):
@@ -64,6 +69,8 @@ class PolicyGradient(ReasoningModule):
         **kwargs: the shared options (policy, optimizer, lr_schedule, evaluation, text_samples, orm, seed:
             shuffles minibatches).
     """
+
+    has_critic = False  # whether forward_policy_and_values gives values
 
     def __init__(
         self,
@@ -105,12 +112,12 @@ class PolicyGradient(ReasoningModule):
         return [self.policy] if self.reference is None else [self.policy, self.reference]
 
     def forward_policy_and_values(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Policy logits (B, L, V) and a critic's value of the state before each token (B, L), or None
+        """Over the response columns (P - 1 .. L - 1 of a (B, L) rollout, ``response_logits``' layout): policy
+        logits (B, L - P + 1, V) and a critic's value of the state before each token (B, L - P + 1), or None
         without a critic."""
-        position_ids = position_ids_from_mask(attention_mask)
-        return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits, None
+        return response_logits(self.policy, input_ids, attention_mask, prompt_length), None
 
     def advantages(
         self, rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
@@ -124,13 +131,22 @@ class PolicyGradient(ReasoningModule):
         sampled = self.generate(problems, self.rollout, ("rollout", round_index), "rollout")
         mask, reward = sampled.response_mask, self.reward
         logprobs, ref_logprobs, values = self._score_rollout(sampled)
+        reuse_sampled_logprobs = logprobs is None
+        if reuse_sampled_logprobs:  # the sampler's log-probs (equal to a forward's) for the round's statistics
+            logprobs = sampled.logprobs * mask
+            ref_logprobs = logprobs if ref_logprobs is None else ref_logprobs
         correct = grade(problems, sampled)
         final = self.outcome_rewards(sampled, correct) - reward.truncation_penalty * sampled.truncated.float()
         dense = self.dense_rewards(problems, sampled)
         kl = kl_penalty(logprobs, ref_logprobs, reward.kl_estimator) * mask
         rewards = reward_on_last_token(final, mask) + reward.dense_coef * dense - reward.reward_kl_coef * kl
         advantages, returns, advantage_stats = self.advantages(rewards, values, mask)
-        tensors = {"old_logprobs": logprobs, "advantages": advantages, "old_values": values, "returns": returns}
+        tensors = {
+            "old_logprobs": None if reuse_sampled_logprobs else logprobs,
+            "advantages": advantages,
+            "old_values": values,
+            "returns": returns,
+        }
         if reward.loss_kl_coef:
             tensors["ref_logprobs"] = ref_logprobs
         batches = self._minibatches(sampled, tensors, round_index)
@@ -143,37 +159,58 @@ class PolicyGradient(ReasoningModule):
             "kl_to_reference": (kl_penalty(logprobs, ref_logprobs, "k1") * mask).sum(-1).mean().item(),
             "response_length": sampled.response_lengths.float().mean().item(),
             "truncated_fraction": sampled.truncated.float().mean().item(),
-            # Sampler and training forward should agree; a gap means mismatched numerics (e.g. precision).
-            "logprob_gap_to_sampler": ((logprobs - sampled.logprobs).abs() * mask).max().item(),
             **advantage_stats,
         }
+        if not reuse_sampled_logprobs:
+            # Sampler and training forward should agree; a gap means mismatched numerics (e.g. precision).
+            stats["logprob_gap_to_sampler"] = ((logprobs - sampled.logprobs).abs() * mask).max().item()
         return TrainData(batches, samples_drawn=len(sampled), stats=stats)
 
-    def _score_rollout(self, sampled: SampleBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Policy and reference log-probs at the sampling temperature (the policy's twice without a
-        reference), and values (or None), of the whole rollout (eval mode, no gradients, ``rollout.batch_size``
-        rows at a time): (R, L) each, 0 off the responses."""
-        temperature, mask = self.rollout.temperature, sampled.response_mask
+    def _score_rollout(
+        self, sampled: SampleBatch
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Policy and reference log-probs at the sampling temperature and values of the whole rollout (eval
+        mode, no gradients, ``rollout.batch_size`` rows at a time): (R, L) each, 0 off the responses. The
+        policy's are None when ``_update_gives_old_logprobs`` (then the reference's too without a KL term, or
+        the policy's twice without a reference); values None without a critic."""
+        temperature, mask, start = self.rollout.temperature, sampled.response_mask, sampled.prompt_length - 1
+        score_policy = not self._update_gives_old_logprobs(len(sampled))
+        if not score_policy and self.reference is None:
+            return None, None, None
+
+        def logprobs_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(token_logprobs(logits, input_ids[:, start:], temperature), (start, 0))
+
         parts = []
         with eval_mode(self), self._precision_context():
-            for start in range(0, len(sampled), self.rollout.batch_size):
-                rows = slice(start, start + self.rollout.batch_size)
+            for first in range(0, len(sampled), self.rollout.batch_size):
+                rows = slice(first, first + self.rollout.batch_size)
                 input_ids = sampled.input_ids[rows].to(self.device)
                 attention_mask = sampled.attention_mask[rows].to(self.device)
-                logits, values = self.forward_policy_and_values(input_ids, attention_mask)
-                logprobs = token_logprobs(logits, input_ids, temperature).cpu()
+                logprobs = values = None
+                if score_policy:
+                    logits, values = self.forward_policy_and_values(input_ids, attention_mask, sampled.prompt_length)
+                    logprobs = logprobs_of(logits, input_ids).cpu()
+                    if values is not None:
+                        values = torch.nn.functional.pad(values.float(), (start, 0)).cpu()
                 ref_logprobs = logprobs
                 if self.reference is not None:
-                    ref_logits = self.reference(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        position_ids=position_ids_from_mask(attention_mask),
-                    ).logits
-                    ref_logprobs = token_logprobs(ref_logits, input_ids, temperature).cpu()
-                parts.append((logprobs, ref_logprobs, values.float().cpu() if values is not None else None))
-        logprobs, ref_logprobs, values = zip(*parts, strict=True)
-        values = torch.cat(values) * mask if values[0] is not None else None
-        return torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask, values
+                    ref_logits = response_logits(self.reference, input_ids, attention_mask, sampled.prompt_length)
+                    ref_logprobs = logprobs_of(ref_logits, input_ids).cpu()
+                parts.append((logprobs, ref_logprobs, values))
+        logprobs, ref_logprobs, values = (
+            torch.cat(part) * mask if part[0] is not None else None for part in zip(*parts, strict=True)
+        )
+        return logprobs, ref_logprobs, values
+
+    def _update_gives_old_logprobs(self, rows: int) -> bool:
+        """Whether the update is one optimizer step over the whole rollout on every rank, with no critic and
+        no KL reward term: its log-probs at rollout time are then the first forward's (the ratio is exactly 1),
+        so no scoring forward of the policy is needed (TRL's ``GRPOTrainer`` does the same)."""
+        if self.ppo_epochs != 1 or self.reward.reward_kl_coef or self.has_critic:
+            return False
+        # Decided alike on every rank: a forward that one rank skips would stall another's FSDP all-gather.
+        return reduce_int(rows, "max", self.device) <= self.minibatch_size
 
     def outcome_rewards(self, sampled: SampleBatch, correct: torch.Tensor) -> torch.Tensor:
         """(R,) reward of each whole response: 1/0 correctness, or the ORM's score at its last token."""
@@ -195,12 +232,18 @@ class PolicyGradient(ReasoningModule):
     def _minibatches(
         self, sampled: SampleBatch, tensors: dict[str, torch.Tensor | None], round_index: int
     ) -> list[PPOBatch]:
-        """``ppo_epochs`` shuffled passes over the rollout, cut into minibatches of ``minibatch_size`` rows;
-        ``tensors``: the (R, L) ``PPOBatch`` fields beyond the sampled tokens (None: left out)."""
+        """``ppo_epochs`` passes over the rollout, its questions shuffled and each question's samples kept
+        together (as verl counts minibatches in prompts: with ``minibatch_size`` a multiple of K, a minibatch runs
+        each of its prompts once), cut into minibatches of ``minibatch_size`` rows; ``tensors``: the (R, L)
+        ``PPOBatch`` fields beyond the sampled tokens (None: left out)."""
+        rows_of_question: dict[int, list[int]] = {}
+        for row, question in enumerate(sampled.prompt_index.tolist()):
+            rows_of_question.setdefault(question, []).append(row)
         plan = []
         for epoch in range(self.ppo_epochs):
-            order = list(range(len(sampled)))
-            random.Random(f"{self.seed}-{round_index}-{epoch}").shuffle(order)
+            questions = list(rows_of_question)
+            random.Random(f"{self.seed}-{round_index}-{epoch}").shuffle(questions)
+            order = [row for question in questions for row in rows_of_question[question]]
             plan += [
                 torch.tensor(order[i : i + self.minibatch_size]) for i in range(0, len(order), self.minibatch_size)
             ]
@@ -211,6 +254,8 @@ class PolicyGradient(ReasoningModule):
         names = [name for name, tensor in tensors.items() if tensor is not None]
         batches = []
         for rows, (tokens, sequences) in zip(plan, counts.tolist(), strict=True):
+            # take_rows drops the columns that are padding in every row, left padding of the prompts included.
+            prompt_length = int(sampled.attention_mask[rows, : sampled.prompt_length].bool().any(0).sum())
             attention_mask, input_ids, response_mask, *picked = take_rows(
                 rows, sampled.attention_mask, sampled.input_ids, sampled.response_mask, *(tensors[n] for n in names)
             )
@@ -221,6 +266,7 @@ class PolicyGradient(ReasoningModule):
                     response_mask=response_mask,
                     global_tokens=tokens,
                     global_sequences=sequences,
+                    prompt_length=prompt_length,
                     **dict(zip(names, picked, strict=True)),
                 )
             )
@@ -237,7 +283,8 @@ class PolicyGradient(ReasoningModule):
     # --------------------------------------------------------------------------------------------- training
     def training_step(self, batch: PPOBatch, batch_idx: int) -> None:
         optimizer = self.optimizers()
-        logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask)
+        logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask, batch.prompt_length)
+        batch = batch.response_columns()
         output = self.loss(
             logits,
             values,

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from lit_reason.algorithms.policy_gradient import PolicyGradient
+from lit_reason.cached_forward import response_logits
 from lit_reason.policy import disable_dropout, load_model
 from lit_reason.rl.advantages import GAE, explained_variance
 from lit_reason.tensors import masked_mean, position_ids_from_mask
@@ -51,6 +52,8 @@ class PPO(PolicyGradient):
             max_grad_norm) and the shared ones (policy, optimizer, lr_schedule, evaluation, text_samples, orm,
             seed).
     """
+
+    has_critic = True
 
     def __init__(self, advantage: GAE = GAE(), critic: CriticConfig = CriticConfig(), **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -94,22 +97,25 @@ class PPO(PolicyGradient):
             state["value_network." + key.removeprefix("critic.")] = state.pop(key)
 
     def forward_policy_and_values(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy logits (B, L, V) and the critic's value of the state before each token (B, L; column 0 is 0)."""
-        shared = self.critic.kind == "shared"
-        output = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            output_hidden_states=shared,
-        )
-        if shared:
+        """Over the response columns (P - 1 .. L - 1 of a (B, L) rollout): policy logits (B, L - P + 1, V) and
+        the critic's value of the state before each token (B, L - P + 1)."""
+        start = prompt_length - 1
+        if self.critic.kind == "shared":  # the value head reads the policy's hidden states: one full forward
+            output = self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                output_hidden_states=True,
+            )
+            logits = output.logits[:, start:]
             values = self.value_network(output.hidden_states[-1]).squeeze(-1).float()
         else:
+            logits = response_logits(self.policy, input_ids, attention_mask, prompt_length)
             values, _ = self.value_network(input_ids, attention_mask)  # plain critic: no likelihood features
         # The value of acting with token t is that of the state before it: read at position t - 1.
-        return output.logits, torch.nn.functional.pad(values[:, :-1], (1, 0))
+        return logits, torch.nn.functional.pad(values[:, :-1], (1, 0))[:, start:]
 
     def advantages(
         self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor

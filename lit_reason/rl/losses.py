@@ -128,7 +128,9 @@ class PPOLoss:
         """
         mask = batch.response_mask
         logprobs = token_logprobs(logits, batch.input_ids, temperature)
-        policy_losses, clipped = clipped_policy_loss(logprobs, batch.old_logprobs, batch.advantages, self.clip_ratio)
+        # Without rollout-time log-probs the policy has not moved since sampling: they are this forward's.
+        old_logprobs = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs
+        policy_losses, clipped = clipped_policy_loss(logprobs, old_logprobs, batch.advantages, self.clip_ratio)
         value_losses = torch.zeros_like(policy_losses)
         if values is not None:
             value_losses = clipped_value_loss(values, batch.old_values, batch.returns, self.value_clip)
@@ -140,7 +142,7 @@ class PPOLoss:
         loss = aggregate(
             per_token, mask, self.aggregation, batch.global_tokens, batch.global_sequences, world_size, max_length
         )
-        log_ratio = (logprobs - batch.old_logprobs).detach()
+        log_ratio = (logprobs - old_logprobs).detach()
         return PPOLossOutput(
             loss=loss,
             policy_loss=masked_mean(policy_losses.detach(), mask),

@@ -46,11 +46,12 @@ def test_no_critic_and_the_first_ratio_is_one(kl_in):
 
     def record(self, batch, batch_idx):
         if not ratios:
-            logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask)
+            logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask, batch.prompt_length)
             assert values is None and batch.old_values is None and batch.returns is None
             assert (batch.ref_logprobs is not None) == (kl_in == "loss")
-            logprobs = token_logprobs(logits, batch.input_ids, self.rollout.temperature)
-            ratios.append(torch.exp(logprobs - batch.old_logprobs)[batch.response_mask])
+            columns = batch.response_columns()
+            logprobs = token_logprobs(logits, columns.input_ids, self.rollout.temperature)
+            ratios.append(torch.exp(logprobs - columns.old_logprobs)[columns.response_mask])
         return original(self, batch, batch_idx)
 
     module.training_step = record.__get__(module)
@@ -73,6 +74,39 @@ def test_without_a_kl_penalty_no_reference_is_built_or_run():
     assert module.reference is None and module.networks_to_shard() == [module.policy]
     assert data.round_data.stats["kl_to_reference"] == 0.0
     assert all(batch.ref_logprobs is None for batch in data.round_data.batches)
+
+
+def test_one_step_over_the_whole_rollout_needs_no_scoring_forward():
+    # ppo_epochs 1 and one minibatch (16 questions x 8 = 128 rows): the update's forward gives the old
+    # log-probs. The result is that of a run that scores the rollout first (ratio 1 either way).
+    starts, weights, scoring_forwards = [], [], []
+    for skip in (True, False):
+        module, trainer, data = make_grpo("grpo", 1, reward=RewardConfig(kl_coef=0.0))
+        module.ppo_epochs, module.minibatch_size = 1, 128
+        if not skip:
+            module._update_gives_old_logprobs = lambda rows: False
+        forward = module.forward_policy_and_values
+        calls = []
+
+        def counted(*args, forward=forward, calls=calls):
+            calls.append(torch.is_grad_enabled())
+            return forward(*args)
+
+        module.forward_policy_and_values = counted
+        module.on_train_start = lambda module=module: starts.append(flat_weights(module.policy))
+        trainer.fit(module, data)
+        scoring_forwards.append(calls.count(False))
+        batches = data.round_data.batches
+        assert len(batches) == 1 and (batches[0].old_logprobs is None) == skip
+        assert ("logprob_gap_to_sampler" in data.round_data.stats) != skip
+        weights.append(flat_weights(module.policy))
+    assert scoring_forwards[0] == 0 and scoring_forwards[1] > 0
+    assert torch.equal(starts[0], starts[1]) and (weights[0] - starts[0]).abs().max() > 1e-3  # it trained
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=0)  # Adam steps of lr 3e-2
+
+
+def flat_weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([parameter.detach().flatten() for parameter in model.parameters()])
 
 
 def test_group_estimators_need_groups():

@@ -70,9 +70,10 @@ def test_first_ratio_is_one(preset_overrides):
 
     def record(self, batch, batch_idx):
         if not ratios:
-            logits, _ = self.forward_policy_and_values(batch.input_ids, batch.attention_mask)
-            logprobs = token_logprobs(logits, batch.input_ids, self.rollout.temperature)
-            ratios.append(torch.exp(logprobs - batch.old_logprobs)[batch.response_mask])
+            logits, _ = self.forward_policy_and_values(batch.input_ids, batch.attention_mask, batch.prompt_length)
+            columns = batch.response_columns()
+            logprobs = token_logprobs(logits, columns.input_ids, self.rollout.temperature)
+            ratios.append(torch.exp(logprobs - columns.old_logprobs)[columns.response_mask])
         return original(self, batch, batch_idx)
 
     module.training_step = record.__get__(module)

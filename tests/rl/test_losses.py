@@ -62,6 +62,7 @@ def test_kl_loss_term_and_no_critic_by_hand():
     batch = PPOBatch(
         input_ids=input_ids, attention_mask=torch.ones(1, 3, dtype=torch.long), response_mask=mask,
         old_logprobs=old, advantages=torch.tensor([[0.0, 1.0, -1.0]]), global_tokens=2, global_sequences=1,
+        prompt_length=1,
         ref_logprobs=torch.full((1, 3), math.log(0.25)) * mask,
     )  # fmt: skip
     loss = PPOLoss(aggregation="token_mean")
@@ -77,3 +78,32 @@ def test_kl_loss_term_and_no_critic_by_hand():
         logits, None, batch, temperature=1.0, world_size=1, max_length=8, kl_coef=0.1
     )
     assert constant.loss.item() == pytest.approx(0.1 * (math.log(2) - 0.5) * 2 / 8)
+
+
+def test_without_rollout_logprobs_the_ratio_is_one_and_the_gradient_the_plain_policy_gradient():
+    from lit_reason.batches import PPOBatch
+    from lit_reason.rl.losses import PPOLoss
+
+    input_ids = torch.tensor([[0, 1, 0]])
+    mask = torch.tensor([[False, True, True]])
+    gradients = []
+    for old in (None, "current"):
+        logits = torch.tensor([[[0.3, -0.2], [1.0, 0.5], [0.0, 0.0]]], requires_grad=True)
+        current = torch.log_softmax(logits.detach(), -1)[0, :2].gather(-1, input_ids[0, 1:, None])[:, 0]
+        batch = PPOBatch(
+            input_ids=input_ids, attention_mask=torch.ones(1, 3, dtype=torch.long), response_mask=mask,
+            advantages=torch.tensor([[0.0, 2.0, -1.0]]), global_tokens=2, global_sequences=1, prompt_length=1,
+            old_logprobs=None if old is None else torch.nn.functional.pad(current, (1, 0))[None],
+        )  # fmt: skip
+        output = PPOLoss(aggregation="token_mean")(logits, None, batch, temperature=1.0, world_size=1)
+        assert output.ratio_max.item() == pytest.approx(1.0) and output.clip_fraction.item() == 0.0
+        output.loss.backward()
+        gradients.append(logits.grad)
+    # -(1/2) * sum_t A_t * d log p(a_t) / d logits: softmax minus one-hot, times -A_t / 2.
+    probabilities = torch.softmax(logits.detach(), -1)
+    expected = torch.zeros(1, 3, 2)
+    for position, (token, advantage) in enumerate([(1, 2.0), (0, -1.0)]):
+        one_hot = torch.nn.functional.one_hot(torch.tensor(token), 2)
+        expected[0, position] = -advantage / 2 * (one_hot - probabilities[0, position])
+    torch.testing.assert_close(gradients[0], expected)
+    torch.testing.assert_close(gradients[1], expected)

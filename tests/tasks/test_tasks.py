@@ -170,3 +170,15 @@ def test_svamp_file_errors_name_the_file(tmp_path):
     (tmp_path / "latin1.json").write_bytes(b'[\n{"Body": "caf\xe9"}]')
     with pytest.raises(ValueError, match=r"latin1\.json:2: not UTF-8 text"):
         SVAMP(path=str(tmp_path / "latin1.json")).problems("train")
+
+
+def test_the_readme_task_subclass_works_as_written():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [block for block in readme.split("```python")[1:] if "class Doubling(Task):" in block]
+    namespace: dict = {}
+    exec(block.split("```")[0], namespace)  # the README's own example, our text
+    task = namespace["Doubling"](prompt_style="plain")
+    assert [len(task.problems(split)) for split in ("train", "validation", "test")] == [900, 50, 50]
+    problem = task.problems("test")[0]
+    assert problem.is_correct(problem.solution) and problem.intermediate_results == (problem.answer,)
+    assert task.prompt(problem) == "What is twice 950?\n"

@@ -1,0 +1,42 @@
+from lit_reason.model_card import ModelCard
+
+
+def card(**overrides) -> ModelCard:
+    facts = dict(
+        title="seed0",
+        method="RCRL",
+        method_summary="Return-Conditioned RL.",
+        base_model="runs/sft/version_0/policy",
+        task="Arithmetic (prompt_style plain)",
+        exported_because="val/maj@1=0.9800 at step 40",
+        step=40,
+        samples_drawn=4800,
+        metrics={"val/pass@8": 0.99, "val/maj@1": 0.98},
+        example_prompt="What is 2 + 3?\n",
+        response_prefix="[GOOD]",
+        sampling={"num_samples": 8, "temperature": 0.7, "max_new_tokens": 80},
+        config_file="runs/rcrl/version_0/config.yaml",
+    )
+    return ModelCard(**{**facts, **overrides})
+
+
+def test_a_policy_card_says_what_how_how_well_and_how_to_prompt():
+    text = card().markdown()
+    front, body = text.split("---\n")[1], text.split("---\n", 2)[2]
+    assert "library_name: transformers" in front and "- RCRL" in front
+    assert 'base_model: "runs/sft/version_0/policy"' in front and "pipeline_tag: text-generation" in front
+    assert "by `RCRL` from `runs/sft/version_0/policy`" in body and "after 4,800 training samples" in body
+    # Metrics sorted by name, with the sampling that produced them.
+    assert body.index("| val/maj@1 | 0.9800 |") < body.index("| val/pass@8 | 0.9900 |")
+    assert "temperature 0.7" in body
+    # The exact text to continue: the prompt and the return token the policy was trained behind.
+    assert "```text\nWhat is 2 + 3?\n[GOOD]\n```" in body and "Append `[GOOD]`" in body
+    assert 'prompt = "What is 2 + 3?\\n[GOOD]"' in body and "max_new_tokens=80" in body
+    assert "`runs/rcrl/version_0/config.yaml`" in body
+
+
+def test_a_reward_model_card_says_how_to_use_it_and_no_validation_is_stated():
+    text = card(kind="reward model", response_prefix="", metrics={}).markdown()
+    assert "pipeline_tag" not in text and "A reward model trained" in text
+    assert "--model.init_args.orm DIR" in text and "No validation ran before this export." in text
+    assert "How to prompt it" not in text
