@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lit_reason.study.spec import StudySpec
+from lit_reason.study.spec import StageSpec, StudySpec
 from lit_reason.warm_start import single_process_environment
 
 DONE_FILE = "study.json"
@@ -61,7 +61,16 @@ def orm_policy(study: StudySpec) -> Path | None:
 
 
 def run_dir(study: StudySpec, run: str, seed: int) -> Path:
-    return study.directory / "runs" / run / f"seed{seed}"
+    """Where a run logs: ``<study>/runs/<run>/seed<seed>``, in the other study for a reused stage."""
+    stage = {"warm_start": study.warm_start, "orm": study.orm}.get(run)
+    owner = stage.from_study if stage is not None and stage.from_study else study.name
+    return study.output_dir / owner / "runs" / run / f"seed{seed}"
+
+
+def reused_stages(study: StudySpec) -> dict[str, StageSpec]:
+    """The shared stages this study takes from another study, by run name."""
+    stages = {"warm_start": study.warm_start, "orm": study.orm}
+    return {run: stage for run, stage in stages.items() if stage is not None and stage.from_study}
 
 
 def plan(study: StudySpec) -> list[Step]:
@@ -70,8 +79,11 @@ def plan(study: StudySpec) -> list[Step]:
     policy = f"--model.init_args.policy.name_or_path={warm_start_policy(study)}"
     orm = orm_policy(study)
     with_orm = (f"--model.init_args.orm={orm}",) if orm is not None else ()
-    steps = [_step(study, "fit", "warm_start", shared, study.warm_start.config, study.warm_start.args)]
-    if study.orm is not None:
+    reused = reused_stages(study)
+    steps = []
+    if "warm_start" not in reused:
+        steps.append(_step(study, "fit", "warm_start", shared, study.warm_start.config, study.warm_start.args))
+    if study.orm is not None and "orm" not in reused:
         steps.append(_step(study, "fit", "orm", shared, study.orm.config, (*study.orm.args, policy)))
     # The warm start evaluated like every run (with the ORM for rerank@K): the baseline each run is paired with.
     steps.append(_step(study, "validate", "warm_start_eval", shared, study.warm_start.config, (policy, *with_orm)))
@@ -105,6 +117,12 @@ def shell_command(step: Step) -> str:
 def run_study(study: StudySpec, only: set[str] | None = None) -> None:
     """Run every step not finished yet, one after another (``only``: just these runs; the warm start, ORM and
     baseline are run first when missing). A failing step stops the study with its command."""
+    for run, stage in reused_stages(study).items():
+        if not (run_dir(study, run, study.shared_seed) / DONE_FILE).is_file():
+            raise RuntimeError(
+                f"study {study.name} reuses the {run} of study {stage.from_study}, which has not finished it "
+                f"({run_dir(study, run, study.shared_seed)}): run that study first"
+            )
     steps = plan(study)
     shared_steps = {"warm_start", "orm", "warm_start_eval"}
     for index, step in enumerate(steps, start=1):

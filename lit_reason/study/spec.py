@@ -7,7 +7,7 @@ A study file is YAML (``configs/study/paper.yaml`` is the paper's study)::
     seeds: [0, 1, 2]                 # every run, once per seed
     shared_seed: 0                   # the warm start's, the ORM's and their evaluation's seed
     common_args: [--data.validation_questions=500]   # given to every lit-reason command
-    warm_start: {config: configs/study/sft.yaml}
+    warm_start: {config: configs/study/sft.yaml}    # add from_study: paper to reuse study paper's
     orm: {config: configs/orm.yaml, args: [...]}
     runs:
       - {name: ei, algorithm: Expert Iteration, reward: sparse, family: rl, config: configs/ei.yaml, args: [...]}
@@ -37,10 +37,13 @@ class StageSpec:
     Args:
         config: the ``lit-reason fit`` config.
         args: extra command-line arguments for it.
+        from_study: the name of another study (in the same ``output_dir``) whose finished run of this stage
+            is reused instead of training one: studies that share it compare runs from the same start.
     """
 
     config: str
     args: tuple[str, ...] = ()
+    from_study: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,12 @@ def load_study(path: str | Path) -> StudySpec:
     seeds = tuple(where.integer(seed, f"seeds[{i}]") for i, seed in enumerate(where.required(raw, "seeds", list)))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds: give at least one seed, each once; got {list(seeds)}")
+    name = where.name(where.required(raw, "name", str), "name")
+    for stage in ("warm_start", "orm"):
+        if isinstance(raw.get(stage), dict) and raw[stage].get("from_study") == name:
+            raise ValueError(f"{path}: {stage}.from_study: names this study ({name}); name another or leave it out")
     return StudySpec(
-        name=where.name(where.required(raw, "name", str), "name"),
+        name=name,
         source=path,
         output_dir=Path(raw.get("output_dir", "study")),
         seeds=seeds,
@@ -145,10 +152,14 @@ def load_study(path: str | Path) -> StudySpec:
 def _stage(where: _Where, raw: Any, field_name: str) -> StageSpec:
     if not isinstance(raw, dict):
         raise ValueError(f"{where.path}: {field_name}: expected a mapping with config (and args)")
-    where.no_unknown(raw, {"config", "args"}, field_name)
+    where.no_unknown(raw, {"config", "args", "from_study"}, field_name)
+    from_study = raw.get("from_study")
+    if from_study is not None:
+        from_study = where.name(where.required(raw, "from_study", str, field_name), f"{field_name}.from_study")
     return StageSpec(
         config=where.config(where.required(raw, "config", str, field_name), f"{field_name}.config"),
         args=where.strings(raw.get("args", []), f"{field_name}.args"),
+        from_study=from_study,
     )
 
 

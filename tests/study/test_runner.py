@@ -80,3 +80,24 @@ def test_running_skips_finished_steps_resumes_checkpointed_ones_and_restarts_the
     assert not (b.log_dir / "predictions").exists()  # restarted afresh
     assert json.loads((a.log_dir / "study.json").read_text())["resumed"] is True
     assert (b.log_dir / "study.json").is_file() and not (c.log_dir / "study.json").exists()
+
+
+def test_a_study_can_reuse_another_studys_warm_start_and_orm(tmp_path, monkeypatch):
+    config = str(tmp_path / "fit.yaml")
+    reused = {"config": config, "from_study": "first"}
+    study, _ = make_study(tmp_path, {"a": []}, seeds=[0], warm_start=reused, orm=reused)
+    steps = plan(study)
+    assert [s.run for s in steps] == ["warm_start_eval", "a"]  # evaluated again here, not trained again
+    warm_start = tmp_path / "first" / "runs" / "warm_start" / "seed0" / "policy"
+    orm = tmp_path / "first" / "runs" / "orm" / "seed0" / "policy"
+    assert steps[1].log_dir == tmp_path / "s" / "runs" / "a" / "seed0"
+    assert f"--model.init_args.policy.name_or_path={warm_start}" in steps[1].command
+    assert f"--model.init_args.orm={orm}" in steps[0].command
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 0))
+    with pytest.raises(RuntimeError, match="reuses the warm_start of study first, which has not finished it"):
+        run_study(study)
+    for stage in ("warm_start", "orm"):
+        (tmp_path / "first" / "runs" / stage / "seed0").mkdir(parents=True)
+        (tmp_path / "first" / "runs" / stage / "seed0" / "study.json").write_text("{}")
+    run_study(study)
+    assert (steps[1].log_dir / "study.json").is_file()

@@ -66,3 +66,12 @@ def test_bad_runs_are_errors_naming_the_run(tmp_path, config):
         load_study(write_study(tmp_path, config, runs=[run, run], claims={}))
     with pytest.raises(ValueError, match=r"runs\[0\]\.algorithm is required"):
         load_study(write_study(tmp_path, config, runs=[{k: v for k, v in run.items() if k != "algorithm"}], claims={}))
+
+
+def test_a_reused_stage_names_another_study(tmp_path, config):
+    study = load_study(write_study(tmp_path, config, orm={"config": str(config), "from_study": "paper"}))
+    assert study.orm.from_study == "paper" and study.warm_start.from_study is None
+    with pytest.raises(ValueError, match=r"warm_start\.from_study: names this study \(micro\)"):
+        load_study(write_study(tmp_path, config, warm_start={"config": str(config), "from_study": "micro"}))
+    with pytest.raises(ValueError, match=r"orm\.from_study: 'a b' is not a usable directory name"):
+        load_study(write_study(tmp_path, config, orm={"config": str(config), "from_study": "a b"}))
