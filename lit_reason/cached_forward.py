@@ -15,7 +15,7 @@ import inspect
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from lit_reason.tensors import position_ids_from_mask
 
@@ -55,22 +55,23 @@ def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
     Args:
         model: a Hugging Face causal LM.
         input_ids: (B, L) long, the sampler's layout: left-padded prompts in columns ``:prompt_length``, then
-            the responses.
+            the responses (L > P).
         attention_mask: (B, L) long, 0 on padding.
         prompt_length: P, the column where the responses start (at least 1).
 
     Returns:
         (B, L - P + 1, V) logits of columns P - 1 .. L - 1 (column t predicts token t + 1): those of the full
-        forward's ``logits[:, P - 1:]``.
+        forward's ``logits[:, P - 1:]``. Models whose cache cannot be shared this way take the full forward.
     """
     position_ids = position_ids_from_mask(attention_mask)
     start = prompt_length - 1
+    # Decided by the model alone, never by the rows: under FSDP2 every rank must call the model as often.
+    if not shares_prompt_cache(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        return logits[:, start:]
     # A prompt is its tokens and its padding: rows repeat one only if both agree.
     prompts = torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length]], dim=1)
     distinct, row_prompt = torch.unique(prompts, dim=0, return_inverse=True)
-    if len(distinct) == len(input_ids) or prompt_length == input_ids.shape[1]:  # nothing repeats: one forward
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        return logits[:, start:]
     forward = CausalLMWithCache(model)
     prompt_ids, prompt_mask = distinct[:, :prompt_length], distinct[:, prompt_length:]
     first_logits, cache = forward(
@@ -81,3 +82,18 @@ def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
         input_ids[:, prompt_length:], attention_mask, position_ids[:, prompt_length:], cache, last_logits_only=False
     )
     return torch.cat([first_logits[row_prompt], rest_logits], dim=1)
+
+
+def shares_prompt_cache(model: torch.nn.Module) -> bool:
+    """Whether a prompt's KV cache can stand in for its forward: only attention caches that ``batch_select_indices``
+    indexes whole (full or sliding-window), not recurrent or linear-attention states; not under gradient
+    checkpointing (which turns the cache off); not with RoPE scaling chosen per call from the longest position
+    (``dynamic``, ``longrope``: the prompt's call would scale differently from the full sequence's)."""
+    checkpointing = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else None
+    if getattr(model, checkpointing or "is_gradient_checkpointing", False):
+        return False
+    rope = getattr(model.config, "rope_scaling", None) or getattr(model.config, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+        return False
+    layers = DynamicCache(config=model.config).layers
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)

@@ -79,6 +79,7 @@ class ExportPolicy(Callback):
 def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: str) -> ModelCard:
     """The card of an export of ``pl_module`` (a ``ReasoningModule``) written now."""
     task = trainer.datamodule.task
+    example = (task.problems("validation") or task.problems("train"))[0]
     module_doc = sys.modules[type(pl_module).__module__].__doc__ or ""
     sampling = pl_module.evaluation
     reward_model = pl_module.trains_reward_model
@@ -92,7 +93,7 @@ def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: s
         step=trainer.global_step,
         samples_drawn=trainer.datamodule.samples_drawn,
         metrics={name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")},
-        example_prompt=task.prompt(task.problems("validation")[0], pl_module.tokenizer),
+        example_prompt=task.prompt(example, pl_module.tokenizer),
         response_prefix="" if reward_model else pl_module.export_conditioning().response_prefix,
         stop_strings=task.stop_strings,
         sampling={

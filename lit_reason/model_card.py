@@ -4,7 +4,9 @@ what, by which method, on which task, how well it did, and how to prompt it."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lit_reason.conditioning import CONDITIONING_FILE
 from lit_reason.version import __version__
@@ -55,7 +57,9 @@ class ModelCard:
         front = ["---", "library_name: transformers", "tags:", "- lit-reason", f"- {self.method}", "- math-reasoning"]
         if self.kind == "policy":
             front += ["pipeline_tag: text-generation"]
-        front += [f"base_model: {json.dumps(self.base_model)}", "---", ""]
+        if _hub_id(self.base_model):  # the hub checks that base_model names a repository
+            front += [f"base_model: {json.dumps(self.base_model)}"]
+        front += ["---", ""]
         lines = [
             f"# {self.title}",
             "",
@@ -125,3 +129,8 @@ class ModelCard:
             "print(tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))",
             "```",
         ]
+
+
+def _hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a hub repository ("owner/name"), not a local directory or a preset."""
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()

@@ -8,7 +8,7 @@ from lit_reason.callbacks import ExportPolicy
 from lit_reason.conditioning import Conditioning
 from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SamplingConfig
-from lit_reason.tasks import Arithmetic
+from lit_reason.tasks import Arithmetic, JSONLTask
 
 
 class FakeModule:
@@ -65,3 +65,12 @@ def test_a_run_resumed_into_a_new_directory_still_leaves_a_policy(tmp_path):
     callback.load_state_dict({"best": 0.9, "exported": True})  # restored from a checkpoint of the earlier run
     callback.on_fit_end(fake_trainer(tmp_path / "version_1"), FakeModule("resumed"))
     assert (tmp_path / "version_1" / "policy" / "model.safetensors").read_text() == "resumed"
+
+
+def test_the_card_of_a_task_without_validation_questions_shows_a_training_prompt(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"question": "What is 1 + 1?", "answer": 2}\n')
+    trainer = fake_trainer(tmp_path)
+    trainer.datamodule.task = JSONLTask(str(train), validation_size=0)
+    ExportPolicy()._export(trainer, FakeModule("only"), "test")
+    assert "What is 1 + 1?" in (tmp_path / "policy" / "README.md").read_text()

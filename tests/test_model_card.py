@@ -24,7 +24,7 @@ def test_a_policy_card_says_what_how_how_well_and_how_to_prompt():
     text = card().markdown()
     front, body = text.split("---\n")[1], text.split("---\n", 2)[2]
     assert "library_name: transformers" in front and "- RCRL" in front
-    assert 'base_model: "runs/sft/version_0/policy"' in front and "pipeline_tag: text-generation" in front
+    assert "base_model" not in front and "pipeline_tag: text-generation" in front  # a local path: not a hub id
     assert "by `RCRL` from `runs/sft/version_0/policy`" in body and "after 4,800 training samples" in body
     # Metrics sorted by name, with the sampling that produced them.
     assert body.index("| val/maj@1 | 0.9800 |") < body.index("| val/pass@8 | 0.9900 |")
@@ -40,3 +40,13 @@ def test_a_reward_model_card_says_how_to_use_it_and_no_validation_is_stated():
     assert "pipeline_tag" not in text and "A reward model trained" in text
     assert "--model.init_args.orm DIR" in text and "No validation ran before this export." in text
     assert "How to prompt it" not in text
+
+
+def test_only_a_hub_repository_is_the_cards_base_model(tmp_path):
+    assert (
+        'base_model: "HuggingFaceTB/SmolLM2-135M-Instruct"'
+        in card(base_model="HuggingFaceTB/SmolLM2-135M-Instruct").markdown()
+    )
+    (tmp_path / "policy").mkdir()
+    for local in ("tiny", str(tmp_path / "policy")):
+        assert "base_model:" not in card(base_model=local).markdown()

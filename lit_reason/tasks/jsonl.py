@@ -11,9 +11,6 @@ from lit_reason.files import jsonl_records
 from lit_reason.tasks.answers import format_number, parse_number
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Task, split_off
 
-# Ids stay unique across splits: a split's questions are numbered from its own offset.
-SPLIT_ID_OFFSETS = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
-
 
 class JSONLTask(Task):
     """Problems from JSONL files, one JSON object a line, e.g. ``{"question": "...", "answer": 42}``.
@@ -60,17 +57,19 @@ class JSONLTask(Task):
         self.seed = seed
 
     def load(self) -> dict[str, list[Problem]]:
-        splits = {split: self._read(split, path) if path else [] for split, path in self.paths.items()}
+        splits, first_id = {}, 0
+        for split, path in self.paths.items():  # ids run on across the files: unique in the task
+            splits[split] = self._read(split, path, first_id) if path else []
+            first_id += len(splits[split])
         if self.paths["validation"] is None:
             splits["train"], splits["validation"] = split_off(splits["train"], self.validation_size, self.seed)
         return splits
 
-    def _read(self, split: str, path: str) -> list[Problem]:
+    def _read(self, split: str, path: str, first_id: int) -> list[Problem]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"JSONLTask: {split}_path {path} does not exist")
         problems = [
-            self._problem(SPLIT_ID_OFFSETS[split] + index, row, where)
-            for index, (where, row) in enumerate(jsonl_records(path))
+            self._problem(first_id + index, row, where) for index, (where, row) in enumerate(jsonl_records(path))
         ]
         if not problems:
             raise ValueError(f"JSONLTask: {path} holds no questions (one JSON object a line)")
