@@ -102,7 +102,8 @@ def similar_sample_counts(results: StudyResults) -> Verdict:
 
 
 def samples_to_converge(results: StudyResults, name: str) -> int:
-    """Training samples a run drew before its (seed-averaged) maj@1 first reached 90% of its final gain."""
+    """Training samples a run drew before its (seed-averaged) maj@1 first reached 90% of its final gain (or
+    loss)."""
     run, start = results.runs[name], results.baseline.final(results.study.shared_seed).metrics["maj@1"]
     rounds = min(len(run.evaluations[s]) for s in run.seeds)
     curve = [
@@ -112,8 +113,10 @@ def samples_to_converge(results: StudyResults, name: str) -> int:
         )
         for i in range(rounds)
     ]
-    target = start + 0.9 * (curve[-1][1] - start)
-    return int(next(samples for samples, value in curve if value >= target))
+    gain = curve[-1][1] - start
+    target = start + 0.9 * gain
+    # Reached in the gain's direction (a run can lose maj@1); the last evaluation always qualifies.
+    return int(next(samples for samples, value in curve if (value - target) * (1 if gain >= 0 else -1) >= 0))
 
 
 def dense_rewards_do_not_help(results: StudyResults) -> Verdict:

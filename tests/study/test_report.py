@@ -106,6 +106,14 @@ def test_samples_to_converge_reads_the_curve(tmp_path):
     assert samples_to_converge(read_results(study), "ei") == 300
 
 
+def test_samples_to_converge_follows_a_loss_down(tmp_path):
+    # A run that loses maj@1 (0.4 -> 0.35 -> 0.3) has lost 90% of it only at 300 samples.
+    study = make_study(tmp_path, {"ei": (0.3, 0.6), "ppo": (0.2, 0.6)})
+    results = read_results(study)
+    assert samples_to_converge(results, "ei") == 300 and samples_to_converge(results, "ppo") == 300
+    assert verdicts(study)["similar_sample_counts"] == "inconclusive"  # no gain to converge to
+
+
 def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path):
     study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)}, seeds=(0, 1))
     path = write_report(read_results(study), ["lit-reason", "study", "--config", "study.yaml"])
