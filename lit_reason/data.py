@@ -114,6 +114,12 @@ class RolloutDataModule(LightningDataModule):
             data.batches = data.batches[:fewest]
         self.round_data = data
         self.rounds_built = round_index + 1
+        if not fewest:  # Lightning would end the whole fit on an empty dataloader
+            rank_zero_warn(
+                f"round {round_index}: {type(module).__name__} made no training batch from its samples (round "
+                f"statistics: {data.stats}); it trains nothing this round and samples again in the next"
+            )
+            return DataLoader([EMPTY_ROUND], batch_size=None, collate_fn=_identity)
         return DataLoader(data.batches, batch_size=None, shuffle=False, collate_fn=_identity)
 
     # ------------------------------------------------------------------------------- validation / test
@@ -156,6 +162,9 @@ class RolloutDataModule(LightningDataModule):
 # that epoch's dataloader but resumes at its end without iterating it, and it would stop the run if the
 # dataloader were empty.
 COMPLETED_ROUND = "completed-round"
+# The one "batch" of a round whose samples gave no training batch (e.g. Expert Iteration with no correct
+# sample): ``ReasoningModule.on_train_batch_start`` skips it, so the run goes on to the next round.
+EMPTY_ROUND = "empty-round"
 
 
 def shard_evenly(problems: list[Problem], rank: int, world_size: int) -> list[Problem]:

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_reason.batches import Example
 from lit_reason.conditioning import Conditioning, Stage
-from lit_reason.data import TrainData
+from lit_reason.data import EMPTY_ROUND, TrainData
 from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_model
 from lit_reason.evaluation import Evaluator, GradedQuestions, write_outputs
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
@@ -225,11 +225,14 @@ class ReasoningModule(LightningModule):
         if data is not None:
             stats = {f"round/{name}": float(value) for name, value in data.stats.items()}
             stats["round/index"] = float(self.current_epoch)
-            self.log_dict(stats, on_step=False, on_epoch=True, sync_dist=True)
-        # Identical on every rank; reducing (a mean) keeps it so and satisfies Lightning's distributed logging.
-        self.log("samples_drawn", float(self._samples_drawn()), on_step=False, on_epoch=True, sync_dist=True)
+            self.log_dict(stats, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+        # Identical on every rank: a mean keeps it so (batch_size: an empty round's placeholder has none).
+        samples = float(self._samples_drawn())
+        self.log("samples_drawn", samples, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        if isinstance(batch, str) and batch == EMPTY_ROUND:
+            return -1  # Lightning: skip the rest of this epoch (a round with nothing to train on)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=1)
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -268,8 +271,7 @@ class ReasoningModule(LightningModule):
         metrics, records = self.evaluator.compute()
         values = {f"{stage}/{name}": value for name, value in metrics.items()} | (extra or {})
         values[f"{stage}/samples_drawn"] = torch.tensor(float(self._samples_drawn()))
-        # Identical on every rank already (metrics and records are gathered); the mean keeps them so. Lightning
-        # reduces each value on the device it is on, and NCCL takes only the rank's GPU: move them all there.
+        # Identical on every rank (gathered); the mean keeps them so. NCCL reduces only on the rank's GPU.
         self.log_dict({name: value.float().to(self.device) for name, value in values.items()}, sync_dist=True)
         rank_zero_info(
             f"{stage} step {self.global_step} ({self.evaluator.seconds_since_start():.0f}s): "
@@ -288,8 +290,7 @@ class ReasoningModule(LightningModule):
 
     def export_policy(self, path: str | Path) -> None:
         """Save the policy and tokenizer where ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``
-        load them, with its ``export_conditioning``. Call on every rank (sharded weights are
-        gathered); rank 0 writes."""
+        load them, with its ``export_conditioning``. Call on every rank (sharded weights are gathered)."""
         state = full_state_dict(self.policy)
         if rank_and_world_size()[0] != 0:
             return

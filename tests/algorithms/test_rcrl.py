@@ -12,6 +12,7 @@ from lit_reason.algorithms.rcrl import ratio_batches
 from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.tasks import Arithmetic
 from tests.helpers.fakes import FakeTrainer
+from tests.helpers.trainers import quiet_trainer
 
 
 def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
@@ -186,3 +187,19 @@ def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp
     resumed.on_load_checkpoint(checkpoint)
     assert resumed.conditioning("rollout").response_prefix == "[GOOD]"
     assert sorted(resumed.kept.values(), key=repr) == sorted(module.kept.values(), key=repr)
+
+
+def test_a_round_without_a_training_batch_trains_nothing_and_the_run_goes_on():
+    # 4 reference solutions (positives) and the untrained policy's 8 wrong samples fill no balanced batch of 32.
+    module = ReturnConditionedRL(
+        policy=PolicySpec(name_or_path="micro"),
+        rollout=SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=4),
+        positive_ratio=0.5,
+        batch_size=32,
+        reference_solutions=4,
+    )
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0)
+    data = RolloutDataModule(task=Arithmetic(train_size=40, validation_size=4, test_size=4), questions_per_round=4)
+    with pytest.warns(UserWarning, match="round 0: ReturnConditionedRL made no training batch"):
+        trainer.fit(module, data)
+    assert trainer.current_epoch == 2 and trainer.global_step == 0 and data.rounds_built == 2
