@@ -3,9 +3,8 @@
 A step is a round: sample K responses for each of Q training questions, score them (grading; PPO: policy,
 reference and critic forwards; GRPO: policy and reference, neither with one update pass and no KL term), and
 update the policy once over them (one pass, one optimizer step per minibatch of all Q x K completions). Every
-algorithm gets the same policy, questions
-and sampling settings, in one process, one after another. Each runs ``--rounds`` rounds after a warm-up round;
-the median round is reported with where its time went:
+algorithm gets the same policy, questions and sampling settings, in one process, one after another. Each runs
+``--rounds`` rounds after a warm-up round; the median round is reported with where its time went:
 
 - sampling: the sampler (``generate``);
 - scoring: the rest of making the round's data (log-probs, values, rewards, advantages);
