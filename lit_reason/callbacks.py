@@ -61,9 +61,10 @@ class ExportPolicy(Callback):
         staging = path.with_name(f".{path.name}.staging")
         if trainer.is_global_zero:
             shutil.rmtree(staging, ignore_errors=True)
+        card = model_card(trainer, pl_module, why).markdown()  # every rank: trainer.log_dir is a broadcast
         pl_module.export_policy(staging)  # every rank: sharded weights are gathered
         if trainer.is_global_zero:
-            (staging / CARD_FILE).write_text(model_card(trainer, pl_module, why).markdown(), encoding="utf-8")
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")
             replace_directory(staging, path)
         self.exported = True
         rank_zero_info(f"exported policy to {path}: {why}")
