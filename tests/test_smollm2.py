@@ -381,7 +381,7 @@ def test_ppo_step(smollm2: SmolLM2, svamp: SVAMP, monkeypatch, tmp_path):
     # (the same weights) with the policy, and the first ratio is 1.
     assert stats["logprob_gap_to_sampler"] < 1e-3
     assert abs(stats["kl_to_reference"]) < 1e-3
-    batch = recorder.batches[0]
+    batch = recorder.batches[0].response_columns()  # the training forward's columns (prompts run once)
     ratio = torch.exp(trained_logprobs[0] - batch.old_logprobs)[batch.response_mask]
     assert len(ratio) == batch.global_tokens > 0
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), (ratio.min(), ratio.max())
