@@ -62,8 +62,8 @@ def orm_policy(study: StudySpec) -> Path | None:
 
 def run_dir(study: StudySpec, run: str, seed: int) -> Path:
     """Where a run logs: ``<study>/runs/<run>/seed<seed>``, in the other study for a reused stage."""
-    stage = {"warm_start": study.warm_start, "orm": study.orm}.get(run)
-    owner = stage.from_study if stage is not None and stage.from_study else study.name
+    reused = reused_stages(study).get(run)
+    owner = reused.from_study if reused is not None else study.name
     return study.output_dir / owner / "runs" / run / f"seed{seed}"
 
 
