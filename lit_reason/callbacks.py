@@ -11,6 +11,8 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_reason.distributed import StopAllRanksOnFailure
+from lit_reason.evaluation import drop_outputs_after
 from lit_reason.files import replace_directory
 from lit_reason.model_card import CARD_FILE, ModelCard
 
@@ -20,13 +22,13 @@ class ExportPolicy(Callback):
     ``fit``, and at the end of ``fit`` if it never did, so every run leaves a loadable policy.
 
     Args:
-        monitor: the metric to watch.
+        monitor: the metric to watch; null exports the latest policy after every validation.
         mode: ``max`` or ``min``.
         dirpath: where to write; default ``<log_dir>/policy``.
     """
 
     def __init__(
-        self, monitor: str = "val/maj@1", mode: Literal["max", "min"] = "max", dirpath: str | None = None
+        self, monitor: str | None = "val/maj@1", mode: Literal["max", "min"] = "max", dirpath: str | None = None
     ) -> None:
         self.monitor = monitor
         self.mode = mode
@@ -39,6 +41,9 @@ class ExportPolicy(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if self.monitor is None:
+            self._export(trainer, pl_module, f"latest policy at step {trainer.global_step}")
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
@@ -75,6 +80,31 @@ class ExportPolicy(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
         self.exported = state_dict["exported"]
+
+
+class ForgetOutputsAfterCheckpoint(Callback):
+    """When a fit resumes from a checkpoint, forget the evaluation outputs the interrupted attempt wrote after
+    it (``metrics.json`` entries, prediction files, TensorBoard points): the resumed fit writes them again."""
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        drop_outputs_after(trainer, checkpoint["global_step"])
+
+
+class FailFast(Callback):
+    """When one rank raises, every rank stops within a second and says which rank failed and why
+    (``StopAllRanksOnFailure``), instead of waiting in a collective until the process group's timeout."""
+
+    def __init__(self) -> None:
+        self.watcher = StopAllRanksOnFailure()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.watcher.start()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.watcher.report(exception)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.watcher.stop()
 
 
 def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: str) -> ModelCard:

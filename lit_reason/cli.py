@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from lit_reason.algorithms.base import ReasoningModule
-from lit_reason.callbacks import ExportPolicy
+from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint
 from lit_reason.data import RolloutDataModule
 from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached
 
@@ -124,7 +124,7 @@ class LitReasonCLI(LightningCLI):
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return self._instantiate_trainer(trainer_config, callbacks)
+        return self._instantiate_trainer(trainer_config, [*callbacks, ForgetOutputsAfterCheckpoint(), FailFast()])
 
     def parse_arguments(self, parser, args) -> None:
         if args is None or isinstance(args, list):
@@ -163,6 +163,8 @@ class LitReasonCLI(LightningCLI):
         parser.add_lightning_class_args(ExportPolicy, "export")
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            resume_in_place(self.config.fit)
         if self.subcommand not in ("validate", "test"):
             return
         policy = self.config[self.subcommand].model.init_args.policy
@@ -179,6 +181,20 @@ class LitReasonCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         if config.get("validate_before_fit", True) and not config.get("ckpt_path"):
             self.trainer.validate(self.model, datamodule=self.datamodule)
+
+
+def resume_in_place(config) -> None:
+    """A fit resumed from ``<save_dir>/<name>/<version>/checkpoints/*.ckpt`` logs on in that run's directory
+    (not a new version), when the logger's version is not given: the resumed run's metrics, predictions,
+    checkpoints and export continue the interrupted run's."""
+    logger = config.trainer.logger
+    if not config.get("ckpt_path") or not hasattr(logger, "init_args") or logger.init_args.get("version"):
+        return
+    checkpoint = Path(config.ckpt_path).resolve()
+    run_dir = checkpoint.parent.parent
+    logs = Path(logger.init_args.get("save_dir") or ".") / (logger.init_args.get("name") or "")
+    if checkpoint.parent.name == "checkpoints" and run_dir.parent == logs.resolve():
+        logger.init_args.version = run_dir.name
 
 
 def main(args=None) -> None:

@@ -1,8 +1,12 @@
-"""Every collective of lit-reason, each a no-op in a single process, and the FSDP2 sharding and gathering of
-model weights."""
+"""Every collective of lit-reason, each a no-op in a single process, the FSDP2 sharding and gathering of
+model weights, and stopping every rank when one fails."""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 import torch
@@ -84,3 +88,72 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
     else:
         model.load_state_dict(state)
+
+
+FAILURE_KEY = "lit_reason/failure"
+
+
+class StopAllRanksOnFailure:
+    """When one rank fails, stop every rank at once, each saying which rank failed and why.
+
+    A rank that raises leaves the others in their next collective: with NCCL they wait there until the
+    process group's timeout (minutes), and the message a user reads last is a peer's timeout or "connection
+    closed". ``report`` (on the failing rank) writes the failure into the process group's key-value store;
+    every other rank watches the store from a thread and exits ``grace_seconds`` after it appears (polled every
+    ``poll_seconds``), which leaves the failing rank the time to print its traceback.
+    """
+
+    def __init__(self, poll_seconds: float = 0.5, grace_seconds: float = 2.0) -> None:
+        self.poll_seconds = poll_seconds
+        self.grace_seconds = grace_seconds
+        self._stopped = threading.Event()
+        self._store = None
+        self._peer_failure: str | None = None
+
+    def start(self) -> None:
+        """Watch for another rank's failure (in a multi-process run; call once the process group exists)."""
+        if not is_distributed() or self._store is not None:
+            return
+        # A connection of the watcher's own: the process group's store client is not shared across threads.
+        self._store = dist.distributed_c10d._get_default_store().clone()
+        self._stopped.clear()
+        threading.Thread(target=self._watch, name="stop-all-ranks-on-failure", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop watching (before a normal exit: ranks that finish early take the store with them)."""
+        self._stopped.set()
+        self._store = None
+
+    def report(self, exception: BaseException) -> None:
+        """On the failing rank: tell every rank, then give their watchers time to read it (the store may live
+        in this process and end with it)."""
+        rank, world_size = rank_and_world_size()
+        store = self._store
+        if store is None or self._peer_failure is not None:
+            return  # single process, or this exception follows another rank's failure (already reported)
+        self._stopped.set()
+        message = f"rank {rank} of {world_size} failed: {type(exception).__name__}: {exception}"[:2000]
+        try:
+            first = store.compare_set(FAILURE_KEY, "", message).decode()  # the first failure is the cause
+        except Exception:  # noqa: BLE001 - the store is gone already: the other ranks will see the job end
+            first = message
+        if first != message:
+            return
+        print(f"[lit-reason] {message}; stopping every rank", file=sys.stderr, flush=True)
+        time.sleep(3 * self.poll_seconds)
+
+    def _watch(self) -> None:
+        store, rank = self._store, rank_and_world_size()[0]
+        while not self._stopped.wait(self.poll_seconds):
+            try:
+                if not store.check([FAILURE_KEY]):
+                    continue
+                message = store.get(FAILURE_KEY).decode()
+            except Exception:  # noqa: BLE001 - the store's process ended (a normal end, or a crash Lightning sees)
+                return
+            if self._stopped.is_set():
+                return
+            self._peer_failure = message
+            print(f"[lit-reason] rank {rank} stops because {message}", file=sys.stderr, flush=True)
+            time.sleep(self.grace_seconds)  # the failing rank's traceback is printed before this process ends
+            os._exit(1)

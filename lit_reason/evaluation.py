@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -176,12 +177,37 @@ def write_outputs(
         )
 
 
+def drop_outputs_after(trainer, step: int) -> None:
+    """Forget what evaluations wrote beside the run after ``step`` (call on every rank; rank 0 writes): a fit
+    resumed from a checkpoint of ``step`` evaluates the later steps again, and each must be recorded once.
+    Drops later entries of ``metrics.json`` and later prediction files. TensorBoard keeps the interrupted
+    attempt's later points: its restart marker (``purge_step``) hides every point past a step, which would
+    also hide the curves whose x-axis is the samples drawn."""
+    if not trainer.loggers:
+        return
+    log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
+    if rank_and_world_size()[0] != 0:
+        return
+    if log_dir is not None:
+        metrics = Path(log_dir) / "metrics.json"
+        if metrics.is_file():
+            write_json(metrics, [entry for entry in json.loads(metrics.read_text()) if entry["step"] <= step])
+        for predictions in (Path(log_dir) / "predictions").glob("*-step*.jsonl"):
+            written_at = re.fullmatch(r".*-step(\d+)\.jsonl", predictions.name)
+            if written_at and int(written_at[1]) > step:
+                predictions.unlink()
+
+
 def append_json(path: Path, entry: dict[str, Any]) -> None:
-    """Append ``entry`` to the JSON list in ``path`` (created if missing), replacing the file atomically: a
-    crash leaves the previous list or the new one, never half of one."""
-    entries = json.loads(path.read_text()) if path.is_file() else []
+    """Append ``entry`` to the JSON list in ``path`` (created if missing)."""
+    write_json(path, [*(json.loads(path.read_text()) if path.is_file() else []), entry])
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` to ``path`` as JSON, replacing the file atomically: a crash leaves the previous content
+    or the new one, never half of one."""
     staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps([*entries, entry], indent=1, allow_nan=False))
+    staging.write_text(json.dumps(value, indent=1, allow_nan=False))
     staging.replace(path)
 
 

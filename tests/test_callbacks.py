@@ -1,10 +1,13 @@
-"""The export callback: exports are moved into place only when complete, and every fit leaves a policy."""
+"""The export callback: exports are moved into place only when complete, and every fit leaves a policy; a
+resumed fit forgets the outputs written after its checkpoint."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
+from lightning.pytorch.trainer.states import TrainerFn
 
-from lit_reason.callbacks import ExportPolicy
+from lit_reason.callbacks import ExportPolicy, ForgetOutputsAfterCheckpoint
 from lit_reason.conditioning import Conditioning
 from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SamplingConfig
@@ -42,6 +45,9 @@ def fake_trainer(log_dir) -> SimpleNamespace:
         datamodule=SimpleNamespace(task=Arithmetic(train_size=20, validation_size=4, test_size=4), samples_drawn=64),
         global_step=3,
         callback_metrics={"val/maj@1": 0.5, "train/loss": 1.0},
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        sanity_checking=False,
+        loggers=["a logger"],
     )
 
 
@@ -74,3 +80,21 @@ def test_the_card_of_a_task_without_validation_questions_shows_a_training_prompt
     trainer.datamodule.task = JSONLTask(str(train), validation_size=0)
     ExportPolicy()._export(trainer, FakeModule("only"), "test")
     assert "What is 1 + 1?" in (tmp_path / "policy" / "README.md").read_text()
+
+
+def test_without_a_monitor_every_validation_exports_the_latest_policy(tmp_path):
+    callback, trainer = ExportPolicy(monitor=None), fake_trainer(tmp_path)
+    for version in ("first", "second"):  # the metric does not improve: exported all the same
+        callback.on_validation_end(trainer, FakeModule(version))
+        assert (tmp_path / "policy" / "model.safetensors").read_text() == version
+
+
+def test_a_resumed_fit_forgets_the_evaluations_written_after_its_checkpoint(tmp_path):
+    entries = [{"stage": "val", "step": step, "samples_drawn": 8 * step, "metrics": {}} for step in (0, 2, 4, 6)]
+    (tmp_path / "metrics.json").write_text(json.dumps(entries))
+    (tmp_path / "predictions").mkdir()
+    for step in (0, 2, 4, 6):
+        (tmp_path / "predictions" / f"val-step{step}.jsonl").write_text("{}\n")
+    ForgetOutputsAfterCheckpoint().on_load_checkpoint(fake_trainer(tmp_path), None, {"global_step": 4})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == entries[:3]
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [f"val-step{s}.jsonl" for s in (0, 2, 4)]

@@ -1,9 +1,18 @@
-"""Collectives: every one goes through lit_reason.distributed, on the device it is given (the module's)."""
+"""Collectives: every one goes through lit_reason.distributed, on the device it is given (the module's); a
+rank's failure stops every rank."""
 
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+from torch.multiprocessing import ProcessExitedException
+
+from lit_reason.distributed import StopAllRanksOnFailure
+from tests.helpers.distributed import run_in_processes
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lit_reason"
 COLLECTIVES = {
@@ -50,3 +59,25 @@ def test_tensor_collectives_run_on_the_device_they_are_given():
                 deviceless.append(f"{where} {name}")
     assert not direct, f"call torch.distributed through lit_reason.distributed: {direct}"
     assert not deviceless, f"give the module's device: {deviceless}"
+
+
+def _one_rank_fails_while_the_other_waits(rank: int, world_size: int) -> str:
+    watcher = StopAllRanksOnFailure(poll_seconds=0.1, grace_seconds=0.1)
+    watcher.start()
+    dist.barrier()
+    if rank == 1:
+        watcher.report(ValueError("question 7 is longer than the context"))
+        return "reported"
+    time.sleep(60)  # stands for a collective that rank 1 never joins (NCCL waits there for its timeout)
+    return "still waiting"
+
+
+@pytest.mark.slow
+def test_a_rank_waiting_for_a_failed_one_stops_within_seconds_naming_it(capfd):
+    started = time.monotonic()
+    with pytest.raises(ProcessExitedException, match="process 0 terminated with exit code 1"):
+        run_in_processes(_one_rank_fails_while_the_other_waits, timeout=50)
+    assert time.monotonic() - started < 30
+    errors = capfd.readouterr().err
+    assert "[lit-reason] rank 1 of 2 failed: ValueError: question 7 is longer than the context" in errors
+    assert "[lit-reason] rank 0 stops because rank 1 of 2 failed: ValueError" in errors

@@ -219,7 +219,7 @@ def test_orm_learns_from_a_rollout_file_and_reranks(tmp_path, sft_policy_dir):
     rows.append({"question_id": task.problems("train")[0].id, "response": ""})  # empty: scored, no crash
     path = tmp_path / "rollouts.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    module, trainer, data = train_orm(tmp_path, path, sft_policy_dir, steps=150)
+    module, trainer, data = train_orm(tmp_path, path, sft_policy_dir)
     # Held-out questions, the same kind of pair: the ORM ranks the correct solution above the wrong one.
     held_out = task.problems("validation")[:60]
     ranked_right = [

@@ -1,4 +1,4 @@
-"""A whole study on a micro preset: warm start, its evaluation, two algorithms times two seeds, the report; a
+"""A whole study on a micro preset: warm start, its evaluation, two algorithms, the report; a
 study killed mid-run resumes without redoing what finished."""
 
 import os
@@ -43,7 +43,7 @@ def write_micro_study(tmp_path: Path) -> Path:
     study = {
         "name": "micro",
         "output_dir": str(tmp_path / "study"),
-        "seeds": [0, 1],
+        "seeds": [0],  # several seeds: tests/study/test_report.py and test_runner.py
         "warm_start": {"config": sft},
         "runs": [
             {
@@ -100,9 +100,8 @@ def test_a_micro_study_runs_resumes_after_a_kill_and_writes_its_report(tmp_path)
     assert "warm_start_eval seed 0: finished before, skipped" in output.stdout
     assert (runs / "warm_start" / "seed0" / "study.json").read_text() == warm_start_record  # not trained again
     for run in ("sft_more", "ei"):
-        for seed in (0, 1):
-            assert (runs / run / f"seed{seed}" / "study.json").is_file()
-            assert (runs / run / f"seed{seed}" / "policy" / "config.json").is_file()
+        assert (runs / run / "seed0" / "study.json").is_file()
+        assert (runs / run / "seed0" / "policy" / "config.json").is_file()
     report = (tmp_path / "study" / "micro" / "results.md").read_text()
     assert "| run | algorithm | reward | maj@1 | maj@2 | pass@2 | pass@1 | samples drawn | seeds |" in report
     assert "| ei | Expert Iteration | sparse |" in report and "| sft_more | SFT | - |" in report
