@@ -7,14 +7,19 @@ the response's last token). The total per-token reward an algorithm uses (``Rewa
     reward = (final reward - truncation penalty if cut off) on the last response token
              + dense_coef * dense reward on step-end tokens - kl_coef * KL(policy || reference) per token
 
-with the final reward 1/0 correctness (``grade``, the one grading of samples) or the ORM's final score.
+with the final reward 1/0 correctness (``grade``, the one grading of samples), the ORM's final score or a
+reward written in Python (``RewardFunction``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+import importlib
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
@@ -25,12 +30,114 @@ KLEstimator = Literal["k1", "k2", "k3"]
 
 
 @dataclass
+class RewardFunction:
+    """A reward written in Python, named by its import path.
+
+    Args:
+        path: ``module.function`` (or ``module:function``), importable where lit-reason runs (installed, on
+            ``PYTHONPATH``, or a module in the working directory): ``function(problem, response) -> float``,
+            with ``problem`` a ``lit_reason.tasks.Problem`` (``question``, ``solution``, ``answer``,
+            ``is_correct(text)``) and ``response`` the sampled text.
+        batched: the function scores a whole round in one call instead: ``function(problems, responses) ->
+            list of floats``, the i-th response answering ``problems[i]`` (e.g. to batch a reward model).
+        threshold: Expert Iteration keeps, and RCRL conditions on ``[GOOD]``, the samples whose reward is at
+            least this (PPO and GRPO use the reward itself).
+    """
+
+    path: str
+    batched: bool = False
+    threshold: float = 1.0
+    function: Callable[..., Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.function = import_function(self.path, what="reward_fn")
+
+    def __call__(self, problems: Sequence[Problem], samples) -> torch.Tensor:
+        """(R,) float32 rewards of a ``SampleBatch``'s responses (``prompt_index`` (R,) into ``problems``)."""
+        asked = [problems[p] for p in samples.prompt_index.tolist()]
+        if self.batched:
+            try:
+                values = list(self.function(asked, list(samples.texts)))
+            except Exception as error:
+                raise RuntimeError(
+                    f"reward_fn {self.path} (batched) raised {type(error).__name__}: {error}, scoring "
+                    f"{len(asked)} responses"
+                ) from error
+            if len(values) != len(asked):
+                raise ValueError(
+                    f"reward_fn {self.path} (batched) returned {len(values)} rewards for {len(asked)} responses"
+                )
+        else:
+            values = []
+            for index, (problem, text) in enumerate(zip(asked, samples.texts, strict=True)):
+                try:
+                    values.append(self.function(problem, text))
+                except Exception as error:
+                    raise RuntimeError(
+                        f"reward_fn {self.path} raised {type(error).__name__}: {error}, on "
+                        f"{_describe_sample(index, problem, text)}"
+                    ) from error
+        return torch.tensor(
+            [self._checked(v, i, asked[i], samples.texts[i]) for i, v in enumerate(values)], dtype=torch.float32
+        )
+
+    def _checked(self, value: Any, index: int, problem: Problem, text: str) -> float:
+        if isinstance(value, bool | int | float) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            number = float(value)
+            if math.isfinite(number):
+                return number
+        raise ValueError(
+            f"reward_fn {self.path} returned {value!r} on {_describe_sample(index, problem, text)}: a reward is a "
+            "finite number"
+        )
+
+
+def _describe_sample(index: int, problem: Problem, text: str) -> str:
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    return f"response {index} of the round (question {problem.id}): {shown!r}"
+
+
+def import_function(path: str, what: str) -> Callable[..., Any]:
+    """The function named ``module.function`` or ``module:function``; a module in the working directory is
+    found too (``lit-reason`` as a console script does not put it on the path). Errors say ``what`` it was for."""
+    module_name, _, name = path.replace(":", ".").rpartition(".")
+    if not module_name:
+        raise ValueError(f"{what} {path!r}: name a function as module.function (e.g. my_rewards.correct_format)")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            if os.getcwd() in sys.path:
+                raise
+            sys.path.append(os.getcwd())
+            module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"{what} {path!r}: cannot import {module_name!r} ({error}); it must be installed, on PYTHONPATH, or "
+            f"a .py file in the working directory ({os.getcwd()})"
+        ) from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"{what} {path!r}: {module_name} ({module.__file__}) has no function {name!r}")
+    return function
+
+
+def successes(problems: Sequence[Problem], samples, reward_fn: RewardFunction | None) -> torch.Tensor:
+    """(R,) bool: the samples Expert Iteration keeps and RCRL labels good: a right final answer (``grade``), or
+    with ``reward_fn`` a reward of at least its threshold."""
+    if reward_fn is None:
+        return grade(problems, samples)
+    return reward_fn(problems, samples) >= reward_fn.threshold
+
+
+@dataclass
 class RewardConfig:
     """What an RL algorithm rewards.
 
     Args:
         final: the reward of a whole response, on its last token: ``correctness`` (1 if the final answer is
-            right, else 0) or ``orm`` (the ORM's score at the last token; needs ``orm``).
+            right, else 0), ``orm`` (the ORM's score at the last token; needs ``orm``) or ``reward_fn``.
+        reward_fn: the final reward written in Python (``final: reward_fn``).
         dense: ``none``; ``orm``: the change of the ORM's score at every step (line) end; or ``heuristic``:
             credit for intermediate results matching the reference's.
         dense_coef: weight of the dense reward.
@@ -41,7 +148,8 @@ class RewardConfig:
             differentiated through the policy's log-probs, GRPO's).
     """
 
-    final: Literal["correctness", "orm"] = "correctness"
+    final: Literal["correctness", "orm", "reward_fn"] = "correctness"
+    reward_fn: RewardFunction | None = None
     dense: Literal["none", "orm", "heuristic"] = "none"
     dense_coef: float = 0.0
     truncation_penalty: float = 0.0
@@ -50,6 +158,12 @@ class RewardConfig:
     kl_in: Literal["reward", "loss"] = "reward"
 
     def __post_init__(self) -> None:
+        if (self.final == "reward_fn") != (self.reward_fn is not None):
+            raise ValueError(
+                "reward.final: reward_fn and reward.reward_fn go together: name the function (reward.reward_fn.path) "
+                f"and make it the final reward (reward.final: reward_fn); got final {self.final!r} and reward_fn "
+                f"{self.reward_fn.path if self.reward_fn else None!r}"
+            )
         if self.dense != "none" and self.dense_coef == 0:
             raise ValueError(
                 f"reward.dense is {self.dense} but reward.dense_coef is 0, so the dense reward would change nothing: "

@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_reason.cli import LitReasonCLI, main
 from lit_reason.evaluation import PREDICTION_FIELDS
@@ -106,6 +108,54 @@ def test_real_model_configs_run_on_cpu_with_a_micro_model(name, tmp_path, monkey
         ]
     )
     assert list(tmp_path.glob("**/policy/config.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "reward"),
+    [
+        ("ei.yaml", ["--model.init_args.reward_fn.path=tests.helpers.rewards.contains_a_digit"]),
+        (
+            "ppo.yaml",
+            [
+                "--model.init_args.reward.final=reward_fn",
+                "--model.init_args.reward.reward_fn.path=tests.helpers.rewards.shortness",
+                "--model.init_args.reward.reward_fn.batched=true",
+            ],
+        ),
+    ],
+    ids=["ei", "ppo"],
+)
+def test_a_jsonl_task_and_a_reward_written_in_python_drive_rl(config, reward, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = [{"problem": f"What is {n} plus {n + 7}?", "final_answer": f"${2 * n + 7:,}"} for n in range(40)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS[[c.name for c in CONFIGS].index(config)]),
+            *TINY_RUN,
+            "--data.task=lit_reason.tasks.JSONLTask",
+            "--data.task.init_args.train_path=train.jsonl",
+            "--data.task.init_args.question_field=problem",
+            "--data.task.init_args.answer_field=final_answer",
+            "--data.task.init_args.validation_size=4",
+            "--model.init_args.rollout.num_samples=2",
+            "--model.init_args.rollout.max_new_tokens=16",
+            *(["--model.init_args.reference_solutions=0"] if config == "ei.yaml" else []),
+            *reward,
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    (run,) = [p.parent for p in tmp_path.glob("**/config.yaml")]
+    if config == "ei.yaml":  # a random policy answers nothing right: everything kept has earned the reward
+        kept = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["kept_samples"]
+        assert kept and all(any(c.isdigit() for c in text) for _, text, _ in kept)
+    else:
+        events = EventAccumulator(str(run)).Reload()
+        (final_reward,) = events.Scalars("round/reward_final")
+        assert final_reward.value > 0.5  # the shortness of 16-token responses (correctness would give 0)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 import math
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lit_reason.rewards import (
     RewardConfig,
+    RewardFunction,
     batch_steps,
     heuristic_step_rewards,
     kl_penalty,
@@ -12,7 +15,9 @@ from lit_reason.rewards import (
     orm_step_rewards,
     reward_on_last_token,
     step_ends,
+    successes,
 )
+from lit_reason.tasks import Arithmetic
 
 
 def test_step_ends_split_responses_into_lines(char_tokenizer):
@@ -91,3 +96,81 @@ def test_a_dense_reward_without_a_weight_is_an_error_not_a_silent_no_op():
     ):
         RewardConfig(dense="heuristic")
     assert RewardConfig(dense="orm", dense_coef=0.5).dense_coef == 0.5
+
+
+PROBLEMS = Arithmetic(train_size=4, validation_size=0, test_size=0).problems("train")[:2]
+
+
+def samples(*texts: str) -> SimpleNamespace:
+    """A SampleBatch's fields a reward reads: sample i answers problem i % 2."""
+    return SimpleNamespace(prompt_index=torch.tensor([i % 2 for i in range(len(texts))]), texts=list(texts))
+
+
+def test_a_reward_function_scores_each_response_or_a_whole_round():
+    batch = samples("x = 4", "no number", f"#### {PROBLEMS[0].answer:g}")
+    digits = RewardFunction(path="tests.helpers.rewards.contains_a_digit")
+    assert digits(PROBLEMS, batch).tolist() == [1.0, 0.0, 1.0]
+    shortness = RewardFunction(path="tests.helpers.rewards:shortness", batched=True)
+    assert shortness(PROBLEMS, batch).tolist() == pytest.approx([0.95, 0.91, 1 - len(batch.texts[2]) / 100])
+    assert successes(PROBLEMS, batch, digits).tolist() == [True, False, True]
+    assert successes(PROBLEMS, batch, None).tolist() == [False, False, True]  # without one: the right answer
+    half = RewardFunction(path="tests.helpers.rewards.shortness", batched=True, threshold=0.93)
+    assert successes(PROBLEMS, batch, half).tolist() == [True, False, True]
+
+
+def test_a_reward_function_in_the_working_directory_is_found(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text("def always(problem, response):\n    return 0.5\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert RewardFunction(path="my_rewards.always")(PROBLEMS, samples("a")).tolist() == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "raise KeyError('answer')",
+            r"reward_fn rewards_under_test.reward raised KeyError: 'answer', on response 1 of "
+            r"the round \(question \d+\): 'second'",
+        ),
+        ("return float('nan')", r"returned nan on response 0 of the round .*'first'.*a reward is a finite number"),
+        ("return 'high'", r"returned 'high' on response 0 .*a reward is a finite number"),
+    ],
+    ids=["raises", "nan", "not-a-number"],
+)
+def test_errors_in_a_reward_function_name_it_and_the_sample(body, message, tmp_path, monkeypatch):
+    source = (
+        f"def reward(problem, response):\n    if response == 'first' and {'nan' not in body and 'high' not in body}:\n"
+    )
+    source += f"        return 1.0\n    {body}\n"
+    (tmp_path / "rewards_under_test.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("rewards_under_test", None)
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        RewardFunction(path="rewards_under_test.reward")(PROBLEMS, samples("first", "second"))
+
+
+def test_a_batched_reward_must_score_every_response():
+    wrong_length = RewardFunction(path="tests.helpers.rewards.shortness", batched=True)
+    with pytest.raises(ValueError, match=r"reward_fn tests.helpers.rewards.shortness \(batched\) returned 1 rewards"):
+        wrong_length(PROBLEMS, SimpleNamespace(prompt_index=torch.tensor([0, 1]), texts=["a"]))
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("no_such_module_here.reward", r"cannot import 'no_such_module_here'"),
+        ("tests.helpers.rewards.no_such_reward", r"tests.helpers.rewards \(.*rewards.py\) has no function 'no_such"),
+        ("reward", r"name a function as module.function"),
+    ],
+)
+def test_a_reward_function_that_cannot_be_found_is_a_clear_error(path, message):
+    with pytest.raises(ValueError, match=message):
+        RewardFunction(path=path)
+
+
+def test_the_final_reward_and_the_reward_function_are_named_together():
+    with pytest.raises(ValueError, match="reward.final: reward_fn and reward.reward_fn go together"):
+        RewardConfig(final="reward_fn")
+    with pytest.raises(ValueError, match="go together"):
+        RewardConfig(reward_fn=RewardFunction(path="tests.helpers.rewards.contains_a_digit"))

@@ -32,7 +32,7 @@ from lit_reason.batches import Example, TokenBatch, batch_examples
 from lit_reason.data import TrainData
 from lit_reason.distributed import full_state_dict, gather_objects, load_full_state_dict, rank_and_world_size
 from lit_reason.policy import PolicySpec
-from lit_reason.rewards import grade
+from lit_reason.rewards import RewardFunction, successes
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import calculations
@@ -44,7 +44,8 @@ Dedupe = Literal["text", "operations"]
 @dataclass(frozen=True)
 class KeptSample:
     """A sampled solution kept for training: the question's id, the response text exactly as sampled, and
-    whether its final answer is correct (Expert Iteration keeps only correct ones)."""
+    whether it succeeded: a right final answer, or a reward reaching ``reward_fn``'s threshold (Expert Iteration
+    keeps only those)."""
 
     problem_id: int
     text: str
@@ -78,6 +79,8 @@ class ExpertIteration(SFT):
             ``operations`` also drops those performing the same sequence of calculations.
         reference_solutions: training questions whose reference solutions are mixed into every round's data
             (0: kept samples only).
+        reward_fn: a reward written in Python (``RewardFunction``): keep the samples whose reward reaches its
+            threshold instead of those with the right final answer.
         **kwargs: ``SFT``'s options (batch_size) and the shared ones (policy, optimizer, lr_schedule,
             evaluation, text_samples, seed: also picks the reference solutions). The LR schedule restarts
             every round.
@@ -91,6 +94,7 @@ class ExpertIteration(SFT):
         base_policy: PolicySpec | None = None,
         dedupe: Dedupe = "text",
         reference_solutions: int = 0,
+        reward_fn: RewardFunction | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -102,13 +106,14 @@ class ExpertIteration(SFT):
         self.base_policy = base_policy
         self.dedupe = dedupe
         self.reference_solutions = reference_solutions
+        self.reward_fn = reward_fn
         self.kept: dict[tuple, KeptSample] = {}  # insertion-ordered D_i, identical on every rank
         self._problems_by_id: dict[int, Problem] | None = None
 
     # --------------------------------------------------------------------------------------------- round
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
         batch = self.generate(problems, self.rollout, ("rollout", round_index), "rollout")
-        correct = grade(problems, batch).tolist()
+        correct = successes(problems, batch, self.reward_fn).tolist()
         new = self.add_to_kept(gather_objects(self.select_samples(problems, batch, correct)))
         if self.restart_from != "previous":
             self.restart()

@@ -136,7 +136,7 @@ class PolicyGradient(ReasoningModule):
             logprobs = sampled.logprobs * mask
             ref_logprobs = logprobs if ref_logprobs is None else ref_logprobs
         correct = grade(problems, sampled)
-        final = self.outcome_rewards(sampled, correct) - reward.truncation_penalty * sampled.truncated.float()
+        final = self.outcome_rewards(problems, sampled, correct) - reward.truncation_penalty * sampled.truncated.float()
         dense = self.dense_rewards(problems, sampled)
         kl = kl_penalty(logprobs, ref_logprobs, reward.kl_estimator) * mask
         rewards = reward_on_last_token(final, mask) + reward.dense_coef * dense - reward.reward_kl_coef * kl
@@ -212,10 +212,13 @@ class PolicyGradient(ReasoningModule):
         # Decided alike on every rank: a forward that one rank skips would stall another's FSDP all-gather.
         return reduce_int(rows, "max", self.device) <= self.minibatch_size
 
-    def outcome_rewards(self, sampled: SampleBatch, correct: torch.Tensor) -> torch.Tensor:
-        """(R,) reward of each whole response: 1/0 correctness, or the ORM's score at its last token."""
+    def outcome_rewards(self, problems: list[Problem], sampled: SampleBatch, correct: torch.Tensor) -> torch.Tensor:
+        """(R,) reward of each whole response: 1/0 correctness, the ORM's score at its last token, or the
+        user's ``reward_fn``."""
         if self.reward.final == "orm":
             return self.orm_last_token_scores(sampled)
+        if self.reward.final == "reward_fn":
+            return self.reward.reward_fn(problems, sampled)
         return correct.float()
 
     def dense_rewards(self, problems: list[Problem], sampled: SampleBatch) -> torch.Tensor:

@@ -22,7 +22,7 @@ class FirstTokenPPO(PPO):
 
     target = " "
 
-    def outcome_rewards(self, sampled, correct):
+    def outcome_rewards(self, problems, sampled, correct):
         first = sampled.input_ids[:, sampled.prompt_length]
         return (first == self.tokenizer.convert_tokens_to_ids(self.target)).float()
 
