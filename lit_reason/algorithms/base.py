@@ -39,7 +39,7 @@ class ReasoningModule(LightningModule):
     Args:
         policy: which language model to train.
         optimizer: builds the optimizer from parameters, e.g. ``torch.optim.AdamW`` or
-            ``bitsandbytes.optim.AdamW8bit`` with its ``init_args`` (lr, weight_decay, betas).
+            ``bitsandbytes.optim.AdamW8bit`` (``lit-reason[quantization]``) with its ``init_args``.
         lr_schedule: warm-up and decay of the learning rate.
         evaluation: sampling for validation and test, the same for every algorithm: ``num_samples`` is K
             of maj@K / pass@K (8 on a CPU; 96 in the paper). maj@1 always decodes greedily.

@@ -28,6 +28,7 @@ log-probs (the first ratio is exactly 1).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -66,6 +67,10 @@ class PolicyGradient(ReasoningModule):
             aggregated.
         reward: the final and dense rewards, truncation penalty and KL penalty.
         max_grad_norm: gradient clipping (norm) of each optimizer step (0: off).
+        reference_load_kwargs: ``from_pretrained`` options of the frozen reference policy (the KL penalty's),
+            replacing the policy's: e.g. ``{"dtype": "bfloat16"}`` (half the memory), or 4-bit weights with
+            ``{"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}`` (needs
+            ``lit-reason[quantization]`` and a GPU). Unset: loaded as the policy is.
         **kwargs: the shared options (policy, optimizer, lr_schedule, evaluation, text_samples, orm, seed:
             shuffles minibatches).
     """
@@ -80,6 +85,7 @@ class PolicyGradient(ReasoningModule):
         loss: PPOLoss = PPOLoss(),
         reward: RewardConfig = RewardConfig(),
         max_grad_norm: float = 1.0,
+        reference_load_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -99,13 +105,17 @@ class PolicyGradient(ReasoningModule):
         self.loss = loss
         self.reward = reward
         self.max_grad_norm = max_grad_norm
+        self.reference_load_kwargs = reference_load_kwargs
         self.reference: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------------------------------- models
     def build_extra_models(self) -> None:
         disable_dropout(self.policy)
         if self.reward.kl_coef:  # without a KL penalty nothing reads the reference: no copy, no forward
-            self.reference = load_model(self.policy_spec, self.tokenizer).eval()
+            spec = self.policy_spec
+            if self.reference_load_kwargs is not None:
+                spec = replace(spec, load_kwargs=self.reference_load_kwargs)
+            self.reference = load_model(spec, self.tokenizer).eval()
             self.reference.requires_grad_(False)
 
     def networks_to_shard(self) -> list[torch.nn.Module]:

@@ -124,3 +124,22 @@ def test_checkpoints_of_lit_reason_0_1_0_load_their_critic():
     checkpoint = {"state_dict": {"critic.head.weight": weight, "policy.lm_head.weight": weight}}
     module.on_load_checkpoint(checkpoint)
     assert set(checkpoint["state_dict"]) == {"value_network.head.weight", "policy.lm_head.weight"}
+
+
+def test_the_reference_can_be_loaded_its_own_way(tmp_path):
+    """reference_load_kwargs: here a bfloat16 reference (half the memory) beside a float32 policy; the round's
+    KL to it is computed all the same."""
+    exported = PPO(policy=PolicySpec(name_or_path="micro", seed=1))
+    exported.configure_model()
+    exported.export_policy(tmp_path / "policy")
+    module = PPO(
+        policy=PolicySpec(name_or_path=str(tmp_path / "policy")),
+        rollout=SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=4),
+        reference_load_kwargs={"dtype": "bfloat16"},
+    )
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, RolloutDataModule(task=Arithmetic(train_size=8, validation_size=0), questions_per_round=8))
+    assert {p.dtype for p in module.reference.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in module.policy.parameters()} == {torch.float32}
+    kl = trainer.callback_metrics["round/kl_to_reference"].item()
+    assert kl != 0 and kl == kl  # bfloat16 weights differ from the policy's, and the KL is a number
