@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint
 from lit_reason.data import RolloutDataModule
-from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached
+from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached, locate_config
 
 TRAINER_DEFAULTS = {
     # RL rounds regenerate the training data from the current policy every epoch.
@@ -208,7 +208,27 @@ def main(args=None) -> None:
         return
     if arguments[:1] in (["-h"], ["--help"]):
         print("lit-reason study --config STUDY.yaml: run a declared study and write its results (see --help there)\n")
-    LitReasonCLI(args=args)
+    located = with_packaged_configs(arguments)
+    if located != arguments and args is None:
+        sys.argv[1:] = located
+    LitReasonCLI(args=located if args is not None else None)
+
+
+def with_packaged_configs(arguments: list[str]) -> list[str]:
+    """``arguments`` with each ``--config NAME`` that is no file here replaced by the packaged config of that
+    name (``--config ppo.yaml`` after a plain ``pip install``)."""
+    located = list(arguments)
+    for index, argument in enumerate(arguments):
+        name = argument.removeprefix("--config=") if argument.startswith("--config=") else None
+        if argument == "--config" and index + 1 < len(arguments):
+            index, name = index + 1, arguments[index + 1]
+        if name is None or Path(name).is_file():
+            continue
+        config = locate_config(name)
+        if config is not None:
+            located[index] = str(config) if argument == "--config" else f"--config={config}"
+            print(f"[lit-reason] --config {name}: the packaged {config}", file=sys.stderr)
+    return located
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ configs/sft.yaml`` exports". The first run that asks for it trains it (a separat
 that logs to its own run) and caches the exported policy under ``$LIT_REASON_CACHE`` (default
 ``~/.cache/lit-reason``), keyed by what it trains (the config's parsed content, the configs it names in turn,
 the data files it reads) and lit-reason's source code; every later run, and every algorithm whose config names
-the same file, loads the cached policy.
+the same file, loads the cached policy. A relative ``PATH`` is looked up in the working directory, then among
+the configs shipped with lit-reason (``config:configs/sft.yaml`` works after a plain ``pip install``).
 
 The training process is a single process of its own: it does not inherit a distributed launcher's rank
 variables (it would join or wait for the parent's job), and it stops when its parent dies.
@@ -30,6 +31,22 @@ from filelock import FileLock
 from lit_reason.version import __version__
 
 CONFIG_PREFIX = "config:"
+
+
+# The configs shipped with lit-reason (the repository's configs/ links here).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def locate_config(path: str) -> Path | None:
+    """The config file ``path`` names: the file itself (relative to the working directory), else the packaged
+    config of that name (``ei.yaml``, ``configs/ei.yaml`` and ``study/paper.yaml`` name shipped ones), else
+    None."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    relative = given.as_posix().removeprefix("configs/")
+    packaged = PACKAGED_CONFIGS / relative
+    return packaged if not given.is_absolute() and packaged.is_file() else None
 
 
 def cache_root() -> Path:
@@ -63,8 +80,8 @@ def _training_inputs(config: Path, seen: set[Path]) -> list[str]:
     content = yaml.safe_load(config.read_text())
     parts = [json.dumps(content, sort_keys=True)]
     for key, value in _leaves(content):
-        if isinstance(value, str) and value.startswith(CONFIG_PREFIX) and Path(value[len(CONFIG_PREFIX) :]).is_file():
-            parts += _training_inputs(Path(value[len(CONFIG_PREFIX) :]), seen)
+        if isinstance(value, str) and value.startswith(CONFIG_PREFIX) and locate_config(value[len(CONFIG_PREFIX) :]):
+            parts += _training_inputs(locate_config(value[len(CONFIG_PREFIX) :]), seen)
         elif key == "path" and isinstance(value, str) and Path(value).exists():
             files = [Path(value)] if Path(value).is_file() else sorted(p for p in Path(value).rglob("*") if p.is_file())
             parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
@@ -85,8 +102,8 @@ def _leaves(node, key: str | None = None):
 
 def is_cached(name_or_path: str) -> bool:
     """Whether the ``config:PATH`` warm start is trained and cached (so resolving it costs nothing)."""
-    config = Path(name_or_path[len(CONFIG_PREFIX) :])
-    return config.is_file() and (warm_start_dir(config) / "config.json").is_file()
+    config = locate_config(name_or_path[len(CONFIG_PREFIX) :])
+    return config is not None and (warm_start_dir(config) / "config.json").is_file()
 
 
 def resolve_policy_path(name_or_path: str) -> str:
@@ -100,11 +117,11 @@ def resolve_policy_path(name_or_path: str) -> str:
                 "that save_pretrained wrote, e.g. runs/sft/version_0/policy; a hub model is named org/name"
             )
         return str(path) if name_or_path.startswith("~") else name_or_path
-    config = Path(name_or_path[len(CONFIG_PREFIX) :])
-    if not config.is_file():
+    config = locate_config(name_or_path[len(CONFIG_PREFIX) :])
+    if config is None:
         raise FileNotFoundError(
-            f"warm start {name_or_path!r}: no config file {config} (relative paths start at the working "
-            f"directory, {Path.cwd()}); run lit-reason from the repository root or give an absolute path"
+            f"warm start {name_or_path!r}: no config file {name_or_path[len(CONFIG_PREFIX) :]} (relative paths start "
+            f"at the working directory, {Path.cwd()}) and no packaged config of that name ({PACKAGED_CONFIGS})"
         )
     target = warm_start_dir(config)
     if (target / "config.json").is_file():

@@ -3,11 +3,19 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lit_reason import warm_start
-from lit_reason.warm_start import resolve_policy_path, single_process_environment, warm_start_dir
+from lit_reason.study.spec import load_study
+from lit_reason.warm_start import (
+    PACKAGED_CONFIGS,
+    locate_config,
+    resolve_policy_path,
+    single_process_environment,
+    warm_start_dir,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +119,14 @@ def test_hub_names_and_existing_directories_pass_through(tmp_path, monkeypatch):
     (tmp_path / "policy").mkdir()
     assert resolve_policy_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert resolve_policy_path("./policy") == "./policy" and resolve_policy_path("tiny") == "tiny"
+
+
+def test_configs_are_found_in_the_working_directory_then_among_the_packaged_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert locate_config("configs/sft.yaml") == PACKAGED_CONFIGS / "sft.yaml"  # no configs/ here
+    assert locate_config("sft.yaml") == PACKAGED_CONFIGS / "sft.yaml"
+    assert load_study("study/paper.yaml").warm_start.config == str(PACKAGED_CONFIGS / "sft.yaml")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "sft.yaml").write_text("seed_everything: 1\n")
+    assert locate_config("configs/sft.yaml") == Path("configs/sft.yaml")  # the user's own file comes first
+    assert locate_config("no_such.yaml") is None and locate_config(str(tmp_path / "sft.yaml")) is None

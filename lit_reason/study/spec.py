@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import yaml
 
+from lit_reason.warm_start import locate_config
+
 Family = Literal["rl", "sft"]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -110,9 +112,10 @@ class StudySpec:
 
 def load_study(path: str | Path) -> StudySpec:
     """Read and check a study file; errors name the file and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"study file {path} does not exist")
+    located = locate_config(str(path))
+    if located is None:
+        raise FileNotFoundError(f"study file {path} does not exist (nor a packaged study of that name)")
+    path = located
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
@@ -232,9 +235,10 @@ class _Where:
         return value
 
     def config(self, value: str, label: str) -> str:
-        if not Path(value).is_file():
+        config = locate_config(value)
+        if config is None:
             raise ValueError(
                 f"{self.path}: {label}: no config file {value} (relative paths start at the working directory, "
-                f"{Path.cwd()})"
+                f"{Path.cwd()}) and no packaged config of that name"
             )
-        return value
+        return str(config)
