@@ -87,7 +87,8 @@ class ForgetOutputsAfterCheckpoint(Callback):
     it (``metrics.json`` entries, prediction files, TensorBoard points): the resumed fit writes them again."""
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        drop_outputs_after(trainer, checkpoint["global_step"])
+        if trainer.state.fn == TrainerFn.FITTING:  # validate / test from a checkpoint leave the run's outputs be
+            drop_outputs_after(trainer, checkpoint["epoch"], checkpoint["global_step"])
 
 
 class FailFast(Callback):
@@ -95,16 +96,20 @@ class FailFast(Callback):
     (``StopAllRanksOnFailure``), instead of waiting in a collective until the process group's timeout."""
 
     def __init__(self) -> None:
-        self.watcher = StopAllRanksOnFailure()
+        self.watcher: StopAllRanksOnFailure | None = None  # made in setup: a spawn launcher pickles callbacks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.watcher = StopAllRanksOnFailure()
         self.watcher.start()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.watcher.report(exception)
+        if self.watcher is not None:
+            self.watcher.report(exception)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.watcher.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
 
 
 def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: str) -> ModelCard:

@@ -185,10 +185,13 @@ class LitReasonCLI(LightningCLI):
 
 def resume_in_place(config) -> None:
     """A fit resumed from ``<save_dir>/<name>/<version>/checkpoints/*.ckpt`` logs on in that run's directory
-    (not a new version), when the logger's version is not given: the resumed run's metrics, predictions,
-    checkpoints and export continue the interrupted run's."""
+    (not a new version), when the logger is TensorBoard's and its version is not given: the resumed run's
+    metrics, predictions, checkpoints and export continue the interrupted run's. (Lightning's CSV logger
+    deletes the ``metrics.csv`` of a directory it logs into again: with it, a resumed run gets a new one.)"""
     logger = config.trainer.logger
-    if not config.get("ckpt_path") or not hasattr(logger, "init_args") or logger.init_args.get("version"):
+    if not config.get("ckpt_path") or not str(getattr(logger, "class_path", "")).endswith("TensorBoardLogger"):
+        return
+    if logger.init_args.get("version") is not None:
         return
     checkpoint = Path(config.ckpt_path).resolve()
     run_dir = checkpoint.parent.parent

@@ -98,62 +98,64 @@ class StopAllRanksOnFailure:
 
     A rank that raises leaves the others in their next collective: with NCCL they wait there until the
     process group's timeout (minutes), and the message a user reads last is a peer's timeout or "connection
-    closed". ``report`` (on the failing rank) writes the failure into the process group's key-value store;
-    every other rank watches the store from a thread and exits ``grace_seconds`` after it appears (polled every
-    ``poll_seconds``), which leaves the failing rank the time to print its traceback.
+    closed". ``report`` (on the failing rank) writes the failure into the process group's key-value store and
+    waits ``3 * poll_seconds`` before its exception ends the process; every other rank watches the store from
+    a thread and exits ``grace_seconds`` after the failure appears. The failing rank thus exits first, with its
+    traceback, and a launcher (torchrun, Lightning's) names it as the first failure.
+
+    Not covered: a rank that fails before ``start`` (before the Lightning hooks' ``setup``), and one that dies
+    without raising (SIGKILL, out of memory); launchers and the process group's timeout handle those.
     """
 
-    def __init__(self, poll_seconds: float = 0.5, grace_seconds: float = 2.0) -> None:
+    def __init__(self, poll_seconds: float = 0.5, grace_seconds: float = 5.0) -> None:
         self.poll_seconds = poll_seconds
         self.grace_seconds = grace_seconds
-        self._stopped = threading.Event()
-        self._store = None
+        self._stopped: threading.Event | None = None  # one per start: a stopped watcher never wakes again
         self._peer_failure: str | None = None
 
     def start(self) -> None:
         """Watch for another rank's failure (in a multi-process run; call once the process group exists)."""
-        if not is_distributed() or self._store is not None:
+        if not is_distributed() or self._stopped is not None:
             return
-        # A connection of the watcher's own: the process group's store client is not shared across threads.
-        self._store = dist.distributed_c10d._get_default_store().clone()
-        self._stopped.clear()
-        threading.Thread(target=self._watch, name="stop-all-ranks-on-failure", daemon=True).start()
+        # The watcher's own connection: a store client is not shared across threads.
+        store = dist.distributed_c10d._get_default_store().clone()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch, args=(store, self._stopped), name="stop-all-ranks", daemon=True).start()
 
     def stop(self) -> None:
         """Stop watching (before a normal exit: ranks that finish early take the store with them)."""
-        self._stopped.set()
-        self._store = None
+        if self._stopped is not None:
+            self._stopped.set()
+            self._stopped = None
 
     def report(self, exception: BaseException) -> None:
         """On the failing rank: tell every rank, then give their watchers time to read it (the store may live
         in this process and end with it)."""
+        if self._stopped is None or self._peer_failure is not None:
+            return  # not watching (single process), or this follows another rank's failure, reported already
+        self.stop()
         rank, world_size = rank_and_world_size()
-        store = self._store
-        if store is None or self._peer_failure is not None:
-            return  # single process, or this exception follows another rank's failure (already reported)
-        self._stopped.set()
         message = f"rank {rank} of {world_size} failed: {type(exception).__name__}: {exception}"[:2000]
-        try:
-            first = store.compare_set(FAILURE_KEY, "", message).decode()  # the first failure is the cause
-        except Exception:  # noqa: BLE001 - the store is gone already: the other ranks will see the job end
-            first = message
-        if first != message:
+        try:  # the first failure is the cause; a later one (a peer's "connection closed") is its consequence
+            first = dist.distributed_c10d._get_default_store().compare_set(FAILURE_KEY, "", message).decode()
+        except Exception:  # noqa: BLE001 - the store is gone: its host died without raising, and is the cause
             return
-        print(f"[lit-reason] {message}; stopping every rank", file=sys.stderr, flush=True)
-        time.sleep(3 * self.poll_seconds)
+        if first == message:
+            print(f"[lit-reason] {message}; stopping every rank", file=sys.stderr, flush=True)
+            time.sleep(3 * self.poll_seconds)
 
-    def _watch(self) -> None:
-        store, rank = self._store, rank_and_world_size()[0]
-        while not self._stopped.wait(self.poll_seconds):
+    def _watch(self, store, stopped: threading.Event) -> None:
+        rank = rank_and_world_size()[0]
+        while not stopped.wait(self.poll_seconds):
             try:
                 if not store.check([FAILURE_KEY]):
                     continue
                 message = store.get(FAILURE_KEY).decode()
             except Exception:  # noqa: BLE001 - the store's process ended (a normal end, or a crash Lightning sees)
                 return
-            if self._stopped.is_set():
+            if stopped.is_set():
                 return
             self._peer_failure = message
             print(f"[lit-reason] rank {rank} stops because {message}", file=sys.stderr, flush=True)
-            time.sleep(self.grace_seconds)  # the failing rank's traceback is printed before this process ends
+            time.sleep(self.grace_seconds)  # the failing rank exits first, with its traceback
             os._exit(1)

@@ -168,7 +168,8 @@ def write_outputs(
     if log_dir is not None:
         write_predictions(Path(log_dir) / "predictions" / f"{stage}-step{step}.jsonl", records)
         metrics = {name.split("/", 1)[-1]: _finite_or_none(float(value)) for name, value in values.items()}
-        entry = {"stage": stage, "step": step, "samples_drawn": samples_drawn, "metrics": metrics}
+        entry = {"stage": stage, "step": step, "epoch": trainer.current_epoch, "samples_drawn": samples_drawn}
+        entry["metrics"] = metrics
         append_json(Path(log_dir) / "metrics.json", entry)
     writer = tensorboard_writer(trainer.loggers)
     if writer is not None:
@@ -177,12 +178,13 @@ def write_outputs(
         )
 
 
-def drop_outputs_after(trainer, step: int) -> None:
-    """Forget what evaluations wrote beside the run after ``step`` (call on every rank; rank 0 writes): a fit
-    resumed from a checkpoint of ``step`` evaluates the later steps again, and each must be recorded once.
-    Drops later entries of ``metrics.json`` and later prediction files. TensorBoard keeps the interrupted
-    attempt's later points: its restart marker (``purge_step``) hides every point past a step, which would
-    also hide the curves whose x-axis is the samples drawn."""
+def drop_outputs_after(trainer, epoch: int, step: int) -> None:
+    """Forget what evaluations wrote beside the run after ``epoch`` (at optimizer step ``step``; call on every
+    rank; rank 0 writes): a fit resumed from a checkpoint of that epoch evaluates the later ones again, and each
+    must be recorded once. Drops later entries of ``metrics.json`` (by epoch: a round with nothing to train on
+    validates at the step of the one before) and prediction files of later steps. TensorBoard keeps the
+    interrupted attempt's later points: its restart marker (``purge_step``) hides every point past a step,
+    which would also hide the curves whose x-axis is the samples drawn."""
     if not trainer.loggers:
         return
     log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
@@ -191,7 +193,8 @@ def drop_outputs_after(trainer, step: int) -> None:
     if log_dir is not None:
         metrics = Path(log_dir) / "metrics.json"
         if metrics.is_file():
-            write_json(metrics, [entry for entry in json.loads(metrics.read_text()) if entry["step"] <= step])
+            entries = json.loads(metrics.read_text())
+            write_json(metrics, [e for e in entries if (e["epoch"] <= epoch if "epoch" in e else e["step"] <= step)])
         for predictions in (Path(log_dir) / "predictions").glob("*-step*.jsonl"):
             written_at = re.fullmatch(r".*-step(\d+)\.jsonl", predictions.name)
             if written_at and int(written_at[1]) > step:

@@ -2,12 +2,13 @@
 resumed fit forgets the outputs written after its checkpoint."""
 
 import json
+import pickle
 from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lit_reason.callbacks import ExportPolicy, ForgetOutputsAfterCheckpoint
+from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint
 from lit_reason.conditioning import Conditioning
 from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SamplingConfig
@@ -90,11 +91,29 @@ def test_without_a_monitor_every_validation_exports_the_latest_policy(tmp_path):
 
 
 def test_a_resumed_fit_forgets_the_evaluations_written_after_its_checkpoint(tmp_path):
-    entries = [{"stage": "val", "step": step, "samples_drawn": 8 * step, "metrics": {}} for step in (0, 2, 4, 6)]
+    # Epoch 2's round had nothing to train on: it validated at epoch 1's step.
+    steps = {0: 2, 1: 4, 2: 4, 3: 6}
+    entries = [{"stage": "val", "step": step, "epoch": epoch, "metrics": {}} for epoch, step in steps.items()]
     (tmp_path / "metrics.json").write_text(json.dumps(entries))
     (tmp_path / "predictions").mkdir()
-    for step in (0, 2, 4, 6):
+    for step in (2, 4, 6):
         (tmp_path / "predictions" / f"val-step{step}.jsonl").write_text("{}\n")
-    ForgetOutputsAfterCheckpoint().on_load_checkpoint(fake_trainer(tmp_path), None, {"global_step": 4})
-    assert json.loads((tmp_path / "metrics.json").read_text()) == entries[:3]
-    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [f"val-step{s}.jsonl" for s in (0, 2, 4)]
+    checkpoint = {"epoch": 1, "global_step": 4}
+    trainer = fake_trainer(tmp_path)
+    trainer.state.fn = TrainerFn.VALIDATING  # lit-reason validate --ckpt_path: the run's outputs stay
+    ForgetOutputsAfterCheckpoint().on_load_checkpoint(trainer, None, checkpoint)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == entries
+    trainer.state.fn = TrainerFn.FITTING
+    ForgetOutputsAfterCheckpoint().on_load_checkpoint(trainer, None, checkpoint)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == entries[:2]
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["val-step2.jsonl", "val-step4.jsonl"]
+    # Files written before entries had an epoch: by step.
+    legacy = [{"stage": "val", "step": step, "metrics": {}} for step in (2, 4, 6)]
+    (tmp_path / "metrics.json").write_text(json.dumps(legacy))
+    ForgetOutputsAfterCheckpoint().on_load_checkpoint(trainer, None, checkpoint)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == legacy[:2]
+
+
+def test_the_fail_fast_callback_can_be_pickled_before_setup():
+    """Lightning's spawn launchers (ddp_spawn) pickle the trainer with its callbacks."""
+    assert isinstance(pickle.loads(pickle.dumps(FailFast())), FailFast)

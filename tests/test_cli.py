@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from jsonargparse import Namespace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_reason.cli import LitReasonCLI, main
+from lit_reason.cli import LitReasonCLI, main, resume_in_place
 from lit_reason.evaluation import PREDICTION_FIELDS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -209,3 +210,21 @@ def test_checkpointing_can_be_switched_off(tmp_path, monkeypatch):
     main(["fit", "--config", str(sft), *TINY_RUN, "--trainer.enable_checkpointing=false",
           f"--trainer.logger.init_args.save_dir={tmp_path}"])  # fmt: skip
     assert not list(tmp_path.glob("**/*.ckpt")) and list(tmp_path.glob("**/policy/config.json"))
+
+
+def test_a_resumed_fit_logs_on_in_the_run_directory_of_its_checkpoint(tmp_path):
+    checkpoint = tmp_path / "runs" / "ei" / "version_3" / "checkpoints" / "last.ckpt"
+
+    def fit_config(logger: str, version=None, save_dir=tmp_path / "runs") -> Namespace:
+        init_args = Namespace(save_dir=str(save_dir), name="ei", version=version)
+        logger_config = Namespace(class_path=f"lightning.pytorch.loggers.{logger}", init_args=init_args)
+        return Namespace(ckpt_path=str(checkpoint), trainer=Namespace(logger=logger_config))
+
+    def version_after_resume(config: Namespace):
+        resume_in_place(config)
+        return config.trainer.logger.init_args.version
+
+    assert version_after_resume(fit_config("TensorBoardLogger")) == "version_3"
+    assert version_after_resume(fit_config("TensorBoardLogger", version=0)) == 0  # given: kept
+    assert version_after_resume(fit_config("TensorBoardLogger", save_dir=tmp_path / "other")) is None
+    assert version_after_resume(fit_config("CSVLogger")) is None  # it would delete the run's metrics.csv

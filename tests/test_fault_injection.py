@@ -85,12 +85,6 @@ def evaluations(run_dir: Path) -> list[dict]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def assert_same_tensors(expected: dict, actual: dict, what: str) -> None:
-    assert expected.keys() == actual.keys(), what
-    for name, value in expected.items():
-        assert torch.equal(value, actual[name]), f"{what}: {name} differs"
-
-
 def assert_same(expected, actual, what: str) -> None:
     """Equal nested checkpoint content: tensors bit for bit."""
     assert type(expected) is type(actual), what
@@ -124,16 +118,13 @@ def test_a_run_killed_twice_and_resumed_ends_bit_for_bit_as_an_uninterrupted_one
 
     reference, crashed = tmp_path / "uninterrupted" / "version_0", tmp_path / "crashed" / "version_0"
     expected, actual = checkpoint_state(reference), checkpoint_state(crashed)
-    assert actual["global_step"] == expected["global_step"] and actual["epoch"] == expected["epoch"]
-    assert_same_tensors(expected["state_dict"], actual["state_dict"], "weights")
-    for before, after in zip(expected["optimizer_states"], actual["optimizer_states"], strict=True):
-        for key, state in before["state"].items():
-            assert_same_tensors(state, after["state"][key], f"optimizer state {key}")
+    assert actual.keys() == expected.keys()
     assert actual["RolloutDataModule"] == expected["RolloutDataModule"]  # samples drawn: nothing counted twice
-    for key in expected.keys() - {"state_dict", "optimizer_states", "loops", "callbacks"}:
-        assert_same(expected[key], actual[key], key)  # LR schedule, EI/RCRL's kept samples, the ORM's first round
+    # Weights, optimizer state and groups, LR schedule, EI/RCRL's kept samples, the ORM's first round, ...
+    for key in expected.keys() - {"loops", "callbacks"}:
+        assert_same(expected[key], actual[key], key)
     assert evaluations(crashed) == evaluations(reference)  # a step evaluated again after a resume counts once
     assert sorted(os.listdir(crashed / "predictions")) == sorted(os.listdir(reference / "predictions"))
     exported = load_file(crashed / "policy" / "model.safetensors")
-    assert_same_tensors(load_file(reference / "policy" / "model.safetensors"), exported, "export")
+    assert_same(load_file(reference / "policy" / "model.safetensors"), exported, "export")
     assert AutoModelForCausalLM.from_pretrained(crashed / "policy") is not None

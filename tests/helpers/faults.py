@@ -41,7 +41,7 @@ class Kill:
 @dataclass(frozen=True)
 class Outcome:
     exit_code: int | None  # None when the process was killed
-    killed: bool
+    killed: bool  # by SIGKILL, at the point asked for
     log: Path
 
 
@@ -74,11 +74,16 @@ class RunServer:
         if not reply:
             raise RuntimeError("the run server died")
         status = json.loads(reply)
-        return Outcome(exit_code=status["exit_code"], killed=status["signal"] == signal.SIGKILL, log=log)
+        killed = status["signal"] == signal.SIGKILL and f"{KILLED_AT} {kill}" in log.read_text()
+        return Outcome(exit_code=status["exit_code"], killed=killed, log=log)
 
 
 # ------------------------------------------------------------------------------------------------ in the child
-def _die() -> None:
+KILLED_AT = "[faults] killed at"
+
+
+def _die(kill: Kill) -> None:
+    print(f"{KILLED_AT} {kill}", flush=True)  # proof the point was reached (not some other SIGKILL)
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -108,11 +113,11 @@ def _arm(kill: Kill) -> None:
     class KillAt(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if kill.point == "training" and in_round() and batch_idx == kill.batch:
-                _die()
+                _die(kill)
 
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
             if kill.point == "validation" and in_round():
-                _die()
+                _die(kill)
 
     instantiate_trainer = lit_reason.cli.LitReasonCLI.instantiate_trainer
 
@@ -129,7 +134,7 @@ def _arm(kill: Kill) -> None:
     def generate_then_die(self, problems, config, seed_parts, stage):
         samples = generate(self, problems, config, seed_parts, stage)
         if kill.point == "rollout" and stage == "rollout" and in_round():
-            _die()
+            _die(kill)
         return samples
 
     ReasoningModule.generate = generate_then_die
@@ -138,7 +143,7 @@ def _arm(kill: Kill) -> None:
 
     def commit_or_die(self):
         if kill.point == "checkpoint" and in_round() and str(self.path).endswith(".ckpt"):
-            _die()  # the checkpoint is complete in its temporary file, which is never moved into place
+            _die(kill)  # the checkpoint is complete in its temporary file, which is never moved into place
         return commit(self)
 
     fsspec.implementations.local.LocalFileOpener.commit = commit_or_die
@@ -150,7 +155,7 @@ def _arm(kill: Kill) -> None:
             target = Path(target)
             if target.exists():
                 target.rename(target.with_name(f".{target.name}.previous"))  # as replace_directory does first
-            _die()
+            _die(kill)
         replace_directory(staging, target)
 
     lit_reason.callbacks.replace_directory = replace_directory_or_die
@@ -170,7 +175,7 @@ def _child(request: dict) -> None:
         main(request["args"])
         exit_code = 0
     except SystemExit as stop:
-        exit_code = stop.code if isinstance(stop.code, int) else 1
+        exit_code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
     except BaseException:
         traceback.print_exc()
     finally:
