@@ -24,6 +24,7 @@ from lit_reason.distributed import gather_objects, rank_and_world_size
 from lit_reason.files import jsonl_records
 from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK, RerankAtK
 from lit_reason.rewards import grade
+from lit_reason.run_logs import RunLog, run_log
 from lit_reason.sampling import SampleBatch
 from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import extract_answer, operation_signature
@@ -158,7 +159,7 @@ def write_outputs(
 ) -> None:
     """What an evaluation leaves beside a run with a logger (call on every rank; rank 0 writes): its metrics
     appended to ``<log_dir>/metrics.json``, the per-question predictions ``<log_dir>/predictions/<stage>-step<N>
-    .jsonl`` and, with a TensorBoard logger, samples and figures."""
+    .jsonl`` and text samples, a histogram and curves against the samples drawn (``run_logs``)."""
     if not trainer.loggers or not records:
         return
     log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
@@ -171,10 +172,10 @@ def write_outputs(
         entry = {"stage": stage, "step": step, "epoch": trainer.current_epoch, "samples_drawn": samples_drawn}
         entry["metrics"] = metrics
         append_json(Path(log_dir) / "metrics.json", entry)
-    writer = tensorboard_writer(trainer.loggers)
-    if writer is not None:
-        log_to_tensorboard(
-            writer, stage, values, records, step=step, samples_drawn=samples_drawn, text_samples=text_samples
+    log = run_log(trainer.loggers)
+    if log is not None:
+        log_samples_and_curves(
+            log, stage, values, records, step=step, samples_drawn=samples_drawn, text_samples=text_samples
         )
 
 
@@ -263,19 +264,8 @@ def paired_outcomes(
     return {name: (torch.tensor([o[name] for o in first]), torch.tensor([o[name] for o in second])) for name in names}
 
 
-def tensorboard_writer(loggers: Sequence[Any]):
-    """The TensorBoard ``SummaryWriter`` among ``loggers`` on rank 0, or None."""
-    if rank_and_world_size()[0] != 0:
-        return None
-    for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_text") and hasattr(experiment, "add_histogram"):
-            return experiment
-    return None
-
-
-def log_to_tensorboard(
-    writer,
+def log_samples_and_curves(
+    log: RunLog,
     stage: str,
     values: dict[str, torch.Tensor],
     records: dict[int, dict[str, Any]],
@@ -288,15 +278,15 @@ def log_to_tensorboard(
     first ``text_samples`` questions' greedy responses."""
     for name, value in values.items():
         if "maj@" in name or "pass@" in name:
-            writer.add_scalar(f"by_samples_drawn/{name}", value.item(), global_step=samples_drawn)
+            log.curve_point(f"by_samples_drawn/{name}", value.item(), samples_drawn)
     lengths = torch.tensor([n for r in records.values() for n in r["lengths"]], dtype=torch.float32)
-    writer.add_histogram(f"{stage}/response_length", lengths, global_step=step)
+    log.histogram(f"{stage}/response_length", lengths, step)
     shown = list(records.values())[:text_samples]
     table = markdown_table(
         ["id", "question", "greedy response", "correct"],
         [[r["id"], r["question"], r["greedy"], r["greedy_correct"]] for r in shown],
     )
-    writer.add_text(f"{stage}/greedy_samples", table, step)
+    log.text(f"{stage}/greedy_samples", table, step)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

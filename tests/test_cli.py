@@ -228,3 +228,30 @@ def test_a_resumed_fit_logs_on_in_the_run_directory_of_its_checkpoint(tmp_path):
     assert version_after_resume(fit_config("TensorBoardLogger", version=0)) == 0  # given: kept
     assert version_after_resume(fit_config("TensorBoardLogger", save_dir=tmp_path / "other")) is None
     assert version_after_resume(fit_config("CSVLogger")) is None  # it would delete the run's metrics.csv
+
+
+@pytest.mark.slow
+def test_with_a_csv_logger_text_histograms_and_curves_become_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ppo = CONFIGS[[c.name for c in CONFIGS].index("ppo.yaml")]
+    main(
+        [
+            "fit",
+            "--config",
+            str(ppo),
+            *TINY_RUN,
+            "--model.init_args.rollout.num_samples=2",
+            "--model.init_args.rollout.max_new_tokens=8",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path}",
+        ]
+    )
+    (run,) = [p.parent for p in tmp_path.glob("**/metrics.csv")]
+    assert "val/maj@1" in (run / "metrics.csv").read_text().splitlines()[0]  # the logger's own scalars
+    assert {p.name for p in (run / "text").iterdir()} == {"rollout_samples-step0.md", "val_greedy_samples-step2.md"}
+    assert "| question | response | final reward |" in (run / "text" / "rollout_samples-step0.md").read_text()
+    (histogram,) = [json.loads(line) for line in (run / "histograms.jsonl").read_text().splitlines()]
+    assert histogram["tag"] == "val/response_length" and histogram["count"] == 4 * 2  # 2 samples each
+    curves = (run / "by_samples_drawn.csv").read_text().splitlines()
+    assert curves[0] == "tag,samples_drawn,value" and curves[1].startswith("by_samples_drawn/val/maj@1,32,")

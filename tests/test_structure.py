@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_reason"
 LAYERS = {
     "foundation": [
         "version", "seeds", "files", "tensors", "statistics", "distributed", "schedule", "conditioning", "batches",
-        "metrics", "model_card", "warm_start", "tasks", "tasks.answers", "tasks.base", "tasks.arithmetic",
+        "metrics", "model_card", "run_logs", "warm_start", "tasks", "tasks.answers", "tasks.base", "tasks.arithmetic",
         "tasks.gsm8k", "tasks.jsonl", "tasks.svamp",
     ],
     "models and sampling": [

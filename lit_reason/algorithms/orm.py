@@ -44,11 +44,12 @@ from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.batches import Example, LabelledBatch, fits_context, make_token_batch
 from lit_reason.data import TrainData
 from lit_reason.distributed import full_state_dict, gather_objects, rank_and_world_size
-from lit_reason.evaluation import GradedQuestions, markdown_table, tensorboard_writer
+from lit_reason.evaluation import GradedQuestions, markdown_table
 from lit_reason.files import jsonl_records
 from lit_reason.metrics import WithinQuestionAUROC
 from lit_reason.policy import PolicySpec, load_model
 from lit_reason.rewards import grade
+from lit_reason.run_logs import run_log
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
 from lit_reason.tensors import next_token_nll, take_rows
@@ -338,14 +339,14 @@ class OutcomeRewardModel(ReasoningModule):
             metric.reset()
         calibration = gather_objects(self._calibration)
         self._calibration.clear()
-        writer = tensorboard_writer(self.loggers)
-        if writer is not None and calibration:
+        log = run_log(self.loggers)
+        if log is not None and calibration:
             scores = torch.tensor([s for s, _ in calibration])
             labels = torch.tensor([c for _, c in calibration])
             for name, members in (("correct", scores[labels]), ("wrong", scores[~labels])):
                 if len(members):  # a weak policy may have no correct (or no wrong) sample at all
-                    writer.add_histogram(f"{stage}/orm_score_{name}", members, self.global_step)
-            writer.add_text(f"{stage}/orm_reliability", reliability_table(scores, labels), self.global_step)
+                    log.histogram(f"{stage}/orm_score_{name}", members, self.global_step)
+            log.text(f"{stage}/orm_reliability", reliability_table(scores, labels), self.global_step)
         super().log_evaluation(stage, {**values, **(extra or {})})
 
     # ------------------------------------------------------------------------------------------- export

@@ -38,7 +38,7 @@ from lit_reason.batches import PPOBatch
 from lit_reason.cached_forward import response_logits
 from lit_reason.data import TrainData
 from lit_reason.distributed import all_reduce, gather_objects, rank_and_world_size, reduce_int
-from lit_reason.evaluation import markdown_table, tensorboard_writer
+from lit_reason.evaluation import markdown_table
 from lit_reason.policy import disable_dropout, load_model
 from lit_reason.rewards import (
     RewardConfig,
@@ -50,6 +50,7 @@ from lit_reason.rewards import (
     reward_on_last_token,
 )
 from lit_reason.rl.losses import PPOLoss
+from lit_reason.run_logs import run_log
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
 from lit_reason.tensors import eval_mode, take_rows, token_logprobs
@@ -288,10 +289,10 @@ class PolicyGradient(ReasoningModule):
     def _log_samples(self, problems: list[Problem], sampled: SampleBatch, final: torch.Tensor) -> None:
         rows = zip(sampled.prompt_index.tolist(), sampled.texts, final.tolist(), strict=True)
         shown = gather_objects([(problems[p].question, text, f"{r:.3f}") for p, text, r in rows][: self.text_samples])
-        writer = tensorboard_writer(self.loggers)
-        if writer is not None and shown:
+        log = run_log(self.loggers)
+        if log is not None and shown:
             table = markdown_table(["question", "response", "final reward"], shown)
-            writer.add_text("rollout/samples", table, self.global_step)
+            log.text("rollout/samples", table, self.global_step)
 
     # --------------------------------------------------------------------------------------------- training
     def training_step(self, batch: PPOBatch, batch_idx: int) -> None:
