@@ -67,6 +67,14 @@ def shard_model(model: torch.nn.Module, mesh) -> None:
     fully_shard(model, mesh=mesh)
 
 
+def shard_models(models: list[torch.nn.Module], device_mesh) -> None:
+    """FSDP2 (``shard_model``) of each of ``models`` over the data-parallel dimension of ``device_mesh`` (the
+    whole mesh when it names none)."""
+    mesh = device_mesh["data_parallel"] if "data_parallel" in device_mesh.mesh_dim_names else device_mesh
+    for model in models:
+        shard_model(model, mesh)
+
+
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's whole state on CPU, gathering FSDP2 shards (a collective: call on every rank)."""
     from torch.distributed.tensor import DTensor

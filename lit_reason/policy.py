@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lit_reason.adapters import AdapterExport
 from lit_reason.seeds import run_seed
 from lit_reason.warm_start import resolve_policy_path
 
@@ -46,6 +48,10 @@ class PolicySpec:
             (the shared warm start of the RL configs).
         load_kwargs: passed to ``from_pretrained`` for model and tokenizer, e.g. ``{"dtype": "bfloat16",
             "revision": "main", "gguf_file": "model.gguf", "attn_implementation": "sdpa"}``.
+        peft: train a LoRA adapter instead of the whole model (``peft.LoraConfig``: ``r``, ``lora_alpha``,
+            ``target_modules``, ...); PPO's and GRPO's reference is then the base model, the adapter disabled.
+        adapter_export: with ``peft``, what an export writes: ``merged`` (the adapter folded into the base
+            weights: a plain model) or ``adapter`` (the adapter alone, for ``peft.PeftModel.from_pretrained``).
         trust_remote_code: run model code shipped with a checkpoint. Off: only enable it for code you trust.
         preset_overrides: LlamaConfig fields that override a tiny preset, e.g. ``{"num_hidden_layers": 6}``.
         max_length: longest prompt + response in tokens, for tiny presets (their position range).
@@ -55,6 +61,8 @@ class PolicySpec:
 
     name_or_path: str = "tiny"
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+    peft: LoraConfig | None = None
+    adapter_export: AdapterExport = "merged"
     trust_remote_code: bool = False
     preset_overrides: dict[str, Any] = field(default_factory=dict)
     max_length: int = 512

@@ -28,6 +28,13 @@ STRATEGIES = {
 }
 
 
+LORA = [
+    "--model.init_args.policy.peft.r=4",
+    "--model.init_args.policy.peft.lora_alpha=8",
+    "--model.init_args.policy.peft.target_modules=[q_proj,v_proj]",
+]
+
+
 def run_cli(
     config: str, strategy: str, policy: str, tmp_path: Path, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -117,13 +124,14 @@ def test_ranks_with_unequal_batch_counts_end_with_identical_weights(tmp_path):
 @pytest.mark.parametrize(
     ("config", "strategy", "options"),
     [
-        ("ppo.yaml", "ddp", ["--model.init_args.critic.kind=separate"]),
-        ("ppo.yaml", "fsdp2", ["--model.init_args.critic.kind=shared"]),
+        # The policy a LoRA adapter (its reference the base model, the adapter disabled), the critic a model.
+        ("ppo.yaml", "ddp", ["--model.init_args.critic.kind=separate", *LORA]),
+        ("ppo.yaml", "fsdp2", ["--model.init_args.critic.kind=shared", *LORA]),
         # Each rank's rollout holds whole groups (a question's samples on one rank): the estimator checks it.
         # The policy's prompt-sharing forward (two calls, one backward) under FSDP2: a shared critic avoids it.
         ("grpo.yaml", "fsdp2", []),
     ],
-    ids=["ppo-ddp-separate", "ppo-fsdp2-shared", "grpo-fsdp2"],
+    ids=["ppo-ddp-lora-separate", "ppo-fsdp2-lora-shared", "grpo-fsdp2"],
 )
 def test_policy_gradient_on_two_processes(config, strategy, options, tmp_path):
     run_cli(
@@ -139,7 +147,10 @@ def test_policy_gradient_on_two_processes(config, strategy, options, tmp_path):
         "--model.init_args.minibatch_size=4",
         *options,
     )
-    assert list(tmp_path.glob("**/policy/config.json"))
+    (policy,) = tmp_path.glob("**/policy")
+    assert (policy / "config.json").is_file()
+    if LORA[0] in options:  # the adapter merged into a plain model
+        assert not any("lora" in name for name, _ in AutoModelForCausalLM.from_pretrained(policy).named_parameters())
 
 
 def test_a_rank_that_fails_stops_every_rank_and_the_output_names_it(tmp_path):

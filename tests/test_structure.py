@@ -18,7 +18,8 @@ LAYERS = {
         "tasks.gsm8k", "tasks.jsonl", "tasks.svamp",
     ],
     "models and sampling": [
-        "cached_forward", "sampling", "policy", "value_model", "rewards", "rl", "rl.advantages", "rl.losses",
+        "cached_forward", "sampling", "adapters", "policy", "value_model", "rewards", "rl", "rl.advantages",
+        "rl.losses",
     ],
     "training plumbing": ["data", "evaluation", "callbacks"],
     "algorithms": [

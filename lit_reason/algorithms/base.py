@@ -19,10 +19,11 @@ from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_reason.adapters import save_policy, with_adapter
 from lit_reason.batches import Example
 from lit_reason.conditioning import Conditioning, Stage
 from lit_reason.data import EMPTY_ROUND, TrainData
-from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_model
+from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_models
 from lit_reason.evaluation import Evaluator, GradedQuestions, write_outputs
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_example, encode_response_prefix, row_seed, sample
@@ -84,17 +85,14 @@ class ReasoningModule(LightningModule):
         """Build the networks (once; Lightning may call this again) and shard them under FSDP2."""
         if self.policy is not None:
             return
-        self.policy = self.load_policy_network(self.policy_spec).train()  # from_pretrained gives eval mode
+        self.policy = with_adapter(self.load_policy_network(self.policy_spec), self.policy_spec.peft).train()
         if not self.policy_spec.is_preset:
             self.recorded_conditioning = Conditioning.load(self.policy_spec.resolved(), self.policy)
         if self.orm_path is not None:
             self._frozen_orm.append(load_frozen_orm(self.orm_path, self.tokenizer))
         self.build_extra_models()
         if self.device_mesh is not None:
-            names = self.device_mesh.mesh_dim_names
-            mesh = self.device_mesh["data_parallel"] if "data_parallel" in names else self.device_mesh
-            for network in self.networks_to_shard():
-                shard_model(network, mesh)
+            shard_models(self.networks_to_shard(), self.device_mesh)
 
     def load_policy_network(self, spec: PolicySpec) -> torch.nn.Module:
         """The policy network ``spec`` names, fitted to this module's tokenizer."""
@@ -295,5 +293,5 @@ class ReasoningModule(LightningModule):
         if rank_and_world_size()[0] != 0:
             return
         self.export_conditioning().save(path, self.policy)
-        self.policy.save_pretrained(path, state_dict=state)
+        save_policy(self.policy, state, path, self.policy_spec, lambda: self.load_policy_network(self.policy_spec))
         self.tokenizer.save_pretrained(path)

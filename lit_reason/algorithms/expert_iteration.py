@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from lit_reason.adapters import with_adapter
 from lit_reason.algorithms.sft import SFT
 from lit_reason.batches import Example, TokenBatch, batch_examples
 from lit_reason.data import TrainData
@@ -192,7 +193,8 @@ class ExpertIteration(SFT):
     def restart(self) -> None:
         """Reset the policy's weights (to the base model or the warm start) and the optimizer state."""
         spec = self.base_policy if self.restart_from == "base" else self.policy_spec
-        load_full_state_dict(self.policy, full_state_dict(self.load_policy_network(spec)))
+        fresh = with_adapter(self.load_policy_network(spec), self.policy_spec.peft)  # a new adapter too
+        load_full_state_dict(self.policy, full_state_dict(fresh))
         for optimizer in self.trainer.optimizers:
             optimizer.state.clear()
 

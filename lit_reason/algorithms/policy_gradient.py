@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from lit_reason.adapters import adapters_disabled, has_adapter
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.batches import PPOBatch
 from lit_reason.cached_forward import response_logits
@@ -112,12 +113,26 @@ class PolicyGradient(ReasoningModule):
     # ------------------------------------------------------------------------------------------- models
     def build_extra_models(self) -> None:
         disable_dropout(self.policy)
-        if self.reward.kl_coef:  # without a KL penalty nothing reads the reference: no copy, no forward
+        # Without a KL penalty nothing reads the reference: no copy, no forward. With an adapter it is the
+        # policy's base model, the adapter disabled (``reference_logits``): no copy either.
+        if self.reward.kl_coef and not has_adapter(self.policy):
             spec = self.policy_spec
             if self.reference_load_kwargs is not None:
                 spec = replace(spec, load_kwargs=self.reference_load_kwargs)
             self.reference = load_model(spec, self.tokenizer).eval()
             self.reference.requires_grad_(False)
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether a reference policy is read (for the KL penalty): its own copy, or the adapter's base."""
+        return self.reference is not None or (bool(self.reward.kl_coef) and has_adapter(self.policy))
+
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int):
+        """The reference policy's logits over a rollout's response columns (``response_logits``)."""
+        if self.reference is not None:
+            return response_logits(self.reference, input_ids, attention_mask, prompt_length)
+        with adapters_disabled(self.policy):
+            return response_logits(self.policy, input_ids, attention_mask, prompt_length)
 
     def networks_to_shard(self) -> list[torch.nn.Module]:
         return [self.policy] if self.reference is None else [self.policy, self.reference]
@@ -186,7 +201,7 @@ class PolicyGradient(ReasoningModule):
         the policy's twice without a reference); values None without a critic."""
         temperature, mask, start = self.rollout.temperature, sampled.response_mask, sampled.prompt_length - 1
         score_policy = not self._update_gives_old_logprobs(len(sampled))
-        if not score_policy and self.reference is None:
+        if not score_policy and not self.has_reference:
             return None, None, None
 
         def logprobs_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -205,8 +220,8 @@ class PolicyGradient(ReasoningModule):
                     if values is not None:
                         values = torch.nn.functional.pad(values.float(), (start, 0)).cpu()
                 ref_logprobs = logprobs
-                if self.reference is not None:
-                    ref_logits = response_logits(self.reference, input_ids, attention_mask, sampled.prompt_length)
+                if self.has_reference:
+                    ref_logits = self.reference_logits(input_ids, attention_mask, sampled.prompt_length)
                     ref_logprobs = logprobs_of(ref_logits, input_ids).cpu()
                 parts.append((logprobs, ref_logprobs, values))
         logprobs, ref_logprobs, values = (

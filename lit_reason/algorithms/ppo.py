@@ -81,7 +81,7 @@ class PPO(PolicyGradient):
         critic = {"params": list(self.value_network.parameters())}
         if self.critic.lr is not None:
             critic["lr"] = self.critic.lr
-        return [{"params": list(self.policy.parameters())}, critic]
+        return [{"params": [p for p in self.policy.parameters() if p.requires_grad]}, critic]
 
     def group_lr_factor(self, group: int, step: int) -> float:
         """The policy's learning rate is held at 0 during the critic's warm-up rounds."""

@@ -1,0 +1,80 @@
+"""LoRA adapters on the policy: only the adapter trains, the base model is the reference with the adapter
+disabled, and exports load merged (without PEFT) or as an adapter."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM
+
+from lit_reason import PPO, PolicySpec, RolloutDataModule, SamplingConfig
+from lit_reason.adapters import adapters_disabled, has_adapter, with_adapter
+from lit_reason.policy import build_char_tokenizer, load_model
+from lit_reason.rewards import RewardConfig, RewardFunction
+from lit_reason.tasks import Arithmetic
+from tests.helpers.trainers import quiet_trainer
+
+LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.0)
+
+
+def logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits
+
+
+def test_an_adapter_starts_as_the_identity_and_disabled_gives_the_base_model():
+    tokenizer = build_char_tokenizer()
+    spec = PolicySpec(name_or_path="micro", seed=3)
+    base, adapted = load_model(spec, tokenizer), with_adapter(load_model(spec, tokenizer), LORA)
+    assert has_adapter(adapted) and not has_adapter(base)
+    assert {n for n, p in adapted.named_parameters() if p.requires_grad} == {
+        n for n, _ in adapted.named_parameters() if "lora_" in n
+    }
+    input_ids = torch.tensor([tokenizer("12 + 30 = ")["input_ids"]])
+    assert torch.equal(logits(adapted, input_ids), logits(base, input_ids))  # LoRA's B starts at zero
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_()
+    assert not torch.allclose(logits(adapted, input_ids), logits(base, input_ids))
+    with adapters_disabled(adapted):
+        assert torch.equal(logits(adapted, input_ids), logits(base, input_ids))
+    assert not torch.allclose(logits(adapted, input_ids), logits(base, input_ids))  # enabled again
+
+
+def make_lora_ppo(adapter_export: str = "merged") -> PPO:
+    return PPO(
+        policy=PolicySpec(name_or_path="micro", seed=1, peft=LORA, adapter_export=adapter_export),
+        rollout=SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=6),
+        minibatch_size=16,
+        # A reward that varies between a random policy's samples: the adapter must move.
+        reward=RewardConfig(final="reward_fn", reward_fn=RewardFunction("tests.helpers.rewards.contains_a_digit")),
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+    )
+
+
+@pytest.mark.parametrize("adapter_export", ["merged", "adapter"])
+def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(adapter_export, tmp_path):
+    module = make_lora_ppo(adapter_export)
+    data = RolloutDataModule(task=Arithmetic(train_size=64, validation_size=0), questions_per_round=8)
+    module.configure_model()
+    before = {name: value.clone() for name, value in module.policy.state_dict().items()}
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, data)
+    assert module.reference is None and module.has_reference  # no second copy: the adapter disabled
+    changed = {name for name, value in module.policy.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed and all("lora_" in name for name in changed)  # the base model's weights never move
+    assert trainer.callback_metrics["round/kl_to_reference"].item() != 0  # round 2: the adapter has moved
+
+    module.export_policy(tmp_path / "policy")
+    input_ids = torch.tensor([module.tokenizer("7 + 5 = ")["input_ids"]])
+    expected = logits(module.policy.eval(), input_ids)
+    if adapter_export == "merged":  # a plain model: no PEFT needed to load it
+        exported = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+        assert not has_adapter(exported)
+    else:
+        base = load_model(PolicySpec(name_or_path="micro", seed=1), module.tokenizer)
+        exported = PeftModel.from_pretrained(base, tmp_path / "policy")
+    assert torch.allclose(logits(exported.eval(), input_ids), expected, atol=1e-5)
