@@ -64,6 +64,7 @@ def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
     assert f"by `{yaml.safe_load(config.read_text())['model']['class_path'].split('.')[-1]}`" in card
     assert ("## How to use it" if config.name == "orm.yaml" else "## How to prompt it") in card
     assert list((run / "checkpoints").glob("*.ckpt"))
+    assert yaml.safe_load((run / "hparams.yaml").read_text())["policy"]["name_or_path"] == "micro"
     events = list(run.glob("events.out.tfevents.*"))
     assert events
     if yaml.safe_load(config.read_text()).get("validate_before_fit", True):  # results of the first validation

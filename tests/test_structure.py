@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_reason"
 LAYERS = {
     "foundation": [
         "version", "seeds", "files", "tensors", "statistics", "distributed", "schedule", "conditioning", "batches",
-        "metrics", "model_card", "run_logs", "warm_start", "tasks", "tasks.answers", "tasks.base", "tasks.arithmetic",
-        "tasks.gsm8k", "tasks.jsonl", "tasks.svamp",
+        "metrics", "model_card", "run_logs", "hyperparameters", "warm_start", "tasks", "tasks.answers", "tasks.base",
+        "tasks.arithmetic", "tasks.gsm8k", "tasks.jsonl", "tasks.svamp",
     ],
     "models and sampling": [
         "cached_forward", "sampling", "adapters", "policy", "value_model", "rewards", "rl", "rl.advantages",

@@ -25,6 +25,7 @@ from lit_reason.conditioning import Conditioning, Stage
 from lit_reason.data import EMPTY_ROUND, TrainData
 from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_models
 from lit_reason.evaluation import Evaluator, GradedQuestions, write_outputs
+from lit_reason.hyperparameters import plain_data
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_example, encode_response_prefix, row_seed, sample
 from lit_reason.schedule import LRSchedule, StepCounter
@@ -48,8 +49,7 @@ class ReasoningModule(LightningModule):
         orm: an outcome reward model exported by ``lit-reason fit --config configs/orm.yaml`` (the run's
             ``policy/`` directory): frozen, never trained or checkpointed; adds ``rerank@K`` to evaluation
             and is available to algorithms as a reward.
-        seed: the algorithm's shuffles (of examples, minibatches, kept samples); unset: the run's
-            ``seed_everything``.
+        seed: the algorithm's shuffles (of examples, minibatches, kept samples); unset: ``seed_everything``'s.
     """
 
     trains_reward_model = False  # the ORM module scores with the network it trains
@@ -65,6 +65,8 @@ class ReasoningModule(LightningModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # every class's __init__ arguments, then as plain data (weights_only loads)
+        self.save_hyperparameters(plain_data(dict(self.hparams)))
         self.policy_spec = policy
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
