@@ -12,36 +12,45 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 
-if TYPE_CHECKING:
-    from lit_reason.policy import PolicySpec
+from lit_reason.seeds import run_seed
 
 AdapterExport = Literal["merged", "adapter"]
 
 
 def with_adapter(model: torch.nn.Module, config: LoraConfig | None) -> torch.nn.Module:
     """``model`` with a new LoRA adapter injected (only its weights trainable), or ``model`` itself without a
-    config. The adapter starts as the identity (LoRA's B is zero)."""
+    config. The adapter starts as the identity (LoRA's B is zero); its random A is drawn from the run's seed,
+    so every rank (and every restart) makes the same one without a broadcast."""
     if config is None:
         return model
-    return get_peft_model(model, copy.deepcopy(config)).get_base_model()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run_seed(None))
+        return get_peft_model(model, copy.deepcopy(config)).get_base_model()
+
+
+# What PEFT adds to a model: LoRA layers, and the wrappers of modules it trains whole (``modules_to_save``,
+# ``trainable_token_indices``).
+ADAPTER_LAYERS = (BaseTunerLayer, AuxiliaryTrainingWrapper)
 
 
 def has_adapter(model: torch.nn.Module) -> bool:
-    return any(isinstance(module, BaseTunerLayer) for module in model.modules())
+    return any(isinstance(module, ADAPTER_LAYERS) for module in model.modules())
 
 
 @contextlib.contextmanager
 def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
-    """Run ``model`` as its base model: every LoRA layer passes its input through the base layer alone."""
-    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    """Run ``model`` as its base model: every LoRA layer passes its input through the base layer alone, and a
+    module PEFT trains whole runs as its original copy."""
+    layers = [module for module in model.modules() if isinstance(module, ADAPTER_LAYERS)]
     for layer in layers:
         layer.enable_adapters(False)
     try:
@@ -51,24 +60,24 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
-def save_policy(
-    policy: torch.nn.Module,
+def save_adapted(
+    base: torch.nn.Module,
+    adapter: LoraConfig,
     state: dict[str, torch.Tensor],
     path: str | Path,
-    spec: PolicySpec,
-    fresh_base: Callable[[], torch.nn.Module],
+    how: AdapterExport,
+    generation_config=None,
 ) -> None:
-    """Save ``policy`` (its full state dict ``state``) where ``from_pretrained`` loads it. Trained with an
-    adapter (``spec.peft``), as ``spec.adapter_export`` says: ``merged``, the base model with the adapter
-    folded into its weights, or ``adapter``, the adapter alone (with its config, naming the base model); both
-    from a fresh copy of the base model (``fresh_base()``, on rank 0's CPU): the trained one may be sharded."""
-    if spec.peft is None:
-        policy.save_pretrained(path, state_dict=state)
-        return
-    peft_model = get_peft_model(fresh_base(), copy.deepcopy(spec.peft))
+    """Save a network trained with ``adapter`` from its full state dict ``state``, into ``base``, a fresh copy
+    of its base model (on rank 0's CPU: the trained network may be sharded): ``merged`` writes the base model
+    with the adapter folded into its weights, ``adapter`` the adapter alone (with its config, naming the base
+    model). ``generation_config``: the trained network's (its suppressed tokens)."""
+    peft_model = get_peft_model(base, copy.deepcopy(adapter))
     peft_model.get_base_model().load_state_dict(state)
-    peft_model.get_base_model().generation_config = copy.deepcopy(policy.generation_config)  # suppressed tokens
-    if spec.adapter_export == "merged":
+    if generation_config is not None:
+        peft_model.get_base_model().generation_config = copy.deepcopy(generation_config)
+    if how == "merged":
         peft_model.merge_and_unload().save_pretrained(path)
     else:
         peft_model.save_pretrained(path)
+        peft_model.get_base_model().generation_config.save_pretrained(path)  # its suppressed tokens

@@ -15,6 +15,7 @@ from lit_reason.distributed import StopAllRanksOnFailure
 from lit_reason.evaluation import drop_outputs_after
 from lit_reason.files import replace_directory
 from lit_reason.model_card import CARD_FILE, ModelCard
+from lit_reason.warm_start import is_exported
 
 
 class ExportPolicy(Callback):
@@ -55,7 +56,7 @@ class ExportPolicy(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A run resumed into a new log directory restores ``exported`` but finds no policy there.
-        missing = trainer.strategy.broadcast(not (self.target(trainer) / "config.json").is_file())
+        missing = trainer.strategy.broadcast(not is_exported(self.target(trainer)))
         if not self.exported or missing:
             self._export(trainer, pl_module, "final policy (no validation improved in this run)")
 

@@ -126,6 +126,12 @@ class LitReasonCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         return self._instantiate_trainer(trainer_config, [*callbacks, ForgetOutputsAfterCheckpoint(), FailFast()])
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would lay the hyperparameters saved in --ckpt_path over the parsed config: evaluating a
+        # checkpoint with other settings (K = 96) or resuming with a changed option would silently use the
+        # training run's. Here the command line and config files decide; the checkpoint restores state.
+        return
+
     def parse_arguments(self, parser, args) -> None:
         if args is None or isinstance(args, list):
             renamed = renamed_options(sys.argv[1:] if args is None else [str(a) for a in args])
@@ -223,13 +229,13 @@ def with_packaged_configs(arguments: list[str]) -> list[str]:
     located = list(arguments)
     for index, argument in enumerate(arguments):
         name = argument.removeprefix("--config=") if argument.startswith("--config=") else None
-        if argument == "--config" and index + 1 < len(arguments):
+        if argument in ("--config", "-c") and index + 1 < len(arguments):
             index, name = index + 1, arguments[index + 1]
         if name is None or Path(name).is_file():
             continue
         config = locate_config(name)
         if config is not None:
-            located[index] = str(config) if argument == "--config" else f"--config={config}"
+            located[index] = str(config) if argument in ("--config", "-c") else f"--config={config}"
             print(f"[lit-reason] --config {name}: the packaged {config}", file=sys.stderr)
     return located
 

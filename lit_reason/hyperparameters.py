@@ -19,12 +19,12 @@ from typing import Any
 
 def plain_data(value: Any) -> Any:
     """``value`` as None, bool, int, float, str, list or dict (of str keys), recursively."""
+    if isinstance(value, Enum):  # first: a str or int Enum would pass for its base type (weights_only refuses it)
+        return plain_data(value.value)
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if isinstance(value, Enum):
-        return plain_data(value.value)
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, dict):

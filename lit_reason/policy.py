@@ -8,6 +8,7 @@ special tokens can be added before anything else); ``load_model`` builds the wei
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from peft import LoraConfig
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lit_reason.adapters import AdapterExport
+from lit_reason.adapters import AdapterExport, save_adapted
 from lit_reason.seeds import run_seed
-from lit_reason.warm_start import resolve_policy_path
+from lit_reason.warm_start import is_exported, resolve_policy_path
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 # Characters of the tiny tokenizer: printable ASCII and newline cover the built-in task, GSM8K and SVAMP
@@ -140,6 +141,21 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spr
     return model
 
 
+def save_policy(
+    policy: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str | Path,
+    spec: PolicySpec,
+    fresh_base: Callable[[], torch.nn.Module],
+) -> None:
+    """Save ``policy`` (its full state dict ``state``) where ``from_pretrained`` loads it; trained with an
+    adapter (``spec.peft``), as ``spec.adapter_export`` says, from a fresh copy of the base (``fresh_base()``)."""
+    if spec.peft is None:
+        policy.save_pretrained(path, state_dict=state)
+    else:
+        save_adapted(fresh_base(), spec.peft, state, path, spec.adapter_export, policy.generation_config)
+
+
 @torch.no_grad()
 def spread_rows(weight: torch.Tensor, first_new_row: int, spread: float, seed: int) -> None:
     """Add to rows ``first_new_row:`` of an embedding matrix (V, D) Gaussian noise with ``spread`` times the
@@ -187,7 +203,7 @@ def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) ->
 def is_policy_dir(path: str | Path) -> bool:
     """Whether ``path`` is a directory a policy was saved to (config and tokenizer)."""
     path = Path(path)
-    return (path / "config.json").is_file() and any(path.glob("tokenizer*"))
+    return is_exported(path) and any(path.glob("tokenizer*"))
 
 
 def _tokenizer_kwargs(load_kwargs: dict[str, Any]) -> dict[str, Any]:

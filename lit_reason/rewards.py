@@ -106,9 +106,9 @@ def import_function(path: str, what: str) -> Callable[..., Any]:
     try:
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            if os.getcwd() in sys.path:
-                raise
+        except ModuleNotFoundError as missing:
+            if os.getcwd() in sys.path or missing.name != module_name.split(".")[0]:
+                raise  # not on the path from here either, or the module imports something missing
             sys.path.append(os.getcwd())
             module = importlib.import_module(module_name)
     except ImportError as error:

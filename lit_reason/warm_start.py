@@ -100,10 +100,15 @@ def _leaves(node, key: str | None = None):
         yield key, node
 
 
+def is_exported(directory: Path) -> bool:
+    """Whether ``directory`` holds an exported policy: a model, or a LoRA adapter (``adapter_export``)."""
+    return (directory / "config.json").is_file() or (directory / "adapter_config.json").is_file()
+
+
 def is_cached(name_or_path: str) -> bool:
     """Whether the ``config:PATH`` warm start is trained and cached (so resolving it costs nothing)."""
     config = locate_config(name_or_path[len(CONFIG_PREFIX) :])
-    return config is not None and (warm_start_dir(config) / "config.json").is_file()
+    return config is not None and is_exported(warm_start_dir(config))
 
 
 def resolve_policy_path(name_or_path: str) -> str:
@@ -124,11 +129,11 @@ def resolve_policy_path(name_or_path: str) -> str:
             f"at the working directory, {Path.cwd()}) and no packaged config of that name ({PACKAGED_CONFIGS})"
         )
     target = warm_start_dir(config)
-    if (target / "config.json").is_file():
+    if is_exported(target):
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.parent / f"{target.name}.lock"):  # one process trains; the others wait and then load
-        if not (target / "config.json").is_file():
+        if not is_exported(target):
             for stale in target.parent.glob(f".{target.name}-*"):  # left by a training that was killed
                 shutil.rmtree(stale, ignore_errors=True)
             _train(config, target)

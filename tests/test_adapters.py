@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
-from lit_reason import PPO, PolicySpec, RolloutDataModule, SamplingConfig
+from lit_reason import PPO, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
 from lit_reason.adapters import adapters_disabled, has_adapter, with_adapter
 from lit_reason.policy import build_char_tokenizer, load_model
 from lit_reason.rewards import RewardConfig, RewardFunction
@@ -44,6 +44,21 @@ def test_an_adapter_starts_as_the_identity_and_disabled_gives_the_base_model():
     assert not torch.allclose(logits(adapted, input_ids), logits(base, input_ids))  # enabled again
 
 
+def test_the_base_model_is_whole_again_with_modules_peft_trains_whole_and_adapters_are_reproducible():
+    tokenizer = build_char_tokenizer()
+    spec = PolicySpec(name_or_path="micro", seed=3)
+    config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["norm"])
+    first, second = (with_adapter(load_model(spec, tokenizer), config) for _ in range(2))
+    lora_a = [name for name in first.state_dict() if "lora_A" in name]
+    assert lora_a and all(torch.equal(first.state_dict()[n], second.state_dict()[n]) for n in lora_a)  # seeded
+    for parameter in first.parameters():
+        if parameter.requires_grad:  # the adapter and the trained copy of the final norm
+            parameter.data.normal_()
+    input_ids = torch.tensor([tokenizer("12 + 30 = ")["input_ids"]])
+    with adapters_disabled(first):
+        assert torch.equal(logits(first, input_ids), logits(load_model(spec, tokenizer), input_ids))
+
+
 def make_lora_ppo(adapter_export: str = "merged") -> PPO:
     return PPO(
         policy=PolicySpec(name_or_path="micro", seed=1, peft=LORA, adapter_export=adapter_export),
@@ -55,6 +70,7 @@ def make_lora_ppo(adapter_export: str = "merged") -> PPO:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter_export", ["merged", "adapter"])
 def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(adapter_export, tmp_path):
     module = make_lora_ppo(adapter_export)
@@ -78,3 +94,10 @@ def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(ad
         base = load_model(PolicySpec(name_or_path="micro", seed=1), module.tokenizer)
         exported = PeftModel.from_pretrained(base, tmp_path / "policy")
     assert torch.allclose(logits(exported.eval(), input_ids), expected, atol=1e-5)
+
+
+def test_what_lora_cannot_do_is_refused():
+    with pytest.raises(ValueError, match="the reference is the policy's base model"):
+        PPO(policy=PolicySpec(name_or_path="micro", peft=LORA), reference_load_kwargs={"dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="RCRL with policy.peft"):
+        ReturnConditionedRL(policy=PolicySpec(name_or_path="micro", peft=LORA))

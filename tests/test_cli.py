@@ -256,3 +256,18 @@ def test_with_a_csv_logger_text_histograms_and_curves_become_files(tmp_path, mon
     assert histogram["tag"] == "val/response_length" and histogram["count"] == 4 * 2  # 2 samples each
     curves = (run / "by_samples_drawn.csv").read_text().splitlines()
     assert curves[0] == "tag,samples_drawn,value" and curves[1].startswith("by_samples_drawn/val/maj@1,32,")
+
+
+def test_a_checkpoints_saved_options_do_not_override_the_command_line(tmp_path):
+    checkpoint = tmp_path / "saved.ckpt"
+    torch.save({"hyper_parameters": {"evaluation": {"num_samples": 8}, "text_samples": 1}}, checkpoint)
+
+    class ParseAndStop(ParseOnly):
+        def _run_subcommand(self, subcommand: str) -> None:
+            pass
+
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+    options = ["--model.init_args.evaluation.num_samples=96", f"--ckpt_path={checkpoint}"]
+    cli = ParseAndStop(args=["validate", "--config", sft, *options])
+    model = cli.config["validate"]["model"]["init_args"]
+    assert model["evaluation"]["num_samples"] == 96 and model["text_samples"] == 4

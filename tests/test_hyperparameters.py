@@ -31,6 +31,11 @@ def test_objects_become_numbers_strings_lists_and_dicts():
     }
     assert spec["name_or_path"] == "micro" and spec["peft"]["r"] == 4
     assert spec["peft"]["target_modules"] == ["q_proj", "v_proj"]
+    assert spec["peft"]["peft_type"] == "LORA"  # a str Enum: its value (weights_only refuses the Enum)
+    buffer = io.BytesIO()
+    torch.save(spec, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == spec
 
 
 def test_a_modules_hyperparameters_are_its_init_arguments_as_plain_data():

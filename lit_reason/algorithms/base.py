@@ -19,14 +19,14 @@ from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_reason.adapters import save_policy, with_adapter
+from lit_reason.adapters import with_adapter
 from lit_reason.batches import Example
 from lit_reason.conditioning import Conditioning, Stage
 from lit_reason.data import EMPTY_ROUND, TrainData
 from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_models
 from lit_reason.evaluation import Evaluator, GradedQuestions, write_outputs
 from lit_reason.hyperparameters import plain_data
-from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
+from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, save_policy
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_example, encode_response_prefix, row_seed, sample
 from lit_reason.schedule import LRSchedule, StepCounter
 from lit_reason.seeds import EVALUATION_SEED, run_seed

@@ -70,7 +70,7 @@ class PolicyGradient(ReasoningModule):
         reward: the final and dense rewards, truncation penalty and KL penalty.
         max_grad_norm: gradient clipping (norm) of each optimizer step (0: off).
         reference_load_kwargs: ``from_pretrained`` options of the frozen reference policy (the KL penalty's),
-            replacing the policy's: e.g. ``{"dtype": "bfloat16"}`` (half the memory), or 4-bit weights with
+            over the policy's: e.g. ``{"dtype": "bfloat16"}`` (half the memory), or 4-bit weights with
             ``{"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}`` (needs
             ``lit-reason[quantization]`` and a GPU). Unset: loaded as the policy is.
         **kwargs: the shared options (policy, optimizer, lr_schedule, evaluation, text_samples, orm, seed:
@@ -95,6 +95,11 @@ class PolicyGradient(ReasoningModule):
             raise ValueError(
                 "reward.final: orm and reward.dense: orm need an ORM: set orm to an exported ORM directory"
             )
+        if reference_load_kwargs is not None and self.policy_spec.peft is not None:
+            raise ValueError(
+                "reference_load_kwargs: with policy.peft the reference is the policy's base model (the adapter "
+                "disabled), not a model of its own; drop reference_load_kwargs"
+            )
         if rollout.top_k or rollout.top_p < 1:
             raise ValueError(
                 f"{type(self).__name__}'s rollout must sample the full softmax (top_k 0, top_p 1): its log-probs "
@@ -118,7 +123,7 @@ class PolicyGradient(ReasoningModule):
         if self.reward.kl_coef and not has_adapter(self.policy):
             spec = self.policy_spec
             if self.reference_load_kwargs is not None:
-                spec = replace(spec, load_kwargs=self.reference_load_kwargs)
+                spec = replace(spec, load_kwargs={**spec.load_kwargs, **self.reference_load_kwargs})
             self.reference = load_model(spec, self.tokenizer).eval()
             self.reference.requires_grad_(False)
 

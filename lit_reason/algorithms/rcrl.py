@@ -84,6 +84,11 @@ class ReturnConditionedRL(ExpertIteration):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if self.policy_spec.peft is not None:
+            raise ValueError(
+                "RCRL with policy.peft: its return tokens are new embedding rows, which a LoRA adapter leaves "
+                "untrained; train RCRL's whole policy (drop policy.peft)"
+            )
         if positive_ratio is not None and not 0 < positive_ratio < 1:
             raise ValueError(f"positive_ratio must be in (0, 1) or null, got {positive_ratio}")
         self.good_token, self.bad_token = good_token, bad_token
