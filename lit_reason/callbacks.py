@@ -85,7 +85,7 @@ class ExportPolicy(Callback):
 
 class ForgetOutputsAfterCheckpoint(Callback):
     """When a fit resumes from a checkpoint, forget the evaluation outputs the interrupted attempt wrote after
-    it (``metrics.json`` entries, prediction files, TensorBoard points): the resumed fit writes them again."""
+    it (``metrics.json`` entries, prediction files; ``drop_outputs_after``): the resumed fit writes them again."""
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:  # validate / test from a checkpoint leave the run's outputs be
@@ -93,7 +93,7 @@ class ForgetOutputsAfterCheckpoint(Callback):
 
 
 class FailFast(Callback):
-    """When one rank raises, every rank stops within a second and says which rank failed and why
+    """When one rank raises, every rank stops within seconds and says which rank failed and why
     (``StopAllRanksOnFailure``), instead of waiting in a collective until the process group's timeout."""
 
     def __init__(self) -> None:

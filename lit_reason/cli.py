@@ -228,15 +228,16 @@ def with_packaged_configs(arguments: list[str]) -> list[str]:
     name (``--config ppo.yaml`` after a plain ``pip install``)."""
     located = list(arguments)
     for index, argument in enumerate(arguments):
-        name = argument.removeprefix("--config=") if argument.startswith("--config=") else None
         if argument in ("--config", "-c") and index + 1 < len(arguments):
-            index, name = index + 1, arguments[index + 1]
-        if name is None or Path(name).is_file():
+            position, name, prefix = index + 1, arguments[index + 1], ""
+        elif argument.startswith("--config="):
+            position, name, prefix = index, argument.removeprefix("--config="), "--config="
+        else:
             continue
-        config = locate_config(name)
-        if config is not None:
-            located[index] = str(config) if argument in ("--config", "-c") else f"--config={config}"
-            print(f"[lit-reason] --config {name}: the packaged {config}", file=sys.stderr)
+        if Path(name).is_file() or (config := locate_config(name)) is None:
+            continue
+        located[position] = prefix + str(config)
+        print(f"[lit-reason] --config {name}: the packaged {config}", file=sys.stderr)
     return located
 
 

@@ -30,6 +30,7 @@ SMALL_RUN = [
     "--trainer.check_val_every_n_epoch=1",
     "--trainer.enable_progress_bar=false",
     "--export.monitor=null",  # export after every validation: every round has an export to be killed in
+    "--validate_before_fit=false",
 ]
 ROLLOUT = ["--model.init_args.rollout.num_samples=2", "--model.init_args.rollout.max_new_tokens=12"]
 BATCH = "--model.init_args.batch_size=8"
