@@ -27,7 +27,7 @@ from lit_reason.rewards import grade
 from lit_reason.run_logs import RunLog, run_log
 from lit_reason.sampling import SampleBatch
 from lit_reason.tasks import Problem
-from lit_reason.tasks.answers import extract_answer, operation_signature
+from lit_reason.tasks.answers import normalize_text_answer, operation_signature
 
 # What a prediction file keeps of each question's record (answers: parsed, null where a text states none;
 # scores: the reward model's, null without one; outcomes: the question's value of each metric, what paired
@@ -93,9 +93,13 @@ class Evaluator(torch.nn.Module):
         if not self.records:
             self._started = time.perf_counter()
         ids = torch.tensor([p.id for p in problems], device=device)
-        targets = torch.tensor([p.answer for p in problems], dtype=torch.float64, device=device)
-        greedy_correct, greedy_answers = grade(problems, greedy), _answers(greedy.texts)
-        answers = _answers(sampled.texts).view(len(problems), k)
+        greedy_stated = [[p.stated_answer(text)] for p, text in zip(problems, greedy.texts, strict=True)]
+        stated = [
+            [p.stated_answer(text) for text in sampled.texts[i * k : (i + 1) * k]] for i, p in enumerate(problems)
+        ]
+        greedy_correct = grade(problems, greedy)
+        greedy_answers, targets = answer_values(problems, greedy_stated)
+        answers, _ = answer_values(problems, stated)
         graded = GradedQuestions(
             question_ids=ids,
             correct=grade(problems, sampled).view(-1, k).to(device),
@@ -103,8 +107,8 @@ class Evaluator(torch.nn.Module):
             scores=scores.view(-1, k).to(device) if scores is not None else None,
         )
         signatures = torch.tensor([operation_signature(t) for t in sampled.texts], device=device).view(-1, k)
-        self.metrics["maj@1"].update(greedy_answers.view(-1, 1).to(device), targets, ids)
-        self.metrics[f"maj@{k}"].update(answers.to(device), targets, ids)
+        self.metrics["maj@1"].update(greedy_answers.to(device), targets.to(device), ids)
+        self.metrics[f"maj@{k}"].update(answers.to(device), targets.to(device), ids)
         self.metrics[f"pass@{k}"].update(graded.correct, ids)
         self.metrics["pass@1"].update(graded.correct, ids)
         self.metrics[f"distinct_correct@{k}"].update(graded.correct, signatures, ids)
@@ -116,13 +120,13 @@ class Evaluator(torch.nn.Module):
                 "id": problem.id,
                 "question": problem.question,
                 "greedy": greedy.texts[i],
-                "greedy_answer": _finite_or_none(greedy_answers[i].item()),
+                "greedy_answer": greedy_stated[i][0],
                 "greedy_correct": bool(greedy_correct[i]),
                 "answered": float(graded.answered[i].float().mean()),
                 "truncated": float(sampled.truncated[i * k : (i + 1) * k].float().mean()),
                 "lengths": sampled.response_lengths[i * k : (i + 1) * k].tolist(),
                 "samples": sampled.texts[i * k : (i + 1) * k],
-                "sample_answers": [_finite_or_none(a) for a in answers[i].tolist()],
+                "sample_answers": stated[i],
                 "samples_correct": graded.correct[i].tolist(),
                 "sample_scores": graded.scores[i].tolist() if graded.scores is not None else None,
                 "outcomes": {name: values[i] for name, values in outcomes.items()},
@@ -149,9 +153,23 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _answers(texts: Sequence[str]) -> torch.Tensor:
-    """(N,) float64 answers, NaN where a text states none."""
-    return torch.tensor([float("nan") if (a := extract_answer(t)) is None else a for t in texts], dtype=torch.float64)
+def answer_values(problems: Sequence[Problem], stated: Sequence[Sequence[float | str | None]]):
+    """Answers as numbers the majority-vote metrics compare (strings never cross ranks): ((Q, n) float64 with
+    NaN where a response states no answer, (Q,) float64 targets). A numeric problem's answers are themselves;
+    a text problem's are codes of its normalized answers: 0 for the target's, 1, 2, ... for the others in order
+    of appearance (so answers that normalize alike vote together; one that normalizes to nothing is none), and
+    its target is 0."""
+    values, targets = [], []
+    for problem, answers in zip(problems, stated, strict=True):
+        if not isinstance(problem.answer, str):
+            values.append([float("nan") if answer is None else answer for answer in answers])
+            targets.append(problem.answer)
+            continue
+        codes = {normalize_text_answer(problem.answer, problem.normalization): 0}
+        normalized = [None if a is None else normalize_text_answer(a, problem.normalization) for a in answers]
+        values.append([codes.setdefault(a, len(codes)) if a else float("nan") for a in normalized])
+        targets.append(0.0)
+    return torch.tensor(values, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64)
 
 
 def write_outputs(

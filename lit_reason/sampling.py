@@ -17,6 +17,8 @@ Design points:
 * **Finished rows leave the batch**: once a quarter of the rows have emitted EOS they are dropped from the
   KV cache, so short samples stop paying for long ones; and the cache grows into preallocated room instead
   of being concatenated every step (together with the shared prefill, the speed-up over ``model.generate``).
+  The host looks for finished rows every ``finished_check_every`` steps; the sampler's own bookkeeping in
+  between does not wait for the device.
 * **Guidance** (optional): every step's distribution contrasts the prompt with a negative prompt (the same
   prompt behind another response prefix, e.g. the bad-return token of a return-conditioned policy) as in
   classifier-free guidance, ``log p_neg + scale * (log p - log p_neg)`` over log-softmaxes: the formula of
@@ -60,6 +62,10 @@ class SamplingConfig:
         batch_size: sequences per forward pass (prompts are never split across two batches).
         seed: with the question id (and the round, in training), fixes every sample. Unset: rollouts follow
             the run's ``seed_everything``, evaluation uses a fixed seed (runs stay paired on its noise).
+        finished_check_every: decoding steps between checks for finished rows, each of which waits for the
+            device (and, distributed, for every rank) and may drop finished rows from the batch; rows that
+            finish in between keep stepping, their tokens not kept. The samples do not depend on it. Unset:
+            every step on a CPU (waiting costs nothing there), every 8 on an accelerator.
     """
 
     num_samples: int = 1
@@ -69,10 +75,13 @@ class SamplingConfig:
     max_new_tokens: int = 128
     batch_size: int = 256
     seed: int | None = None
+    finished_check_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("num_samples, max_new_tokens and batch_size must be at least 1")
+        if self.finished_check_every is not None and self.finished_check_every < 1:
+            raise ValueError("finished_check_every must be at least 1 (or unset)")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
 
@@ -254,31 +263,63 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-_PROBABILITY_SCALE = 2.0**40  # probabilities as integers in units of 2**-40: their sum, about 2**40, fits int64
+_PROBABILITY_SCALE = 2.0**30  # probabilities in integer units of 2**-30: a row's counts sum to about 2**30, in int32
+_CDF_BLOCK = 256  # the cumulative distribution is searched block by block: a cumsum over V / 256 block sums
 
 
 def inverse_cdf_draw(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """A draw from ``softmax(logits)`` per row by inverting its cumulative distribution at ``uniforms``.
-
-    Probabilities are counted in integer units of 2**-40 and summed exactly (a float cumulative sum rounds
-    differently by device and, on a GPU, by batch shape, and can give a token of probability 0 a step of
-    one ulp). The chosen token is the first whose cumulative count exceeds ``floor(u * total)``, a number in
-    [0, total): a token at -inf counts 0, so it never exceeds what its predecessor did and is never drawn.
-    Probabilities below 2**-40 are never drawn.
 
     Args:
         logits: (R, V) float logits, -inf for tokens that may not be drawn.
         uniforms: (R,) float64 numbers in (0, 1), e.g. from ``counter_uniform``.
 
     Returns:
-        (R,) long token ids. A row with no finite logit (which callers must not pass) gets token V - 1 rather
-        than an index out of range.
+        (R,) long token ids, as ``draw_from_probabilities`` picks them.
     """
-    probabilities = logits.float().softmax(-1).nan_to_num(0.0)
-    cumulative = (probabilities * _PROBABILITY_SCALE).long().cumsum(-1)  # scaling by 2**40 is exact in float32
-    targets = (uniforms.double() * cumulative[:, -1].double()).long()
-    tokens = torch.searchsorted(cumulative, targets[:, None], side="right")[:, 0]
-    return tokens.clamp(max=logits.shape[-1] - 1)
+    return draw_from_probabilities(logits.float().softmax(-1), uniforms)
+
+
+def draw_from_probabilities(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """A draw from each row's distribution by inverting its cumulative distribution at ``uniforms``.
+
+    Probabilities are counted in integer units of 2**-30 (``floor(p * 2**30)``) and summed exactly (a float
+    cumulative sum rounds differently by device and, on a GPU, by batch shape, and can give a token of
+    probability 0 a step of one ulp). The chosen token is the first whose cumulative count exceeds ``floor(u *
+    total)``, a number in [0, total): a token of probability 0 counts 0, so it never exceeds what its
+    predecessor did and is never drawn; nor are probabilities below 2**-30 (about 1e-9); any other token is
+    drawn with its probability to within 2**-30 plus V * 2**-30 of itself (5e-5 of it at V = 49,152). The
+    cumulative counts of a large vocabulary are never built whole: the search runs over the sums of blocks of
+    256 tokens, then inside the chosen block; being integer sums, they pick exactly the token the full
+    cumulative sum would, and 32-bit counts summed by block cost a fraction of a 64-bit cumulative sum over
+    every token.
+
+    Args:
+        probabilities: (R, V) float32, each row summing to 1 (NaN counts as 0).
+        uniforms: (R,) float64 numbers in (0, 1).
+
+    Returns:
+        (R,) long token ids. A row with no mass (which callers must not pass) gets token V - 1 rather than an
+        index out of range.
+    """
+    rows, vocab = probabilities.shape
+    counts = (probabilities * _PROBABILITY_SCALE).nan_to_num_(0.0).to(torch.int32)  # floor: never negative
+    if vocab <= 4 * _CDF_BLOCK:  # small vocabularies: one cumulative sum takes fewer (per-call costly) ops
+        cumulative = counts.long().cumsum(-1)
+        targets = (uniforms.double() * cumulative[:, -1].double()).long()
+        return torch.searchsorted(cumulative, targets[:, None], side="right")[:, 0].clamp(max=vocab - 1)
+    whole = vocab // _CDF_BLOCK * _CDF_BLOCK
+    block_sums = counts[:, :whole].view(rows, -1, _CDF_BLOCK).sum(-1, dtype=torch.int32)  # <= total < 2**31
+    if whole < vocab:
+        block_sums = torch.cat([block_sums, counts[:, whole:].sum(-1, keepdim=True, dtype=torch.int32)], dim=1)
+    block_cumulative = block_sums.long().cumsum(-1)
+    targets = (uniforms.double() * block_cumulative[:, -1].double()).long()
+    block = torch.searchsorted(block_cumulative, targets[:, None], side="right").clamp(max=block_sums.shape[1] - 1)
+    before = block_cumulative.gather(1, block) - block_sums.gather(1, block).long()
+    columns = block * _CDF_BLOCK + torch.arange(_CDF_BLOCK, device=counts.device)
+    inside = counts.gather(1, columns.clamp(max=vocab - 1)).masked_fill(columns >= vocab, 0).long().cumsum(-1)
+    offset = torch.searchsorted(inside, targets[:, None] - before, side="right")
+    return (block * _CDF_BLOCK + offset)[:, 0].clamp(max=vocab - 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -312,13 +353,16 @@ def draw_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tenso
         tokens (R,) long and logprobs (R,) float32 under the temperature-scaled unfiltered softmax.
     """
     if config.greedy:
+        probabilities = logits.softmax(-1)
         tokens = logits.argmax(-1)
-        return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
-    scaled = logits / config.temperature
-    logprobs = scaled.log_softmax(-1)
-    allowed = filter_logits(scaled, config.top_k, config.top_p)
-    tokens = inverse_cdf_draw(allowed, counter_uniform(seeds, step))
-    return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+    else:
+        scaled = logits / config.temperature
+        probabilities = scaled.softmax(-1)
+        filtered = config.top_k > 0 or config.top_p < 1
+        allowed = filter_logits(scaled, config.top_k, config.top_p).softmax(-1) if filtered else probabilities
+        tokens = draw_from_probabilities(allowed, counter_uniform(seeds, step))
+    # log(softmax) of the drawn token (positive: drawn tokens have counts) rather than a log_softmax pass.
+    return tokens, probabilities.gather(-1, tokens[:, None])[:, 0].log()
 
 
 class GrowingLayer(DynamicLayer):
@@ -482,9 +526,9 @@ class _ChunkResult:
 @dataclass
 class _DecodeRows:
     """Every row's tokens so far, on the device and indexed by the row's place in the chunk (rows that leave
-    the model's batch keep their place here): one host sync per step."""
+    the model's batch keep their place here); the host reads them only at the checks for finished rows."""
 
-    responses: torch.Tensor  # (N, T) long, pad after a row's last token
+    responses: torch.Tensor  # (N, T) long; a row's tokens are those before its length
     logprobs: torch.Tensor  # (N, T) float32
     lengths: torch.Tensor  # (N,) long
     finished: torch.Tensor  # (N,) bool: EOS or a stop string
@@ -499,14 +543,52 @@ class _DecodeRows:
         )
 
     def record(self, step: int, active: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor, eos) -> None:
-        """Store step ``step``'s tokens of the rows in the model's batch (``active``: their places) that are
-        still sampling; finished rows wait in the batch for compaction and keep nothing."""
+        """Store step ``step``'s tokens of the rows in the model's batch (``active``: their places); a finished
+        row's tokens land beyond its length, which is what is kept. Without boolean indexing, so nothing waits
+        for the device."""
         live = ~self.finished[active]
-        rows = active[live]
-        self.responses[rows, step] = tokens[live]
-        self.logprobs[rows, step] = logprobs[live].float()
-        self.lengths[rows] += 1
-        self.finished[rows] = torch.isin(tokens[live], eos)
+        self.responses[active, step] = tokens
+        self.logprobs[active, step] = logprobs.float()
+        self.lengths[active] += live.long()
+        self.finished[active] = self.finished[active] | (live & torch.isin(tokens, eos))
+
+    def finish_at(self, row: int, step: int) -> None:
+        """End ``row`` after its token of step ``step`` (a stop string found late)."""
+        self.lengths[row] = step + 1
+        self.finished[row] = True
+
+
+@dataclass
+class _ModelBatch:
+    """The rows in the model's batch: their KV cache, attention mask (rows, width) and next positions (rows,),
+    and per sampled row its place in the chunk (``active``) and seed. Under guidance (``halves`` 2) every
+    sampled row has a negative twin, in the same order after all of them."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+    next_position: torch.Tensor
+    active: torch.Tensor
+    row_seeds: torch.Tensor
+    halves: int
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the sampled rows at ``index`` (and their twins): copies the cache, so short samples stop
+        paying for long ones (finished rows that stay compute tokens that are thrown away)."""
+        model_index = torch.cat([index + half * len(self.active) for half in range(self.halves)])
+        self.cache.batch_select_indices(model_index)
+        self.attention_mask, self.next_position = self.attention_mask[model_index], self.next_position[model_index]
+        self.active, self.row_seeds = self.active[index], self.row_seeds[index]
+
+    def forward(self, runner: CausalLMWithCache, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed every sampled row its token (its twin the same one): the next logits, (rows, V) float32."""
+        self.attention_mask = torch.cat(
+            [self.attention_mask, self.attention_mask.new_ones((len(self.attention_mask), 1))], dim=-1
+        )
+        self.next_position = self.next_position + 1
+        logits, self.cache = runner(
+            tokens.repeat(self.halves)[:, None], self.attention_mask, self.next_position[:, None], self.cache, True
+        )
+        return logits[:, -1].float()
 
 
 @dataclass
@@ -571,38 +653,40 @@ class _ChunkDecoder:
         logits, cache, attention_mask, next_position = self._prefill(prompt_ids + (negative_prompt_ids or []), repeats)
         rows = _DecodeRows.empty(len(prompt_ids) * repeats, config.max_new_tokens, _pad_id(self.tokenizer), self.device)
         rows.finished[:] = placeholder  # a placeholder's tokens are never kept
-        active = torch.arange(len(rows.lengths), device=self.device)  # place of each row still in the batch
-        row_seeds = torch.tensor(seeds, dtype=torch.long, device=self.device)
+        batch = _ModelBatch(
+            cache, attention_mask, next_position, active=torch.arange(len(rows.lengths), device=self.device),
+            row_seeds=torch.tensor(seeds, dtype=torch.long, device=self.device), halves=halves,
+        )  # fmt: skip
         eos = torch.tensor(list(self.eos_token_ids), dtype=torch.long, device=self.device)
         suppressed = torch.tensor(list(self.suppressed_token_ids), dtype=torch.long, device=self.device)
-        steps_taken = 0
+        check_every = config.finished_check_every or (1 if self.device.type == "cpu" else 8)
+        steps_taken = checked = 0
         for step in range(config.max_new_tokens):
             if halves == 2:
                 logits = guided_logits(*logits.chunk(2), self.guidance_scale)
             if len(suppressed):
                 logits[:, suppressed] = float("-inf")
-            tokens, chosen_logprobs = draw_tokens(logits, config, row_seeds, step)
-            rows.record(step, active, tokens, chosen_logprobs, eos)
+            tokens, chosen_logprobs = draw_tokens(logits, config, batch.row_seeds, step)
+            rows.record(step, batch.active, tokens, chosen_logprobs, eos)
             steps_taken = step + 1
-            if self.stop_strings:
-                self._apply_stop_strings(rows, active, steps_taken)
-            remaining = int((~rows.finished[active]).sum())
-            if not self._any_rank_sampling(remaining) or steps_taken == config.max_new_tokens:
+            if steps_taken == config.max_new_tokens:
                 break
-            # Dropping rows copies the cache: worth it once a quarter of the rows are done (finished rows that
-            # stay just compute tokens that are thrown away). A synced rank keeps one row to stay in step.
-            if 4 * (len(active) - remaining) >= len(active) and (remaining or len(active) > 1):
-                index = torch.nonzero(~rows.finished[active])[:, 0] if remaining else active.new_zeros(1)
-                model_index = torch.cat([index + half * len(active) for half in range(halves)])
-                cache.batch_select_indices(model_index)
-                attention_mask, next_position = attention_mask[model_index], next_position[model_index]
-                active, row_seeds, tokens = active[index], row_seeds[index], tokens[index]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(attention_mask), 1))], dim=-1)
-            next_position = next_position + 1
-            logits, cache = self.runner(
-                tokens.repeat(halves)[:, None], attention_mask, next_position[:, None], cache, last_logits_only=True
-            )
-            logits = logits[:, -1].float()
+            if steps_taken % check_every == 0:  # in between, finished rows keep stepping, their tokens not kept
+                if self.stop_strings:
+                    self._apply_stop_strings(rows, batch.active, checked, steps_taken)
+                checked = steps_taken
+                remaining = int((~rows.finished[batch.active]).sum())
+                if not self._any_rank_sampling(remaining):
+                    break
+                # Worth the cache copy once a quarter of the rows are done; a synced rank keeps one row in step.
+                active = batch.active
+                if 4 * (len(active) - remaining) >= len(active) and (remaining or len(active) > 1):
+                    index = torch.nonzero(~rows.finished[active])[:, 0] if remaining else active.new_zeros(1)
+                    batch.keep(index)
+                    tokens = tokens[index]
+            logits = batch.forward(self.runner, tokens)
+        if self.stop_strings and checked < steps_taken:
+            self._apply_stop_strings(rows, batch.active, checked, steps_taken)
         if placeholder:
             return _ChunkResult([], [], [], [], [], [])
         prompt_rows = [ids for ids in prompt_ids for _ in range(repeats)]
@@ -640,14 +724,22 @@ class _ChunkDecoder:
             return bool(reduce_int(int(remaining > 0), "max", self.device))
         return remaining > 0
 
-    def _apply_stop_strings(self, rows: _DecodeRows, active: torch.Tensor, steps_taken: int) -> None:
-        """Mark rows finished whose decoded tail contains a stop string (text checks need the host)."""
+    def _apply_stop_strings(self, rows: _DecodeRows, active: torch.Tensor, first_step: int, steps_taken: int) -> None:
+        """End each row at the first of steps ``first_step`` .. ``steps_taken - 1`` after which its decoded
+        tail contains a stop string (text checks need the host), dropping what it sampled after it. A row that
+        ended with EOS at one of these steps keeps it unless a stop string came earlier."""
         tail_length = max(len(s) for s in self.stop_strings) + 8
-        for row in active.tolist():
-            if not rows.finished[row]:
-                tail = rows.responses[row, max(0, steps_taken - tail_length) : steps_taken].tolist()
+        start = max(0, first_step + 1 - tail_length)  # the first column any of these tails reads
+        places = active.tolist()
+        lengths = rows.lengths[places].tolist()
+        windows = rows.responses[places, start:steps_taken].tolist()
+        for row, length, window in zip(places, lengths, windows, strict=True):
+            for step in range(first_step, min(length, steps_taken)):
+                tail = window[max(0, step + 1 - tail_length) - start : step + 1 - start]
                 if any(stop in self.tokenizer.decode(tail, skip_special_tokens=True) for stop in self.stop_strings):
-                    rows.finished[row] = True
+                    if step + 1 < length or not rows.finished[row]:
+                        rows.finish_at(row, step)
+                    break
 
     def _result(
         self, rows: _DecodeRows, steps_taken: int, prompt_rows: list[list[int]], prompt_index: list[int]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -82,6 +83,7 @@ class ValueModel(torch.nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
         ).last_hidden_state
         logits = self.trunk.get_output_embeddings()(hidden) if lm_logits or self.likelihood_features else None
+        hidden = hidden.to(self.head.weight.dtype)  # a trunk loaded in half precision or quantized
         if self.likelihood_features:
             mask = attention_mask.bool() if response_mask is None else response_mask
             hidden = torch.cat([hidden, likelihood_features(logits, input_ids, mask).to(hidden.dtype)], dim=-1)
@@ -123,8 +125,8 @@ class ValueModel(torch.nn.Module):
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> tuple[ValueModel, object]:
-        """A saved value model and its tokenizer."""
+    def load(cls, path: str | Path, load_kwargs: dict[str, Any] | None = None) -> tuple[ValueModel, object]:
+        """A saved value model and its tokenizer; ``load_kwargs``: the trunk's ``from_pretrained`` options."""
         path = Path(path)
         if not (path / HEAD_FILE).is_file():
             raise FileNotFoundError(
@@ -133,7 +135,8 @@ class ValueModel(torch.nn.Module):
             )
         config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
         model = cls(
-            AutoModelForCausalLM.from_pretrained(path), likelihood_features=config.get("likelihood_features", False)
+            AutoModelForCausalLM.from_pretrained(path, **(load_kwargs or {})),
+            likelihood_features=config.get("likelihood_features", False),
         )
         head = load_file(path / HEAD_FILE)
         if head["weight"].shape != model.head.weight.shape:
@@ -146,10 +149,10 @@ class ValueModel(torch.nn.Module):
         return model, AutoTokenizer.from_pretrained(path)
 
 
-def load_frozen_orm(path: str, tokenizer) -> ValueModel:
-    """An exported outcome reward model, frozen and in eval mode; its tokenizer must agree with the policy's
-    (``tokenizer``) on every token it knows."""
-    network, orm_tokenizer = ValueModel.load(path)
+def load_frozen_orm(path: str, tokenizer, load_kwargs: dict[str, Any] | None = None) -> ValueModel:
+    """An exported outcome reward model (its trunk loaded with ``load_kwargs``), frozen and in eval mode; its
+    tokenizer must agree with the policy's (``tokenizer``) on every token it knows."""
+    network, orm_tokenizer = ValueModel.load(path, load_kwargs)
     policy_vocab = tokenizer.get_vocab()
     mismatched = [token for token, index in orm_tokenizer.get_vocab().items() if policy_vocab.get(token) != index]
     if mismatched:

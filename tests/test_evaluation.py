@@ -61,3 +61,23 @@ def test_each_record_keeps_its_outcome_of_every_metric_and_they_average_to_the_m
     for name, value in values.items():
         if name in outcomes[0]:
             assert value.item() == pytest.approx(sum(outcomes[i][name] for i in range(3)) / 3)
+
+
+def test_text_answers_vote_by_their_normalized_form_and_records_keep_what_was_stated():
+    problems = [
+        Problem(id=0, question="Band?", solution="", answer="The Beatles"),
+        Problem(id=1, question="Sum?", solution="", answer=4.0),
+    ]
+    greedy = SampleBatch.from_token_lists([[1]] * 2, [[2]] * 2, ["#### beatles.", "#### 5"], pad_token_id=0)
+    # q0: "Stones" once, the Beatles written two ways twice: the majority is right though no two texts agree.
+    texts = ["#### Stones", "#### the Beatles", "#### BEATLES", "#### 4", "#### 4.00001", "none"]
+    sampled = SampleBatch.from_token_lists([[1]] * 6, [[2]] * 6, texts, pad_token_id=0, prompt_index=[0, 0, 0, 1, 1, 1])
+    evaluator = Evaluator(num_samples=3, rerank=False)
+    evaluator.update(problems, greedy, sampled, None)
+    values, records = evaluator.compute()
+    assert records[0]["outcomes"]["maj@1"] == 1.0 and records[0]["outcomes"]["maj@3"] == 1.0
+    assert records[0]["samples_correct"] == [False, True, True]
+    assert records[0]["greedy_answer"] == "beatles."
+    assert records[0]["sample_answers"] == ["Stones", "the Beatles", "BEATLES"]
+    assert records[1]["sample_answers"] == [4.0, 4.00001, None] and records[1]["outcomes"]["maj@3"] == 1.0
+    assert values["answered"].item() == pytest.approx((1 + 2 / 3) / 2)

@@ -5,6 +5,7 @@ from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.sampling import (
     SamplingConfig,
     counter_uniform,
+    draw_from_probabilities,
     draw_tokens,
     filter_logits,
     guided_logits,
@@ -224,6 +225,29 @@ def test_inverse_cdf_never_draws_a_token_at_minus_infinity(uniform):
     )
 
 
+@pytest.mark.parametrize("vocab", [7, 1_024, 49_152, 1_024 + 255])  # one cumulative sum; blocks (one partial)
+def test_the_blockwise_search_picks_the_token_of_the_whole_cumulative_sum(vocab):
+    """Against the plain inversion, by hand: the first token whose cumulative count of floor(p * 2**30) exceeds
+    floor(u * total), over every token at once; with probability-0 tokens and whole zero blocks."""
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(64, vocab, generator=generator) * 4
+    logits[torch.rand(64, vocab, generator=generator) < 0.3] = float("-inf")
+    logits[:8, : vocab // 2] = float("-inf")  # leading blocks without mass
+    logits[:, vocab // 2] = 1.0  # every row has some mass
+    logits[8, :] = float("-inf")
+    logits[8, vocab - 1] = 0.0  # all mass on the last token (a partial block when 256 does not divide V)
+    probabilities = logits.softmax(-1)
+    uniforms = torch.cat(
+        [torch.tensor([2.0**-33, 1 - 2.0**-33], dtype=torch.float64), torch.rand(62, generator=generator).double()]
+    )
+    counts = (probabilities * 2.0**30).to(torch.int64).cumsum(-1)
+    targets = (uniforms * counts[:, -1].double()).long()
+    expected = torch.searchsorted(counts, targets[:, None], side="right")[:, 0]
+    drawn = draw_from_probabilities(probabilities, uniforms)
+    assert torch.equal(drawn, expected)
+    assert (probabilities.gather(1, drawn[:, None]) > 0).all() and drawn[8] == vocab - 1
+
+
 @pytest.mark.slow
 def test_sampler_matches_its_distribution_on_a_realistic_vocabulary():
     """30,000 draws over 50,000 tokens with top-k, top-p and suppressed tokens: no disallowed token is ever
@@ -275,6 +299,47 @@ def test_stop_strings_end_a_response(micro_model, char_tokenizer):
     )
     assert stop not in stopped.texts[0] and stopped.response_lengths[0] < free.response_lengths[0]
     assert not stopped.truncated[0]
+
+
+def test_checking_for_finished_rows_every_few_steps_changes_no_sample(micro_model, char_tokenizer, monkeypatch):
+    """Rows ended by EOS or by a stop string between two checks keep only what they sampled up to their end,
+    and the host waits for the device only at the checks (what an accelerator needs)."""
+    eos = [char_tokenizer.convert_tokens_to_ids("e"), char_tokenizer.eos_token_id]
+    guided = Conditioning(guidance=Guidance(negative_prefix="[B]", scale=1.5))
+    batches = {}
+    for every in (1, 3, 7):
+        config = SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=20, finished_check_every=every)
+        for name, conditioning in (("plain", Conditioning()), ("guided", guided)):
+            batches[every, name] = sample(
+                micro_model,
+                char_tokenizer,
+                PROMPTS,
+                config,
+                [4, 5, 6],
+                eos_token_ids=eos,
+                stop_strings=["a", "o"],
+                conditioning=conditioning,
+            )
+    for name in ("plain", "guided"):
+        batch = batches[1, name]
+        last = batch.input_ids[torch.arange(len(batch)), batch.prompt_length + batch.response_lengths - 1]
+        by_eos = torch.isin(last, torch.tensor(eos)) & ~batch.truncated
+        by_stop = ~by_eos & ~batch.truncated
+        assert by_eos.sum() >= 2 and by_stop.sum() >= 2, "the test needs rows ended each way"
+    for (every, name), batch in batches.items():
+        reference = batches[1, name]
+        assert batch.texts == reference.texts, (every, name)
+        for field in ("input_ids", "response_mask", "truncated"):
+            assert torch.equal(getattr(batch, field), getattr(reference, field)), (every, name, field)
+        # Rows leave the batch at other steps, so the matmuls have other shapes: rounding differs.
+        assert torch.allclose(batch.logprobs, reference.logprobs, atol=1e-5, rtol=0)
+    checks = []
+    monkeypatch.setattr(
+        "lit_reason.sampling._ChunkDecoder._any_rank_sampling", lambda self, n: checks.append(n) or n > 0
+    )
+    config = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=20, finished_check_every=7)
+    sample(micro_model, char_tokenizer, PROMPTS[:1], config, [4], eos_token_ids=[char_tokenizer.eos_token_id])
+    assert len(checks) == 2  # after steps 7 and 14; the 20th step ends the loop
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -15,7 +15,7 @@ LAYERS = {
     "foundation": [
         "version", "seeds", "files", "tensors", "statistics", "distributed", "schedule", "conditioning", "batches",
         "metrics", "model_card", "run_logs", "hyperparameters", "warm_start", "tasks", "tasks.answers", "tasks.base",
-        "tasks.arithmetic", "tasks.gsm8k", "tasks.jsonl", "tasks.svamp",
+        "tasks.arithmetic", "tasks.gsm8k", "tasks.records", "tasks.jsonl", "tasks.dataset", "tasks.svamp",
     ],
     "models and sampling": [
         "cached_forward", "sampling", "adapters", "policy", "value_model", "rewards", "rl", "rl.advantages",

@@ -7,6 +7,18 @@ reported. Greedy decoding of both must give identical text.
 
     python tools/bench_rollout.py                               # tiny preset, random weights
     python tools/bench_rollout.py --policy runs/sft/version_0/policy --device cuda
+
+A real architecture with random weights (speed does not depend on the weights): ``--random-weights`` builds
+the model from the policy directory's config, with ``--config-overrides`` applied, and keeps its tokenizer.
+SmolLM2-135M's architecture and tokenizer from the GGUF file ``tools/fetch_smollm2.py`` fetches, and a
+1.7B-parameter model of SmolLM2-1.7B's shape with the same tokenizer::
+
+    S=$(python tools/fetch_smollm2.py)
+    G='{"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}'
+    python tools/bench_rollout.py --policy $S --load-kwargs "$G" --random-weights --dtype bfloat16
+    python tools/bench_rollout.py --policy $S --load-kwargs "$G" --random-weights --dtype bfloat16 \
+        --config-overrides '{"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+        "num_attention_heads": 32, "num_key_value_heads": 32}'
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import statistics
 import time
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, encode_prompt, sample
@@ -86,6 +99,18 @@ def main() -> None:
         default="{}",
         help="JSON LlamaConfig fields for a preset, e.g. '{\"num_hidden_layers\": 12}'",
     )
+    parser.add_argument(
+        "--load-kwargs",
+        default="{}",
+        help='JSON from_pretrained options, e.g. \'{"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}\'',
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build the policy's architecture (its config, with --config-overrides) with random weights",
+    )
+    parser.add_argument("--config-overrides", default="{}", help="JSON config fields for --random-weights")
+    parser.add_argument("--seed", type=int, default=0, help="random weights' seed")
     parser.add_argument("--prompts", type=int, default=64, help="prompts from the arithmetic validation split")
     parser.add_argument("--num-samples", type=int, default=8, help="samples per prompt (K)")
     parser.add_argument("--temperature", type=float, default=0.7)
@@ -97,9 +122,24 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
 
-    spec = PolicySpec(name_or_path=args.policy, preset_overrides=json.loads(args.preset_overrides))
+    spec = PolicySpec(
+        name_or_path=args.policy,
+        preset_overrides=json.loads(args.preset_overrides),
+        load_kwargs=json.loads(args.load_kwargs),
+    )
     tokenizer = load_tokenizer(spec)
-    model = load_model(spec, tokenizer).to(device=args.device, dtype=getattr(torch, args.dtype))
+    if args.random_weights:
+        if spec.is_preset:
+            raise SystemExit("--random-weights builds a policy directory's architecture; presets are random already")
+        config = AutoConfig.from_pretrained(spec.resolved(), **spec.load_kwargs)
+        for name, value in json.loads(args.config_overrides).items():
+            setattr(config, name, value)
+        torch.manual_seed(args.seed)
+        model = AutoModelForCausalLM.from_config(config)
+        model.resize_token_embeddings(max(len(tokenizer), config.vocab_size))
+    else:
+        model = load_model(spec, tokenizer)
+    model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
     eos_ids = eos_token_ids(model, tokenizer)
     task = Arithmetic()
     prompts = [task.prompt(p, tokenizer) for p in task.problems("validation")[: args.prompts]]
@@ -112,7 +152,8 @@ def main() -> None:
     )
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
     print(
-        f"model={args.policy} ({parameters:.1f}M parameters) device={args.device} dtype={args.dtype} "
+        f"model={args.policy}{' (random weights)' if args.random_weights else ''} ({parameters:.1f}M parameters) "
+        f"device={args.device} dtype={args.dtype} "
         f"prompts={args.prompts} K={args.num_samples} T={args.temperature} top_p={args.top_p} "
         f"max_new_tokens={args.max_new_tokens} rows/batch={args.batch_size}"
     )

@@ -49,6 +49,7 @@ class ReasoningModule(LightningModule):
         orm: an outcome reward model exported by ``lit-reason fit --config configs/orm.yaml`` (the run's
             ``policy/`` directory): frozen, never trained or checkpointed; adds ``rerank@K`` to evaluation
             and is available to algorithms as a reward.
+        orm_load_kwargs: the ORM trunk's ``from_pretrained`` options (``{"dtype": "bfloat16"}``, 4-bit); head: fp32.
         seed: the algorithm's shuffles (of examples, minibatches, kept samples); unset: ``seed_everything``'s.
     """
 
@@ -62,6 +63,7 @@ class ReasoningModule(LightningModule):
         evaluation: SamplingConfig = SamplingConfig(num_samples=8, temperature=0.7, max_new_tokens=128),
         text_samples: int = 4,
         orm: str | None = None,
+        orm_load_kwargs: dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -72,7 +74,7 @@ class ReasoningModule(LightningModule):
         self.lr_schedule = lr_schedule
         self.evaluation = evaluation
         self.text_samples = text_samples
-        self.orm_path = orm
+        self.orm_path, self.orm_load_kwargs = orm, orm_load_kwargs or {}
         self._seed = seed
         self.tokenizer = load_tokenizer(self.policy_spec)
         self.policy: torch.nn.Module | None = None  # built in configure_model
@@ -91,7 +93,7 @@ class ReasoningModule(LightningModule):
         if not self.policy_spec.is_preset:
             self.recorded_conditioning = Conditioning.load(self.policy_spec.resolved(), self.policy)
         if self.orm_path is not None:
-            self._frozen_orm.append(load_frozen_orm(self.orm_path, self.tokenizer))
+            self._frozen_orm.append(load_frozen_orm(self.orm_path, self.tokenizer, self.orm_load_kwargs))
         self.build_extra_models()
         if self.device_mesh is not None:
             shard_models(self.networks_to_shard(), self.device_mesh)
@@ -223,8 +225,7 @@ class ReasoningModule(LightningModule):
         self.steps.start_round(self.trainer)
         data = self.trainer.datamodule.round_data
         if data is not None:
-            stats = {f"round/{name}": float(value) for name, value in data.stats.items()}
-            stats["round/index"] = float(self.current_epoch)
+            stats = {f"round/{n}": float(v) for n, v in data.stats.items()} | {"round/index": float(self.current_epoch)}
             self.log_dict(stats, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         # Identical on every rank: a mean keeps it so (batch_size: an empty round's placeholder has none).
         samples = float(self._samples_drawn())
@@ -244,8 +245,7 @@ class ReasoningModule(LightningModule):
     def validation_step(self, problems: list[Problem], batch_idx: int) -> None:
         self.evaluate_problems(problems)
 
-    def test_step(self, problems: list[Problem], batch_idx: int) -> None:
-        self.evaluate_problems(problems)
+    test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
         self.log_evaluation("val")

@@ -17,6 +17,8 @@ import ast
 import hashlib
 import math
 import re
+import unicodedata
+from typing import Literal
 
 # Model text longer than this is cut from the front: answers come at the end.
 MAX_TEXT_CHARS = 20_000
@@ -261,3 +263,59 @@ def format_number(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+# Text answers (tasks whose answers are words: a name, a yes/no, a multiple-choice letter).
+TextNormalization = Literal["exact", "casefold", "squad"]
+MAX_TEXT_ANSWER_CHARS = 200
+_ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
+_TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")  # \text{Yes} inside a box
+
+
+def extract_text_answer(text: str) -> str | None:
+    """The final answer of a solution as text, or ``None`` if it states none: what follows the last ``####``
+    on its line, else the content of the last ``\\boxed{...}`` (to its matching brace, ``\\text{...}``-style
+    commands unwrapped); at most ``MAX_TEXT_ANSWER_CHARS`` characters (longer is no answer)."""
+    text = text[-MAX_TEXT_CHARS:]
+    mark = text.rfind("####")
+    if mark >= 0:
+        answer = text[mark + 4 :].split("\n", 1)[0].strip()
+    else:
+        box = text.rfind("\\boxed{")
+        answer = _braced(text, box + len("\\boxed{")) if box >= 0 else ""
+        answer = _TEXT_COMMAND_RE.sub(r"\1", answer).strip()
+    return answer if answer and len(answer) <= MAX_TEXT_ANSWER_CHARS else None
+
+
+def _braced(text: str, start: int) -> str:
+    """The text from ``start`` to the brace that closes the one opened just before it ("" if none does)."""
+    depth = 1
+    for index in range(start, min(len(text), start + 4 * MAX_TEXT_ANSWER_CHARS)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[start:index]
+    return ""
+
+
+def normalize_text_answer(text: str, normalization: TextNormalization) -> str:
+    """The form two text answers are compared in: ``exact`` strips surrounding whitespace; ``casefold`` also
+    ignores case and collapses whitespace runs; ``squad`` (SQuAD's answer normalisation) also drops
+    punctuation and the articles a / an / the, unless nothing else is left (so a choice "A" stays "a"). Note
+    that ``squad`` makes "-3" equal "3" and "2.5" equal "25": use ``casefold`` for answers like those."""
+    if normalization == "exact":
+        return text.strip()
+    text = text.casefold()
+    if normalization == "squad":
+        text = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+        without_articles = _ARTICLES_RE.sub(" ", text)
+        text = without_articles if without_articles.strip() else text
+    return " ".join(text.split())
+
+
+def text_answers_match(predicted: str | None, target: str, normalization: TextNormalization) -> bool:
+    """Whether a text answer equals the target once both are normalized; a missing prediction, or one with
+    nothing left once normalized (only punctuation), is wrong."""
+    if predicted is None:
+        return False
+    normalized = normalize_text_answer(predicted, normalization)
+    return bool(normalized) and normalized == normalize_text_answer(target, normalization)

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
-from lit_reason.tasks.answers import answers_match, extract_answer, intermediate_results
+from lit_reason.tasks.answers import (
+    TextNormalization,
+    answers_match,
+    extract_answer,
+    extract_text_answer,
+    intermediate_results,
+    text_answers_match,
+)
 
 Split = Literal["train", "validation", "test"]
 PromptStyle = Literal["plain", "few_shot", "chat"]
@@ -28,13 +35,16 @@ class Problem:
         question: the problem text shown to the model.
         solution: a reference solution in GSM8K style: one step a line, ``<<a+b=c>>`` annotations,
             a final ``#### N`` line.
-        answer: the correct final answer.
+        answer: the correct final answer: a number (compared with a tolerance) or a text (compared after
+            ``normalization``).
+        normalization: how a text answer and a response's are normalized before comparing them.
     """
 
     id: int
     question: str
     solution: str
-    answer: float
+    answer: float | str
+    normalization: TextNormalization = "squad"
 
     @cached_property
     def intermediate_results(self) -> tuple[float, ...]:
@@ -43,7 +53,13 @@ class Problem:
 
     def is_correct(self, response: str) -> bool:
         """Whether a model's response states this problem's answer."""
+        if isinstance(self.answer, str):
+            return text_answers_match(extract_text_answer(response), self.answer, self.normalization)
         return answers_match(extract_answer(response), self.answer)
+
+    def stated_answer(self, response: str) -> float | str | None:
+        """The answer a response states, read as this problem's answers are (a number or a text)."""
+        return extract_text_answer(response) if isinstance(self.answer, str) else extract_answer(response)
 
 
 class Task(ABC):

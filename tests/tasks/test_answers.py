@@ -16,10 +16,13 @@ from lit_reason.tasks.answers import (
     calculations,
     evaluate_steps,
     extract_answer,
+    extract_text_answer,
     intermediate_results,
     normalize_expression,
+    normalize_text_answer,
     operation_signature,
     parse_number,
+    text_answers_match,
 )
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -125,6 +128,8 @@ HOSTILE = [
 def test_hostile_text_is_bounded_and_never_raises(text):
     start = time.perf_counter()
     extract_answer(text)
+    extract_text_answer(text)
+    normalize_text_answer(text, "squad")
     calculations(text)
     operation_signature(text)
     calculate(text)
@@ -227,6 +232,8 @@ def _line_credits(text: str) -> list[float]:
 def test_parsing_model_text_takes_linear_time(build):
     for call in (
         extract_answer,
+        extract_text_answer,
+        lambda text: normalize_text_answer(text, "squad"),
         calculations,
         intermediate_results,
         operation_signature,
@@ -264,3 +271,34 @@ def test_svamp_answers_read():
     rows = json.loads((DATA / "svamp" / "SVAMP.json").read_text())
     assert len(rows) == 1000
     assert all(answers_match(extract_answer(f"#### {row['Answer']}"), row["Answer"]) for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so\n#### The Beatles\n", "The Beatles"),
+        ("#### one #### two\nmore", "two"),
+        ("\\boxed{Paris} then \\boxed{ Rome }", "Rome"),
+        ("so \\boxed{\\text{Yes}}.", "Yes"),
+        ("\\boxed{a {b} c}", "a {b} c"),
+        ("#### \nno answer after the mark", None),
+        ("\\boxed{never closed", None),
+        ("#### " + "x" * 201, None),
+        ("nothing here", None),
+    ],
+)
+def test_extract_text_answer_hand_labelled(text, expected):
+    assert extract_text_answer(text) == expected
+
+
+def test_text_normalizations():
+    assert normalize_text_answer("  The  Beatles ", "exact") == "The  Beatles"
+    assert normalize_text_answer("  The  Beatles ", "casefold") == "the beatles"
+    assert normalize_text_answer("The Beatles!", "squad") == "beatles"
+    assert normalize_text_answer("Washington, D.C.", "squad") == "washington dc"
+    assert normalize_text_answer("an apple a day", "squad") == "apple day"
+    assert normalize_text_answer("Straße", "casefold") == "strasse"
+    # A choice letter that is also an article stays itself; an answer that normalizes to nothing matches nothing.
+    assert normalize_text_answer("(A)", "squad") == "a" and normalize_text_answer("The", "squad") == "the"
+    assert text_answers_match("a", "A", "squad") and not text_answers_match("the", "A", "squad")
+    assert not text_answers_match("!", "?", "squad")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lit_reason.tasks import JSONLTask
+from lit_reason.tasks import JSONLTask, RecordFields
 
 
 def write_jsonl(path, rows) -> str:
@@ -16,14 +16,14 @@ def test_problems_from_named_fields_with_and_without_solutions(tmp_path):
         [{"q": f"What is {i} + 1?", "a": i + 1, "work": f"{i}+1=<<{i}+1={i + 1}>>{i + 1}"} for i in range(10)],
     )
     test = write_jsonl(tmp_path / "test.jsonl", [{"q": "Half of 5?", "a": "#### 2.5"}, {"q": "Cost?", "a": "$1,234"}])
-    with_solutions = JSONLTask(train, question_field="q", answer_field="a", solution_field="work", validation_size=3)
+    with_solutions = JSONLTask(train, fields=RecordFields("q", "a", "work"), validation_size=3)
     train_problems = with_solutions.problems("train")
     assert len(train_problems) == 7 and len(with_solutions.problems("validation")) == 3
     first = train_problems[0]
     assert first.answer == first.intermediate_results[-1]
     assert first.solution.endswith(f"\n#### {first.answer:.0f}") and first.is_correct(first.solution)
     # Answers written as text are read as responses are graded; no solution field: the target is the answer line.
-    answers_only = JSONLTask(train, test, question_field="q", answer_field="a", validation_size=3)
+    answers_only = JSONLTask(train, test, fields=RecordFields("q", "a"), validation_size=3)
     assert [p.answer for p in answers_only.problems("test")] == [2.5, 1234.0]
     assert [p.solution for p in answers_only.problems("test")] == ["#### 2.5", "#### 1234"]
     ids = [p.id for split in ("train", "validation", "test") for p in answers_only.problems(split)]
@@ -46,7 +46,7 @@ def test_a_validation_file_replaces_the_carved_split(tmp_path):
         ('{"question": "q?", "answer": true}', "field 'answer' has the wrong type"),
         ('{"question": "q?", "answer": NaN}', "not a finite number"),
         ('{"question": "  ", "answer": 1}', "field 'question' is empty"),
-        ("[1, 2]", "expected a JSON object"),
+        ("[1, 2]", "expected an object"),
         ('{"question": "q?", "answer": 1', "not valid JSON"),
     ],
 )
@@ -61,3 +61,49 @@ def test_missing_and_empty_files_say_which(tmp_path):
         JSONLTask(str(tmp_path / "nope.jsonl")).problems("train")
     with pytest.raises(ValueError, match="empty.jsonl holds no questions"):
         JSONLTask(write_jsonl(tmp_path / "empty.jsonl", [])).problems("train")
+
+
+def test_text_answers_are_compared_after_normalization(tmp_path):
+    rows = [
+        {"q": "Who wrote it?", "a": "The Beatles"},
+        {"q": "Capital?", "a": "#### Washington, D.C."},
+        {"q": "Pick one", "a": 3},
+        {"q": "Even?", "a": "yes", "work": "4 = 2 * 2"},
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    fields = RecordFields("q", "a", "work", answer_type="text")
+    with pytest.raises(ValueError, match=r"train.jsonl:1: no field 'work'"):
+        JSONLTask(train, fields=fields, validation_size=0).problems("train")
+    problems = JSONLTask(train, fields=RecordFields("q", "a", answer_type="text"), validation_size=0).problems("train")
+    assert [p.answer for p in problems] == ["The Beatles", "Washington, D.C.", "3", "yes"]
+    assert problems[0].solution == "#### The Beatles" and problems[0].is_correct(problems[0].solution)
+    assert problems[0].is_correct("They were british.\n#### beatles!") and not problems[0].is_correct("#### Stones")
+    assert problems[1].is_correct("So \\boxed{washington dc}") and not problems[1].is_correct("Washington, D.C.")
+    assert problems[2].is_correct("#### 3") and not problems[2].is_correct("#### 3.0")  # text: no tolerance
+    exact_fields = RecordFields("q", "a", answer_type="text", normalization="exact")
+    exact = JSONLTask(train, fields=exact_fields, validation_size=0)
+    assert not exact.problems("train")[0].is_correct("#### the beatles")
+    yes_no = write_jsonl(tmp_path / "bool.jsonl", [{"q": "Is 4 even?", "a": True}, {"q": "Is 3 even?", "a": False}])
+    assert [p.answer for p in JSONLTask(yes_no, fields=RecordFields("q", "a", answer_type="text"), validation_size=0)
+            .problems("train")] == ["yes", "no"]  # fmt: skip
+    # Chat prompts ask for the kind of answer that is graded.
+    assert "'#### <answer>'" in JSONLTask(train, fields=RecordFields("q", "a", answer_type="text")).instruction
+    assert "'#### <number>'" in JSONLTask(train).instruction
+    with pytest.raises(ValueError, match="fields.answer_type must be number or text"):
+        RecordFields(answer_type="string")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("two\nlines", "must be a one-line text answer"),
+        ("x" * 201, "must be a one-line text answer"),
+        (float("nan"), "is not a finite number"),
+        ("?!", "is nothing once normalized"),
+    ],
+)
+def test_bad_text_answers_name_the_line_and_field(tmp_path, answer, message):
+    train = tmp_path / "bad.jsonl"
+    train.write_text(json.dumps({"q": "?", "a": answer}) + "\n")
+    with pytest.raises(ValueError, match=rf"bad.jsonl:1: field 'a' {message}"):
+        JSONLTask(str(train), fields=RecordFields("q", "a", answer_type="text"), validation_size=0).problems("train")

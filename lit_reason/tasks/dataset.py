@@ -1,0 +1,73 @@
+"""Your own problems from a Hugging Face dataset (``datasets.load_dataset``): on the hub, or local files in any
+format ``datasets`` reads (JSON, CSV, Parquet), in fields you name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from lit_reason.tasks.base import PromptStyle, Split
+from lit_reason.tasks.records import RecordFields, RecordTask
+
+
+class DatasetTask(RecordTask):
+    """Problems from ``datasets.load_dataset(path, name, data_files=..., revision=...)``, one row a problem.
+
+    Needs ``pip install "lit-reason[hub]"`` (``datasets``); a hub dataset also needs the network (or a
+    ``datasets`` cache). See ``JSONLTask`` for solutions and answers.
+
+    Args:
+        path: a hub dataset ("openai/gsm8k") or a builder for local files ("json", "csv", "parquet").
+        name: the dataset's configuration ("main"), if it has several.
+        data_files: local files by split, for a builder path ({"train": "train.jsonl", "test": "test.jsonl"}).
+        revision: the hub revision (a tag or commit) to load; pin it for reproducible runs.
+        train_split: the split of training questions.
+        validation_split: the split of validation questions; None: ``validation_size`` are carved from train.
+        test_split: the split of test questions (``lit-reason test``); None: no test split.
+        fields: which fields hold the question, the answer and a solution, and the kind of answer.
+        validation_size: training questions held out for validation when there is no ``validation_split``.
+        seed: fixes which training questions are held out.
+        prompt_style: see ``Task``.
+        num_shots: see ``Task``.
+        instruction: see ``Task``; unset: it asks for a final ``#### <number>`` line, or ``#### <answer>`` for
+            text answers.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        name: str | None = None,
+        data_files: dict[str, str | list[str]] | None = None,
+        revision: str | None = None,
+        train_split: str = "train",
+        validation_split: str | None = None,
+        test_split: str | None = "test",
+        fields: RecordFields | None = None,
+        validation_size: int = 200,
+        seed: int = 1234,
+        prompt_style: PromptStyle = "plain",
+        num_shots: int = 4,
+        instruction: str | None = None,
+    ) -> None:
+        super().__init__(fields or RecordFields(), validation_size, seed, prompt_style, num_shots, instruction)
+        self.path, self.name, self.data_files, self.revision = path, name, data_files, revision
+        self.splits = {"train": train_split, "validation": validation_split, "test": test_split}
+
+    def records(self, split: Split) -> Iterable[tuple[str, Any]] | None:
+        split_name = self.splits[split]
+        if split_name is None:
+            return None
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError('DatasetTask loads with `datasets`: pip install "lit-reason[hub]"') from None
+        label = self.path if self.name is None else f"{self.path}/{self.name}"
+        try:
+            rows = datasets.load_dataset(
+                self.path, self.name, data_files=self.data_files, revision=self.revision, split=split_name
+            )
+        except ValueError as error:  # e.g. an unknown split: the message names the ones there are
+            raise ValueError(f"DatasetTask {label}, {split}_split {split_name!r}: {error}") from None
+        if len(rows) == 0:
+            raise ValueError(f"DatasetTask {label}: split {split_name!r} ({split}_split) holds no rows")
+        return ((f"{label}[{split_name}] row {index}", row) for index, row in enumerate(rows))

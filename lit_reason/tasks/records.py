@@ -1,0 +1,154 @@
+"""Problems from records (JSON objects, dataset rows) whose fields you name: what ``JSONLTask`` and
+``DatasetTask`` share."""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lit_reason.tasks.answers import (
+    MAX_TEXT_ANSWER_CHARS,
+    TextNormalization,
+    format_number,
+    normalize_text_answer,
+    parse_number,
+)
+from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Split, Task, split_off
+
+TEXT_INSTRUCTION = (
+    "Answer the question. Reason step by step if it helps, and end with a line of the form '#### <answer>'."
+)
+
+
+@dataclass
+class RecordFields:
+    """Where a record holds a problem, and what kind of answer it has.
+
+    Args:
+        question: the field holding the question text.
+        answer: the field holding the final answer.
+        solution: the field holding a worked solution (SFT's target), or None.
+        answer_type: ``number``: a number, or text whose number is read the way responses are graded
+            (``"$1,234"``, ``"... #### 42"``: the number after the last ``####``), compared with a tolerance;
+            ``text``: a word or phrase of at most 200 characters (a name, yes / no, a choice letter; a
+            true / false value reads "yes" / "no"), compared after ``normalization`` with what a response
+            states after its last ``####`` (or in its last ``\\boxed{}``).
+        normalization: for text answers: ``exact`` (surrounding whitespace aside), ``casefold`` (also case and
+            whitespace runs) or ``squad`` (SQuAD's: also punctuation and the articles a / an / the; "-3" then
+            equals "3", so prefer ``casefold`` for answers like that).
+    """
+
+    question: str = "question"
+    answer: str = "answer"
+    solution: str | None = None
+    answer_type: Literal["number", "text"] = "number"
+    normalization: TextNormalization = "squad"
+
+    def __post_init__(self) -> None:
+        if self.answer_type not in ("number", "text"):
+            raise ValueError(f"fields.answer_type must be number or text, got {self.answer_type!r}")
+        if self.normalization not in ("exact", "casefold", "squad"):
+            raise ValueError(f"fields.normalization must be exact, casefold or squad, got {self.normalization!r}")
+
+    def problem(self, problem_id: int, row: Any, where: str) -> Problem:
+        """The problem a record holds; ``where`` (file and line, dataset and row) starts every error."""
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
+        question = _field(row, self.question, str, where).strip()
+        if not question:
+            raise ValueError(f"{where}: field {self.question!r} is empty")
+        if self.answer_type == "text":
+            value = _field(row, self.answer, (str, int, float, bool), where)
+            answer = _text(value, self.answer, self.normalization, where)
+            final_line = f"#### {answer}"
+        else:
+            answer = _number(_field(row, self.answer, (str, int, float), where), self.answer, where)
+            final_line = f"#### {format_number(answer)}"
+        solution = final_line
+        if self.solution is not None:
+            written = _field(row, self.solution, str, where).strip()
+            solution = written if "####" in written else f"{written}\n{final_line}"
+        return Problem(
+            id=problem_id, question=question, solution=solution, answer=answer, normalization=self.normalization
+        )
+
+
+class RecordTask(Task):
+    """Problems read from records, split by split: ids run on across the splits (unique in the task), and
+    without a validation split ``validation_size`` training questions are held out for it.
+
+    Subclasses say where each split's records come from (``records``). Without an ``instruction``, a chat
+    prompt asks for a final ``#### <number>`` line, or ``#### <answer>`` for text answers.
+    """
+
+    def __init__(
+        self,
+        fields: RecordFields,
+        validation_size: int,
+        seed: int,
+        prompt_style: PromptStyle = "plain",
+        num_shots: int = 4,
+        instruction: str | None = None,
+    ) -> None:
+        if instruction is None:
+            instruction = TEXT_INSTRUCTION if fields.answer_type == "text" else DEFAULT_INSTRUCTION
+        super().__init__(prompt_style, num_shots, instruction)
+        self.fields = fields
+        self.validation_size = validation_size
+        self.seed = seed
+
+    @abstractmethod
+    def records(self, split: Split) -> Iterable[tuple[str, Any]] | None:
+        """(where, record) pairs of a split, ``where`` naming it in errors; None: the task has no such split
+        (validation: carved from train)."""
+
+    def load(self) -> dict[str, list[Problem]]:
+        splits, first_id, carve = {}, 0, False
+        for split in ("train", "validation", "test"):
+            records = self.records(split)
+            carve |= split == "validation" and records is None
+            problems = [self.fields.problem(first_id + i, row, where) for i, (where, row) in enumerate(records or [])]
+            if records is not None and not problems:
+                raise ValueError(f"{type(self).__name__}: the {split} split holds no questions")
+            splits[split] = problems
+            first_id += len(problems)
+        if carve:
+            splits["train"], splits["validation"] = split_off(splits["train"], self.validation_size, self.seed)
+        return splits
+
+
+def _field(row: dict, name: str, kinds: type | tuple[type, ...], where: str) -> Any:
+    if name not in row:
+        raise ValueError(f"{where}: no field {name!r} (fields: {sorted(row)})")
+    value = row[name]
+    allows_bool = bool in (kinds if isinstance(kinds, tuple) else (kinds,))
+    if (isinstance(value, bool) and not allows_bool) or not isinstance(value, kinds):
+        raise ValueError(f"{where}: field {name!r} has the wrong type: {value!r}")
+    return value
+
+
+def _number(value: str | int | float, field: str, where: str) -> float:
+    if isinstance(value, str):
+        number = parse_number(value.rsplit("####", 1)[-1].strip())
+        if number is None:
+            raise ValueError(f"{where}: field {field!r} holds no number: {value!r}")
+        return number
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: field {field!r} is not a finite number: {value!r}")
+    return float(value)
+
+
+def _text(value: str | int | float | bool, field: str, normalization: TextNormalization, where: str) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: field {field!r} is not a finite number: {value!r}")
+    text = (value.rsplit("####", 1)[-1] if isinstance(value, str) else format_number(value)).strip()
+    if not text or "\n" in text or len(text) > MAX_TEXT_ANSWER_CHARS:
+        raise ValueError(f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r}")
+    if not normalize_text_answer(text, normalization):
+        raise ValueError(f"{where}: field {field!r} is nothing once normalized ({normalization}): {value!r}")
+    return text

@@ -1,0 +1,41 @@
+"""DatasetTask: problems from anything ``datasets.load_dataset`` reads, here local JSON and CSV files (the same
+call reads a hub dataset, which the tests cannot reach)."""
+
+import json
+
+import pytest
+
+from lit_reason.tasks import DatasetTask, RecordFields
+
+pytest.importorskip("datasets", reason='DatasetTask needs datasets: pip install -e ".[test]"')
+
+
+def test_local_files_by_split_through_load_dataset(tmp_path):
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.csv"
+    train.write_text("".join(json.dumps({"q": f"What is {i} + 1?", "a": i + 1}) + "\n" for i in range(12)))
+    test.write_text('q,a\n"Capital of France?",Paris\n"Largest planet?",Jupiter\n')
+    numeric = DatasetTask("json", data_files={"train": str(train)}, test_split=None, fields=RecordFields("q", "a"),
+                          validation_size=2)  # fmt: skip
+    assert len(numeric.problems("train")) == 10 and len(numeric.problems("validation")) == 2
+    assert numeric.problems("test") == [] and numeric.problems("train")[0].is_correct("#### 1")
+    text = DatasetTask(
+        "csv", data_files={"train": str(test), "test": str(test)}, validation_split="test",
+        fields=RecordFields("q", "a", answer_type="text"),
+    )  # fmt: skip
+    assert [p.answer for p in text.problems("test")] == ["Paris", "Jupiter"]
+    assert text.problems("validation")[0].is_correct("#### paris")
+    ids = [p.id for split in ("train", "validation", "test") for p in text.problems(split)]
+    assert len(set(ids)) == len(ids) == 6
+
+
+def test_errors_name_the_dataset_row_and_split(tmp_path):
+    train = tmp_path / "train.jsonl"
+    rows = [{"question": "fine?", "answer": "1"}, {"question": "q?", "answer": "x"}]
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = DatasetTask("json", data_files={"train": str(train)}, test_split=None, validation_size=0)
+    with pytest.raises(ValueError, match=r"json\[train\] row 1: field 'answer' holds no number"):
+        task.problems("train")
+    train.write_text(json.dumps(rows[0]) + "\n")
+    missing = DatasetTask("json", data_files={"train": str(train)}, test_split="test", validation_size=0)
+    with pytest.raises(ValueError, match=r"DatasetTask json, test_split 'test': .*split"):
+        missing.problems("train")
