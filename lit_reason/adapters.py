@@ -4,26 +4,31 @@ The policy network stays the plain Hugging Face model, with PEFT's LoRA layers i
 layers: every forward of lit-reason (sampling with a KV cache, the prompt-sharing training forward, FSDP2's
 per-layer sharding) runs it as before, and only the adapter's weights train. The base model is the frozen
 reference of PPO and GRPO: ``adapters_disabled`` runs the same network without its adapters, so no second
-copy of the model is kept. An export is the merged model (``save_pretrained``, loadable without PEFT) or the
-adapter alone (``peft.PeftModel.from_pretrained`` on the base), as ``policy.adapter_export`` says.
+copy of the model is kept. PPO's critic can be a second adapter on the same network (``add_adapter``), run in
+place of the policy's for the values (``adapter_active``). An export is the policy: the merged model
+(``save_pretrained``, loadable without PEFT) or its adapter alone (``peft.PeftModel.from_pretrained`` on the
+base), as ``policy.adapter_export`` says.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 
 from lit_reason.seeds import run_seed
 
 AdapterExport = Literal["merged", "adapter"]
+POLICY_ADAPTER = "default"  # PEFT's name for the first adapter
+CRITIC_ADAPTER = "critic"
 
 
 def with_adapter(model: torch.nn.Module, config: LoraConfig | None) -> torch.nn.Module:
@@ -46,18 +51,72 @@ def has_adapter(model: torch.nn.Module) -> bool:
     return any(isinstance(module, ADAPTER_LAYERS) for module in model.modules())
 
 
+def adapter_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [module for module in model.modules() if isinstance(module, ADAPTER_LAYERS)]
+
+
+def of_adapter(parameter_name: str, adapter: str) -> bool:
+    """Whether a parameter (or state-dict key) of a network with adapters belongs to ``adapter``: PEFT names
+    them ``...lora_A.<adapter>.weight``, ``...modules_to_save.<adapter>.weight``."""
+    return f".{adapter}." in parameter_name
+
+
+def add_adapter(model: torch.nn.Module, config: LoraConfig, name: str) -> None:
+    """Inject a second adapter ``name`` into ``model``, which has one (``with_adapter``): trainable, starting as
+    the identity, and inactive: the model still runs its first adapter (``adapter_active`` switches)."""
+    layers = adapter_layers(model)
+    active = [layer.active_adapters for layer in layers]
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # two adapters: what we want
+        torch.manual_seed(run_seed(None) + 1)  # not the first adapter's random A
+        inject_adapter_in_model(copy.deepcopy(config), model, adapter_name=name)
+    for layer, adapters in zip(layers, active, strict=True):  # PEFT makes the new adapter the active one
+        layer.set_adapter(adapters)
+    for parameter_name, parameter in model.named_parameters():
+        if of_adapter(parameter_name, name):
+            parameter.requires_grad_(True)
+
+
 @contextlib.contextmanager
 def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     """Run ``model`` as its base model: every LoRA layer passes its input through the base layer alone, and a
     module PEFT trains whole runs as its original copy."""
-    layers = [module for module in model.modules() if isinstance(module, ADAPTER_LAYERS)]
-    for layer in layers:
-        layer.enable_adapters(False)
+    layers = adapter_layers(model)
+    with _trainable_kept(layers):
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+
+
+@contextlib.contextmanager
+def adapter_active(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run ``model`` with its adapter ``name`` in place of the one it runs."""
+    layers = adapter_layers(model)
+    active = [layer.active_adapters for layer in layers]
+    with _trainable_kept(layers):
+        for layer in layers:
+            layer.set_adapter(name)
+        try:
+            yield
+        finally:
+            for layer, adapters in zip(layers, active, strict=True):
+                layer.set_adapter(adapters)
+
+
+@contextlib.contextmanager
+def _trainable_kept(layers: Sequence[torch.nn.Module]) -> Iterator[None]:
+    # PEFT's switches also set requires_grad: only active adapters train, and none while disabled. Every
+    # adapter here trains (the critic's too), and FSDP2 reads the flag once, so the flags are put back.
+    flags = [(parameter, parameter.requires_grad) for layer in layers for parameter in layer.parameters()]
     try:
         yield
     finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)
 
 
 def save_adapted(
@@ -71,9 +130,11 @@ def save_adapted(
     """Save a network trained with ``adapter`` from its full state dict ``state``, into ``base``, a fresh copy
     of its base model (on rank 0's CPU: the trained network may be sharded): ``merged`` writes the base model
     with the adapter folded into its weights, ``adapter`` the adapter alone (with its config, naming the base
-    model). ``generation_config``: the trained network's (its suppressed tokens)."""
+    model). A critic's adapter in ``state`` is left out. ``generation_config``: the trained network's (its
+    suppressed tokens)."""
     peft_model = get_peft_model(base, copy.deepcopy(adapter))
-    peft_model.get_base_model().load_state_dict(state)
+    policy_state = {key: value for key, value in state.items() if not of_adapter(key, CRITIC_ADAPTER)}
+    peft_model.get_base_model().load_state_dict(policy_state)
     if generation_config is not None:
         peft_model.get_base_model().generation_config = copy.deepcopy(generation_config)
     if how == "merged":

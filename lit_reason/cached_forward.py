@@ -1,5 +1,5 @@
 """Forwards of a causal LM through a KV cache: the sampler's steps, and a training forward over a rollout that
-runs each prompt once for all of its samples.
+runs each prompt once for all of its samples; and a forward for the last hidden states alone.
 
 A rollout repeats every prompt K times (a question's K samples). A plain forward over its rows computes each
 prompt K times; ``response_logits`` runs the distinct prompts once, hands their KV cache to the rows that
@@ -82,6 +82,21 @@ def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
         input_ids[:, prompt_length:], attention_mask, position_ids[:, prompt_length:], cache, last_logits_only=False
     )
     return torch.cat([first_logits[row_prompt], rest_logits], dim=1)
+
+
+def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last layer's hidden states (B, L, D) of a Hugging Face causal LM over (B, L) ``input_ids`` and
+    ``attention_mask`` (left padding allowed), computing the logits of the last position only. Through the
+    model's own ``forward``, as FSDP2 needs (it gathers the root's weights in the root's forward hook)."""
+    keep_arg = CausalLMWithCache(model).keep_arg
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        output_hidden_states=True,
+        **({keep_arg: 1} if keep_arg else {}),
+    )
+    return output.hidden_states[-1]
 
 
 def shares_prompt_cache(model: torch.nn.Module) -> bool:

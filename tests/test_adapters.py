@@ -11,7 +11,15 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from lit_reason import PPO, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
-from lit_reason.adapters import adapters_disabled, has_adapter, with_adapter
+from lit_reason.adapters import (
+    CRITIC_ADAPTER,
+    adapter_active,
+    adapters_disabled,
+    add_adapter,
+    has_adapter,
+    with_adapter,
+)
+from lit_reason.algorithms.ppo import CriticConfig
 from lit_reason.policy import build_char_tokenizer, load_model
 from lit_reason.rewards import RewardConfig, RewardFunction
 from lit_reason.tasks import Arithmetic
@@ -59,9 +67,40 @@ def test_the_base_model_is_whole_again_with_modules_peft_trains_whole_and_adapte
         assert torch.equal(logits(first, input_ids), logits(load_model(spec, tokenizer), input_ids))
 
 
-def make_lora_ppo(adapter_export: str = "merged") -> PPO:
+def test_a_critic_adapter_runs_only_when_active_and_every_adapter_stays_trainable():
+    tokenizer = build_char_tokenizer()
+    spec = PolicySpec(name_or_path="micro", seed=3)
+    model = with_adapter(load_model(spec, tokenizer), LORA)
+    add_adapter(model, LORA, CRITIC_ADAPTER)
+    adapter_weights = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert {n for n in adapter_weights if f".{CRITIC_ADAPTER}." in n}  # injected beside the policy's
+    input_ids = torch.tensor([tokenizer("12 + 30 = ")["input_ids"]])
+    base = logits(load_model(spec, tokenizer), input_ids)
+    for name, parameter in model.named_parameters():
+        if f"lora_B.{CRITIC_ADAPTER}" in name:
+            parameter.data.normal_()
+    assert torch.equal(logits(model, input_ids), base)  # the policy's adapter (still the identity) runs
+    with adapter_active(model, CRITIC_ADAPTER):
+        with_critic = logits(model, input_ids)
+    assert not torch.allclose(with_critic, base)
+    for name, parameter in model.named_parameters():
+        if "lora_B.default" in name:
+            parameter.data.normal_()
+    with adapter_active(model, CRITIC_ADAPTER):
+        assert torch.equal(logits(model, input_ids), with_critic)  # the policy's adapter is off meanwhile
+        with adapters_disabled(model):
+            assert torch.equal(logits(model, input_ids), base)
+    assert not torch.allclose(logits(model, input_ids), with_critic)  # the policy's adapter again
+    with adapters_disabled(model):  # the reference's forward
+        assert torch.equal(logits(model, input_ids), base)
+    # PEFT's switches make inactive adapters untrainable; both adapters train here.
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == adapter_weights
+
+
+def make_lora_ppo(adapter_export: str = "merged", critic: str = "separate") -> PPO:
     return PPO(
         policy=PolicySpec(name_or_path="micro", seed=1, peft=LORA, adapter_export=adapter_export),
+        critic=CriticConfig(kind=critic),
         rollout=SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=6),
         minibatch_size=16,
         # A reward that varies between a random policy's samples: the adapter must move.
@@ -71,9 +110,9 @@ def make_lora_ppo(adapter_export: str = "merged") -> PPO:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter_export", ["merged", "adapter"])
-def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(adapter_export, tmp_path):
-    module = make_lora_ppo(adapter_export)
+@pytest.mark.parametrize(("adapter_export", "critic"), [("merged", "separate"), ("adapter", "lora")])
+def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(adapter_export, critic, tmp_path):
+    module = make_lora_ppo(adapter_export, critic)
     data = RolloutDataModule(task=Arithmetic(train_size=64, validation_size=0), questions_per_round=8)
     module.configure_model()
     before = {name: value.clone() for name, value in module.policy.state_dict().items()}
@@ -82,6 +121,11 @@ def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(ad
     assert module.reference is None and module.has_reference  # no second copy: the adapter disabled
     changed = {name for name, value in module.policy.state_dict().items() if not torch.equal(value, before[name])}
     assert changed and all("lora_" in name for name in changed)  # the base model's weights never move
+    critic_changed = {name for name in changed if f".{CRITIC_ADAPTER}." in name}
+    assert bool(critic_changed) == (critic == "lora") and changed - critic_changed  # both adapters train
+    if critic == "lora":  # the critic's adapter at the critic's learning rate
+        critic_group = {id(p) for p in module.trainable_parameters()[1]["params"]}
+        assert all(id(p) in critic_group for n, p in module.policy.named_parameters() if n in critic_changed)
     assert trainer.callback_metrics["round/kl_to_reference"].item() != 0  # round 2: the adapter has moved
 
     module.export_policy(tmp_path / "policy")
@@ -99,5 +143,7 @@ def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(ad
 def test_what_lora_cannot_do_is_refused():
     with pytest.raises(ValueError, match="the reference is the policy's base model"):
         PPO(policy=PolicySpec(name_or_path="micro", peft=LORA), reference_load_kwargs={"dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="critic.kind=lora puts a LoRA adapter"):
+        PPO(policy=PolicySpec(name_or_path="micro"), critic=CriticConfig(kind="lora"))
     with pytest.raises(ValueError, match="RCRL with policy.peft"):
         ReturnConditionedRL(policy=PolicySpec(name_or_path="micro", peft=LORA))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import SFT_TASK
@@ -32,6 +33,11 @@ LORA = [
     "--model.init_args.policy.peft.r=4",
     "--model.init_args.policy.peft.lora_alpha=8",
     "--model.init_args.policy.peft.target_modules=[q_proj,v_proj]",
+]
+
+DIGIT_REWARD = [
+    "--model.init_args.reward.final=reward_fn",
+    "--model.init_args.reward.reward_fn.path=tests.helpers.rewards.contains_a_digit",
 ]
 
 
@@ -122,14 +128,16 @@ def test_ranks_with_unequal_batch_counts_end_with_identical_weights(tmp_path):
 @pytest.mark.parametrize(
     ("config", "strategy", "options"),
     [
-        # The policy a LoRA adapter (its reference the base model, the adapter disabled), the critic a model.
+        # The policy a LoRA adapter (its reference the base model, the adapter disabled), the critic a model,
+        # or a second adapter on the same sharded network (switched per forward; the head sharded too).
         ("ppo.yaml", "ddp", ["--model.init_args.critic.kind=separate", *LORA]),
-        ("ppo.yaml", "fsdp2", ["--model.init_args.critic.kind=shared", *LORA]),
+        # A reward that varies between a random policy's samples, so that both adapters must move.
+        ("ppo.yaml", "fsdp2", ["--model.init_args.critic.kind=lora", *LORA, *DIGIT_REWARD]),
         # Each rank's rollout holds whole groups (a question's samples on one rank): the estimator checks it.
         # The policy's prompt-sharing forward (two calls, one backward) under FSDP2: a shared critic avoids it.
         ("grpo.yaml", "fsdp2", []),
     ],
-    ids=["ppo-ddp-lora-separate", "ppo-fsdp2-lora-shared", "grpo-fsdp2"],
+    ids=["ppo-ddp-lora-separate", "ppo-fsdp2-lora-lora", "grpo-fsdp2"],
 )
 def test_policy_gradient_on_two_processes(config, strategy, options, tmp_path):
     run_cli(
@@ -149,6 +157,13 @@ def test_policy_gradient_on_two_processes(config, strategy, options, tmp_path):
     assert (policy / "config.json").is_file()
     if LORA[0] in options:  # the adapter merged into a plain model
         assert not any("lora" in name for name, _ in AutoModelForCausalLM.from_pretrained(policy).named_parameters())
+    if "--model.init_args.critic.kind=lora" in options:  # both adapters trained (LoRA's B starts at zero)
+        whole = tmp_path / "whole.pt"
+        dcp_to_torch_save(next(tmp_path.glob("**/last.ckpt")), whole)
+        state = torch.load(whole, weights_only=True)["state_dict"]
+        for adapter in ("default", "critic"):
+            trained = [state[k] for k in state if f"lora_B.{adapter}." in k]
+            assert trained and all(value.abs().sum() > 0 for value in trained), adapter
 
 
 def test_a_rank_that_fails_stops_every_rank_and_the_output_names_it(tmp_path):

@@ -1,10 +1,13 @@
-"""Peak memory of one PPO round with and without a LoRA adapter on the policy, measured in one run.
+"""Peak memory of one PPO round with and without a LoRA adapter on the policy (and on the critic), measured in
+one run.
 
 Each variant runs in a process of its own (so each peak is its own): one PPO round (rollout, scoring with the
 reference and the critic, one update pass) on the same policy, questions and sampling settings. Reported per
 variant: the process's peak memory (resident set on a CPU; ``torch.cuda.max_memory_allocated`` on a GPU),
 the bytes of the networks held (policy, reference, critic) and of the optimizer's state, and the trainable
-parameters; and each against full fine-tuning, measured in the same run.
+parameters; and each against full fine-tuning, measured in the same run. Variants: ``full`` fine-tuning and
+``lora`` with the critic ``--critic`` names, and ``lora-critic`` (the critic a second adapter on the policy's
+network, ``critic.kind: lora``).
 
     python tools/bench_memory.py                                  # the tiny preset, CPU
     python tools/bench_memory.py --critic shared \
@@ -31,10 +34,8 @@ from lit_reason.cli import TRAINER_DEFAULTS
 from lit_reason.sampling import SamplingConfig
 from lit_reason.tasks import Arithmetic
 
-VARIANTS = {
-    "full": None,
-    "lora": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "lora_dropout": 0.0},
-}
+LORA = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "lora_dropout": 0.0}
+VARIANTS = {"full": (None, None), "lora": (LORA, None), "lora-critic": (LORA, "lora")}  # (policy.peft, critic)
 
 
 def tensor_bytes(tensors) -> int:
@@ -43,7 +44,7 @@ def tensor_bytes(tensors) -> int:
 
 def one_round(args: argparse.Namespace, variant: str) -> dict:
     seed_everything(0)
-    peft = VARIANTS[variant]
+    peft, critic = VARIANTS[variant]
     policy = PolicySpec(
         name_or_path=args.policy,
         preset_overrides=json.loads(args.preset_overrides),
@@ -54,7 +55,7 @@ def one_round(args: argparse.Namespace, variant: str) -> dict:
         rollout=SamplingConfig(num_samples=args.samples, temperature=1.0, max_new_tokens=args.max_new_tokens),
         minibatch_size=args.questions * args.samples,
         ppo_epochs=1,
-        critic=CriticConfig(kind=args.critic),
+        critic=CriticConfig(kind=critic or args.critic),
         optimizer=partial(torch.optim.AdamW, lr=1e-5),
     )
     trainer = Trainer(

@@ -2,7 +2,8 @@
 compared in Havrilla et al. 2024 (arXiv 2403.04642), after Schulman et al. 2017.
 
 Rounds, rewards and the clipped update are ``PolicyGradient``'s; PPO adds the critic (a value head on its own
-copy of the trunk, or on the policy's hidden states), GAE advantages whitened over all ranks' rollouts
+copy of the trunk, on the policy's hidden states, or on the policy's base model run with an adapter of the
+critic's own), GAE advantages whitened over all ranks' rollouts
 (``GAE``), and the clipped value loss (``PPOLoss``'s ``vf_coef`` term).
 
 Deviation: dropout is switched off in the critic as in the policy, so a training forward reproduces the
@@ -16,8 +17,9 @@ from typing import Any, Literal
 
 import torch
 
+from lit_reason.adapters import CRITIC_ADAPTER, adapter_active, add_adapter, of_adapter
 from lit_reason.algorithms.policy_gradient import PolicyGradient
-from lit_reason.cached_forward import response_logits
+from lit_reason.cached_forward import final_hidden_states, response_logits
 from lit_reason.policy import disable_dropout, load_model
 from lit_reason.rl.advantages import GAE, explained_variance
 from lit_reason.tensors import masked_mean, position_ids_from_mask
@@ -30,13 +32,15 @@ class CriticConfig:
 
     Args:
         kind: ``separate``: a value head on its own copy of the policy trunk; ``shared``: a value head on the
-            policy's own hidden states.
+            policy's own hidden states; ``lora`` (with ``policy.peft``): a value head on the policy's base
+            model run with a second LoRA adapter (``policy.peft``'s configuration) that only the critic trains:
+            one copy of the model serves the policy, the reference and the critic.
         lr: learning rate of the critic (``None``: the optimizer's).
         head_std: initial scale of the value head's weights (0: zeros).
         warmup_rounds: rounds that train only the critic, the actor's learning rate held at 0.
     """
 
-    kind: Literal["separate", "shared"] = "separate"
+    kind: Literal["separate", "shared", "lora"] = "separate"
     lr: float | None = None
     head_std: float = 0.0
     warmup_rounds: int = 0
@@ -57,6 +61,11 @@ class PPO(PolicyGradient):
 
     def __init__(self, advantage: GAE = GAE(), critic: CriticConfig = CriticConfig(), **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if critic.kind == "lora" and self.policy_spec.peft is None:
+            raise ValueError(
+                "critic.kind=lora puts a LoRA adapter for the critic on the policy's base model: give the policy "
+                "one too (policy.peft, e.g. --model.init_args.policy.peft.r=8), or use critic.kind=separate/shared"
+            )
         self.advantage = advantage
         self.critic = critic
         self.value_network: torch.nn.Module | None = None  # a ValueModel, or the shared value head
@@ -68,6 +77,9 @@ class PPO(PolicyGradient):
             trunk = load_model(self.policy_spec, self.tokenizer).train()
             self.value_network = ValueModel(trunk, head_std=self.critic.head_std)
         else:
+            if self.critic.kind == "lora":
+                add_adapter(self.policy, self.policy_spec.peft, CRITIC_ADAPTER)
+                disable_dropout(self.policy)  # the new adapter's LoRA dropout
             self.value_network = torch.nn.Linear(self.policy.config.get_text_config().hidden_size, 1)
             torch.nn.init.normal_(self.value_network.weight, std=self.critic.head_std)
             torch.nn.init.zeros_(self.value_network.bias)
@@ -77,11 +89,13 @@ class PPO(PolicyGradient):
         return [*super().networks_to_shard(), self.value_network]
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
-        """The policy (group 0) at the optimizer's learning rate, the critic at ``critic.lr``."""
-        critic = {"params": list(self.value_network.parameters())}
+        """The policy (group 0) at the optimizer's learning rate, the critic (with its adapter) at ``critic.lr``."""
+        trainable = [(name, p) for name, p in self.policy.named_parameters() if p.requires_grad]
+        critic_adapter = [p for name, p in trainable if of_adapter(name, CRITIC_ADAPTER)]
+        critic = {"params": [*self.value_network.parameters(), *critic_adapter]}
         if self.critic.lr is not None:
             critic["lr"] = self.critic.lr
-        return [{"params": [p for p in self.policy.parameters() if p.requires_grad]}, critic]
+        return [{"params": [p for name, p in trainable if not of_adapter(name, CRITIC_ADAPTER)]}, critic]
 
     def group_lr_factor(self, group: int, step: int) -> float:
         """The policy's learning rate is held at 0 during the critic's warm-up rounds."""
@@ -111,6 +125,11 @@ class PPO(PolicyGradient):
             )
             logits = output.logits[:, start:]
             values = self.value_network(output.hidden_states[-1]).squeeze(-1).float()
+        elif self.critic.kind == "lora":  # the same network twice: the policy's adapter, then the critic's
+            logits = response_logits(self.policy, input_ids, attention_mask, prompt_length)
+            with adapter_active(self.policy, CRITIC_ADAPTER):
+                hidden = final_hidden_states(self.policy, input_ids, attention_mask)
+            values = self.value_network(hidden).squeeze(-1).float()
         else:
             logits = response_logits(self.policy, input_ids, attention_mask, prompt_length)
             values, _ = self.value_network(input_ids, attention_mask)  # plain critic: no likelihood features

@@ -13,6 +13,7 @@ from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
 from lit_reason.sampling import encode_prompt
 from lit_reason.value_model import HEAD_FILE, ValueModel, likelihood_features, load_frozen_orm
 from tests.conftest import sft_fixture_task
+from tests.helpers.quantization import FOUR_BIT
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -73,10 +74,14 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
     mask = torch.ones_like(ids)
     assert torch.allclose(network(ids, mask)[0], loaded(ids, mask)[0])
     assert tokenizer.get_vocab() == char_tokenizer.get_vocab()
-    # orm_load_kwargs: a half-precision trunk under the float32 head scores as the float32 model does, roughly.
+    # orm_load_kwargs: a half-precision or 4-bit trunk under the float32 head scores as the float32 model does,
+    # roughly.
     half = load_frozen_orm(str(tmp_path), char_tokenizer, {"dtype": "bfloat16"})
     assert half.trunk.dtype == torch.bfloat16 and half.head.weight.dtype == torch.float32
     assert torch.allclose(half(ids, mask)[0], loaded(ids, mask)[0], atol=0.05)
+    four_bit = load_frozen_orm(str(tmp_path), char_tokenizer, FOUR_BIT)
+    assert type(four_bit.trunk.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    assert torch.allclose(four_bit(ids, mask)[0], loaded(ids, mask)[0], atol=0.1)
     too_long = torch.ones(1, network.max_length + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="exceed the value model's context"):
         network(too_long, torch.ones_like(too_long))

@@ -14,6 +14,7 @@ from lit_reason.rewards import RewardConfig
 from lit_reason.sampling import sample
 from lit_reason.tasks import Arithmetic
 from lit_reason.tensors import eval_mode, token_logprobs
+from tests.helpers.quantization import FOUR_BIT
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -126,20 +127,25 @@ def test_checkpoints_of_lit_reason_0_1_0_load_their_critic():
     assert set(checkpoint["state_dict"]) == {"value_network.head.weight", "policy.lm_head.weight"}
 
 
-def test_the_reference_can_be_loaded_its_own_way(tmp_path):
-    """reference_load_kwargs: here a bfloat16 reference (half the memory) beside a float32 policy; the round's
-    KL to it is computed all the same."""
+@pytest.mark.parametrize("load_kwargs", [{"dtype": "bfloat16"}, FOUR_BIT], ids=["bfloat16", "4-bit"])
+def test_the_reference_can_be_loaded_its_own_way(load_kwargs, tmp_path):
+    """reference_load_kwargs: here a bfloat16 or a 4-bit reference (bitsandbytes) beside a float32 policy, as a
+    config file gives them; the round's KL to it is computed all the same."""
     exported = PPO(policy=PolicySpec(name_or_path="micro", seed=1))
     exported.configure_model()
     exported.export_policy(tmp_path / "policy")
     module = PPO(
         policy=PolicySpec(name_or_path=str(tmp_path / "policy")),
         rollout=SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=4),
-        reference_load_kwargs={"dtype": "bfloat16"},
+        reference_load_kwargs=load_kwargs,
     )
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(module, RolloutDataModule(task=Arithmetic(train_size=8, validation_size=0), questions_per_round=8))
-    assert {p.dtype for p in module.reference.parameters()} == {torch.bfloat16}
+    if "quantization_config" in load_kwargs:  # every linear layer of the blocks holds 4-bit weights
+        projection = module.reference.model.layers[0].self_attn.q_proj
+        assert type(projection).__name__ == "Linear4bit" and projection.weight.dtype == torch.uint8
+    else:
+        assert {p.dtype for p in module.reference.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in module.policy.parameters()} == {torch.float32}
     kl = trainer.callback_metrics["round/kl_to_reference"].item()
-    assert kl != 0 and kl == kl  # bfloat16 weights differ from the policy's, and the KL is a number
+    assert kl != 0 and kl == kl  # rounded weights differ from the policy's, and the KL is a number
