@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,8 +58,8 @@ def adapter_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def of_adapter(parameter_name: str, adapter: str) -> bool:
     """Whether a parameter (or state-dict key) of a network with adapters belongs to ``adapter``: PEFT names
-    them ``...lora_A.<adapter>.weight``, ``...modules_to_save.<adapter>.weight``."""
-    return f".{adapter}." in parameter_name
+    them ``...lora_A.<adapter>.weight``, ``...modules_to_save.<adapter>.weight``, ``...lora_embedding_A.<adapter>``."""
+    return f".{adapter}." in parameter_name or parameter_name.endswith(f".{adapter}")
 
 
 def add_adapter(model: torch.nn.Module, config: LoraConfig, name: str) -> None:
@@ -69,12 +70,36 @@ def add_adapter(model: torch.nn.Module, config: LoraConfig, name: str) -> None:
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # two adapters: what we want
         torch.manual_seed(run_seed(None) + 1)  # not the first adapter's random A
-        inject_adapter_in_model(copy.deepcopy(config), model, adapter_name=name)
+        inject_adapter_in_model(config, model, adapter_name=name)
     for layer, adapters in zip(layers, active, strict=True):  # PEFT makes the new adapter the active one
         layer.set_adapter(adapters)
     for parameter_name, parameter in model.named_parameters():
         if of_adapter(parameter_name, name):
             parameter.requires_grad_(True)
+
+
+def below_the_head(config: LoraConfig, model: torch.nn.Module) -> LoraConfig:
+    """``config`` (the adapter ``model`` has) for an adapter that reads the last hidden states and never the
+    logits (a critic's): LoRA on the same layers but the output head, no modules trained whole and no
+    trainable tokens (their copies under the head would never train, and DDP would wait for their gradients)."""
+    output = model.get_output_embeddings()
+    targets = sorted(
+        name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer) and module is not output
+    )
+    if not targets:
+        raise ValueError(
+            "critic.kind=lora: policy.peft adapts only the output head, which the critic does not use; add layers "
+            "below it to policy.peft.target_modules (e.g. all-linear)"
+        )
+    return dataclasses.replace(
+        copy.deepcopy(config),
+        target_modules=targets,  # full module names: exactly the policy's layers
+        exclude_modules=None,
+        layers_to_transform=None,
+        layers_pattern=None,
+        modules_to_save=None,
+        trainable_token_indices=None,
+    )
 
 
 @contextlib.contextmanager
@@ -94,12 +119,16 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def adapter_active(model: torch.nn.Module, name: str) -> Iterator[None]:
-    """Run ``model`` with its adapter ``name`` in place of the one it runs."""
+    """Run ``model`` with its adapter ``name`` in place of the one it runs; where ``name`` has no layer (the
+    output head, modules the first adapter trains whole), the base model's."""
     layers = adapter_layers(model)
     active = [layer.active_adapters for layer in layers]
     with _trainable_kept(layers):
         for layer in layers:
-            layer.set_adapter(name)
+            if isinstance(layer, AuxiliaryTrainingWrapper):  # a whole copy per adapter, or the original module
+                layer.set_adapter([name] if layer.check_set_adapter([name]) is not None else [])
+            else:
+                layer.set_adapter(name)  # a LoRA layer without ``name`` runs its base layer alone
         try:
             yield
         finally:
@@ -110,7 +139,8 @@ def adapter_active(model: torch.nn.Module, name: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _trainable_kept(layers: Sequence[torch.nn.Module]) -> Iterator[None]:
     # PEFT's switches also set requires_grad: only active adapters train, and none while disabled. Every
-    # adapter here trains (the critic's too), and FSDP2 reads the flag once, so the flags are put back.
+    # adapter here trains (the critic's too), and FSDP2 gives the flag to the parameters it gathers, so the
+    # flags are put back before any backward.
     flags = [(parameter, parameter.requires_grad) for layer in layers for parameter in layer.parameters()]
     try:
         yield

@@ -169,7 +169,11 @@ def answer_values(problems: Sequence[Problem], stated: Sequence[Sequence[float |
         normalized = [None if a is None else normalize_text_answer(a, problem.normalization) for a in answers]
         values.append([codes.setdefault(a, len(codes)) if a else float("nan") for a in normalized])
         targets.append(0.0)
-    return torch.tensor(values, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64)
+    samples = len(stated[0]) if stated else 0
+    return (
+        torch.tensor(values, dtype=torch.float64).reshape(len(problems), samples),
+        torch.tensor(targets, dtype=torch.float64),
+    )
 
 
 def write_outputs(

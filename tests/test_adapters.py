@@ -16,10 +16,14 @@ from lit_reason.adapters import (
     adapter_active,
     adapters_disabled,
     add_adapter,
+    below_the_head,
     has_adapter,
+    of_adapter,
+    save_adapted,
     with_adapter,
 )
 from lit_reason.algorithms.ppo import CriticConfig
+from lit_reason.cached_forward import final_hidden_states
 from lit_reason.policy import build_char_tokenizer, load_model
 from lit_reason.rewards import RewardConfig, RewardFunction
 from lit_reason.tasks import Arithmetic
@@ -95,6 +99,48 @@ def test_a_critic_adapter_runs_only_when_active_and_every_adapter_stays_trainabl
         assert torch.equal(logits(model, input_ids), base)
     # PEFT's switches make inactive adapters untrainable; both adapters train here.
     assert {n for n, p in model.named_parameters() if p.requires_grad} == adapter_weights
+
+
+def test_the_critic_adapter_covers_the_layers_below_the_head_and_every_one_of_its_weights_trains(tmp_path):
+    """A policy adapter on the embeddings and the output head, with a module trained whole: the critic's adapter
+    leaves out what it never reads (the head; whole copies), so each of its weights gets a gradient (DDP waits
+    for every one), and an export leaves the critic's weights out, whatever PEFT names them."""
+    tokenizer = build_char_tokenizer()
+    spec = PolicySpec(name_or_path="micro", seed=3)
+    config = LoraConfig(r=4, target_modules=["q_proj", "embed_tokens", "lm_head"], modules_to_save=["norm"])
+    model = with_adapter(load_model(spec, tokenizer), config)
+    add_adapter(model, below_the_head(config, model), CRITIC_ADAPTER)
+    critic = {n: p for n, p in model.named_parameters() if of_adapter(n, CRITIC_ADAPTER)}
+    assert any(n.endswith(f"lora_embedding_A.{CRITIC_ADAPTER}") for n in critic)  # PEFT's name ends there
+    assert not any("lm_head" in n or "modules_to_save" in n for n in critic)
+    assert all(p.requires_grad for p in critic.values())
+    for name, parameter in critic.items():  # LoRA's B (zero at first) would stop the gradient of A
+        if "lora_B" in name or "lora_embedding_B" in name:
+            parameter.data.normal_()
+    input_ids = torch.tensor([tokenizer("12 + 30 = ")["input_ids"]])
+    with adapter_active(model, CRITIC_ADAPTER):
+        hidden = final_hidden_states(model, input_ids, torch.ones_like(input_ids))
+    hidden.sum().backward()
+    assert all(p.grad is not None for p in critic.values())
+    for name, parameter in model.named_parameters():  # nothing of the policy's adapter reaches the critic
+        if of_adapter(name, "default"):
+            parameter.data.normal_()
+    with adapter_active(model, CRITIC_ADAPTER), torch.no_grad():
+        assert torch.equal(final_hidden_states(model, input_ids, torch.ones_like(input_ids)), hidden.detach())
+    save_adapted(load_model(spec, tokenizer), config, model.state_dict(), tmp_path / "merged", "merged")
+    assert not has_adapter(AutoModelForCausalLM.from_pretrained(tmp_path / "merged"))
+    with pytest.raises(ValueError, match="adapts only the output head"):
+        only_head = LoraConfig(r=4, target_modules=["lm_head"])
+        below_the_head(only_head, with_adapter(load_model(spec, tokenizer), only_head))
+
+
+def test_the_value_head_reads_a_half_precision_policy():
+    module = make_lora_ppo(critic="lora")
+    module.configure_model()
+    module.policy.to(torch.bfloat16)  # a policy loaded with dtype bfloat16; the head stays float32
+    input_ids = torch.tensor([module.tokenizer("12 + 30 = 42")["input_ids"]])
+    logits, values = module.forward_policy_and_values(input_ids, torch.ones_like(input_ids), prompt_length=9)
+    assert values.dtype == torch.float32 and values.shape == (1, input_ids.shape[1] - 8)
 
 
 def make_lora_ppo(adapter_export: str = "merged", critic: str = "separate") -> PPO:

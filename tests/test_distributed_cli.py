@@ -134,7 +134,7 @@ def test_ranks_with_unequal_batch_counts_end_with_identical_weights(tmp_path):
         # A reward that varies between a random policy's samples, so that both adapters must move.
         ("ppo.yaml", "fsdp2", ["--model.init_args.critic.kind=lora", *LORA, *DIGIT_REWARD]),
         # Each rank's rollout holds whole groups (a question's samples on one rank): the estimator checks it.
-        # The policy's prompt-sharing forward (two calls, one backward) under FSDP2: a shared critic avoids it.
+        # The policy's prompt-sharing forward (two calls, one backward) under FSDP2 (PPO's lora critic adds a third).
         ("grpo.yaml", "fsdp2", []),
     ],
     ids=["ppo-ddp-lora-separate", "ppo-fsdp2-lora-lora", "grpo-fsdp2"],

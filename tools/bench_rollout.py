@@ -34,7 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, encode_prompt, sample
 from lit_reason.tasks import Arithmetic
-from lit_reason.tensors import eval_mode
+from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs
 
 
 def hf_generate(model, tokenizer, prompts, config: SamplingConfig, eos_ids, device) -> tuple[list[str], int]:
@@ -76,6 +76,21 @@ def hf_generate(model, tokenizer, prompts, config: SamplingConfig, eos_ids, devi
 def ours(model, tokenizer, prompts, config: SamplingConfig, eos_ids) -> tuple[list[str], int]:
     batch = sample(model, tokenizer, prompts, config, list(range(len(prompts))), eos_token_ids=eos_ids)
     return batch.texts, int(batch.response_lengths.sum())
+
+
+@torch.no_grad()
+def logprob_gap(model, tokenizer, prompts, config: SamplingConfig, eos_ids) -> float:
+    """Largest difference between the sampler's log-probs of its tokens and a training forward's (one batch,
+    at the sampling temperature)."""
+    batch = sample(model, tokenizer, prompts, config, list(range(len(prompts))), eos_token_ids=eos_ids)
+    device = next(model.parameters()).device
+    input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).logits
+    forward = token_logprobs(logits, input_ids, config.temperature).cpu()
+    mask = batch.response_mask
+    return float((batch.logprobs[mask] - forward[mask]).abs().max())
 
 
 def timed(fn, repeats: int) -> tuple[float, list[str]]:
@@ -169,6 +184,8 @@ def main() -> None:
             lambda: hf_generate(model, tokenizer, prompts, config, eos_ids, args.device), args.repeats
         )
         our_rate, our_texts = timed(lambda: ours(model, tokenizer, prompts, config, eos_ids), args.repeats)
+        one_batch = prompts[: max(1, args.batch_size // args.num_samples)]
+        gap = logprob_gap(model, tokenizer, one_batch, config, eos_ids)
 
     print(f"greedy outputs identical: {len(prompts) - mismatches}/{len(prompts)}")
     print(
@@ -178,6 +195,7 @@ def main() -> None:
     print(f"model.generate: {hf_rate:,.0f} tokens/s")
     print(f"lit-reason sampler: {our_rate:,.0f} tokens/s")
     print(f"ratio: {our_rate / hf_rate:.2f}x")
+    print(f"sampled log-probs vs a training forward's, largest difference: {gap:.2e} ({args.dtype})")
     if mismatches:
         raise SystemExit(f"{mismatches} greedy outputs differ from model.generate")
 

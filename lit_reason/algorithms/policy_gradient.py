@@ -72,7 +72,7 @@ class PolicyGradient(ReasoningModule):
         reference_load_kwargs: ``from_pretrained`` options of the frozen reference policy (the KL penalty's),
             over the policy's: e.g. ``{"dtype": "bfloat16"}`` (half the memory), or 4-bit weights with
             ``{"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}`` (needs
-            ``lit-reason[quantization]`` and a GPU). Unset: loaded as the policy is.
+            ``lit-reason[quantization]``; bitsandbytes 0.50 runs it on CPUs too). Unset: loaded as the policy is.
         **kwargs: the shared options (policy, optimizer, lr_schedule, evaluation, text_samples, orm, seed:
             shuffles minibatches).
     """

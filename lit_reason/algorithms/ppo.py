@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from lit_reason.adapters import CRITIC_ADAPTER, adapter_active, add_adapter, of_adapter
+from lit_reason.adapters import CRITIC_ADAPTER, adapter_active, add_adapter, below_the_head, of_adapter
 from lit_reason.algorithms.policy_gradient import PolicyGradient
 from lit_reason.cached_forward import final_hidden_states, response_logits
 from lit_reason.policy import disable_dropout, load_model
@@ -33,8 +33,8 @@ class CriticConfig:
     Args:
         kind: ``separate``: a value head on its own copy of the policy trunk; ``shared``: a value head on the
             policy's own hidden states; ``lora`` (with ``policy.peft``): a value head on the policy's base
-            model run with a second LoRA adapter (``policy.peft``'s configuration) that only the critic trains:
-            one copy of the model serves the policy, the reference and the critic.
+            model run with a second LoRA adapter (``policy.peft``'s, on the same layers but the output head) that
+            only the critic trains: one copy of the model serves the policy, the reference and the critic.
         lr: learning rate of the critic (``None``: the optimizer's).
         head_std: initial scale of the value head's weights (0: zeros).
         warmup_rounds: rounds that train only the critic, the actor's learning rate held at 0.
@@ -78,7 +78,7 @@ class PPO(PolicyGradient):
             self.value_network = ValueModel(trunk, head_std=self.critic.head_std)
         else:
             if self.critic.kind == "lora":
-                add_adapter(self.policy, self.policy_spec.peft, CRITIC_ADAPTER)
+                add_adapter(self.policy, below_the_head(self.policy_spec.peft, self.policy), CRITIC_ADAPTER)
                 disable_dropout(self.policy)  # the new adapter's LoRA dropout
             self.value_network = torch.nn.Linear(self.policy.config.get_text_config().hidden_size, 1)
             torch.nn.init.normal_(self.value_network.weight, std=self.critic.head_std)
@@ -124,17 +124,21 @@ class PPO(PolicyGradient):
                 output_hidden_states=True,
             )
             logits = output.logits[:, start:]
-            values = self.value_network(output.hidden_states[-1]).squeeze(-1).float()
+            values = self.value_head(output.hidden_states[-1])
         elif self.critic.kind == "lora":  # the same network twice: the policy's adapter, then the critic's
             logits = response_logits(self.policy, input_ids, attention_mask, prompt_length)
             with adapter_active(self.policy, CRITIC_ADAPTER):
                 hidden = final_hidden_states(self.policy, input_ids, attention_mask)
-            values = self.value_network(hidden).squeeze(-1).float()
+            values = self.value_head(hidden)
         else:
             logits = response_logits(self.policy, input_ids, attention_mask, prompt_length)
             values, _ = self.value_network(input_ids, attention_mask)  # plain critic: no likelihood features
         # The value of acting with token t is that of the state before it: read at position t - 1.
         return logits, torch.nn.functional.pad(values[:, :-1], (1, 0))[:, start:]
+
+    def value_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) hidden states of the policy's network, in its precision -> (B, L) float32 values."""
+        return self.value_network(hidden.to(self.value_network.weight.dtype)).squeeze(-1).float()
 
     def advantages(
         self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor

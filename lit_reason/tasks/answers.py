@@ -17,6 +17,7 @@ import ast
 import hashlib
 import math
 import re
+import string
 import unicodedata
 from typing import Literal
 
@@ -270,20 +271,28 @@ TextNormalization = Literal["exact", "casefold", "squad"]
 MAX_TEXT_ANSWER_CHARS = 200
 _ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 _TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")  # \text{Yes} inside a box
+_TEXT_COMMAND_DEPTH = 4  # nested commands unwrapped, a bounded number of passes
+_BOX = "\\boxed{"
+_SQUAD_PUNCTUATION = frozenset(string.punctuation)  # SQuAD drops these ASCII symbols ($, +, =, ...) too
 
 
 def extract_text_answer(text: str) -> str | None:
     """The final answer of a solution as text, or ``None`` if it states none: what follows the last ``####``
-    on its line, else the content of the last ``\\boxed{...}`` (to its matching brace, ``\\text{...}``-style
-    commands unwrapped); at most ``MAX_TEXT_ANSWER_CHARS`` characters (longer is no answer)."""
+    on its line (a ``\\boxed{...}`` there unboxed), else the content of the last ``\\boxed{...}`` (to its
+    matching brace), ``\\text{...}``-style commands unwrapped; at most ``MAX_TEXT_ANSWER_CHARS`` characters
+    (longer is no answer)."""
     text = text[-MAX_TEXT_CHARS:]
     mark = text.rfind("####")
     if mark >= 0:
         answer = text[mark + 4 :].split("\n", 1)[0].strip()
+        if answer.startswith(_BOX):  # "#### \boxed{Paris}"
+            answer = _braced(answer, len(_BOX))
     else:
-        box = text.rfind("\\boxed{")
-        answer = _braced(text, box + len("\\boxed{")) if box >= 0 else ""
-        answer = _TEXT_COMMAND_RE.sub(r"\1", answer).strip()
+        box = text.rfind(_BOX)
+        answer = _braced(text, box + len(_BOX)) if box >= 0 else ""
+    for _ in range(_TEXT_COMMAND_DEPTH):  # innermost first: \textbf{\text{A}}
+        answer = _TEXT_COMMAND_RE.sub(r"\1", answer)
+    answer = answer.strip()
     return answer if answer and len(answer) <= MAX_TEXT_ANSWER_CHARS else None
 
 
@@ -300,13 +309,14 @@ def _braced(text: str, start: int) -> str:
 def normalize_text_answer(text: str, normalization: TextNormalization) -> str:
     """The form two text answers are compared in: ``exact`` strips surrounding whitespace; ``casefold`` also
     ignores case and collapses whitespace runs; ``squad`` (SQuAD's answer normalisation) also drops
-    punctuation and the articles a / an / the, unless nothing else is left (so a choice "A" stays "a"). Note
-    that ``squad`` makes "-3" equal "3" and "2.5" equal "25": use ``casefold`` for answers like those."""
+    punctuation (ASCII's symbols, as SQuAD does, and Unicode's) and the articles a / an / the, unless nothing
+    else is left (so a choice "A" stays "a"). Note that ``squad`` makes "-3" equal "3" and "2.5" equal "25":
+    use ``casefold`` for answers like those."""
     if normalization == "exact":
         return text.strip()
     text = text.casefold()
     if normalization == "squad":
-        text = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+        text = "".join(c for c in text if c not in _SQUAD_PUNCTUATION and not unicodedata.category(c).startswith("P"))
         without_articles = _ARTICLES_RE.sub(" ", text)
         text = without_articles if without_articles.strip() else text
     return " ".join(text.split())

@@ -70,4 +70,14 @@ class DatasetTask(RecordTask):
             raise ValueError(f"DatasetTask {label}, {split}_split {split_name!r}: {error}") from None
         if len(rows) == 0:
             raise ValueError(f"DatasetTask {label}: split {split_name!r} ({split}_split) holds no rows")
-        return ((f"{label}[{split_name}] row {index}", row) for index, row in enumerate(rows))
+        source = self._source(label, split_name)
+        return ((f"{source} row {index}", row) for index, row in enumerate(rows))
+
+    def _source(self, label: str, split_name: str) -> str:
+        """Where a split's rows come from, for error messages: its local file(s), else the dataset and split."""
+        files = self.data_files.get(split_name) if self.data_files else None
+        if isinstance(files, str) or (isinstance(files, list) and len(files) == 1):
+            return files if isinstance(files, str) else files[0]
+        if files:
+            return f"{', '.join(files)} (rows counted across the files)"
+        return f"{label}[{split_name}]"

@@ -280,6 +280,8 @@ def test_svamp_answers_read():
         ("#### one #### two\nmore", "two"),
         ("\\boxed{Paris} then \\boxed{ Rome }", "Rome"),
         ("so \\boxed{\\text{Yes}}.", "Yes"),
+        ("#### \\boxed{Paris}.", "Paris"),
+        ("\\boxed{\\textbf{\\text{A}}}", "A"),
         ("\\boxed{a {b} c}", "a {b} c"),
         ("#### \nno answer after the mark", None),
         ("\\boxed{never closed", None),
@@ -302,3 +304,5 @@ def test_text_normalizations():
     assert normalize_text_answer("(A)", "squad") == "a" and normalize_text_answer("The", "squad") == "the"
     assert text_answers_match("a", "A", "squad") and not text_answers_match("the", "A", "squad")
     assert not text_answers_match("!", "?", "squad")
+    # SQuAD drops ASCII symbols too, not only Unicode punctuation.
+    assert text_answers_match("$5", "5", "squad") and normalize_text_answer("a+b=c", "squad") == "abc"

@@ -28,12 +28,12 @@ def test_local_files_by_split_through_load_dataset(tmp_path):
     assert len(set(ids)) == len(ids) == 6
 
 
-def test_errors_name_the_dataset_row_and_split(tmp_path):
+def test_errors_name_the_file_row_and_split(tmp_path):
     train = tmp_path / "train.jsonl"
     rows = [{"question": "fine?", "answer": "1"}, {"question": "q?", "answer": "x"}]
     train.write_text("".join(json.dumps(row) + "\n" for row in rows))
     task = DatasetTask("json", data_files={"train": str(train)}, test_split=None, validation_size=0)
-    with pytest.raises(ValueError, match=r"json\[train\] row 1: field 'answer' holds no number"):
+    with pytest.raises(ValueError, match=rf"{train} row 1: field 'answer' holds no number"):
         task.problems("train")
     train.write_text(json.dumps(rows[0]) + "\n")
     missing = DatasetTask("json", data_files={"train": str(train)}, test_split="test", validation_size=0)

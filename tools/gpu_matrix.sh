@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The rollout benchmark matrix on a GPU machine, prepared here and run there in one call.
+#
+# A GPU machine lent through the `device` tool has torch, transformers and lightning but no network and no
+# room for SmolLM2's 92 MB GGUF, so what it needs travels in .gpu/ (ignored by git, carried by the call):
+# SmolLM2-135M-Instruct's config and tokenizer (speed does not depend on the weights: the matrix builds the
+# architectures with random weights) and a trained tiny policy.
+#
+#   bash tools/gpu_matrix.sh prepare [TINY_POLICY_DIR]   # here: fills .gpu/ (default policy: the tests' SFT one)
+#   bash tools/gpu_matrix.sh run                          # there: the matrix, logs and figures under $OUT
+#   SMALL=1 bash tools/gpu_matrix.sh run                  # a quick check of the script itself, on a CPU
+#
+# Rows (issue: GPU rollouts at least 2x `model.generate`): the tiny trained policy, fp32, 512 prompts x 8;
+# SmolLM2-135M's architecture and tokenizer, bf16, 256 prompts x 8, 256 new tokens, T = 0.7; a 1.7B Llama of
+# SmolLM2-1.7B's shape with the same tokenizer, bf16, 128 prompts x 8, 256 new tokens; then the share of an
+# Expert Iteration and a PPO round spent sampling (tools/bench_step.py) on the tiny policy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GPU_DIR=.gpu
+
+prepare() {
+    local tiny=${1:-$(ls -td .pytest_cache/d/lit-reason-sft-policy/*/ 2>/dev/null | head -1)}
+    [[ -n "$tiny" && -f "$tiny/config.json" ]] || {
+        echo "no trained tiny policy: pass an exported policy directory (or run the tests once)" >&2
+        exit 2
+    }
+    grep -qxF "/$GPU_DIR/" .git/info/exclude 2>/dev/null || echo "/$GPU_DIR/" >>.git/info/exclude
+    rm -rf "$GPU_DIR" && mkdir -p "$GPU_DIR"
+    cp -r "$tiny" "$GPU_DIR/tiny-policy"
+    python - "$GPU_DIR/smollm2-135m" "$(python tools/fetch_smollm2.py)" <<'EOF'
+import sys
+
+from transformers import AutoConfig, AutoTokenizer
+
+target, source = sys.argv[1], sys.argv[2]
+options = {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+AutoConfig.from_pretrained(source, **options).save_pretrained(target)  # the architecture, no weights
+AutoTokenizer.from_pretrained(source, **options).save_pretrained(target)
+EOF
+    du -sh "$GPU_DIR"
+    echo "carry $GPU_DIR in the device call: run(command='bash tools/gpu_matrix.sh run', carry=['$GPU_DIR'])"
+}
+
+run() {
+    local out=${OUT:-/tmp/gpu_matrix}
+    mkdir -p "$out"
+    export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+    local device=cuda step_device=gpu scale=1 step_questions=64
+    if [[ -n "${SMALL:-}" ]]; then device=cpu step_device=cpu scale=64 step_questions=8; fi
+    local smol=$GPU_DIR/smollm2-135m
+    local big='{"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 32}'
+    (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
+    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" |
+        tee -a "$out/machine.txt"
+    bench() {  # name, then bench_rollout's options
+        local name=$1
+        shift
+        echo "== $name: $*" | tee -a "$out/matrix.md"
+        python tools/bench_rollout.py --device "$device" "$@" 2>&1 | tee "$out/$name.log" | tail -7 |
+            tee -a "$out/matrix.md" || echo "FAILED: $name" | tee -a "$out/matrix.md"
+    }
+    bench tiny --policy $GPU_DIR/tiny-policy --prompts $((512 / scale)) --num-samples 8 --batch-size 4096
+    bench smollm2-135m --policy $smol --random-weights --dtype bfloat16 --prompts $((256 / scale)) \
+        --num-samples 8 --max-new-tokens $((256 / scale)) --temperature 0.7 --batch-size 2048
+    bench smollm2-1.7b-shape --policy $smol --random-weights --dtype bfloat16 --config-overrides "$big" \
+        --prompts $((128 / scale)) --num-samples 8 --max-new-tokens $((256 / scale)) --batch-size 1024
+    echo "== round shares: bench_step.py on the tiny policy" | tee -a "$out/matrix.md"
+    python tools/bench_step.py --policy $GPU_DIR/tiny-policy --device "$step_device" --only ppo,expert_iteration \
+        --questions $step_questions --samples 8 --rounds 3 --json "$out/step.json" 2>&1 | tee "$out/step.log" |
+        tail -6 | tee -a "$out/matrix.md" || echo "FAILED: bench_step" | tee -a "$out/matrix.md"
+}
+
+case "${1:-}" in
+prepare) shift && prepare "$@" ;;
+run) run ;;
+*) echo "usage: bash tools/gpu_matrix.sh prepare [TINY_POLICY_DIR] | run" >&2 && exit 2 ;;
+esac
