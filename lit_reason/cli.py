@@ -63,38 +63,59 @@ RENAMED_MODEL_OPTIONS = {
 }
 
 
+RENAMED_TASK_OPTIONS = {  # JSONLTask's before RecordFields
+    "question_field": "fields.question",
+    "answer_field": "fields.answer",
+    "solution_field": "fields.solution",
+}
+RENAMED_OPTIONS = {"model": RENAMED_MODEL_OPTIONS, "data.task": RENAMED_TASK_OPTIONS}
+
+
 def renamed_options(args: list[str]) -> list[str]:
-    """One line per renamed model option that ``args`` (command-line arguments, ``--config`` files included)
-    still use, naming where it went."""
+    """One line per renamed model or task option that ``args`` (command-line arguments, ``--config`` files
+    included) still use, naming where it went."""
     found = []
-    for source, options in _model_options(args):
-        for key, value in options.items():
-            if key in RENAMED_MODEL_OPTIONS:
-                found.append(f"{source}: model option {key} is now {RENAMED_MODEL_OPTIONS[key]}")
-            elif key == "critic" and isinstance(value, str) and not value.lstrip().startswith("{"):
-                found.append(f"{source}: model option critic: {value} is now critic.kind: {value}")
+    for section, renames in RENAMED_OPTIONS.items():
+        for source, options in _section_options(args, section):
+            for key, value in options.items():
+                if key in renames:
+                    found.append(f"{source}: {section} option {key} is now {renames[key]}")
+                elif (
+                    section == "model"
+                    and key == "critic"
+                    and isinstance(value, str)
+                    and not value.lstrip().startswith("{")
+                ):
+                    found.append(f"{source}: model option critic: {value} is now critic.kind: {value}")
     return found
 
 
-def _model_options(args: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, {model option: value}) from the config files and the ``--model.[init_args.]KEY`` flags."""
+def _is_plain_string(value: Any) -> bool:
+    return isinstance(value, str) and not value.lstrip().startswith("{")  # not a group given as JSON
+
+
+def _section_options(args: list[str], section: str) -> list[tuple[str, dict[str, Any]]]:
+    """(where, {option: value}) of a class section (``model``, ``data.task``) from the config files and the
+    ``--SECTION.[init_args.]KEY`` flags."""
     sources = []
+    prefix = f"--{section}."
     for index, arg in enumerate(args):
         if arg == "--config" and index + 1 < len(args):
             path = args[index + 1]
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
-        elif arg.startswith("--model."):
-            key = arg.split("=", 1)[0].removeprefix("--model.").removeprefix("init_args.")
+        elif arg.startswith(prefix):
+            key = arg.split("=", 1)[0].removeprefix(prefix).removeprefix("init_args.")
             value = arg.split("=", 1)[1] if "=" in arg else (args[index + 1] if index + 1 < len(args) else None)
             sources.append(("command line", {key: value}))
             continue
         else:
             continue
-        config = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
-        model = config.get("model") if isinstance(config, dict) else None
-        if isinstance(model, dict):
-            sources.append((path, model.get("init_args", model) or {}))
+        node = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            sources.append((path, node.get("init_args", node) or {}))
     return sources
 
 

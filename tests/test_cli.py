@@ -180,15 +180,18 @@ def test_help_documents_every_option(model, options, capsys):
 
 def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
     config = tmp_path / "old_ppo.yaml"
-    config.write_text(
-        yaml.safe_dump({"model": {"class_path": "lit_reason.PPO", "init_args": {"kl_coef": 0.1, "critic": "shared"}}})
-    )
+    task = {"class_path": "lit_reason.tasks.JSONLTask", "init_args": {"train_path": "t.jsonl", "answer_field": "a"}}
+    model = {"class_path": "lit_reason.PPO", "init_args": {"kl_coef": 0.1, "critic": "shared"}}
+    config.write_text(yaml.safe_dump({"model": model, "data": {"task": task}}))
+    arguments = ["--model.init_args.lam=0.9", "--data.task.init_args.question_field", "q"]
     with pytest.raises(SystemExit):
-        LitReasonCLI(args=["fit", "--config", str(config), "--model.init_args.lam=0.9"], run=False)
+        LitReasonCLI(args=["fit", "--config", str(config), *arguments], run=False)
     message = capsys.readouterr().err
     assert f"{config}: model option kl_coef is now reward.kl_coef" in message
     assert f"{config}: model option critic: shared is now critic.kind: shared" in message
     assert "command line: model option lam is now advantage.lam" in message
+    assert f"{config}: data.task option answer_field is now fields.answer" in message
+    assert "command line: data.task option question_field is now fields.question" in message
 
 
 def test_evaluating_an_untrained_warm_start_stops_instead_of_training_it(tmp_path, monkeypatch):
