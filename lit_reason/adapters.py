@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 
@@ -70,7 +70,7 @@ def add_adapter(model: torch.nn.Module, config: LoraConfig, name: str) -> None:
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # two adapters: what we want
         torch.manual_seed(run_seed(None) + 1)  # not the first adapter's random A
-        inject_adapter_in_model(config, model, adapter_name=name)
+        inject_adapter_in_model(copy.deepcopy(config), model, adapter_name=name)
     for layer, adapters in zip(layers, active, strict=True):  # PEFT makes the new adapter the active one
         layer.set_adapter(adapters)
     for parameter_name, parameter in model.named_parameters():
@@ -79,26 +79,33 @@ def add_adapter(model: torch.nn.Module, config: LoraConfig, name: str) -> None:
 
 
 def below_the_head(config: LoraConfig, model: torch.nn.Module) -> LoraConfig:
-    """``config`` (the adapter ``model`` has) for an adapter that reads the last hidden states and never the
-    logits (a critic's): LoRA on the same layers but the output head, no modules trained whole and no
-    trainable tokens (their copies under the head would never train, and DDP would wait for their gradients)."""
+    """A LoRA configuration for an adapter beside ``config``'s (which ``model`` has) that reads the last hidden
+    states and never the logits (a critic's): LoRA of the same rank, scaling and kind on the same layers, less
+    the output head; no modules trained whole, trainable tokens or biases (their copies under the head would
+    never train, DDP would wait for their gradients, and biases are shared); initialised as the identity
+    (initialisations such as PiSSA rewrite the base weights the policy and the reference run on)."""
     output = model.get_output_embeddings()
+    head = next((name for name, module in model.named_modules() if module is output and output is not None), None)
     targets = sorted(
-        name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer) and module is not output
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer) and not (head is not None and (name == head or name.startswith(f"{head}.")))
     )
     if not targets:
         raise ValueError(
             "critic.kind=lora: policy.peft adapts only the output head, which the critic does not use; add layers "
             "below it to policy.peft.target_modules (e.g. all-linear)"
         )
-    return dataclasses.replace(
-        copy.deepcopy(config),
+    return LoraConfig(
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        fan_in_fan_out=config.fan_in_fan_out,
+        rank_pattern=copy.deepcopy(config.rank_pattern),
+        alpha_pattern=copy.deepcopy(config.alpha_pattern),
         target_modules=targets,  # full module names: exactly the policy's layers
-        exclude_modules=None,
-        layers_to_transform=None,
-        layers_pattern=None,
-        modules_to_save=None,
-        trainable_token_indices=None,
     )
 
 
@@ -121,7 +128,7 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
 def adapter_active(model: torch.nn.Module, name: str) -> Iterator[None]:
     """Run ``model`` with its adapter ``name`` in place of the one it runs; where ``name`` has no layer (the
     output head, modules the first adapter trains whole), the base model's."""
-    layers = adapter_layers(model)
+    layers = _outermost_adapter_layers(model)
     active = [layer.active_adapters for layer in layers]
     with _trainable_kept(layers):
         for layer in layers:
@@ -134,6 +141,13 @@ def adapter_active(model: torch.nn.Module, name: str) -> Iterator[None]:
         finally:
             for layer, adapters in zip(layers, active, strict=True):
                 layer.set_adapter(adapters)
+
+
+def _outermost_adapter_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    # A wrapper of a module PEFT trains (trainable tokens) switches the adapter layers inside it itself.
+    wrappers = [layer for layer in adapter_layers(model) if isinstance(layer, AuxiliaryTrainingWrapper)]
+    inside = {id(inner) for wrapper in wrappers for inner in wrapper.modules() if inner is not wrapper}
+    return [layer for layer in adapter_layers(model) if id(layer) not in inside]
 
 
 @contextlib.contextmanager

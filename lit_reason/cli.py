@@ -80,12 +80,7 @@ def renamed_options(args: list[str]) -> list[str]:
             for key, value in options.items():
                 if key in renames:
                     found.append(f"{source}: {section} option {key} is now {renames[key]}")
-                elif (
-                    section == "model"
-                    and key == "critic"
-                    and isinstance(value, str)
-                    and not value.lstrip().startswith("{")
-                ):
+                elif section == "model" and key == "critic" and _is_plain_string(value):
                     found.append(f"{source}: model option critic: {value} is now critic.kind: {value}")
     return found
 

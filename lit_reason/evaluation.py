@@ -98,8 +98,8 @@ class Evaluator(torch.nn.Module):
             [p.stated_answer(text) for text in sampled.texts[i * k : (i + 1) * k]] for i, p in enumerate(problems)
         ]
         greedy_correct = grade(problems, greedy)
-        greedy_answers, targets = answer_values(problems, greedy_stated)
-        answers, _ = answer_values(problems, stated)
+        greedy_answers, targets = answer_values(problems, greedy_stated, 1)
+        answers, _ = answer_values(problems, stated, k)
         graded = GradedQuestions(
             question_ids=ids,
             correct=grade(problems, sampled).view(-1, k).to(device),
@@ -153,8 +153,8 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def answer_values(problems: Sequence[Problem], stated: Sequence[Sequence[float | str | None]]):
-    """Answers as numbers the majority-vote metrics compare (strings never cross ranks): ((Q, n) float64 with
+def answer_values(problems: Sequence[Problem], stated: Sequence[Sequence[float | str | None]], samples: int):
+    """Answers as numbers the majority-vote metrics compare (strings never cross ranks): ((Q, samples) float64 with
     NaN where a response states no answer, (Q,) float64 targets). A numeric problem's answers are themselves;
     a text problem's are codes of its normalized answers: 0 for the target's, 1, 2, ... for the others in order
     of appearance (so answers that normalize alike vote together; one that normalizes to nothing is none), and
@@ -169,7 +169,6 @@ def answer_values(problems: Sequence[Problem], stated: Sequence[Sequence[float |
         normalized = [None if a is None else normalize_text_answer(a, problem.normalization) for a in answers]
         values.append([codes.setdefault(a, len(codes)) if a else float("nan") for a in normalized])
         targets.append(0.0)
-    samples = len(stated[0]) if stated else 0
     return (
         torch.tensor(values, dtype=torch.float64).reshape(len(problems), samples),
         torch.tensor(targets, dtype=torch.float64),

@@ -86,9 +86,9 @@ def test_text_answers_vote_by_their_normalized_form_and_records_keep_what_was_st
 def test_answer_values_code_text_answers_by_their_normal_form():
     paris = Problem(id=0, question="Capital of France?", solution="", answer="Paris", normalization="squad")
     seven = Problem(id=1, question="3 + 4?", solution="", answer=7.0)
-    values, targets = answer_values([paris, seven], [["the Paris", None, "Rome", "rome!"], [7.0, None, 6.0, 7.0]])
+    values, targets = answer_values([paris, seven], [["the Paris", None, "Rome", "rome!"], [7.0, None, 6.0, 7.0]], 4)
     assert torch.equal(values.isnan(), torch.tensor([[False, True, False, False], [False, True, False, False]]))
     assert values.nan_to_num(nan=-1).tolist() == [[0.0, -1.0, 1.0, 1.0], [7.0, -1.0, 6.0, 7.0]]
     assert targets.tolist() == [0.0, 7.0]
-    empty_values, empty_targets = answer_values([], [])  # a rank's empty share of a batch
-    assert empty_values.shape == (0, 0) and empty_targets.shape == (0,)
+    empty_values, empty_targets = answer_values([], [], 4)  # a rank's empty share of a batch
+    assert empty_values.shape == (0, 4) and empty_targets.shape == (0,)

@@ -9,25 +9,44 @@
 #   bash tools/gpu_matrix.sh prepare [TINY_POLICY_DIR]   # here: fills .gpu/ (default policy: the tests' SFT one)
 #   bash tools/gpu_matrix.sh run                          # there: the matrix, logs and figures under $OUT
 #   SMALL=1 bash tools/gpu_matrix.sh run                  # a quick check of the script itself, on a CPU
+#                                                         # (1/64 of the prompts and tokens, 2 of the 1.7B's layers)
 #
 # Rows (issue: GPU rollouts at least 2x `model.generate`): the tiny trained policy, fp32, 512 prompts x 8;
 # SmolLM2-135M's architecture and tokenizer, bf16, 256 prompts x 8, 256 new tokens, T = 0.7; a 1.7B Llama of
 # SmolLM2-1.7B's shape with the same tokenizer, bf16, 128 prompts x 8, 256 new tokens; then the share of an
 # Expert Iteration and a PPO round spent sampling (tools/bench_step.py) on the tiny policy.
 set -euo pipefail
+TINY_POLICY=${2:+$(realpath "$2")}  # before the cd: relative to where the script was called from
 cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
+# The project's environment where there is one (here), else the machine's python3 (the GPU machine's image).
+PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
+
+# The newest complete policy the tests' SFT fixture exported (pytest's cache; not its tmp* staging folders).
+fixture_policy() {
+    local dir
+    for dir in $(ls -td .pytest_cache/d/lit-reason-sft-policy/[0-9a-f]*/ 2>/dev/null); do
+        if [[ -f "$dir/config.json" && -f "$dir/model.safetensors" ]]; then
+            echo "$dir"
+            return
+        fi
+    done
+}
 
 prepare() {
-    local tiny=${1:-$(ls -td .pytest_cache/d/lit-reason-sft-policy/*/ 2>/dev/null | head -1)}
+    local tiny=${TINY_POLICY:-$(fixture_policy)}
     [[ -n "$tiny" && -f "$tiny/config.json" ]] || {
         echo "no trained tiny policy: pass an exported policy directory (or run the tests once)" >&2
         exit 2
     }
-    grep -qxF "/$GPU_DIR/" .git/info/exclude 2>/dev/null || echo "/$GPU_DIR/" >>.git/info/exclude
+    local exclude smollm2
+    exclude=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    grep -qxF "/$GPU_DIR/" "$exclude" 2>/dev/null || echo "/$GPU_DIR/" >>"$exclude"
+    smollm2=$($PY tools/fetch_smollm2.py | tail -1)  # its own line: a failed fetch stops here
     rm -rf "$GPU_DIR" && mkdir -p "$GPU_DIR"
     cp -r "$tiny" "$GPU_DIR/tiny-policy"
-    python - "$GPU_DIR/smollm2-135m" "$(python tools/fetch_smollm2.py)" <<'EOF'
+    $PY - "$GPU_DIR/smollm2-135m" "$smollm2" <<'EOF'
 import sys
 
 from transformers import AutoConfig, AutoTokenizer
@@ -45,19 +64,19 @@ run() {
     local out=${OUT:-/tmp/gpu_matrix}
     mkdir -p "$out"
     export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-    local device=cuda step_device=gpu scale=1 step_questions=64
-    if [[ -n "${SMALL:-}" ]]; then device=cpu step_device=cpu scale=64 step_questions=8; fi
+    local device=cuda step_device=gpu scale=1 step_questions=64 big_layers=24
+    if [[ -n "${SMALL:-}" ]]; then device=cpu step_device=cpu scale=64 step_questions=8 big_layers=2; fi
     local smol=$GPU_DIR/smollm2-135m
-    local big='{"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 32}'
+    local big="{\"hidden_size\": 2048, \"intermediate_size\": 8192, \"num_hidden_layers\": $big_layers, \"num_attention_heads\": 32, \"num_key_value_heads\": 32}"
     (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
-    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" |
-        tee -a "$out/machine.txt"
+    ($PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" ||
+        true) | tee -a "$out/machine.txt"
     bench() {  # name, then bench_rollout's options
         local name=$1
         shift
         echo "== $name: $*" | tee -a "$out/matrix.md"
-        python tools/bench_rollout.py --device "$device" "$@" 2>&1 | tee "$out/$name.log" | tail -7 |
-            tee -a "$out/matrix.md" || echo "FAILED: $name" | tee -a "$out/matrix.md"
+        $PY tools/bench_rollout.py --device "$device" "$@" 2>&1 | tee "$out/$name.log" | tail -7 |
+            tee -a "$out/matrix.md" || echo "FAILED: $name (see $name.log)" | tee -a "$out/matrix.md"
     }
     bench tiny --policy $GPU_DIR/tiny-policy --prompts $((512 / scale)) --num-samples 8 --batch-size 4096
     bench smollm2-135m --policy $smol --random-weights --dtype bfloat16 --prompts $((256 / scale)) \
@@ -65,13 +84,13 @@ run() {
     bench smollm2-1.7b-shape --policy $smol --random-weights --dtype bfloat16 --config-overrides "$big" \
         --prompts $((128 / scale)) --num-samples 8 --max-new-tokens $((256 / scale)) --batch-size 1024
     echo "== round shares: bench_step.py on the tiny policy" | tee -a "$out/matrix.md"
-    python tools/bench_step.py --policy $GPU_DIR/tiny-policy --device "$step_device" --only ppo,expert_iteration \
+    $PY tools/bench_step.py --policy $GPU_DIR/tiny-policy --device "$step_device" --only ppo,expert_iteration \
         --questions $step_questions --samples 8 --rounds 3 --json "$out/step.json" 2>&1 | tee "$out/step.log" |
         tail -6 | tee -a "$out/matrix.md" || echo "FAILED: bench_step" | tee -a "$out/matrix.md"
 }
 
 case "${1:-}" in
-prepare) shift && prepare "$@" ;;
+prepare) prepare ;;
 run) run ;;
 *) echo "usage: bash tools/gpu_matrix.sh prepare [TINY_POLICY_DIR] | run" >&2 && exit 2 ;;
 esac

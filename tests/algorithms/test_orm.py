@@ -67,7 +67,9 @@ def test_likelihood_features_by_hand():
 def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
     from lit_reason.policy import load_model
 
-    network = ValueModel(load_model(PolicySpec(name_or_path="micro"), char_tokenizer), head_std=0.1)
+    with torch.random.fork_rng():  # seeded head: how far 4-bit weights move the values depends on the weights
+        torch.manual_seed(0)
+        network = ValueModel(load_model(PolicySpec(name_or_path="micro", seed=0), char_tokenizer), head_std=0.1)
     network.save(tmp_path, char_tokenizer)
     loaded, tokenizer = ValueModel.load(tmp_path)
     ids = torch.tensor([char_tokenizer("Q\n12").input_ids + [char_tokenizer.eos_token_id]])
@@ -81,7 +83,8 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
     assert torch.allclose(half(ids, mask)[0], loaded(ids, mask)[0], atol=0.05)
     four_bit = load_frozen_orm(str(tmp_path), char_tokenizer, FOUR_BIT)
     assert type(four_bit.trunk.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
-    assert torch.allclose(four_bit(ids, mask)[0], loaded(ids, mask)[0], atol=0.1)
+    gap = (four_bit(ids, mask)[0] - loaded(ids, mask)[0]).abs().max().item()
+    assert 0 < gap < 0.15, gap  # rounded weights (0.056 here: a 32-wide model's 4-bit blocks are coarse)
     too_long = torch.ones(1, network.max_length + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="exceed the value model's context"):
         network(too_long, torch.ones_like(too_long))
