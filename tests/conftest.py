@@ -66,6 +66,9 @@ SFT_TASK = dict(
     min_steps=1, max_steps=2, max_operand=15, max_value=30, train_size=5000, validation_size=200, test_size=200
 )
 SFT_STEPS = 400
+# Two of the tiny preset's four layers: half the training time (89 s instead of 175 s on the 2-core CPU) for
+# greedy accuracy 0.21 instead of 0.29 on the validation split.
+SFT_LAYERS = 2
 
 
 def sft_fixture_task() -> Arithmetic:
@@ -75,7 +78,7 @@ def sft_fixture_task() -> Arithmetic:
 @pytest.fixture(scope="session")
 def sft_policy_dir(request) -> Path:
     """Directory of an exported SFT policy (tiny preset) for ``sft_fixture_task()``; ~2 minutes to build once."""
-    recipe = json.dumps({"task": SFT_TASK, "steps": SFT_STEPS, "version": 1}, sort_keys=True)
+    recipe = json.dumps({"task": SFT_TASK, "steps": SFT_STEPS, "layers": SFT_LAYERS, "version": 1}, sort_keys=True)
     # Any change to the package may change what the recipe trains: every source file is part of the key.
     key = hashlib.sha256((recipe + source_fingerprint()).encode()).hexdigest()[:16]
     path = Path(request.config.cache.mkdir("lit-reason-sft-policy")) / key
@@ -88,7 +91,7 @@ def sft_policy_dir(request) -> Path:
     )
     module = SFT(
         batch_size=32,
-        policy=PolicySpec(name_or_path="tiny"),
+        policy=PolicySpec(name_or_path="tiny", preset_overrides={"num_hidden_layers": SFT_LAYERS}),
         optimizer=partial(torch.optim.AdamW, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0),
         lr_schedule=LRSchedule(warmup_steps=20),
     )
