@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from lit_reason import PPO, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
 from lit_reason.adapters import (
     CRITIC_ADAPTER,
+    POLICY_ADAPTER,
     adapter_active,
     adapters_disabled,
     add_adapter,
@@ -90,7 +91,7 @@ def test_a_critic_adapter_runs_only_when_active_and_every_adapter_stays_trainabl
         with_critic = logits(model, input_ids)
     assert not torch.allclose(with_critic, base)
     for name, parameter in model.named_parameters():
-        if "lora_B.default" in name:
+        if f"lora_B.{POLICY_ADAPTER}" in name:
             parameter.data.normal_()
     with adapter_active(model, CRITIC_ADAPTER):
         assert torch.equal(logits(model, input_ids), with_critic)  # the policy's adapter is off meanwhile
@@ -103,7 +104,7 @@ def test_a_critic_adapter_runs_only_when_active_and_every_adapter_stays_trainabl
     assert {n for n, p in model.named_parameters() if p.requires_grad} == adapter_weights
 
 
-POLICY_ADAPTERS = {
+POLICY_ADAPTER_CONFIGS = {
     "embeddings-head-norms-biases": LoraConfig(
         r=4, target_modules=["q_proj", "embed_tokens", "lm_head"], modules_to_save=["norm"], bias="lora_only"
     ),
@@ -113,7 +114,7 @@ POLICY_ADAPTERS = {
 }
 
 
-@pytest.mark.parametrize("config", POLICY_ADAPTERS.values(), ids=POLICY_ADAPTERS.keys())
+@pytest.mark.parametrize("config", POLICY_ADAPTER_CONFIGS.values(), ids=POLICY_ADAPTER_CONFIGS.keys())
 def test_the_critic_adapter_covers_the_layers_below_the_head_and_every_one_of_its_weights_trains(config, tmp_path):
     """A policy adapter on the embeddings and the output head, with modules trained whole, biases, trainable
     tokens or an initialisation that rewrites the base weights: the critic's adapter leaves out what it never
@@ -140,7 +141,7 @@ def test_the_critic_adapter_covers_the_layers_below_the_head_and_every_one_of_it
     hidden.sum().backward()
     assert all(p.grad is not None for p in critic.values())
     for name, parameter in model.named_parameters():  # nothing of the policy's adapter reaches the critic
-        if of_adapter(name, "default"):
+        if of_adapter(name, POLICY_ADAPTER):
             parameter.data.normal_()
     with adapter_active(model, CRITIC_ADAPTER), torch.no_grad():
         assert torch.equal(final_hidden_states(model, input_ids, torch.ones_like(input_ids)), hidden.detach())
