@@ -6,7 +6,9 @@
 # SmolLM2-135M-Instruct's config and tokenizer (speed does not depend on the weights: the matrix builds the
 # architectures with random weights) and a trained tiny policy.
 #
-#   bash tools/gpu_matrix.sh prepare [TINY_POLICY_DIR]   # here: fills .gpu/ (default policy: the tests' SFT one)
+#   bash tools/gpu_matrix.sh prepare [TINY_POLICY_DIR]   # here: fills .gpu/ (default policy: the tests' cached
+#                                                         # SFT policy, 2 layers; the README's CPU row uses the
+#                                                         # study's warm start, study/paper/runs/warm_start/seed0/policy)
 #   bash tools/gpu_matrix.sh run                          # there: the matrix, logs and figures under $OUT
 #   SMALL=1 bash tools/gpu_matrix.sh run                  # a quick check of the script itself, on a CPU
 #                                                         # (1/64 of the prompts and tokens, 2 of the 1.7B's layers)
