@@ -13,7 +13,7 @@ from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
 from lit_reason.sampling import encode_prompt
 from lit_reason.value_model import HEAD_FILE, ValueModel, likelihood_features, load_frozen_orm
 from tests.conftest import sft_fixture_task
-from tests.helpers.quantization import FOUR_BIT
+from tests.helpers.quantization import FOUR_BIT, QUANTIZABLE_MICRO
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -69,7 +69,8 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
 
     with torch.random.fork_rng():  # seeded head: how far 4-bit weights move the values depends on the weights
         torch.manual_seed(0)
-        network = ValueModel(load_model(PolicySpec(name_or_path="micro", seed=0), char_tokenizer), head_std=0.1)
+        spec = PolicySpec(name_or_path="micro", seed=0, preset_overrides=QUANTIZABLE_MICRO)
+        network = ValueModel(load_model(spec, char_tokenizer), head_std=0.1)
     network.save(tmp_path, char_tokenizer)
     loaded, tokenizer = ValueModel.load(tmp_path)
     ids = torch.tensor([char_tokenizer("Q\n12").input_ids + [char_tokenizer.eos_token_id]])
@@ -84,7 +85,9 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
     four_bit = load_frozen_orm(str(tmp_path), char_tokenizer, FOUR_BIT)
     assert type(four_bit.trunk.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
     gap = (four_bit(ids, mask)[0] - loaded(ids, mask)[0]).abs().max().item()
-    assert 0 < gap < 0.15, gap  # rounded weights (0.056 here: a 32-wide model's 4-bit blocks are coarse)
+    # Rounded weights move values of about 1 by 0.11-0.12 here (with and without bitsandbytes' AVX512-BF16 kernel);
+    # a broken quantization moves them by about as much as their size.
+    assert 0 < gap < 0.25, gap
     too_long = torch.ones(1, network.max_length + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="exceed the value model's context"):
         network(too_long, torch.ones_like(too_long))

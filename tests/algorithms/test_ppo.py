@@ -14,7 +14,7 @@ from lit_reason.rewards import RewardConfig
 from lit_reason.sampling import sample
 from lit_reason.tasks import Arithmetic
 from lit_reason.tensors import eval_mode, token_logprobs
-from tests.helpers.quantization import FOUR_BIT
+from tests.helpers.quantization import FOUR_BIT, QUANTIZABLE_MICRO
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -131,7 +131,7 @@ def test_checkpoints_of_lit_reason_0_1_0_load_their_critic():
 def test_the_reference_can_be_loaded_its_own_way(load_kwargs, tmp_path):
     """reference_load_kwargs: here a bfloat16 or a 4-bit reference (bitsandbytes) beside a float32 policy, as a
     config file gives them; the round's KL to it is computed all the same."""
-    exported = PPO(policy=PolicySpec(name_or_path="micro", seed=1))
+    exported = PPO(policy=PolicySpec(name_or_path="micro", seed=1, preset_overrides=QUANTIZABLE_MICRO))
     exported.configure_model()
     exported.export_policy(tmp_path / "policy")
     module = PPO(
