@@ -24,6 +24,9 @@ Design points:
   classifier-free guidance, ``log p_neg + scale * (log p - log p_neg)`` over log-softmaxes: the formula of
   Hugging Face's ``guidance_scale`` with ``negative_prompt_ids``. The negative rows run beside the sampled
   ones through the same forward passes and receive the same tokens.
+* **Static decoding** (optional, ``decoding``): the KV cache and every per-row tensor preallocated, finished
+  rows compacted into batch buckets, and on a GPU each bucket's step captured once as a CUDA graph
+  (``static_decoding``); the same samples as the dynamic cache's.
 * **Distributed**: with ``synced=True`` every rank keeps running forward passes (on a placeholder row once
   its own rows are done) until all ranks are done, as sharded models (FSDP) need every rank in every
   forward.
@@ -33,17 +36,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lit_reason.cached_forward import CausalLMWithCache
 from lit_reason.conditioning import Conditioning
 from lit_reason.distributed import is_distributed, rank_and_world_size, reduce_int
+from lit_reason.static_decoding import GraphedSteps, SlotCache, bucket_for, supports_static_cache
 from lit_reason.tensors import position_ids_from_mask
+
+Decoding = Literal["dynamic", "static", "cuda_graph"]
 
 _HASH_MULTIPLIER = 0x45D9F3B  # small enough that 32-bit products never overflow int64
 _MASK32 = 0xFFFFFFFF
@@ -66,6 +73,12 @@ class SamplingConfig:
             device (and, distributed, for every rank) and may drop finished rows from the batch; rows that
             finish in between keep stepping, their tokens not kept. The samples do not depend on it. Unset:
             every step on a CPU (waiting costs nothing there), every 8 on an accelerator.
+        decoding: how the decoding steps run; the samples do not depend on it (log-probs only up to rounding).
+            ``dynamic``: a KV cache that grows with the steps and is copied smaller once a quarter of the rows
+            are done (fastest on a CPU). ``static``: a preallocated KV cache, the live rows compacted into batch
+            buckets (the chunk's rows, then powers of two). ``cuda_graph``: ``static`` with each bucket's step
+            (forward, draw, bookkeeping) captured once as a CUDA graph and replayed, which removes the host from
+            the steps (CUDA only; not for FSDP2-sharded models, whose forward gathers weights).
     """
 
     num_samples: int = 1
@@ -76,6 +89,7 @@ class SamplingConfig:
     batch_size: int = 256
     seed: int | None = None
     finished_check_every: int | None = None
+    decoding: Decoding = "dynamic"
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
@@ -84,6 +98,8 @@ class SamplingConfig:
             raise ValueError("finished_check_every must be at least 1 (or unset)")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+        if self.decoding not in get_args(Decoding):
+            raise ValueError(f"decoding must be one of {', '.join(get_args(Decoding))}, not {self.decoding!r}")
 
     @property
     def greedy(self) -> bool:
@@ -232,7 +248,7 @@ def row_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") >> 2
 
 
-def counter_uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
+def counter_uniform(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
     """One uniform number per row, strictly inside (0, 1), that depends only on (row seed, step).
 
     Counter-based: a 32-bit integer hash of the two, so the same row gets the same number whatever batch,
@@ -240,13 +256,14 @@ def counter_uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
 
     Args:
         seeds: (R,) long, non-negative row seeds.
-        step: decoding step.
+        step: decoding step, an int or a 0-d long tensor on the seeds' device (which a captured step advances).
 
     Returns:
         (R,) float64.
     """
     low, high = seeds & _MASK32, (seeds >> 32) & _MASK32
-    value = _hash32(low ^ _hash32(torch.full_like(low, step & _MASK32)))
+    steps = torch.full_like(low, step & _MASK32) if isinstance(step, int) else (step & _MASK32).expand_as(low)
+    value = _hash32(low ^ _hash32(steps))
     value = _hash32(value ^ _hash32(high ^ 0x5BD1E995))
     return uniform_from_hash(value)
 
@@ -340,14 +357,14 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def draw_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tensor, step: int):
+def draw_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tensor, step: int | torch.Tensor):
     """Pick the next token of every row and its log-prob.
 
     Args:
         logits: (R, V) float32 logits of the next token.
         config: temperature, top-k, top-p.
         seeds: (R,) long row seeds.
-        step: decoding step (feeds the noise).
+        step: decoding step (feeds the noise): an int, or a 0-d long tensor.
 
     Returns:
         tokens (R,) long and logprobs (R,) float32 under the temperature-scaled unfiltered softmax.
@@ -542,13 +559,17 @@ class _DecodeRows:
             finished=torch.zeros(rows, dtype=torch.bool, device=device),
         )
 
-    def record(self, step: int, active: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor, eos) -> None:
+    def record(
+        self, step: int | torch.Tensor, active: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor, eos
+    ) -> None:
         """Store step ``step``'s tokens of the rows in the model's batch (``active``: their places); a finished
         row's tokens land beyond its length, which is what is kept. Without boolean indexing, so nothing waits
-        for the device."""
+        for the device; a step given as a 0-d tensor is indexed as one column per row (indexing by a 0-d tensor
+        reads its value on the host)."""
+        column = step.expand_as(active) if isinstance(step, torch.Tensor) else step
         live = ~self.finished[active]
-        self.responses[active, step] = tokens
-        self.logprobs[active, step] = logprobs.float()
+        self.responses[active, column] = tokens
+        self.logprobs[active, column] = logprobs.float()
         self.lengths[active] += live.long()
         self.finished[active] = self.finished[active] | (live & torch.isin(tokens, eos))
 
@@ -571,6 +592,21 @@ class _ModelBatch:
     row_seeds: torch.Tensor
     halves: int
 
+    def live_places(self) -> torch.Tensor:
+        """The places in the chunk of the rows in the model's batch."""
+        return self.active
+
+    def shrink(self, unfinished: torch.Tensor, remaining: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Drop the finished rows (``unfinished``: (rows,) bool, ``remaining`` of them True) once a quarter of
+        the rows are done, worth the cache copy then; a synced rank with none left keeps one row in step.
+        Returns the tokens (rows,) of the rows kept."""
+        rows = len(self.active)
+        if 4 * (rows - remaining) >= rows and (remaining or rows > 1):
+            index = torch.nonzero(unfinished)[:, 0] if remaining else self.active.new_zeros(1)
+            self.keep(index)
+            tokens = tokens[index]
+        return tokens
+
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the sampled rows at ``index`` (and their twins): copies the cache, so short samples stop
         paying for long ones (finished rows that stay compute tokens that are thrown away)."""
@@ -592,6 +628,119 @@ class _ModelBatch:
 
 
 @dataclass
+class _StaticModelBatch:
+    """The model's batch in preallocated room (``static_decoding``): ``capacity`` slots, of which the current
+    ``bucket`` run, the first ``live`` of them holding rows of the chunk and the others recording into the
+    ``sink`` place. Under guidance (``halves`` 2) bucket n runs the n sampled rows and then their n twins.
+
+    Per model row (halves * capacity): ``attention_mask`` (rows, width + max new tokens), ``positions`` (the
+    position of the token fed next) and ``feed`` (that token); per slot: ``slot_places`` and ``slot_seeds``;
+    ``step`` (0-d long) is the decoding step drawn next.
+    """
+
+    slots: SlotCache
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    feed: torch.Tensor
+    slot_places: torch.Tensor
+    slot_seeds: torch.Tensor
+    step: torch.Tensor
+    halves: int
+    bucket: int
+    live: int
+    sink: int
+
+    @classmethod
+    def after_prefill(
+        cls,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor,
+        last_position: torch.Tensor,
+        repeats: int,
+        max_new_tokens: int,
+        row_seeds: torch.Tensor,
+        halves: int,
+        device: torch.device,
+    ) -> _StaticModelBatch:
+        """The batch of a prefill of halves * P prompts (``cache``, ``attention_mask`` (halves * P, width),
+        ``last_position`` (halves * P,)) whose rows repeat each prompt ``repeats`` times."""
+        capacity, (prompts, width) = len(row_seeds), attention_mask.shape
+        length = width + max_new_tokens
+        room_mask = torch.ones((halves * capacity, length), dtype=attention_mask.dtype, device=device)
+        positions = torch.zeros(halves * capacity, dtype=torch.long, device=device)
+        per_half = prompts // halves
+        for half in range(halves):
+            taken = slice(half * per_half, (half + 1) * per_half)
+            rows = slice(half * capacity, (half + 1) * capacity)
+            room_mask[rows, :width] = attention_mask[taken].repeat_interleave(repeats, dim=0)
+            positions[rows] = last_position[taken].repeat_interleave(repeats, dim=0) + 1
+        return cls(
+            slots=SlotCache(cache, width, repeats, capacity, halves, length),
+            attention_mask=room_mask,
+            positions=positions,
+            feed=torch.zeros(halves * capacity, dtype=torch.long, device=device),
+            slot_places=torch.arange(capacity, device=device),
+            slot_seeds=row_seeds.clone(),
+            step=torch.zeros((), dtype=torch.long, device=device),
+            halves=halves,
+            bucket=capacity,
+            live=capacity,
+            sink=capacity,
+        )
+
+    @property
+    def active(self) -> torch.Tensor:
+        """(bucket,) long: the place each slot of the bucket records into (the sink for spare slots)."""
+        return self.slot_places[: self.bucket]
+
+    @property
+    def row_seeds(self) -> torch.Tensor:
+        return self.slot_seeds[: self.bucket]
+
+    def live_places(self) -> torch.Tensor:
+        return self.slot_places[: self.live]
+
+    def forward(self, runner: CausalLMWithCache) -> torch.Tensor:
+        """Feed the bucket's model rows their tokens: the next logits, (halves * bucket, V) float32."""
+        rows = self.halves * self.bucket
+        logits, _ = runner(
+            self.feed[:rows, None],
+            self.attention_mask[:rows],
+            self.positions[:rows, None],
+            self.slots.cache(self.bucket),
+            last_logits_only=True,
+        )
+        self.positions.add_(1)
+        self.slots.position.add_(1)
+        return logits[:, -1].float()
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Feed the bucket's sampled rows (and their twins) ``tokens`` (bucket,) next, and count the step."""
+        for half in range(self.halves):
+            self.feed[half * self.bucket : (half + 1) * self.bucket] = tokens
+        self.step.add_(1)
+
+    def shrink(self, unfinished: torch.Tensor, remaining: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Move the ``remaining`` unfinished slots (``unfinished``: (bucket,) bool) to the front of the room and
+        run the smallest bucket that holds them, if smaller than this one (a synced rank with none left runs
+        one spare slot in step with the others). Returns ``tokens`` as is: the room holds what is fed next."""
+        bucket = bucket_for(remaining, len(self.slot_places))
+        if bucket >= self.bucket:
+            return tokens
+        kept = torch.nonzero(unfinished)[:, 0]
+        slots = torch.cat([kept, kept.new_zeros(bucket - remaining)])  # spare slots: any row's state
+        model_rows = torch.cat([slots + half * self.bucket for half in range(self.halves)])
+        self.slots.compact(model_rows)
+        for buffer in (self.attention_mask, self.positions, self.feed):
+            buffer[: len(model_rows)] = buffer.index_select(0, model_rows)
+        places = self.slot_places.index_select(0, slots)
+        places[remaining:] = self.sink
+        self.slot_places[:bucket], self.slot_seeds[:bucket] = places, self.slot_seeds.index_select(0, slots)
+        self.bucket, self.live = bucket, remaining
+        return tokens
+
+
+@dataclass
 class _ChunkDecoder:
     """Decodes chunks of prompts with the settings of one ``sample`` call (``guidance_scale`` None: plain)."""
 
@@ -604,6 +753,26 @@ class _ChunkDecoder:
     guidance_scale: float | None
     synced: bool
     device: torch.device
+    eos: torch.Tensor = field(init=False)
+    suppressed: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.eos = torch.tensor(list(self.eos_token_ids), dtype=torch.long, device=self.device)
+        self.suppressed = torch.tensor(list(self.suppressed_token_ids), dtype=torch.long, device=self.device)
+        decoding = self.config.decoding
+        if decoding != "dynamic" and not supports_static_cache(self.runner.model):
+            raise ValueError(
+                f"decoding: {decoding} lays out full-attention KV caches only; this model's cache has other layers "
+                "(sliding windows, recurrent or linear attention): use decoding: dynamic"
+            )
+        if decoding == "cuda_graph":
+            if self.device.type != "cuda":
+                raise ValueError(f"decoding: cuda_graph needs a CUDA device, not {self.device}: use static or dynamic")
+            if any(isinstance(p, DTensor) for p in self.runner.model.parameters()):
+                raise ValueError(
+                    "decoding: cuda_graph cannot capture a sharded (FSDP2) model's forward, which gathers its "
+                    "weights: use static or dynamic"
+                )
 
     def run_all(
         self, prompt_ids: list[list[int]], negative_prompt_ids: list[list[int]] | None, seeds: Sequence[int], on_chunk
@@ -650,47 +819,79 @@ class _ChunkDecoder:
             prompt_ids, seeds, repeats = [[self._placeholder_token()]], [0], 1
             negative_prompt_ids = prompt_ids if negative_prompt_ids is not None else None
         halves = 1 if negative_prompt_ids is None else 2
-        logits, cache, attention_mask, next_position = self._prefill(prompt_ids + (negative_prompt_ids or []), repeats)
-        rows = _DecodeRows.empty(len(prompt_ids) * repeats, config.max_new_tokens, _pad_id(self.tokenizer), self.device)
-        rows.finished[:] = placeholder  # a placeholder's tokens are never kept
-        batch = _ModelBatch(
-            cache, attention_mask, next_position, active=torch.arange(len(rows.lengths), device=self.device),
-            row_seeds=torch.tensor(seeds, dtype=torch.long, device=self.device), halves=halves,
-        )  # fmt: skip
-        eos = torch.tensor(list(self.eos_token_ids), dtype=torch.long, device=self.device)
-        suppressed = torch.tensor(list(self.suppressed_token_ids), dtype=torch.long, device=self.device)
+        num_rows = len(prompt_ids) * repeats
+        static = config.decoding != "dynamic"
+        logits, cache, attention_mask, next_position = self._prefill(
+            prompt_ids + (negative_prompt_ids or []), 1 if static else repeats
+        )
+        # A static batch's spare slots record into one more row, never kept.
+        rows = _DecodeRows.empty(num_rows + static, config.max_new_tokens, _pad_id(self.tokenizer), self.device)
+        rows.finished[num_rows - placeholder :] = True  # a placeholder's tokens are never kept, nor the sink's
+        row_seeds = torch.tensor(seeds, dtype=torch.long, device=self.device)
+        if static:
+            logits = logits.repeat_interleave(repeats, dim=0)
+            batch = _StaticModelBatch.after_prefill(
+                cache, attention_mask, next_position, repeats, config.max_new_tokens, row_seeds, halves, self.device
+            )
+        else:
+            batch = _ModelBatch(
+                cache, attention_mask, next_position, active=torch.arange(num_rows, device=self.device),
+                row_seeds=row_seeds, halves=halves,
+            )  # fmt: skip
+        tokens = self._draw_and_record(logits, rows, batch.active, batch.row_seeds, 0, halves)
+        if static:
+            batch.advance(tokens)
+            steps = GraphedSteps(use_graphs=config.decoding == "cuda_graph")  # graphs of this chunk's tensors
         check_every = config.finished_check_every or (1 if self.device.type == "cpu" else 8)
-        steps_taken = checked = 0
-        for step in range(config.max_new_tokens):
-            if halves == 2:
-                logits = guided_logits(*logits.chunk(2), self.guidance_scale)
-            if len(suppressed):
-                logits[:, suppressed] = float("-inf")
-            tokens, chosen_logprobs = draw_tokens(logits, config, batch.row_seeds, step)
-            rows.record(step, batch.active, tokens, chosen_logprobs, eos)
-            steps_taken = step + 1
-            if steps_taken == config.max_new_tokens:
-                break
+        steps_taken, checked = 1, 0
+        while steps_taken < config.max_new_tokens:
             if steps_taken % check_every == 0:  # in between, finished rows keep stepping, their tokens not kept
                 if self.stop_strings:
-                    self._apply_stop_strings(rows, batch.active, checked, steps_taken)
+                    self._apply_stop_strings(rows, batch.live_places(), checked, steps_taken)
                 checked = steps_taken
-                remaining = int((~rows.finished[batch.active]).sum())
+                unfinished = ~rows.finished[batch.active]
+                remaining = int(unfinished.sum())
                 if not self._any_rank_sampling(remaining):
                     break
-                # Worth the cache copy once a quarter of the rows are done; a synced rank keeps one row in step.
-                active = batch.active
-                if 4 * (len(active) - remaining) >= len(active) and (remaining or len(active) > 1):
-                    index = torch.nonzero(~rows.finished[active])[:, 0] if remaining else active.new_zeros(1)
-                    batch.keep(index)
-                    tokens = tokens[index]
-            logits = batch.forward(self.runner, tokens)
+                tokens = batch.shrink(unfinished, remaining, tokens)
+            if static:
+                steps.run(batch.bucket, lambda: self._static_step(batch, rows))
+            else:
+                logits = batch.forward(self.runner, tokens)
+                tokens = self._draw_and_record(logits, rows, batch.active, batch.row_seeds, steps_taken, halves)
+            steps_taken += 1
         if self.stop_strings and checked < steps_taken:
-            self._apply_stop_strings(rows, batch.active, checked, steps_taken)
+            self._apply_stop_strings(rows, batch.live_places(), checked, steps_taken)
         if placeholder:
             return _ChunkResult([], [], [], [], [], [])
         prompt_rows = [ids for ids in prompt_ids for _ in range(repeats)]
-        return self._result(rows, steps_taken, prompt_rows, prompt_index)
+        return self._result(rows, num_rows, steps_taken, prompt_rows, prompt_index)
+
+    def _draw_and_record(
+        self,
+        logits: torch.Tensor,
+        rows: _DecodeRows,
+        active: torch.Tensor,
+        row_seeds: torch.Tensor,
+        step: int | torch.Tensor,
+        halves: int,
+    ) -> torch.Tensor:
+        """Draw step ``step``'s token of every sampled row from the model's (halves * rows, V) float32 ``logits``
+        (a sampled row's guided by its twin's) and record it at the row's place in ``active``: the tokens."""
+        if halves == 2:
+            logits = guided_logits(*logits.chunk(2), self.guidance_scale)
+        if len(self.suppressed):
+            logits[:, self.suppressed] = float("-inf")
+        tokens, chosen_logprobs = draw_tokens(logits, self.config, row_seeds, step)
+        rows.record(step, active, tokens, chosen_logprobs, self.eos)
+        return tokens
+
+    def _static_step(self, batch: _StaticModelBatch, rows: _DecodeRows) -> None:
+        """One step of a static batch's current bucket, reading and writing only preallocated tensors (so that
+        it can be captured as a CUDA graph): feed the tokens, draw the next ones, record them."""
+        logits = batch.forward(self.runner)
+        tokens = self._draw_and_record(logits, rows, batch.active, batch.row_seeds, batch.step, batch.halves)
+        batch.advance(tokens)
 
     def _placeholder_token(self) -> int:
         bos = self.tokenizer.bos_token_id
@@ -742,15 +943,21 @@ class _ChunkDecoder:
                     break
 
     def _result(
-        self, rows: _DecodeRows, steps_taken: int, prompt_rows: list[list[int]], prompt_index: list[int]
+        self,
+        rows: _DecodeRows,
+        num_rows: int,
+        steps_taken: int,
+        prompt_rows: list[list[int]],
+        prompt_index: list[int],
     ) -> _ChunkResult:
-        lengths = rows.lengths.tolist()
-        responses = rows.responses[:, :steps_taken].tolist()
-        logprobs = rows.logprobs[:, :steps_taken].tolist()
+        """The first ``num_rows`` rows (not the sink) as token lists and texts."""
+        lengths = rows.lengths[:num_rows].tolist()
+        responses = rows.responses[:num_rows, :steps_taken].tolist()
+        logprobs = rows.logprobs[:num_rows, :steps_taken].tolist()
         token_lists = [tokens[:length] for tokens, length in zip(responses, lengths, strict=True)]
         logprob_lists = [values[:length] for values, length in zip(logprobs, lengths, strict=True)]
         texts = [self._cut_at_stop(text) for text in self.tokenizer.batch_decode(token_lists, skip_special_tokens=True)]
-        truncated = [not done for done in rows.finished.tolist()]
+        truncated = [not done for done in rows.finished[:num_rows].tolist()]
         return _ChunkResult(prompt_rows, token_lists, logprob_lists, truncated, prompt_index, texts)
 
     def _cut_at_stop(self, text: str) -> str:

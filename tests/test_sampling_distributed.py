@@ -16,7 +16,7 @@ def _guidance(guided: bool) -> dict:
     return {"conditioning": Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=2.0))} if guided else {}
 
 
-def _sample_on_rank(rank: int, world_size: int, shard: bool, guided: bool):
+def _sample_on_rank(rank: int, world_size: int, shard: bool, guided: bool, decoding: str):
     import torch.distributed as dist
 
     from lit_reason.distributed import shard_model
@@ -33,7 +33,12 @@ def _sample_on_rank(rank: int, world_size: int, shard: bool, guided: bool):
     model.register_forward_pre_hook(lambda *_: forwards.append(1))
     # Guided, the ranks also look for finished rows only every third step (as on an accelerator).
     config = SamplingConfig(
-        num_samples=2, temperature=1.0, max_new_tokens=16, batch_size=2, finished_check_every=3 if guided else None
+        num_samples=2,
+        temperature=1.0,
+        max_new_tokens=16,
+        batch_size=2,
+        finished_check_every=3 if guided else None,
+        decoding=decoding,
     )
     if rank == 0:  # three prompts, one per chunk, run to the token limit
         prompts, eos = PROMPTS, [tokenizer.eos_token_id]
@@ -48,11 +53,14 @@ def _sample_on_rank(rank: int, world_size: int, shard: bool, guided: bool):
 
 
 @pytest.mark.parametrize(
-    ("shard", "guided"), [(False, False), (True, False), (True, True)], ids=["ddp", "fsdp2", "fsdp2-guided"]
+    ("shard", "guided", "decoding"),
+    [(False, False, "dynamic"), (True, False, "dynamic"), (True, True, "dynamic"), (True, False, "static")],
+    ids=["ddp", "fsdp2", "fsdp2-guided", "fsdp2-static"],
 )
-def test_ranks_keep_stepping_until_all_are_done(shard, guided):
-    # Guided, the placeholder rows of a rank out of prompts run beside negative rows too.
-    results = run_in_processes(_sample_on_rank, shard, guided, timeout=180)
+def test_ranks_keep_stepping_until_all_are_done(shard, guided, decoding):
+    # Guided, the placeholder rows of a rank out of prompts run beside negative rows too. Static, a rank whose
+    # rows are done runs one spare slot of its preallocated room.
+    results = run_in_processes(_sample_on_rank, shard, guided, decoding, timeout=180)
     forwards = results[0]["forwards"]
     assert forwards[0] == forwards[1], "every rank must run the same number of forward passes"
     assert results[1]["lengths"] == [1, 1] and max(results[0]["lengths"]) == 16, "lengths must differ across ranks"

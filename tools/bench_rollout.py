@@ -3,7 +3,8 @@
 Both generate K samples for each of N prompts of the built-in task, in batches of the same number of rows.
 Generated tokens are counted up to and including EOS (tokens a finished row keeps producing in a padded
 batch are not work anyone wanted). Each side runs once to warm up, then ``--repeats`` times; the median is
-reported. Greedy decoding of both must give identical text.
+reported. Greedy decoding of both must give identical text. ``--decoding`` measures each of the sampler's
+decoding paths (``dynamic``, ``static``, ``cuda_graph``; comma-separated) against the same ``generate`` run.
 
     python tools/bench_rollout.py                               # tiny preset, random weights
     python tools/bench_rollout.py --policy runs/sft/version_0/policy --device cuda
@@ -24,15 +25,18 @@ SmolLM2-135M's architecture and tokenizer from the GGUF file ``tools/fetch_smoll
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
+from dataclasses import replace
+from typing import get_args
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
-from lit_reason.sampling import SamplingConfig, encode_prompt, sample
+from lit_reason.sampling import Decoding, SamplingConfig, encode_prompt, sample
 from lit_reason.tasks import Arithmetic
 from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs
 
@@ -138,7 +142,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--decoding",
+        default="dynamic",
+        help="the sampler's decoding paths to measure, comma-separated: " + ", ".join(get_args(Decoding)),
+    )
     args = parser.parse_args()
+    decodings = args.decoding.split(",")
+    if unknown := set(decodings) - set(get_args(Decoding)):
+        parser.error(f"--decoding: unknown {', '.join(sorted(unknown))}; choose from {', '.join(get_args(Decoding))}")
 
     spec = PolicySpec(
         name_or_path=args.policy,
@@ -168,6 +180,9 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )
+    greedy = SamplingConfig(
+        num_samples=1, temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
     print(
         f"model={args.policy}{' (random weights)' if args.random_weights else ''} ({parameters:.1f}M parameters) "
@@ -177,30 +192,36 @@ def main() -> None:
     )
 
     with eval_mode(model):
-        greedy = SamplingConfig(
-            num_samples=1, temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
-        )
-        ours_greedy, _ = ours(model, tokenizer, prompts, greedy, eos_ids)
         hf_greedy, _ = hf_generate(model, tokenizer, prompts, greedy, eos_ids, args.device)
-        mismatches = sum(a != b for a, b in zip(ours_greedy, hf_greedy, strict=True))
         hf_rate, hf_texts = timed(
             lambda: hf_generate(model, tokenizer, prompts, config, eos_ids, args.device), args.repeats
         )
-        our_rate, our_texts = timed(lambda: ours(model, tokenizer, prompts, config, eos_ids), args.repeats)
+    print(f"model.generate: {hf_rate:,.0f} tokens/s, mean response {mean_length(hf_texts):.1f} chars")
+    failures = []
+    for decoding in decodings:
+        ours_config, ours_greedy = (replace(c, decoding=decoding) for c in (config, greedy))
+        with eval_mode(model):
+            texts, _ = ours(model, tokenizer, prompts, ours_greedy, eos_ids)
+            mismatches = sum(a != b for a, b in zip(texts, hf_greedy, strict=True))
+            sampled = functools.partial(ours, model, tokenizer, prompts, ours_config, eos_ids)
+            our_rate, our_texts = timed(sampled, args.repeats)
+            # A few prompts: a forward's logits over the whole vocabulary are large.
+            check = prompts[: max(1, LOGPROB_CHECK_ROWS // args.num_samples)]
+            gap = logprob_gap(model, tokenizer, check, ours_config, eos_ids)
+        print(
+            f"lit-reason sampler ({decoding}): {our_rate:,.0f} tokens/s, ratio {our_rate / hf_rate:.2f}x, "
+            f"mean response {mean_length(our_texts):.1f} chars, "
+            f"greedy outputs identical {len(prompts) - mismatches}/{len(prompts)}, "
+            f"sampled log-probs vs a training forward's: largest difference {gap:.2e} ({args.dtype})"
+        )
+        if mismatches and args.dtype == "float32":  # in half precision near-ties may round either way
+            failures.append(f"{decoding}: {mismatches} greedy outputs differ from model.generate")
+    if failures:
+        raise SystemExit("; ".join(failures))
 
-    print(f"greedy outputs identical: {len(prompts) - mismatches}/{len(prompts)}")
-    print(
-        f"mean response tokens: ours {sum(map(len, our_texts)) / len(our_texts):.1f} chars, "
-        f"generate {sum(map(len, hf_texts)) / len(hf_texts):.1f} chars"
-    )
-    print(f"model.generate: {hf_rate:,.0f} tokens/s")
-    print(f"lit-reason sampler: {our_rate:,.0f} tokens/s")
-    print(f"ratio: {our_rate / hf_rate:.2f}x")
-    with eval_mode(model):  # a few prompts: a forward's logits over the whole vocabulary are large
-        gap = logprob_gap(model, tokenizer, prompts[: max(1, LOGPROB_CHECK_ROWS // args.num_samples)], config, eos_ids)
-    print(f"sampled log-probs vs a training forward's, largest difference: {gap:.2e} ({args.dtype})")
-    if mismatches and args.dtype == "float32":  # in half precision near-ties may round either way
-        raise SystemExit(f"{mismatches} greedy outputs differ from model.generate")
+
+def mean_length(texts: list[str]) -> float:
+    return sum(map(len, texts)) / len(texts)
 
 
 if __name__ == "__main__":

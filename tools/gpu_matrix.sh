@@ -66,8 +66,10 @@ run() {
     local out=${OUT:-/tmp/gpu_matrix}
     mkdir -p "$out"
     export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-    local device=cuda step_device=gpu scale=1 step_questions=64 big_layers=24
-    if [[ -n "${SMALL:-}" ]]; then device=cpu step_device=cpu scale=64 step_questions=8 big_layers=2; fi
+    local device=cuda step_device=gpu scale=1 step_questions=64 big_layers=24 decoding=dynamic,static,cuda_graph
+    if [[ -n "${SMALL:-}" ]]; then
+        device=cpu step_device=cpu scale=64 step_questions=8 big_layers=2 decoding=dynamic,static
+    fi
     local smol=$GPU_DIR/smollm2-135m
     local big="{\"hidden_size\": 2048, \"intermediate_size\": 8192, \"num_hidden_layers\": $big_layers, \"num_attention_heads\": 32, \"num_key_value_heads\": 32}"
     (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
@@ -77,7 +79,8 @@ run() {
         local name=$1
         shift
         echo "== $name: $*" | tee -a "$out/matrix.md"
-        $PY tools/bench_rollout.py --device "$device" "$@" 2>&1 | tee "$out/$name.log" | tail -7 |
+        $PY tools/bench_rollout.py --device "$device" --decoding "$decoding" "$@" 2>&1 | tee "$out/$name.log" |
+            grep -E "^(model|lit-reason)|differ|Error" |
             tee -a "$out/matrix.md" || echo "FAILED: $name (see $name.log)" | tee -a "$out/matrix.md"
     }
     bench tiny --policy $GPU_DIR/tiny-policy --prompts $((512 / scale)) --num-samples 8 --batch-size 4096

@@ -1,0 +1,140 @@
+"""The sampler's preallocated decoding state: a static KV cache whose rows are compacted into batch buckets, and
+the decode step captured once per bucket as a CUDA graph.
+
+A decode step of a small model on a GPU is bound by the host: launching a few hundred kernels costs more than
+running them. Replaying a captured CUDA graph launches them all at once, but a graph replays fixed shapes at
+fixed addresses. So everything a step reads and writes lives in room allocated before the first step:
+
+* the KV cache: (slots, kv heads, prompt width + max new tokens, head dim) per layer, every slot's token of
+  step s written in column ``width + s`` (the prompts are left-padded to one width, so one position counter
+  serves every row and layer);
+* the attention mask (ones over the response columns from the start: causality hides the columns not yet
+  written), the next positions, the row seeds and the tokens fed to the model;
+* the step counter, a device tensor the step increments itself.
+
+Rows that finish are dropped by copying the live rows to the front of this room and running the next smaller
+*bucket*: the first ``n`` slots, ``n`` the chunk's row count or a power of two below it. Slots of a bucket beyond
+its live rows compute tokens that are recorded into a sink row and never kept. Each bucket's step is captured
+once, the first time it runs (after one eager run of it, which lets libraries initialise outside the capture),
+and replayed for every later step; the host only looks at the rows every few steps (``finished_check_every``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
+
+
+def bucket_for(rows: int, capacity: int) -> int:
+    """The batch bucket that holds ``rows`` live rows: the smallest power of two at least ``rows`` (at least 1),
+    or ``capacity`` (the chunk's row count) when that is not smaller."""
+    bucket = 1 << max(0, rows - 1).bit_length()
+    return min(bucket, capacity)
+
+
+def supports_static_cache(model: torch.nn.Module) -> bool:
+    """Whether every layer of the model's KV cache is plain full attention (no sliding window, recurrent or
+    linear-attention state), the only kind the static cache lays out."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+class _SlotLayer(StaticLayer):
+    """One layer's keys and values in preallocated room, (slots, heads, length, head dim), seen through the
+    first ``slots`` rows of a larger buffer. Unlike ``StaticLayer`` it does not advance a counter of its own:
+    every layer writes at the column of ``position``, one tensor the decoder advances once per step."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> None:
+        super().__init__(max_cache_len=keys.shape[2])
+        self.keys, self.values, self.cumulative_length = keys, values, position
+        self.device, self.batch_size, self.num_heads = keys.device, keys.shape[0], keys.shape[1]
+        self.k_head_dim, self.v_head_dim = keys.shape[-1], values.shape[-1]
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        raise RuntimeError("a slot layer is initialised with its room")
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        columns = self.cumulative_length + torch.arange(key_states.shape[-2], device=self.device)
+        self.keys.index_copy_(2, columns, key_states.to(self.keys.dtype))
+        self.values.index_copy_(2, columns, value_states.to(self.values.dtype))
+        return self.keys, self.values
+
+
+class SlotCache:
+    """A chunk's KV cache in preallocated room for ``capacity`` slots of ``halves`` model rows each (a sampled
+    row and, under guidance, its negative twin), filled from a prefill's cache.
+
+    Bucket ``n`` runs model rows ``[0, halves * n)``: the n sampled rows, then their n twins in the same order.
+    ``position`` (a 0-d long tensor) is the column the next token's keys go to.
+    """
+
+    def __init__(self, prefill: DynamicCache, width: int, repeats: int, capacity: int, halves: int, length: int):
+        """``prefill``: the cache of ``halves * P`` left-padded prompts (the sampled rows' prompts, then the
+        negative ones) of ``width`` columns, whose rows ``repeats`` times each become the chunk's ``P * repeats
+        <= capacity`` rows; ``length``: columns of room (width + new tokens)."""
+        self.capacity, self.halves, self.length = capacity, halves, length
+        first = prefill.layers[0].keys
+        self.position = torch.tensor(width, dtype=torch.long, device=first.device)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        prompts = first.shape[0] // halves
+        for layer in prefill.layers:
+            keys, values = (self._room(states, width, prompts, repeats) for states in (layer.keys, layer.values))
+            self.keys.append(keys)
+            self.values.append(values)
+        self._caches: dict[int, Cache] = {}
+
+    def _room(self, states: torch.Tensor, width: int, prompts: int, repeats: int) -> torch.Tensor:
+        room = states.new_zeros((self.halves * self.capacity, states.shape[1], self.length, states.shape[-1]))
+        for half in range(self.halves):
+            rows = states[half * prompts : (half + 1) * prompts, :, :width].repeat_interleave(repeats, dim=0)
+            room[half * self.capacity : half * self.capacity + len(rows), :, :width] = rows
+        return room
+
+    def cache(self, bucket: int) -> Cache:
+        """The cache a forward of bucket ``bucket`` reads and writes: views of the room's first model rows."""
+        if bucket not in self._caches:
+            rows = self.halves * bucket
+            layers = [
+                _SlotLayer(keys[:rows], values[:rows], self.position)
+                for keys, values in zip(self.keys, self.values, strict=True)
+            ]
+            self._caches[bucket] = Cache(layers=layers)
+        return self._caches[bucket]
+
+    def compact(self, model_rows: torch.Tensor) -> None:
+        """Move the model rows ``model_rows`` (indices into the current bucket's rows) to the front, in order."""
+        for buffer in (*self.keys, *self.values):
+            buffer[: len(model_rows)] = buffer.index_select(0, model_rows)
+
+
+class GraphedSteps:
+    """Runs a decode step per bucket: eagerly, or (``use_graphs``) captured as a CUDA graph the first time a
+    bucket runs and replayed after. Each call of ``run`` performs exactly one step: the first of a bucket runs
+    eagerly on a side stream (lazy initialisations happen outside the capture), and the capture that follows
+    only records (a captured graph does nothing until replayed)."""
+
+    def __init__(self, use_graphs: bool) -> None:
+        self.use_graphs = use_graphs
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+
+    def run(self, bucket: int, step: Callable[[], None]) -> None:
+        if not self.use_graphs:
+            step()
+            return
+        graph = self.graphs.get(bucket)
+        if graph is not None:
+            graph.replay()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            step()
+        self.graphs[bucket] = graph

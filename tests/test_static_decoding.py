@@ -1,0 +1,131 @@
+"""The static decoding path: buckets, the preallocated KV cache's bookkeeping, and samples identical to the
+dynamic path's (what a GPU runs, less the CUDA graph capture itself)."""
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache
+
+from lit_reason import static_decoding
+from lit_reason.conditioning import Conditioning, Guidance
+from lit_reason.sampling import SamplingConfig, sample
+from lit_reason.static_decoding import SlotCache, bucket_for
+from tests.helpers.host_reads import HostReads
+
+PROMPTS = ["Ann has 3 apples.\n", "A much longer prompt that needs left padding here.\n", "Hi\n"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "capacity", "bucket"),
+    [(24, 24, 24), (17, 24, 24), (16, 24, 16), (9, 24, 16), (5, 24, 8), (2, 24, 2), (1, 24, 1), (0, 24, 1), (3, 3, 3)],
+)
+def test_buckets_are_the_chunk_then_powers_of_two(rows, capacity, bucket):
+    assert bucket_for(rows, capacity) == bucket
+
+
+def _prefill_cache(rows: int, width: int) -> DynamicCache:
+    """A one-layer cache whose key at (row, head, column) is 100 * row + column (values: the negative)."""
+    cache = DynamicCache()
+    keys = (100 * torch.arange(rows)[:, None, None, None] + torch.arange(width)[None, None, :, None]).float()
+    keys = keys.expand(rows, 2, width, 3).contiguous()
+    cache.update(keys, -keys, 0)
+    return cache
+
+
+def test_the_room_repeats_each_prompt_keeps_twins_apart_and_compacts_in_order():
+    # Two prompts of width 4 and their negative twins (halves 2), 3 samples each: 6 slots of 2 model rows.
+    slots = SlotCache(_prefill_cache(rows=4, width=4), width=4, repeats=3, capacity=6, halves=2, length=7)
+    keys = slots.keys[0]
+    assert keys.shape == (12, 2, 7, 3)
+    first_column = keys[:, 0, 0, 0].tolist()
+    assert first_column == [0, 0, 0, 100, 100, 100, 200, 200, 200, 300, 300, 300]  # twins from row 6 on
+    assert (keys[:, :, 4:] == 0).all() and int(slots.position) == 4
+    # A step writes every model row's new key at the shared position; the bucket's views share the room.
+    cache = slots.cache(6)
+    new = torch.full((12, 2, 1, 3), 7.0)
+    cache.update(new, -new, 0)
+    assert (keys[:, :, 4] == 7).all() and (slots.values[0][:, :, 4] == -7).all()
+    assert int(slots.position) == 4, "the decoder advances the position once per step, not every layer"
+    # Slots 4 and 1 stay, as a bucket of 2: sampled rows 4, 1 then their twins 10, 7.
+    slots.compact(torch.tensor([4, 1, 10, 7]))
+    assert keys[:4, 0, 0, 0].tolist() == [100, 0, 300, 200]
+    bucket = slots.cache(2)
+    assert bucket.layers[0].keys.shape[0] == 4 and bucket.layers[0].keys.data_ptr() == keys.data_ptr()
+    assert slots.cache(2) is bucket, "a bucket's cache is built once (a captured graph holds its tensors)"
+
+
+def _sample(model, tokenizer, decoding, conditioning, temperature, every, batch_size=16, max_new_tokens=20):
+    eos = [tokenizer.convert_tokens_to_ids(character) for character in "e "] + [tokenizer.eos_token_id]
+    config = SamplingConfig(
+        num_samples=4,
+        temperature=temperature,
+        top_k=20 if temperature else 0,
+        top_p=0.9 if temperature else 1.0,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        finished_check_every=every,
+        decoding=decoding,
+    )
+    return sample(
+        model, tokenizer, PROMPTS, config, [4, 5, 6], eos_token_ids=eos, stop_strings=["o"], conditioning=conditioning
+    )
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize(
+    "conditioning",
+    [
+        Conditioning(),
+        Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=1.5), suppressed_token_ids=(5,)),
+    ],
+    ids=["plain", "guided-suppressed"],
+)
+def test_static_decoding_samples_what_dynamic_decoding_does(
+    micro_model, char_tokenizer, monkeypatch, conditioning, temperature
+):
+    compactions = []
+    compact = static_decoding.SlotCache.compact
+    monkeypatch.setattr(
+        static_decoding.SlotCache, "compact", lambda self, rows: compactions.append(len(rows)) or compact(self, rows)
+    )
+    for every in (1, 3):
+        dynamic = _sample(micro_model, char_tokenizer, "dynamic", conditioning, temperature, every)
+        static = _sample(micro_model, char_tokenizer, "static", conditioning, temperature, every)
+        assert static.texts == dynamic.texts
+        for field in ("input_ids", "response_mask", "truncated", "prompt_index"):
+            assert torch.equal(getattr(static, field), getattr(dynamic, field)), field
+        # Finished rows leave the batch at other steps, so the matmuls have other shapes: rounding differs.
+        assert torch.allclose(static.logprobs, dynamic.logprobs, atol=1e-5, rtol=0)
+        if temperature:  # (greedy, this random model repeats one character: every row runs to the limit)
+            assert static.truncated.any() and not static.truncated.all(), "the test needs rows that end and don't"
+    if temperature:
+        assert compactions, "the test needs rows that finish and leave for a smaller bucket"
+
+
+def test_a_captured_step_never_waits_for_the_device(micro_model, char_tokenizer, monkeypatch):
+    """What a CUDA graph needs of a step, checked on the CPU: no operation of it (the model's forward included)
+    reads a value on the host or makes a shape of values. Guided, suppressed, top-k and top-p: every op."""
+    waits = []
+
+    def run_watched(self, bucket, step):
+        with HostReads() as reads:
+            step()
+        waits.extend(reads.seen)
+
+    monkeypatch.setattr(static_decoding.GraphedSteps, "run", run_watched)
+    guided = Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=1.5), suppressed_token_ids=(5,))
+    config = SamplingConfig(num_samples=4, temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=6, decoding="static")
+    sample(micro_model, char_tokenizer, PROMPTS, config, [4, 5, 6], eos_token_ids=[0], conditioning=guided)
+    assert waits == []
+    # The watch sees what it must.
+    with HostReads() as reads:
+        tokens = torch.tensor([3, 0, 5])
+        int(tokens.sum()), tokens[tokens > 1], torch.nonzero(tokens)
+    assert len(reads.seen) == 3
+
+
+def test_what_static_decoding_cannot_do_is_refused(micro_model, char_tokenizer):
+    with pytest.raises(ValueError, match="decoding must be one of dynamic, static, cuda_graph"):
+        SamplingConfig(decoding="graph")
+    config = SamplingConfig(max_new_tokens=2, decoding="cuda_graph")
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA device, not cpu"):
+        sample(micro_model, char_tokenizer, PROMPTS[:1], config, [0], eos_token_ids=[0])
