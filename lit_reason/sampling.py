@@ -628,17 +628,20 @@ class _ModelBatch:
 
 
 @dataclass
-class _StaticModelBatch:
-    """The model's batch in preallocated room (``static_decoding``): ``capacity`` slots, of which the current
-    ``bucket`` run, the first ``live`` of them holding rows of the chunk and the others recording into the
-    ``sink`` place. Under guidance (``halves`` 2) bucket n runs the n sampled rows and then their n twins.
+class _StaticRoom:
+    """The model's batch in preallocated room (``static_decoding``), the same tensors for every chunk of a
+    ``sample`` call: ``capacity`` slots (a full chunk's rows), of which the current ``bucket`` run, the first
+    ``live`` of them holding rows of the chunk and the others recording into the ``sink`` place of ``rows``.
+    Under guidance (``halves`` 2) bucket n runs the n sampled rows and then their n twins.
 
     Per model row (halves * capacity): ``attention_mask`` (rows, width + max new tokens), ``positions`` (the
     position of the token fed next) and ``feed`` (that token); per slot: ``slot_places`` and ``slot_seeds``;
-    ``step`` (0-d long) is the decoding step drawn next.
+    ``step`` (0-d long) is the decoding step drawn next; ``rows`` the chunk's tokens (capacity + 1 rows).
     """
 
     slots: SlotCache
+    rows: _DecodeRows
+    steps: GraphedSteps
     attention_mask: torch.Tensor
     positions: torch.Tensor
     feed: torch.Tensor
@@ -646,47 +649,68 @@ class _StaticModelBatch:
     slot_seeds: torch.Tensor
     step: torch.Tensor
     halves: int
-    bucket: int
-    live: int
-    sink: int
+    bucket: int = 0
+    live: int = 0
 
     @classmethod
-    def after_prefill(
-        cls,
-        cache: DynamicCache,
+    def allocate(
+        cls, prefill: DynamicCache, capacity: int, halves: int, width: int, config: SamplingConfig, pad_id: int
+    ) -> _StaticRoom:
+        """Room for chunks of at most ``capacity`` rows of prompts at most ``width`` tokens long, with a
+        (halves * P)-prompt ``prefill`` as the template of the KV cache's shapes and type."""
+        device, rows = prefill.layers[0].keys.device, halves * capacity
+        long = dict(dtype=torch.long, device=device)
+        return cls(
+            slots=SlotCache(prefill, capacity, halves, width, width + config.max_new_tokens),
+            rows=_DecodeRows.empty(capacity + 1, config.max_new_tokens, pad_id, device),
+            steps=GraphedSteps(use_graphs=config.decoding == "cuda_graph"),
+            attention_mask=torch.ones((rows, width + config.max_new_tokens), **long),
+            positions=torch.zeros(rows, **long),
+            feed=torch.zeros(rows, **long),
+            slot_places=torch.zeros(capacity, **long),
+            slot_seeds=torch.zeros(capacity, **long),
+            step=torch.zeros((), **long),
+            halves=halves,
+        )
+
+    @property
+    def sink(self) -> int:
+        return len(self.slot_places)
+
+    def load(
+        self,
+        prefill: DynamicCache,
         attention_mask: torch.Tensor,
         last_position: torch.Tensor,
         repeats: int,
-        max_new_tokens: int,
         row_seeds: torch.Tensor,
-        halves: int,
-        device: torch.device,
-    ) -> _StaticModelBatch:
-        """The batch of a prefill of halves * P prompts (``cache``, ``attention_mask`` (halves * P, width),
-        ``last_position`` (halves * P,)) whose rows repeat each prompt ``repeats`` times."""
-        capacity, (prompts, width) = len(row_seeds), attention_mask.shape
-        length = width + max_new_tokens
-        room_mask = torch.ones((halves * capacity, length), dtype=attention_mask.dtype, device=device)
-        positions = torch.zeros(halves * capacity, dtype=torch.long, device=device)
-        per_half = prompts // halves
-        for half in range(halves):
+        pad_id: int,
+    ) -> None:
+        """Lay out a chunk from a prefill of halves * P prompts (``prefill``, ``attention_mask`` (halves * P,
+        width), ``last_position`` (halves * P,)) whose rows repeat each prompt ``repeats`` times (``row_seeds``:
+        one per row), in the smallest bucket that holds them, and start counting steps at 0."""
+        num_rows, width = len(row_seeds), attention_mask.shape[1]
+        self.bucket, self.live = bucket_for(num_rows, len(self.slot_places)), num_rows
+        self.slots.load(prefill, repeats, self.bucket)
+        start, per_half = self.slots.width - width, len(attention_mask) // self.halves
+        self.attention_mask[:, self.slots.width :] = 1
+        self.attention_mask[:, :start] = 0
+        self.attention_mask[num_rows:, start : self.slots.width] = 1  # spare slots (twins overwritten below)
+        for half in range(self.halves):
             taken = slice(half * per_half, (half + 1) * per_half)
-            rows = slice(half * capacity, (half + 1) * capacity)
-            room_mask[rows, :width] = attention_mask[taken].repeat_interleave(repeats, dim=0)
-            positions[rows] = last_position[taken].repeat_interleave(repeats, dim=0) + 1
-        return cls(
-            slots=SlotCache(cache, width, repeats, capacity, halves, length),
-            attention_mask=room_mask,
-            positions=positions,
-            feed=torch.zeros(halves * capacity, dtype=torch.long, device=device),
-            slot_places=torch.arange(capacity, device=device),
-            slot_seeds=row_seeds.clone(),
-            step=torch.zeros((), dtype=torch.long, device=device),
-            halves=halves,
-            bucket=capacity,
-            live=capacity,
-            sink=capacity,
-        )
+            rows = slice(half * self.bucket, half * self.bucket + num_rows)
+            self.attention_mask[rows, start : self.slots.width] = attention_mask[taken].repeat_interleave(repeats, 0)
+            self.positions[rows] = last_position[taken].repeat_interleave(repeats, dim=0) + 1
+        self.slot_places.fill_(self.sink)
+        self.slot_places[:num_rows] = torch.arange(num_rows, device=self.slot_places.device)
+        self.slot_seeds.zero_()
+        self.slot_seeds[:num_rows] = row_seeds
+        self.step.zero_()
+        self.rows.responses.fill_(pad_id)
+        self.rows.logprobs.zero_()
+        self.rows.lengths.zero_()
+        self.rows.finished.zero_()
+        self.rows.finished[num_rows:] = True  # the sink and spare slots' places are never kept
 
     @property
     def active(self) -> torch.Tensor:
@@ -715,9 +739,10 @@ class _StaticModelBatch:
         return logits[:, -1].float()
 
     def advance(self, tokens: torch.Tensor) -> None:
-        """Feed the bucket's sampled rows (and their twins) ``tokens`` (bucket,) next, and count the step."""
+        """Feed the bucket's first ``len(tokens)`` sampled rows (and their twins) ``tokens`` next (the spare
+        slots of a chunk's first step keep a stale token), and count the step."""
         for half in range(self.halves):
-            self.feed[half * self.bucket : (half + 1) * self.bucket] = tokens
+            self.feed[half * self.bucket : half * self.bucket + len(tokens)] = tokens
         self.step.add_(1)
 
     def shrink(self, unfinished: torch.Tensor, remaining: int, tokens: torch.Tensor) -> torch.Tensor:
@@ -755,6 +780,9 @@ class _ChunkDecoder:
     device: torch.device
     eos: torch.Tensor = field(init=False)
     suppressed: torch.Tensor = field(init=False)
+    room: _StaticRoom | None = field(init=False, default=None)
+    room_capacity: int = field(init=False, default=1)
+    room_width: int = field(init=False, default=1)
 
     def __post_init__(self) -> None:
         self.eos = torch.tensor(list(self.eos_token_ids), dtype=torch.long, device=self.device)
@@ -783,6 +811,9 @@ class _ChunkDecoder:
         k = self.config.num_samples
         per_chunk = max(1, self.config.batch_size // (k * (2 if negative_prompt_ids is not None else 1)))
         chunks = [list(range(i, min(i + per_chunk, len(prompt_ids)))) for i in range(0, len(prompt_ids), per_chunk)]
+        # Static decoding: room for a full chunk (or a placeholder) of the longest prompts of the call.
+        self.room_capacity = max(per_chunk * k, 1) if prompt_ids else 1
+        self.room_width = max(len(ids) for ids in prompt_ids + (negative_prompt_ids or []) + [[0]])
         num_chunks = reduce_int(len(chunks), "max", self.device) if self.synced else len(chunks)
         results = []
         for index in range(num_chunks):
@@ -824,24 +855,23 @@ class _ChunkDecoder:
         logits, cache, attention_mask, next_position = self._prefill(
             prompt_ids + (negative_prompt_ids or []), 1 if static else repeats
         )
-        # A static batch's spare slots record into one more row, never kept.
-        rows = _DecodeRows.empty(num_rows + static, config.max_new_tokens, _pad_id(self.tokenizer), self.device)
-        rows.finished[num_rows - placeholder :] = True  # a placeholder's tokens are never kept, nor the sink's
         row_seeds = torch.tensor(seeds, dtype=torch.long, device=self.device)
         if static:
             logits = logits.repeat_interleave(repeats, dim=0)
-            batch = _StaticModelBatch.after_prefill(
-                cache, attention_mask, next_position, repeats, config.max_new_tokens, row_seeds, halves, self.device
-            )
+            batch = self._static_room(cache, halves)
+            batch.load(cache, attention_mask, next_position, repeats, row_seeds, _pad_id(self.tokenizer))
+            rows = batch.rows
         else:
+            rows = _DecodeRows.empty(num_rows, config.max_new_tokens, _pad_id(self.tokenizer), self.device)
             batch = _ModelBatch(
                 cache, attention_mask, next_position, active=torch.arange(num_rows, device=self.device),
                 row_seeds=row_seeds, halves=halves,
             )  # fmt: skip
-        tokens = self._draw_and_record(logits, rows, batch.active, batch.row_seeds, 0, halves)
+        rows.finished[:num_rows] = placeholder  # a placeholder's tokens are never kept
+        live = batch.live_places()  # the static room's spare slots have no logits yet
+        tokens = self._draw_and_record(logits, rows, live, batch.row_seeds[: len(live)], 0, halves)
         if static:
             batch.advance(tokens)
-            steps = GraphedSteps(use_graphs=config.decoding == "cuda_graph")  # graphs of this chunk's tensors
         check_every = config.finished_check_every or (1 if self.device.type == "cpu" else 8)
         steps_taken, checked = 1, 0
         while steps_taken < config.max_new_tokens:
@@ -855,7 +885,7 @@ class _ChunkDecoder:
                     break
                 tokens = batch.shrink(unfinished, remaining, tokens)
             if static:
-                steps.run(batch.bucket, lambda: self._static_step(batch, rows))
+                batch.steps.run(batch.bucket, lambda: self._static_step(batch, rows))
             else:
                 logits = batch.forward(self.runner, tokens)
                 tokens = self._draw_and_record(logits, rows, batch.active, batch.row_seeds, steps_taken, halves)
@@ -886,7 +916,15 @@ class _ChunkDecoder:
         rows.record(step, active, tokens, chosen_logprobs, self.eos)
         return tokens
 
-    def _static_step(self, batch: _StaticModelBatch, rows: _DecodeRows) -> None:
+    def _static_room(self, prefill: DynamicCache, halves: int) -> _StaticRoom:
+        """The call's static room, allocated at its first chunk (whose prefill shows the cache's shapes)."""
+        if self.room is None:
+            self.room = _StaticRoom.allocate(
+                prefill, self.room_capacity, halves, self.room_width, self.config, _pad_id(self.tokenizer)
+            )
+        return self.room
+
+    def _static_step(self, batch: _StaticRoom, rows: _DecodeRows) -> None:
         """One step of a static batch's current bucket, reading and writing only preallocated tensors (so that
         it can be captured as a CUDA graph): feed the tokens, draw the next ones, record them."""
         logits = batch.forward(self.runner)

@@ -6,8 +6,8 @@ running them. Replaying a captured CUDA graph launches them all at once, but a g
 fixed addresses. So everything a step reads and writes lives in room allocated before the first step:
 
 * the KV cache: (slots, kv heads, prompt width + max new tokens, head dim) per layer, every slot's token of
-  step s written in column ``width + s`` (the prompts are left-padded to one width, so one position counter
-  serves every row and layer);
+  step s written in column ``width + s`` (every chunk's prompts are left-padded to the longest prompt of the
+  call, so one position counter serves every row and layer, and every chunk the same tensors);
 * the attention mask (ones over the response columns from the start: causality hides the columns not yet
   written), the next positions, the row seeds and the tokens fed to the model;
 * the step counter, a device tensor the step increments itself.
@@ -63,38 +63,42 @@ class _SlotLayer(StaticLayer):
 
 
 class SlotCache:
-    """A chunk's KV cache in preallocated room for ``capacity`` slots of ``halves`` model rows each (a sampled
-    row and, under guidance, its negative twin), filled from a prefill's cache.
+    """The KV cache of a ``sample`` call's chunks in preallocated room: ``capacity`` slots of ``halves`` model
+    rows each (a sampled row and, under guidance, its negative twin), ``length`` columns, with keys and values
+    shaped (and typed) as a prefill's.
 
     Bucket ``n`` runs model rows ``[0, halves * n)``: the n sampled rows, then their n twins in the same order.
-    ``position`` (a 0-d long tensor) is the column the next token's keys go to.
+    Every chunk's prompts end at column ``width`` (shorter ones further left-padded), so the column the next
+    token's keys go to, ``position`` (a 0-d long tensor), is the same for every row and layer.
     """
 
-    def __init__(self, prefill: DynamicCache, width: int, repeats: int, capacity: int, halves: int, length: int):
-        """``prefill``: the cache of ``halves * P`` left-padded prompts (the sampled rows' prompts, then the
-        negative ones) of ``width`` columns, whose rows ``repeats`` times each become the chunk's ``P * repeats
-        <= capacity`` rows; ``length``: columns of room (width + new tokens)."""
-        self.capacity, self.halves, self.length = capacity, halves, length
-        first = prefill.layers[0].keys
-        self.position = torch.tensor(width, dtype=torch.long, device=first.device)
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        prompts = first.shape[0] // halves
-        for layer in prefill.layers:
-            keys, values = (self._room(states, width, prompts, repeats) for states in (layer.keys, layer.values))
-            self.keys.append(keys)
-            self.values.append(values)
+    def __init__(self, prefill: DynamicCache, capacity: int, halves: int, width: int, length: int) -> None:
+        self.capacity, self.halves, self.width = capacity, halves, width
+        self.keys = [self._room(layer.keys, length) for layer in prefill.layers]
+        self.values = [self._room(layer.values, length) for layer in prefill.layers]
+        self.position = torch.tensor(width, dtype=torch.long, device=self.keys[0].device)
         self._caches: dict[int, Cache] = {}
 
-    def _room(self, states: torch.Tensor, width: int, prompts: int, repeats: int) -> torch.Tensor:
-        room = states.new_zeros((self.halves * self.capacity, states.shape[1], self.length, states.shape[-1]))
-        for half in range(self.halves):
-            rows = states[half * prompts : (half + 1) * prompts, :, :width].repeat_interleave(repeats, dim=0)
-            room[half * self.capacity : half * self.capacity + len(rows), :, :width] = rows
-        return room
+    def _room(self, states: torch.Tensor, length: int) -> torch.Tensor:
+        return states.new_zeros((self.halves * self.capacity, states.shape[1], length, states.shape[-1]))
+
+    def load(self, prefill: DynamicCache, repeats: int, bucket: int) -> None:
+        """Lay out a chunk: ``prefill`` holds ``halves * P`` left-padded prompts (the sampled rows' prompts, then
+        the negative ones) whose rows, ``repeats`` times each, become the chunk's first ``P * repeats <= bucket``
+        slots of bucket ``bucket``. Columns left of the prompts and slots past them keep stale (finite) states,
+        which the attention mask hides or whose tokens are never kept."""
+        prompts = prefill.layers[0].keys.shape[0] // self.halves
+        for layer, keys, values in zip(prefill.layers, self.keys, self.values, strict=True):
+            for room, states in ((keys, layer.keys), (values, layer.values)):
+                start = self.width - states.shape[2]
+                for half in range(self.halves):
+                    rows = states[half * prompts : (half + 1) * prompts].repeat_interleave(repeats, dim=0)
+                    room[half * bucket : half * bucket + len(rows), :, start : self.width] = rows
+        self.position.fill_(self.width)
 
     def cache(self, bucket: int) -> Cache:
-        """The cache a forward of bucket ``bucket`` reads and writes: views of the room's first model rows."""
+        """The cache a forward of bucket ``bucket`` reads and writes: views of the room's first model rows, built
+        once per bucket (a captured graph holds their tensors)."""
         if bucket not in self._caches:
             rows = self.halves * bucket
             layers = [
@@ -112,9 +116,11 @@ class SlotCache:
 
 class GraphedSteps:
     """Runs a decode step per bucket: eagerly, or (``use_graphs``) captured as a CUDA graph the first time a
-    bucket runs and replayed after. Each call of ``run`` performs exactly one step: the first of a bucket runs
-    eagerly on a side stream (lazy initialisations happen outside the capture), and the capture that follows
-    only records (a captured graph does nothing until replayed)."""
+    bucket runs and replayed after, for every chunk of a ``sample`` call (the step reads and writes the same
+    tensors for each). Each call of ``run`` performs exactly one step: the first of a bucket runs eagerly on a
+    side stream (lazy initialisations happen outside the capture), and the capture that follows only records (a
+    captured graph does nothing until replayed). The graphs share one memory pool: a step keeps nothing it
+    allocates (it writes its results into the room), and graphs replay one at a time."""
 
     def __init__(self, use_graphs: bool) -> None:
         self.use_graphs = use_graphs

@@ -32,25 +32,31 @@ def _prefill_cache(rows: int, width: int) -> DynamicCache:
 
 
 def test_the_room_repeats_each_prompt_keeps_twins_apart_and_compacts_in_order():
-    # Two prompts of width 4 and their negative twins (halves 2), 3 samples each: 6 slots of 2 model rows.
-    slots = SlotCache(_prefill_cache(rows=4, width=4), width=4, repeats=3, capacity=6, halves=2, length=7)
+    # Two prompts of width 4 and their negative twins (halves 2), 3 samples each: 6 rows in a bucket of 8 slots
+    # of 2 model rows, in room for prompts of width 5 (so one more column of left padding) and 2 new tokens.
+    prefill = _prefill_cache(rows=4, width=4)
+    slots = SlotCache(prefill, capacity=8, halves=2, width=5, length=7)
+    slots.load(prefill, repeats=3, bucket=8)
     keys = slots.keys[0]
-    assert keys.shape == (12, 2, 7, 3)
-    first_column = keys[:, 0, 0, 0].tolist()
-    assert first_column == [0, 0, 0, 100, 100, 100, 200, 200, 200, 300, 300, 300]  # twins from row 6 on
-    assert (keys[:, :, 4:] == 0).all() and int(slots.position) == 4
+    assert keys.shape == (16, 2, 7, 3)
+    assert keys[:, 0, 1, 0].tolist() == [0, 0, 0, 100, 100, 100, 0, 0] + [200, 200, 200, 300, 300, 300, 0, 0]
+    assert keys[0, 0, :, 0].tolist() == [0, 0, 1, 2, 3, 0, 0]  # the prompt's columns end at the room's width
+    assert int(slots.position) == 5
     # A step writes every model row's new key at the shared position; the bucket's views share the room.
-    cache = slots.cache(6)
-    new = torch.full((12, 2, 1, 3), 7.0)
+    cache = slots.cache(8)
+    new = torch.full((16, 2, 1, 3), 7.0)
     cache.update(new, -new, 0)
-    assert (keys[:, :, 4] == 7).all() and (slots.values[0][:, :, 4] == -7).all()
-    assert int(slots.position) == 4, "the decoder advances the position once per step, not every layer"
-    # Slots 4 and 1 stay, as a bucket of 2: sampled rows 4, 1 then their twins 10, 7.
-    slots.compact(torch.tensor([4, 1, 10, 7]))
-    assert keys[:4, 0, 0, 0].tolist() == [100, 0, 300, 200]
+    assert (keys[:, :, 5] == 7).all() and (slots.values[0][:, :, 5] == -7).all()
+    assert int(slots.position) == 5, "the decoder advances the position once per step, not every layer"
+    # Slots 4 and 1 stay, as a bucket of 2: sampled rows 4, 1 then their twins 12, 9.
+    slots.compact(torch.tensor([4, 1, 12, 9]))
+    assert keys[:4, 0, 1, 0].tolist() == [100, 0, 300, 200]
     bucket = slots.cache(2)
     assert bucket.layers[0].keys.shape[0] == 4 and bucket.layers[0].keys.data_ptr() == keys.data_ptr()
     assert slots.cache(2) is bucket, "a bucket's cache is built once (a captured graph holds its tensors)"
+    # The next chunk: one prompt of width 2 (twins right after its 2 rows, in a bucket of 2), the same tensors.
+    slots.load(_prefill_cache(rows=2, width=2), repeats=2, bucket=2)
+    assert keys[:4, 0, 3:5, 0].tolist() == [[0, 1], [0, 1], [100, 101], [100, 101]] and int(slots.position) == 5
 
 
 def _sample(model, tokenizer, decoding, conditioning, temperature, every, batch_size=16, max_new_tokens=20):
