@@ -107,8 +107,14 @@ def shares_prompt_cache(model: torch.nn.Module) -> bool:
     checkpointing = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else None
     if getattr(model, checkpointing or "is_gradient_checkpointing", False):
         return False
-    rope = getattr(model.config, "rope_scaling", None) or getattr(model.config, "rope_parameters", None) or {}
-    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+    if rope_scaled_per_call(model.config):
         return False
     layers = DynamicCache(config=model.config).layers
     return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
+def rope_scaled_per_call(config) -> bool:
+    """Whether the model's RoPE scaling is chosen per call from the longest position in it (``dynamic``,
+    ``longrope``), so that a forward's result depends on the other positions of its batch."""
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    return isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope")

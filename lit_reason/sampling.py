@@ -571,7 +571,8 @@ class _DecodeRows:
         self.responses[active, column] = tokens
         self.logprobs[active, column] = logprobs.float()
         self.lengths[active] += live.long()
-        self.finished[active] = self.finished[active] | (live & torch.isin(tokens, eos))
+        # Not torch.isin: past a few EOS ids it sorts, which waits for the device.
+        self.finished[active] = self.finished[active] | (live & (tokens[:, None] == eos).any(-1))
 
     def finish_at(self, row: int, step: int) -> None:
         """End ``row`` after its token of step ``step`` (a stop string found late)."""
@@ -663,7 +664,7 @@ class _StaticRoom:
         return cls(
             slots=SlotCache(prefill, capacity, halves, width, width + config.max_new_tokens),
             rows=_DecodeRows.empty(capacity + 1, config.max_new_tokens, pad_id, device),
-            steps=GraphedSteps(use_graphs=config.decoding == "cuda_graph"),
+            steps=GraphedSteps(use_graphs=config.decoding == "cuda_graph", device=device),
             attention_mask=torch.ones((rows, width + config.max_new_tokens), **long),
             positions=torch.zeros(rows, **long),
             feed=torch.zeros(rows, **long),
@@ -693,9 +694,11 @@ class _StaticRoom:
         self.bucket, self.live = bucket_for(num_rows, len(self.slot_places)), num_rows
         self.slots.load(prefill, repeats, self.bucket)
         start, per_half = self.slots.width - width, len(attention_mask) // self.halves
-        self.attention_mask[:, self.slots.width :] = 1
-        self.attention_mask[:, :start] = 0
-        self.attention_mask[num_rows:, start : self.slots.width] = 1  # spare slots (twins overwritten below)
+        # Spare slots: their prompt columns seen (the stale states are finite), positions from the prompt's end,
+        # so that a model with learned position embeddings never looks one up past the room.
+        self.attention_mask.zero_()
+        self.attention_mask[:, start : self.slots.width] = 1
+        self.positions.fill_(self.slots.width)
         for half in range(self.halves):
             taken = slice(half * per_half, (half + 1) * per_half)
             rows = slice(half * self.bucket, half * self.bucket + num_rows)
@@ -725,8 +728,10 @@ class _StaticRoom:
         return self.slot_places[: self.live]
 
     def forward(self, runner: CausalLMWithCache) -> torch.Tensor:
-        """Feed the bucket's model rows their tokens: the next logits, (halves * bucket, V) float32."""
+        """Feed the bucket's model rows their tokens (marking their column as seen): the next logits,
+        (halves * bucket, V) float32."""
         rows = self.halves * self.bucket
+        self.attention_mask.index_fill_(1, self.slots.position.view(1), 1)
         logits, _ = runner(
             self.feed[:rows, None],
             self.attention_mask[:rows],
@@ -796,6 +801,13 @@ class _ChunkDecoder:
         if decoding == "cuda_graph":
             if self.device.type != "cuda":
                 raise ValueError(f"decoding: cuda_graph needs a CUDA device, not {self.device}: use static or dynamic")
+            attention = getattr(self.runner.model.config, "_attn_implementation", None)
+            if attention not in ("sdpa", "eager"):
+                raise ValueError(
+                    f"decoding: cuda_graph captures sdpa or eager attention, not {attention} (whose padding "
+                    "handling reads values on the host): load the model with attn_implementation='sdpa', or use "
+                    "static"
+                )
             if any(isinstance(p, DTensor) for p in self.runner.model.parameters()):
                 raise ValueError(
                     "decoding: cuda_graph cannot capture a sharded (FSDP2) model's forward, which gathers its "
@@ -811,8 +823,8 @@ class _ChunkDecoder:
         k = self.config.num_samples
         per_chunk = max(1, self.config.batch_size // (k * (2 if negative_prompt_ids is not None else 1)))
         chunks = [list(range(i, min(i + per_chunk, len(prompt_ids)))) for i in range(0, len(prompt_ids), per_chunk)]
-        # Static decoding: room for a full chunk (or a placeholder) of the longest prompts of the call.
-        self.room_capacity = max(per_chunk * k, 1) if prompt_ids else 1
+        # Static decoding: room for the largest chunk (or a placeholder) of the longest prompts of the call.
+        self.room_capacity = max((len(chunk) * k for chunk in chunks), default=1)
         self.room_width = max(len(ids) for ids in prompt_ids + (negative_prompt_ids or []) + [[0]])
         num_chunks = reduce_int(len(chunks), "max", self.device) if self.synced else len(chunks)
         results = []
@@ -872,6 +884,7 @@ class _ChunkDecoder:
         tokens = self._draw_and_record(logits, rows, live, batch.row_seeds[: len(live)], 0, halves)
         if static:
             batch.advance(tokens)
+            del logits, cache  # the room holds what the steps need: free the prefill's (rows, V) logits and cache
         check_every = config.finished_check_every or (1 if self.device.type == "cpu" else 8)
         steps_taken, checked = 1, 0
         while steps_taken < config.max_new_tokens:

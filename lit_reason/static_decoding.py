@@ -8,8 +8,8 @@ fixed addresses. So everything a step reads and writes lives in room allocated b
 * the KV cache: (slots, kv heads, prompt width + max new tokens, head dim) per layer, every slot's token of
   step s written in column ``width + s`` (every chunk's prompts are left-padded to the longest prompt of the
   call, so one position counter serves every row and layer, and every chunk the same tensors);
-* the attention mask (ones over the response columns from the start: causality hides the columns not yet
-  written), the next positions, the row seeds and the tokens fed to the model;
+* the attention mask (each step marks its own column, so the mask shows exactly the columns written, as
+  every attention implementation needs), the next positions, the row seeds and the tokens fed to the model;
 * the step counter, a device tensor the step increments itself.
 
 Rows that finish are dropped by copying the live rows to the front of this room and running the next smaller
@@ -26,6 +26,8 @@ from collections.abc import Callable
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
 
+from lit_reason.cached_forward import rope_scaled_per_call
+
 
 def bucket_for(rows: int, capacity: int) -> int:
     """The batch bucket that holds ``rows`` live rows: the smallest power of two at least ``rows`` (at least 1),
@@ -36,8 +38,10 @@ def bucket_for(rows: int, capacity: int) -> int:
 
 def supports_static_cache(model: torch.nn.Module) -> bool:
     """Whether every layer of the model's KV cache is plain full attention (no sliding window, recurrent or
-    linear-attention state), the only kind the static cache lays out."""
-    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+    linear-attention state), the only kind the static cache lays out, and its RoPE scaling does not depend on
+    the batch's longest position (spare slots' positions would change the live rows' scaling)."""
+    layers = DynamicCache(config=model.config).layers
+    return all(type(layer) is DynamicLayer for layer in layers) and not rope_scaled_per_call(model.config)
 
 
 class _SlotLayer(StaticLayer):
@@ -122,25 +126,29 @@ class GraphedSteps:
     captured graph does nothing until replayed). The graphs share one memory pool: a step keeps nothing it
     allocates (it writes its results into the room), and graphs replay one at a time."""
 
-    def __init__(self, use_graphs: bool) -> None:
-        self.use_graphs = use_graphs
+    def __init__(self, use_graphs: bool, device: torch.device) -> None:
+        self.use_graphs, self.device = use_graphs, device
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        if use_graphs:
+            with torch.cuda.device(device):
+                self.pool = torch.cuda.graph_pool_handle()
+                self.side_stream, self.capture_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
 
     def run(self, bucket: int, step: Callable[[], None]) -> None:
         if not self.use_graphs:
             step()
             return
-        graph = self.graphs.get(bucket)
-        if graph is not None:
-            graph.replay()
-            return
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            step()
-        self.graphs[bucket] = graph
+        with torch.cuda.device(self.device):  # streams and captures on the model's device, not the current one
+            graph = self.graphs.get(bucket)
+            if graph is not None:
+                graph.replay()
+                return
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
+                step()
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: CUDA calls of other threads (e.g. NCCL's watchdog under DDP) do not void the capture.
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.capture_stream, capture_error_mode="thread_local"):
+                step()
+            self.graphs[bucket] = graph

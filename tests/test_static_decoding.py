@@ -3,12 +3,14 @@ dynamic path's (what a GPU runs, less the CUDA graph capture itself)."""
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 from transformers.cache_utils import DynamicCache
 
 from lit_reason import static_decoding
 from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.sampling import SamplingConfig, sample
-from lit_reason.static_decoding import SlotCache, bucket_for
+from lit_reason.static_decoding import SlotCache, bucket_for, supports_static_cache
+from tests.helpers.graph_replay import emulate_graphs
 from tests.helpers.host_reads import HostReads
 
 PROMPTS = ["Ann has 3 apples.\n", "A much longer prompt that needs left padding here.\n", "Hi\n"]
@@ -59,6 +61,12 @@ def test_the_room_repeats_each_prompt_keeps_twins_apart_and_compacts_in_order():
     assert keys[:4, 0, 3:5, 0].tolist() == [[0, 1], [0, 1], [100, 101], [100, 101]] and int(slots.position) == 5
 
 
+GUIDED = Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=1.5), suppressed_token_ids=(5,))
+SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+TINY_LLAMA = LlamaConfig(**SMALL)
+DYNAMIC_ROPE = {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}
+
+
 def _sample(model, tokenizer, decoding, conditioning, temperature, every, batch_size=16, max_new_tokens=20):
     eos = [tokenizer.convert_tokens_to_ids(character) for character in "e "] + [tokenizer.eos_token_id]
     config = SamplingConfig(
@@ -79,10 +87,7 @@ def _sample(model, tokenizer, decoding, conditioning, temperature, every, batch_
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 @pytest.mark.parametrize(
     "conditioning",
-    [
-        Conditioning(),
-        Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=1.5), suppressed_token_ids=(5,)),
-    ],
+    [Conditioning(), GUIDED],
     ids=["plain", "guided-suppressed"],
 )
 def test_static_decoding_samples_what_dynamic_decoding_does(
@@ -109,24 +114,65 @@ def test_static_decoding_samples_what_dynamic_decoding_does(
 
 def test_a_captured_step_never_waits_for_the_device(micro_model, char_tokenizer, monkeypatch):
     """What a CUDA graph needs of a step, checked on the CPU: no operation of it (the model's forward included)
-    reads a value on the host or makes a shape of values. Guided, suppressed, top-k and top-p: every op."""
-    waits = []
+    reads a value on the host or makes a shape of values. Guided, suppressed, top-k and top-p, rows leaving for
+    smaller buckets: every op."""
+    waits, buckets = [], set()
 
     def run_watched(self, bucket, step):
+        buckets.add(bucket)
         with HostReads() as reads:
             step()
         waits.extend(reads.seen)
 
     monkeypatch.setattr(static_decoding.GraphedSteps, "run", run_watched)
-    guided = Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=1.5), suppressed_token_ids=(5,))
-    config = SamplingConfig(num_samples=4, temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=6, decoding="static")
-    sample(micro_model, char_tokenizer, PROMPTS, config, [4, 5, 6], eos_token_ids=[0], conditioning=guided)
-    assert waits == []
+    _sample(micro_model, char_tokenizer, "static", GUIDED, 0.8, every=2)
+    assert len(buckets) > 2 and waits == []
     # The watch sees what it must.
     with HostReads() as reads:
         tokens = torch.tensor([3, 0, 5])
-        int(tokens.sum()), tokens[tokens > 1], torch.nonzero(tokens)
-    assert len(reads.seen) == 3
+        int(tokens.sum()), tokens[tokens > 1], torch.nonzero(tokens), tokens.repeat_interleave(tokens)
+    assert len(reads.seen) == 4
+
+
+@pytest.mark.parametrize("conditioning", [Conditioning(), GUIDED], ids=["plain", "guided-suppressed"])
+def test_steps_replayed_as_captured_sample_what_dynamic_decoding_does(
+    micro_model, char_tokenizer, monkeypatch, conditioning
+):
+    """A captured graph replays its step with every value the host gave it frozen: emulated on the CPU, each
+    bucket's step recorded once and replayed for every later step of every chunk."""
+    dynamic = _sample(micro_model, char_tokenizer, "dynamic", conditioning, 0.8, every=2)
+    replayed = emulate_graphs(monkeypatch)
+    static = _sample(micro_model, char_tokenizer, "static", conditioning, 0.8, every=2)
+    assert len(set(replayed)) > 1, "the test needs several buckets replayed"
+    assert static.texts == dynamic.texts and torch.equal(static.input_ids, dynamic.input_ids)
+    assert torch.allclose(static.logprobs, dynamic.logprobs, atol=1e-5, rtol=0)
+
+
+def test_spare_slots_stay_within_a_model_with_learned_positions(char_tokenizer):
+    """A chunk's spare slots (a last chunk of 3 rows runs in a bucket of 4) start at the prompts' end, not where
+    an earlier chunk's rows left off: GPT-2 looks positions up in a table as long as its context."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(char_tokenizer), n_positions=40, n_embd=32, n_layer=2, n_head=2)
+    model = GPT2LMHeadModel(config).eval()
+    prompts = ["abcdef", "ghijkl", "mnopqr", "stuvwx", "yz0123"]
+    batches = {
+        decoding: sample(
+            model,
+            char_tokenizer,
+            prompts,
+            SamplingConfig(num_samples=3, temperature=0.0, max_new_tokens=24, batch_size=6, decoding=decoding),
+            list(range(5)),
+            eos_token_ids=[char_tokenizer.eos_token_id],
+        )
+        for decoding in ("dynamic", "static")
+    }
+    assert batches["static"].texts == batches["dynamic"].texts
+
+
+def test_models_the_static_cache_cannot_lay_out():
+    assert supports_static_cache(LlamaForCausalLM(TINY_LLAMA))
+    assert not supports_static_cache(LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA.to_dict(), **DYNAMIC_ROPE})))
+    assert not supports_static_cache(MistralForCausalLM(MistralConfig(**SMALL, sliding_window=4)))
 
 
 def test_what_static_decoding_cannot_do_is_refused(micro_model, char_tokenizer):

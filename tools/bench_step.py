@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from lightning import Callback, Trainer, seed_everything
@@ -37,7 +37,7 @@ from lit_reason import GRPO, PPO, ExpertIteration, PolicySpec, RolloutDataModule
 from lit_reason.cli import TRAINER_DEFAULTS
 from lit_reason.rewards import RewardConfig
 from lit_reason.rl.losses import PPOLoss
-from lit_reason.sampling import SamplingConfig
+from lit_reason.sampling import Decoding, SamplingConfig
 from lit_reason.tasks import Arithmetic
 
 
@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--only", default="grpo,ppo,expert_iteration", help="comma-separated algorithms")
+    parser.add_argument("--decoding", default="dynamic", choices=get_args(Decoding), help="the sampler's decoding")
     parser.add_argument("--trl", action="store_true", help="also run TRL's GRPOTrainer (needs trl installed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -229,6 +230,7 @@ def main() -> None:
         top_p=1.0,
         max_new_tokens=args.max_new_tokens,
         batch_size=completions,
+        decoding=args.decoding,
     )
     results = {}
     builders = algorithms(args.policy, rollout, args.questions)

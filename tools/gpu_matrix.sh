@@ -88,10 +88,13 @@ run() {
         --num-samples 8 --max-new-tokens $((256 / scale)) --temperature 0.7 --batch-size 2048
     bench smollm2-1.7b-shape --policy $smol --random-weights --dtype bfloat16 --config-overrides "$big" \
         --prompts $((128 / scale)) --num-samples 8 --max-new-tokens $((256 / scale)) --batch-size 1024
-    echo "== round shares: bench_step.py on the tiny policy" | tee -a "$out/matrix.md"
-    $PY tools/bench_step.py --policy $GPU_DIR/tiny-policy --device "$step_device" --only ppo,expert_iteration \
-        --questions $step_questions --samples 8 --rounds 3 --json "$out/step.json" 2>&1 | tee "$out/step.log" |
-        tail -6 | tee -a "$out/matrix.md" || echo "FAILED: bench_step" | tee -a "$out/matrix.md"
+    for step_decoding in ${decoding//,/ }; do
+        echo "== round shares, $step_decoding decoding: bench_step.py on the tiny policy" | tee -a "$out/matrix.md"
+        $PY tools/bench_step.py --policy $GPU_DIR/tiny-policy --device "$step_device" --only ppo,expert_iteration \
+            --questions $step_questions --samples 8 --rounds 3 --decoding "$step_decoding" \
+            --json "$out/step-$step_decoding.json" 2>&1 | tee "$out/step-$step_decoding.log" | tail -6 |
+            tee -a "$out/matrix.md" || echo "FAILED: bench_step ($step_decoding)" | tee -a "$out/matrix.md"
+    done
 }
 
 case "${1:-}" in
