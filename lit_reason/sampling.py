@@ -75,10 +75,11 @@ class SamplingConfig:
             every step on a CPU (waiting costs nothing there), every 8 on an accelerator.
         decoding: how the decoding steps run; the samples do not depend on it (log-probs only up to rounding).
             ``dynamic``: a KV cache that grows with the steps and is copied smaller once a quarter of the rows
-            are done (fastest on a CPU). ``static``: a preallocated KV cache, the live rows compacted into batch
-            buckets (the chunk's rows, then powers of two). ``cuda_graph``: ``static`` with each bucket's step
-            (forward, draw, bookkeeping) captured once as a CUDA graph and replayed, which removes the host from
-            the steps (CUDA only; not for FSDP2-sharded models, whose forward gathers weights).
+            are done (fastest on a CPU). ``static``: a KV cache preallocated once per call, the live rows
+            compacted into batch buckets (the largest chunk's row count, then powers of two). ``cuda_graph``:
+            ``static`` with each bucket's step (forward, draw, bookkeeping) captured once as a CUDA graph and
+            replayed, which removes the host from the steps (CUDA only, sdpa or eager attention; not for
+            FSDP2-sharded models, whose forward gathers weights).
     """
 
     num_samples: int = 1
@@ -631,7 +632,7 @@ class _ModelBatch:
 @dataclass
 class _StaticRoom:
     """The model's batch in preallocated room (``static_decoding``), the same tensors for every chunk of a
-    ``sample`` call: ``capacity`` slots (a full chunk's rows), of which the current ``bucket`` run, the first
+    ``sample`` call: ``capacity`` slots (the largest chunk's rows), of which the current ``bucket`` run, the first
     ``live`` of them holding rows of the chunk and the others recording into the ``sink`` place of ``rows``.
     Under guidance (``halves`` 2) bucket n runs the n sampled rows and then their n twins.
 

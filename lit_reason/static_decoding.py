@@ -13,10 +13,11 @@ fixed addresses. So everything a step reads and writes lives in room allocated b
 * the step counter, a device tensor the step increments itself.
 
 Rows that finish are dropped by copying the live rows to the front of this room and running the next smaller
-*bucket*: the first ``n`` slots, ``n`` the chunk's row count or a power of two below it. Slots of a bucket beyond
-its live rows compute tokens that are recorded into a sink row and never kept. Each bucket's step is captured
-once, the first time it runs (after one eager run of it, which lets libraries initialise outside the capture),
-and replayed for every later step; the host only looks at the rows every few steps (``finished_check_every``).
+*bucket*: the first ``n`` slots, ``n`` the largest chunk's row count or a power of two below it (a chunk starts
+in the smallest bucket that holds it). Slots of a bucket beyond its live rows compute tokens that are recorded
+into a sink row and never kept. Each bucket's step is captured once, the first time it runs (after one eager
+run of it, which lets libraries initialise outside the capture), and replayed for every later step of every
+chunk; the host only looks at the rows every few steps (``finished_check_every``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from lit_reason.cached_forward import rope_scaled_per_call
 
 def bucket_for(rows: int, capacity: int) -> int:
     """The batch bucket that holds ``rows`` live rows: the smallest power of two at least ``rows`` (at least 1),
-    or ``capacity`` (the chunk's row count) when that is not smaller."""
+    or ``capacity`` (the largest chunk's row count) when that is not smaller."""
     bucket = 1 << max(0, rows - 1).bit_length()
     return min(bucket, capacity)
 
