@@ -862,30 +862,10 @@ class _ChunkDecoder:
         if placeholder:
             prompt_ids, seeds, repeats = [[self._placeholder_token()]], [0], 1
             negative_prompt_ids = prompt_ids if negative_prompt_ids is not None else None
-        halves = 1 if negative_prompt_ids is None else 2
-        num_rows = len(prompt_ids) * repeats
-        static = config.decoding != "dynamic"
-        logits, cache, attention_mask, next_position = self._prefill(
-            prompt_ids + (negative_prompt_ids or []), 1 if static else repeats
-        )
-        row_seeds = torch.tensor(seeds, dtype=torch.long, device=self.device)
-        if static:
-            logits = logits.repeat_interleave(repeats, dim=0)
-            batch = self._static_room(cache, halves)
-            batch.load(cache, attention_mask, next_position, repeats, row_seeds, _pad_id(self.tokenizer))
-            rows = batch.rows
-        else:
-            rows = _DecodeRows.empty(num_rows, config.max_new_tokens, _pad_id(self.tokenizer), self.device)
-            batch = _ModelBatch(
-                cache, attention_mask, next_position, active=torch.arange(num_rows, device=self.device),
-                row_seeds=row_seeds, halves=halves,
-            )  # fmt: skip
+        halves, num_rows = 1 if negative_prompt_ids is None else 2, len(prompt_ids) * repeats
+        batch, rows, tokens = self._first_step(prompt_ids + (negative_prompt_ids or []), seeds, repeats, halves)
         rows.finished[:num_rows] = placeholder  # a placeholder's tokens are never kept
-        live = batch.live_places()  # the static room's spare slots have no logits yet
-        tokens = self._draw_and_record(logits, rows, live, batch.row_seeds[: len(live)], 0, halves)
-        if static:
-            batch.advance(tokens)
-            del logits, cache  # the room holds what the steps need: free the prefill's (rows, V) logits and cache
+        static = isinstance(batch, _StaticRoom)
         check_every = config.finished_check_every or (1 if self.device.type == "cpu" else 8)
         steps_taken, checked = 1, 0
         while steps_taken < config.max_new_tokens:
@@ -910,6 +890,33 @@ class _ChunkDecoder:
             return _ChunkResult([], [], [], [], [], [])
         prompt_rows = [ids for ids in prompt_ids for _ in range(repeats)]
         return self._result(rows, num_rows, steps_taken, prompt_rows, prompt_index)
+
+    def _first_step(
+        self, prompt_ids: list[list[int]], seeds: list[int], repeats: int, halves: int
+    ) -> tuple[_ModelBatch | _StaticRoom, _DecodeRows, torch.Tensor]:
+        """Prefill the ``halves * P`` prompts (the sampled rows', then the negative ones) into the model's batch
+        (dynamic, or the call's static room), ``repeats`` rows each, and draw every row's first token: the
+        batch, the rows and the first tokens."""
+        config, pad_id = self.config, _pad_id(self.tokenizer)
+        static, num_rows = config.decoding != "dynamic", len(seeds)
+        logits, cache, attention_mask, next_position = self._prefill(prompt_ids, 1 if static else repeats)
+        row_seeds = torch.tensor(seeds, dtype=torch.long, device=self.device)
+        if static:
+            logits = logits.repeat_interleave(repeats, dim=0)
+            batch = self._static_room(cache, halves)
+            batch.load(cache, attention_mask, next_position, repeats, row_seeds, pad_id)
+            rows = batch.rows
+        else:
+            rows = _DecodeRows.empty(num_rows, config.max_new_tokens, pad_id, self.device)
+            batch = _ModelBatch(
+                cache, attention_mask, next_position, active=torch.arange(num_rows, device=self.device),
+                row_seeds=row_seeds, halves=halves,
+            )  # fmt: skip
+        live = batch.live_places()  # the static room's spare slots have no logits yet
+        tokens = self._draw_and_record(logits, rows, live, batch.row_seeds[: len(live)], 0, halves)
+        if static:
+            batch.advance(tokens)  # (the prefill's (rows, V) logits and cache are freed on return)
+        return batch, rows, tokens
 
     def _draw_and_record(
         self,

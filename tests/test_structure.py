@@ -18,8 +18,8 @@ LAYERS = {
         "tasks.arithmetic", "tasks.gsm8k", "tasks.records", "tasks.jsonl", "tasks.dataset", "tasks.svamp",
     ],
     "models and sampling": [
-        "cached_forward", "sampling", "adapters", "policy", "value_model", "rewards", "rl", "rl.advantages",
-        "rl.losses",
+        "cached_forward", "static_decoding", "sampling", "adapters", "policy", "value_model", "rewards", "rl",
+        "rl.advantages", "rl.losses",
     ],
     "training plumbing": ["data", "evaluation", "callbacks"],
     "algorithms": [
