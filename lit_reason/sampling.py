@@ -863,8 +863,9 @@ class _ChunkDecoder:
             prompt_ids, seeds, repeats = [[self._placeholder_token()]], [0], 1
             negative_prompt_ids = prompt_ids if negative_prompt_ids is not None else None
         halves, num_rows = 1 if negative_prompt_ids is None else 2, len(prompt_ids) * repeats
-        batch, rows, tokens = self._first_step(prompt_ids + (negative_prompt_ids or []), seeds, repeats, halves)
-        rows.finished[:num_rows] = placeholder  # a placeholder's tokens are never kept
+        batch, rows, tokens = self._first_step(
+            prompt_ids + (negative_prompt_ids or []), seeds, repeats, halves, placeholder
+        )
         static = isinstance(batch, _StaticRoom)
         check_every = config.finished_check_every or (1 if self.device.type == "cpu" else 8)
         steps_taken, checked = 1, 0
@@ -892,11 +893,11 @@ class _ChunkDecoder:
         return self._result(rows, num_rows, steps_taken, prompt_rows, prompt_index)
 
     def _first_step(
-        self, prompt_ids: list[list[int]], seeds: list[int], repeats: int, halves: int
+        self, prompt_ids: list[list[int]], seeds: list[int], repeats: int, halves: int, placeholder: bool
     ) -> tuple[_ModelBatch | _StaticRoom, _DecodeRows, torch.Tensor]:
         """Prefill the ``halves * P`` prompts (the sampled rows', then the negative ones) into the model's batch
         (dynamic, or the call's static room), ``repeats`` rows each, and draw every row's first token: the
-        batch, the rows and the first tokens."""
+        batch, the rows and the first tokens. A ``placeholder``'s rows start finished (never kept)."""
         config, pad_id = self.config, _pad_id(self.tokenizer)
         static, num_rows = config.decoding != "dynamic", len(seeds)
         logits, cache, attention_mask, next_position = self._prefill(prompt_ids, 1 if static else repeats)
@@ -912,6 +913,7 @@ class _ChunkDecoder:
                 cache, attention_mask, next_position, active=torch.arange(num_rows, device=self.device),
                 row_seeds=row_seeds, halves=halves,
             )  # fmt: skip
+        rows.finished[:num_rows] = placeholder
         live = batch.live_places()  # the static room's spare slots have no logits yet
         tokens = self._draw_and_record(logits, rows, live, batch.row_seeds[: len(live)], 0, halves)
         if static:

@@ -181,3 +181,11 @@ def test_what_static_decoding_cannot_do_is_refused(micro_model, char_tokenizer):
     config = SamplingConfig(max_new_tokens=2, decoding="cuda_graph")
     with pytest.raises(ValueError, match="cuda_graph needs a CUDA device, not cpu"):
         sample(micro_model, char_tokenizer, PROMPTS[:1], config, [0], eos_token_ids=[0])
+
+
+@pytest.mark.parametrize("decoding", ["dynamic", "static"])
+def test_a_row_can_end_at_its_first_token(micro_model, char_tokenizer, decoding):
+    config = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=8, decoding=decoding)
+    every_token = list(range(len(char_tokenizer)))
+    batch = sample(micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=every_token)
+    assert batch.response_lengths.tolist() == [1] * 6 and not batch.truncated.any()
