@@ -796,12 +796,11 @@ class _ChunkDecoder:
         decoding = self.config.decoding
         if decoding != "dynamic" and not supports_static_cache(self.runner.model):
             raise ValueError(
-                f"decoding: {decoding} lays out full-attention KV caches only; this model's cache has other layers "
-                "(sliding windows, recurrent or linear attention): use decoding: dynamic"
+                f"decoding: {decoding} lays out full-attention KV caches with positions of their own: this model has "
+                "other cache layers (sliding windows, recurrent or linear attention) or RoPE scaled per call: use "
+                "decoding: dynamic"
             )
         if decoding == "cuda_graph":
-            if self.device.type != "cuda":
-                raise ValueError(f"decoding: cuda_graph needs a CUDA device, not {self.device}: use static or dynamic")
             attention = getattr(self.runner.model.config, "_attn_implementation", None)
             if attention not in ("sdpa", "eager"):
                 raise ValueError(
@@ -814,6 +813,8 @@ class _ChunkDecoder:
                     "decoding: cuda_graph cannot capture a sharded (FSDP2) model's forward, which gathers its "
                     "weights: use static or dynamic"
                 )
+            if self.device.type != "cuda":
+                raise ValueError(f"decoding: cuda_graph needs a CUDA device, not {self.device}: use static or dynamic")
 
     def run_all(
         self, prompt_ids: list[list[int]], negative_prompt_ids: list[list[int]] | None, seeds: Sequence[int], on_chunk

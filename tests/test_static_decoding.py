@@ -1,16 +1,27 @@
 """The static decoding path: buckets, the preallocated KV cache's bookkeeping, and samples identical to the
 dynamic path's (what a GPU runs, less the CUDA graph capture itself)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import (
+    AttentionInterface,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
 from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import AttentionMaskInterface
 
 from lit_reason import static_decoding
 from lit_reason.conditioning import Conditioning, Guidance
-from lit_reason.sampling import SamplingConfig, sample
+from lit_reason.sampling import SamplingConfig, draw_tokens, sample
 from lit_reason.static_decoding import SlotCache, bucket_for, supports_static_cache
-from tests.helpers.graph_replay import emulate_graphs
+from tests.helpers.graph_replay import Recording, emulate_graphs
 from tests.helpers.host_reads import HostReads
 
 PROMPTS = ["Ann has 3 apples.\n", "A much longer prompt that needs left padding here.\n", "Hi\n"]
@@ -181,6 +192,64 @@ def test_what_static_decoding_cannot_do_is_refused(micro_model, char_tokenizer):
     config = SamplingConfig(max_new_tokens=2, decoding="cuda_graph")
     with pytest.raises(ValueError, match="cuda_graph needs a CUDA device, not cpu"):
         sample(micro_model, char_tokenizer, PROMPTS[:1], config, [0], eos_token_ids=[0])
+    micro_model.config._attn_implementation = "flash_attention_2"  # (set, not loaded: refused before any forward)
+    with pytest.raises(ValueError, match="cuda_graph captures sdpa or eager attention, not flash_attention_2"):
+        sample(micro_model, char_tokenizer, PROMPTS[:1], config, [0], eos_token_ids=[0])
+    sliding = MistralForCausalLM(MistralConfig(**{**SMALL, "vocab_size": len(char_tokenizer)}, sliding_window=4))
+    with pytest.raises(ValueError, match="other cache layers .sliding windows"):
+        sample(sliding, char_tokenizer, PROMPTS[:1], replace(config, decoding="static"), [0], eos_token_ids=[0])
+
+
+def _attention_reading_a_padding_mask(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """Attention that applies a 2D padding mask as flash attention does: a one-token query sees exactly the
+    columns the mask marks (no causality applies to it); a longer query is causal, aligned to the last key."""
+    queries, keys = query.shape[2], key.shape[2]
+    seen = torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)[None, None]
+    if attention_mask is not None:
+        seen = seen & attention_mask[:, None, None, :].bool()
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    output = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=seen, scale=scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def test_the_mask_shows_exactly_the_columns_written(micro_model, char_tokenizer):
+    """Attention that trusts the 2D mask alone for a one-token query (flash attention's way) sees no column of
+    the room before its step writes it: no zeros of a fresh room, no states of an earlier chunk."""
+    AttentionInterface.register("padding_mask_only", _attention_reading_a_padding_mask)
+    AttentionMaskInterface.register("padding_mask_only", lambda *_, attention_mask, kv_length, **__: attention_mask)
+    micro_model.config._attn_implementation = "padding_mask_only"
+    dynamic = _sample(micro_model, char_tokenizer, "dynamic", Conditioning(), 0.8, every=1, batch_size=8)
+    static = _sample(micro_model, char_tokenizer, "static", Conditioning(), 0.8, every=1, batch_size=8)
+    assert static.texts == dynamic.texts
+    assert torch.allclose(static.logprobs, dynamic.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SamplingConfig(temperature=0.0), SamplingConfig(temperature=0.8), SamplingConfig(top_k=50, top_p=0.9)],
+    ids=["greedy", "plain", "top-k-top-p"],
+)
+def test_a_large_vocabulary_draw_waits_for_nothing_and_replays_with_the_step_it_is_given(config):
+    """The draw's block search (vocabularies over 1,024 tokens, as every real model has) under the host-reads
+    watch and replayed as captured: a replay at the next step draws what an eager draw at that step does."""
+    generator = torch.Generator().manual_seed(0)
+    logits, seeds = torch.randn(6, 5_003, generator=generator) * 3, torch.arange(6) * 7919
+    step, tokens, logprobs = torch.tensor(3), torch.zeros(6, dtype=torch.long), torch.zeros(6)
+
+    def draw_into_place():
+        drawn, drawn_logprobs = draw_tokens(logits, config, seeds, step)
+        tokens.copy_(drawn), logprobs.copy_(drawn_logprobs)
+
+    with HostReads() as reads, Recording() as recording:
+        draw_into_place()
+    assert reads.seen == []
+    step.fill_(4)
+    recording.replay()
+    expected_tokens, expected_logprobs = draw_tokens(logits, config, seeds, 4)
+    assert torch.equal(tokens, expected_tokens) and torch.equal(logprobs, expected_logprobs)
+    if not config.greedy:
+        assert not torch.equal(expected_tokens, draw_tokens(logits, config, seeds, 3)[0]), "steps must matter here"
 
 
 @pytest.mark.parametrize("decoding", ["dynamic", "static"])

@@ -80,7 +80,7 @@ run() {
         shift
         echo "== $name: $*" | tee -a "$out/matrix.md"
         $PY tools/bench_rollout.py --device "$device" --decoding "$decoding" "$@" 2>&1 | tee "$out/$name.log" |
-            grep -E "^(model|lit-reason)|differ|Error" |
+            grep -E "^(model|lit-reason)|differ|only|Error" |
             tee -a "$out/matrix.md" || echo "FAILED: $name (see $name.log)" | tee -a "$out/matrix.md"
     }
     bench tiny --policy $GPU_DIR/tiny-policy --prompts $((512 / scale)) --num-samples 8 --batch-size 4096
