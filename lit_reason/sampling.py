@@ -47,7 +47,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from lit_reason.cached_forward import CausalLMWithCache
 from lit_reason.conditioning import Conditioning
 from lit_reason.distributed import is_distributed, rank_and_world_size, reduce_int
-from lit_reason.static_decoding import GraphedSteps, SlotCache, bucket_for, supports_static_cache
+from lit_reason.static_decoding import GraphedSteps, SlotCache, bucket_for, move_to_front, supports_static_cache
 from lit_reason.tensors import position_ids_from_mask
 
 Decoding = Literal["dynamic", "static", "cuda_graph"]
@@ -762,8 +762,7 @@ class _StaticRoom:
         slots = torch.cat([kept, kept.new_zeros(bucket - remaining)])  # spare slots: any row's state
         model_rows = torch.cat([slots + half * self.bucket for half in range(self.halves)])
         self.slots.compact(model_rows)
-        for buffer in (self.attention_mask, self.positions, self.feed):
-            buffer[: len(model_rows)] = buffer.index_select(0, model_rows)
+        move_to_front((self.attention_mask, self.positions, self.feed), model_rows)
         places = self.slot_places.index_select(0, slots)
         places[remaining:] = self.sink
         self.slot_places[:bucket], self.slot_seeds[:bucket] = places, self.slot_seeds.index_select(0, slots)

@@ -115,8 +115,13 @@ class SlotCache:
 
     def compact(self, model_rows: torch.Tensor) -> None:
         """Move the model rows ``model_rows`` (indices into the current bucket's rows) to the front, in order."""
-        for buffer in (*self.keys, *self.values):
-            buffer[: len(model_rows)] = buffer.index_select(0, model_rows)
+        move_to_front((*self.keys, *self.values), model_rows)
+
+
+def move_to_front(buffers: tuple[torch.Tensor, ...], rows: torch.Tensor) -> None:
+    """Copy rows ``rows`` (indices along dim 0) of every buffer to its first ``len(rows)`` rows, in order."""
+    for buffer in buffers:
+        buffer[: len(rows)] = buffer.index_select(0, rows)
 
 
 class GraphedSteps:
