@@ -74,6 +74,7 @@ class RolloutDataModule(LightningDataModule):
         self.seed = seed
         self.samples_drawn = 0  # responses sampled for training, all ranks, all rounds
         self.rounds_built = 0  # rounds whose training data has been made (a resumed run skips them)
+        self.round_batches = 0  # training batches of the last round made
         self.round_data: TrainData | None = None
 
     # ----------------------------------------------------------------------------------------- training
@@ -95,10 +96,19 @@ class RolloutDataModule(LightningDataModule):
         round_index = self.trainer.current_epoch
         if round_index < self.rounds_built:
             # Lightning reloads the dataloader of the checkpoint's epoch when it resumes; that round's data was
-            # made (and trained on) before the checkpoint, and making it again would sample from the
-            # updated policy, count the samples twice and repeat restarts. The next round starts afresh.
-            rank_zero_info(f"round {round_index} was completed before the checkpoint; continuing with the next round")
+            # made before the checkpoint, and making it again would sample from the updated policy, count the
+            # samples twice and repeat restarts. The next round starts afresh.
             self.round_data = None
+            if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed < self.round_batches:
+                rank_zero_warn(
+                    f"the checkpoint was taken mid-round, at step {self.trainer.global_step} in round {round_index} "
+                    f"of {self.round_batches} batches (trainer.max_steps, every_n_train_steps and "
+                    "val_check_interval < 1 checkpoint mid-round); a round's batches are not in checkpoints: this "
+                    "run skips the rest of the round and goes on with the next. Checkpoint at round ends (the "
+                    "default) to resume exactly."
+                )
+            else:
+                rank_zero_info(f"round {round_index} was completed before the checkpoint; going on with the next")
             return DataLoader([COMPLETED_ROUND], batch_size=None, collate_fn=_identity)
         rank, world_size = rank_and_world_size()
         problems = self.round_problems(round_index)
@@ -113,7 +123,7 @@ class RolloutDataModule(LightningDataModule):
             )
             data.batches = data.batches[:fewest]
         self.round_data = data
-        self.rounds_built = round_index + 1
+        self.rounds_built, self.round_batches = round_index + 1, fewest
         if not fewest:  # Lightning would end the whole fit on an empty dataloader
             rank_zero_warn(
                 f"round {round_index}: {type(module).__name__} made no training batch from its samples (round "
@@ -138,11 +148,16 @@ class RolloutDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
+        return {
+            "samples_drawn": self.samples_drawn,
+            "rounds_built": self.rounds_built,
+            "round_batches": self.round_batches,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples_drawn = int(state_dict["samples_drawn"])
         self.rounds_built = int(state_dict["rounds_built"])
+        self.round_batches = int(state_dict.get("round_batches", 0))  # not in earlier checkpoints
 
     def setup(self, stage: str) -> None:
         _, world_size = rank_and_world_size()
@@ -158,9 +173,9 @@ class RolloutDataModule(LightningDataModule):
             )
 
 
-# The one "batch" served for a round completed before the checkpoint a run resumes from. Lightning asks for
-# that epoch's dataloader but resumes at its end without iterating it, and it would stop the run if the
-# dataloader were empty.
+# The one "batch" served for a round made before the checkpoint a run resumes from. Lightning asks for that
+# epoch's dataloader (it would stop the run if it were empty) and, where the checkpoint was taken mid-round,
+# iterates it: ``ReasoningModule.on_train_batch_start`` skips it, so the run goes on to the next round.
 COMPLETED_ROUND = "completed-round"
 # The one "batch" of a round whose samples gave no training batch (e.g. Expert Iteration with no correct
 # sample): ``ReasoningModule.on_train_batch_start`` skips it, so the run goes on to the next round.
@@ -169,10 +184,11 @@ EMPTY_ROUND = "empty-round"
 
 def shard_evenly(problems: list[Problem], rank: int, world_size: int) -> list[Problem]:
     """Rank ``rank``'s share of the problems: every ``world_size``-th one, with the list first padded by
-    repeating its start so that all ranks get the same count."""
+    repeating it from its start (as often as it takes: fewer problems than ranks too) so that all ranks get
+    the same count."""
     if not problems:
         return []
-    padded = problems + problems[: (-len(problems)) % world_size]
+    padded = [problems[i % len(problems)] for i in range(-(-len(problems) // world_size) * world_size)]
     return padded[rank::world_size]
 
 

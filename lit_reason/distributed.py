@@ -41,6 +41,15 @@ def all_reduce(tensor: torch.Tensor, device: torch.device, op: str = "sum") -> t
     return on_device.to(tensor.device)
 
 
+def token_mean_over_ranks(total: torch.Tensor, count: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """This rank's summed per-token loss ``total`` (scalar) over the ``count`` (scalar) tokens of every rank,
+    times the world size: the loss whose gradient, averaged over ranks as DDP and FSDP do, is that of the
+    mean over all ranks' tokens (a per-rank mean would weigh the tokens of a rank that holds fewer more).
+    One process: ``total / count``. (Communicated on ``device``.)"""
+    tokens = all_reduce(count.detach().clone(), device)
+    return total * rank_and_world_size()[1] / tokens.clamp(min=1)
+
+
 def reduce_int(value: int, op: str, device: torch.device) -> int:
     """``value`` reduced over ranks with ``op`` in {"sum", "min", "max"} (communicated on ``device``)."""
     return int(all_reduce(torch.tensor([value], dtype=torch.long), device, op).item())

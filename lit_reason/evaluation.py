@@ -141,7 +141,9 @@ class Evaluator(torch.nn.Module):
         values = {name: metric.compute() for name, metric in self.metrics.items()}
         for metric in self.metrics.values():
             metric.reset()
-        records = {r["id"]: r for r in gather_objects(self.records)}
+        records: dict[int, dict[str, Any]] = {}
+        for record in gather_objects(self.records):  # the first of a padded question, as the metrics keep
+            records.setdefault(record["id"], record)
         self.records.clear()
         if records:
             values["answered"] = torch.tensor(sum(r["answered"] for r in records.values()) / len(records))
@@ -252,7 +254,7 @@ def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
         try:
             records[int(record["id"])] = record
             bool(record["greedy_correct"]), list(record["samples_correct"])
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, OverflowError) as error:
             raise ValueError(f"{where}: not a lit-reason prediction record ({error!r})") from None
     return records
 

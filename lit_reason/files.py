@@ -29,6 +29,8 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{number}: JSON nested too deeply to read") from None
 
 
 def replace_directory(staging: str | Path, target: str | Path) -> None:

@@ -14,6 +14,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from lit_reason.tasks.answers import answers_match
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased estimate of pass@k from n samples of which c are correct (Chen et al. 2021).
@@ -28,8 +30,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def majority_answer(answers: list[float | None], rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> float | None:
-    """The most frequent answer, answers within tolerance counting as equal; missing answers do not vote.
+def majority_answer(answers: list[float | None]) -> float | None:
+    """The most frequent answer, answers that ``answers_match`` counting as equal; missing answers do not vote.
 
     Tie rule: among equally frequent answers, the one that appears first wins.
     """
@@ -38,7 +40,7 @@ def majority_answer(answers: list[float | None], rel_tol: float = 1e-4, abs_tol:
         if answer is None or math.isnan(answer):
             continue
         for group in groups:
-            if math.isclose(answer, group[0], rel_tol=rel_tol, abs_tol=abs_tol):
+            if answers_match(answer, group[0]):
                 group[1] += 1
                 break
         else:
@@ -137,22 +139,16 @@ class MajorityAtK(PerQuestionMetric):
 
     Args:
         k: samples that vote (the first k); ``None``: all of them.
-        rel_tol: relative tolerance for answers to count as equal.
 
     ``update(answers, targets, question_ids=None)``: answers (questions, n) float, NaN where a sample
     states no answer; targets (questions,) float.
     """
 
-    def __init__(self, k: int | None = None, rel_tol: float = 1e-4, **kwargs) -> None:
-        super().__init__(k=k, **kwargs)
-        self.rel_tol = rel_tol
-
     def update(self, answers: torch.Tensor, targets: torch.Tensor, question_ids: torch.Tensor | None = None) -> None:
         answers = self._first_k(answers.double())
         values = []
         for row, target in zip(answers.tolist(), targets.tolist(), strict=True):
-            vote = majority_answer(row, rel_tol=self.rel_tol)
-            values.append(float(vote is not None and math.isclose(vote, target, rel_tol=self.rel_tol, abs_tol=1e-6)))
+            values.append(float(answers_match(majority_answer(row), target)))
         self._record(torch.tensor(values), question_ids)
 
 

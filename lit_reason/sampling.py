@@ -48,7 +48,7 @@ from lit_reason.cached_forward import CausalLMWithCache
 from lit_reason.conditioning import Conditioning
 from lit_reason.distributed import is_distributed, rank_and_world_size, reduce_int
 from lit_reason.static_decoding import GraphedSteps, SlotCache, bucket_for, move_to_front, supports_static_cache
-from lit_reason.tensors import position_ids_from_mask
+from lit_reason.tensors import position_ids_from_mask, without_tokens
 
 Decoding = Literal["dynamic", "static", "cuda_graph"]
 
@@ -934,7 +934,7 @@ class _ChunkDecoder:
         if halves == 2:
             logits = guided_logits(*logits.chunk(2), self.guidance_scale)
         if len(self.suppressed):
-            logits[:, self.suppressed] = float("-inf")
+            logits = without_tokens(logits, self.suppressed)
         tokens, chosen_logprobs = draw_tokens(logits, self.config, row_seeds, step)
         rows.record(step, active, tokens, chosen_logprobs, self.eos)
         return tokens

@@ -50,9 +50,18 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax at every position. (B, T, V) -> (B, T)."""
+    """Entropy of the softmax at every position. (B, T, V) -> (B, T). Tokens at -inf logits (suppressed)
+    count 0, as does their gradient (not 0 * -inf)."""
     logprobs = logits.float().log_softmax(-1)
-    return -(logprobs.exp() * logprobs).sum(-1)
+    probabilities = logprobs.exp()
+    return -(probabilities * logprobs.masked_fill(probabilities == 0, 0.0)).sum(-1)
+
+
+def without_tokens(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """``logits`` with the vocabulary entries ``token_ids`` at -inf, as a new tensor (gradients reach the
+    others): the distribution a sampler that never draws those tokens draws from. (..., V), (N,) long -> (..., V).
+    """
+    return logits.index_fill(-1, token_ids, float("-inf"))
 
 
 def take_rows(rows: torch.Tensor, attention_mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -146,16 +146,19 @@ LAUNCHER_VARIABLES = frozenset(
      "MASTER_PORT"}
 )  # fmt: skip
 LAUNCHER_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_")
+# What Lightning's seed_everything leaves for its children: a child with no seed of its own would take the
+# parent's, and a cached warm start would depend on which run trained it first.
+PARENT_SEED_VARIABLES = frozenset({"PL_GLOBAL_SEED", "PL_SEED_WORKERS"})
 PARENT_VARIABLE = "LIT_REASON_EXIT_WITH_PARENT"
 
 
 def single_process_environment() -> dict[str, str]:
-    """This process's environment without a launcher's rank variables, for a child that trains on its own,
-    asked to exit when this process does (``exit_with_parent``)."""
+    """This process's environment without a launcher's rank variables or this process's seed, for a child
+    that trains on its own, asked to exit when this process does (``exit_with_parent``)."""
     environment = {
         name: value
         for name, value in os.environ.items()
-        if name not in LAUNCHER_VARIABLES and not name.startswith(LAUNCHER_PREFIXES)
+        if name not in LAUNCHER_VARIABLES | PARENT_SEED_VARIABLES and not name.startswith(LAUNCHER_PREFIXES)
     }
     environment[PARENT_VARIABLE] = str(os.getpid())
     return environment

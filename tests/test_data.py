@@ -1,8 +1,14 @@
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
+from lightning import Callback
 from torch.utils.data import DataLoader
 
-from lit_reason import RolloutDataModule, TrainData
+from lit_reason import SFT, PolicySpec, RolloutDataModule, TrainData
 from lit_reason.data import shard_evenly
+from lit_reason.tasks import Arithmetic
+from tests.helpers.trainers import quiet_trainer
 
 
 def test_round_problems_walk_through_seeded_shuffles(small_task):
@@ -27,6 +33,8 @@ def test_shard_evenly_pads_with_repeats(small_task):
     assert {p.id for s in shards for p in s} == {p.id for p in problems}
     assert shards[1][-1].id == problems[0].id  # the padding repeats the start; metrics count it once
     assert shard_evenly(problems, 0, 1) == problems
+    # Fewer problems than ranks: every rank still gets one (an empty rank would wait alone in a collective).
+    assert [shard_evenly(problems[:2], rank, 8) for rank in range(8)] == [[problems[rank % 2]] for rank in range(8)]
 
 
 class FakeModule:
@@ -44,9 +52,12 @@ class FakeModule:
 
 
 class FakeTrainer:
-    def __init__(self, module, epoch):
+    def __init__(self, module, epoch, batches_done=0):
         self.lightning_module = module
         self.current_epoch = epoch
+        self.global_step = 0
+        progress = SimpleNamespace(current=SimpleNamespace(completed=batches_done))
+        self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
 
 
 def test_train_dataloader_counts_samples_and_skips_rounds_completed_before_a_checkpoint(small_task):
@@ -57,7 +68,7 @@ def test_train_dataloader_counts_samples_and_skips_rounds_completed_before_a_che
     assert isinstance(loader, DataLoader) and len(loader) == 3 and data.samples_drawn == 24
     restored = RolloutDataModule(task=small_task, questions_per_round=6)
     restored.load_state_dict(data.state_dict())
-    restored.trainer = FakeTrainer(module, epoch=0)  # Lightning asks for the checkpoint's epoch again
+    restored.trainer = FakeTrainer(module, epoch=0, batches_done=3)  # Lightning asks for the checkpoint's epoch
     assert len(restored.train_dataloader()) == 1 and module.calls == [0] and restored.samples_drawn == 24
     restored.trainer = FakeTrainer(module, epoch=1)
     assert len(restored.train_dataloader()) == 3 and module.calls == [0, 1] and restored.samples_drawn == 48
@@ -87,3 +98,36 @@ def test_fewer_questions_a_round_than_ranks_is_an_error_saying_what_to_set(small
     data = RolloutDataModule(task=small_task, questions_per_round=3)
     with pytest.raises(ValueError, match=r"questions_per_round is 3 but the run has 4 ranks.*at least 4"):
         data.setup("fit")
+
+
+class CheckpointThenCrash(Callback):
+    """Save a checkpoint after ``step`` optimizer steps (mid-round, as every_n_train_steps does), then fail."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            raise RuntimeError("crash")
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_a_checkpoint_taken_mid_round_skips_the_rest_of_that_round(tmp_path):
+    """A mid-round checkpoint (every_n_train_steps, val_check_interval < 1, max_steps) holds none of the round's
+    batches. Resuming served the done-round placeholder to ``training_step`` (a crash): now the rest of the
+    round is skipped with a warning that says so, and the next round trains."""
+
+    def run(*callbacks, ckpt_path=None):
+        module = SFT(policy=PolicySpec(name_or_path="micro", seed=1), batch_size=4)
+        data = RolloutDataModule(task=Arithmetic(train_size=64, validation_size=4, test_size=4), questions_per_round=16)
+        trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=list(callbacks))
+        trainer.fit(module, data, ckpt_path=ckpt_path)
+        return trainer, data
+
+    checkpoint = tmp_path / "mid-round.ckpt"
+    with pytest.raises(RuntimeError, match="crash"):
+        run(CheckpointThenCrash(2, checkpoint))  # 2 of round 0's 4 steps (16 questions, 4 a batch)
+    with pytest.warns(UserWarning, match=r"taken mid-round, at step 2 in round 0 of 4 batches .* skips the rest"):
+        trainer, data = run(ckpt_path=checkpoint)
+    assert trainer.global_step == 2 + 4 and data.rounds_built == 2

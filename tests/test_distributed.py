@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 from torch.multiprocessing import ProcessExitedException
 
@@ -30,7 +31,14 @@ COLLECTIVES = {
     "scatter",
 }
 # lit_reason's wrappers of tensor collectives, with the position of their ``device`` argument.
-DEVICE_ARGUMENT = {"all_reduce": 1, "reduce_int": 2, "global_mean_var": 2, "whiten": 3, "explained_variance": 3}
+DEVICE_ARGUMENT = {
+    "all_reduce": 1,
+    "reduce_int": 2,
+    "token_mean_over_ranks": 2,
+    "global_mean_var": 2,
+    "whiten": 3,
+    "explained_variance": 3,
+}
 
 
 def calls(path: Path):
@@ -81,3 +89,18 @@ def test_a_rank_waiting_for_a_failed_one_stops_within_seconds_naming_it(capfd):
     errors = capfd.readouterr().err
     assert "[lit-reason] rank 1 of 2 failed: ValueError: question 7 is longer than the context" in errors
     assert "[lit-reason] rank 0 stops because rank 1 of 2 failed: ValueError" in errors
+
+
+def _token_mean_on_rank(rank: int, world_size: int) -> float:
+    from lit_reason.distributed import token_mean_over_ranks
+
+    total, count = [(3.0, 1), (10.0, 9)][rank]
+    return token_mean_over_ranks(torch.tensor(total), torch.tensor(count), torch.device("cpu")).item()
+
+
+def test_a_token_mean_weighs_every_rank_s_tokens_the_same():
+    """Rank 0 holds 1 token of loss 3, rank 1 9 tokens of loss 10 in all: the average of the ranks' losses
+    (what DDP's gradient averaging takes) is the mean over the 10 tokens, 13 / 10, not (3 + 10 / 9) / 2."""
+    losses = run_in_processes(_token_mean_on_rank, timeout=60)
+    assert losses == [pytest.approx(3 * 2 / 10), pytest.approx(10 * 2 / 10)]
+    assert sum(losses) / 2 == pytest.approx(13 / 10)

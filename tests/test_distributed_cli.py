@@ -90,7 +90,8 @@ def test_expert_iteration_on_two_processes(tmp_path, sft_policy_dir):
     )
     # A sharded checkpoint is a directory; what is not a tensor is in its meta.pt.
     checkpoint = torch.load(next(tmp_path.glob("**/last.ckpt")) / "meta.pt", weights_only=True)
-    assert checkpoint["RolloutDataModule"] == {"samples_drawn": 2 * 16 * 4, "rounds_built": 2}
+    state = checkpoint["RolloutDataModule"]
+    assert (state["samples_drawn"], state["rounds_built"]) == (2 * 16 * 4, 2) and state["round_batches"] > 0
     # Kept data was gathered from both ranks before rank 0 saved it: rank 1's questions are in it.
     from lit_reason import RolloutDataModule
     from lit_reason.tasks import Arithmetic

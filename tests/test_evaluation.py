@@ -32,6 +32,10 @@ def test_predictions_pair_on_question_ids(tmp_path):
     broken = write("c.jsonl", [row])
     with pytest.raises(ValueError, match=r"c\.jsonl:1"):
         read_predictions(broken)
+    infinite_id = tmp_path / "d.jsonl"
+    infinite_id.write_text('{"id": Infinity, "greedy_correct": true, "samples_correct": []}\n')
+    with pytest.raises(ValueError, match=r"d\.jsonl:1: not a lit-reason prediction record"):
+        read_predictions(infinite_id)
 
 
 def test_each_record_keeps_its_outcome_of_every_metric_and_they_average_to_the_metrics():
@@ -61,6 +65,19 @@ def test_each_record_keeps_its_outcome_of_every_metric_and_they_average_to_the_m
     for name, value in values.items():
         if name in outcomes[0]:
             assert value.item() == pytest.approx(sum(outcomes[i][name] for i in range(3)) / 3)
+
+
+def test_a_question_evaluated_twice_keeps_the_first_outcome_in_its_record_as_in_the_metrics():
+    """Padding puts a question on two ranks (or twice on one); the metrics count its first evaluation: so must
+    the predictions file (it kept the last one)."""
+    problem = [Problem(id=0, question="q", solution="", answer=1.0)]
+    evaluator = Evaluator(num_samples=1, rerank=False)
+    for text in ("#### 1", "#### 2"):  # the two copies answered differently
+        batch = SampleBatch.from_token_lists([[1]], [[2]], [text], pad_token_id=0)
+        evaluator.update(problem, batch, batch, None)
+    values, records = evaluator.compute()
+    assert values["maj@1"].item() == 1.0
+    assert records[0]["greedy"] == "#### 1" and records[0]["outcomes"]["maj@1"] == 1.0
 
 
 def test_text_answers_vote_by_their_normalized_form_and_records_keep_what_was_stated():

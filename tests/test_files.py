@@ -21,3 +21,6 @@ def test_bad_lines_are_errors_naming_file_line_and_cause(tmp_path):
     path.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(ValueError, match=r"a\.jsonl:2: not valid JSON \(Expecting value\)"):
         list(jsonl_records(path))
+    path.write_text('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")  # was a bare RecursionError
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: JSON nested too deeply to read"):
+        list(jsonl_records(path))

@@ -64,6 +64,10 @@ def test_majority_tie_rule_tolerance_and_missing():
     assert majority_answer([None, 2.0, float("nan"), 4.0, 4.0]) == 4.0  # missing answers do not vote
     assert majority_answer([1.0, 1.00000001, 2.0]) == 1.0  # within tolerance counts as equal
     assert majority_answer([None, float("nan")]) is None
+    assert majority_answer([10_000.0, 10_001.0, 10_001.0]) == 10_001.0  # a near miss is another answer
+    near_misses = MajorityAtK()
+    near_misses.update(torch.tensor([[10_001.0, 10_001.0]]), torch.tensor([10_000.0]))
+    assert near_misses.compute().item() == 0.0
     metric = MajorityAtK(k=4)
     nan = float("nan")
     answers = torch.tensor([[3.0, 5.0, 5.0, 3.0], [nan, nan, nan, nan], [2.0, 9.0, 9.0, 2.0], [1.0, 2.0, 2.0, 2.0]])

@@ -100,9 +100,11 @@ def test_a_child_exits_when_its_parent_dies(tmp_path):
 
 def test_single_process_environment_keeps_everything_else(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # the parent's seed: a warm start must not depend on it
     monkeypatch.setenv("MY_SETTING", "kept")
     environment = single_process_environment()
-    assert "LOCAL_RANK" not in environment and environment["MY_SETTING"] == "kept"
+    assert "LOCAL_RANK" not in environment and "PL_GLOBAL_SEED" not in environment
+    assert environment["MY_SETTING"] == "kept"
     assert environment["PATH"] == os.environ["PATH"]
 
 

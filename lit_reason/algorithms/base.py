@@ -1,9 +1,7 @@
 """What every algorithm shares: the policy and its tokenizer, how it is conditioned and sampled, the
-learning-rate schedule, the shared evaluation and the export.
-
-Algorithms subclass ``ReasoningModule`` and implement ``make_train_data`` (what a round trains on) and
-``training_step``. Evaluation (``lit_reason.evaluation``) is the same for all of them.
-"""
+learning-rate schedule, the shared evaluation and the export. Algorithms subclass ``ReasoningModule`` and
+implement ``make_train_data`` (what a round trains on) and ``training_step``; evaluation
+(``lit_reason.evaluation``) is the same for all of them."""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_reason.adapters import with_adapter
 from lit_reason.batches import Example
 from lit_reason.conditioning import Conditioning, Stage
-from lit_reason.data import EMPTY_ROUND, TrainData
+from lit_reason.data import COMPLETED_ROUND, EMPTY_ROUND, TrainData
 from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_models
 from lit_reason.evaluation import Evaluator, GradedQuestions, write_outputs
 from lit_reason.hyperparameters import plain_data
@@ -232,8 +230,10 @@ class ReasoningModule(LightningModule):
         self.log("samples_drawn", samples, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        if isinstance(batch, str) and batch == EMPTY_ROUND:
-            return -1  # Lightning: skip the rest of this epoch (a round with nothing to train on)
+        if isinstance(batch, str) and batch in (EMPTY_ROUND, COMPLETED_ROUND):
+            return -1  # Lightning: skip the rest of this epoch (a round with nothing (more) to train on)
+        # Dropout's generator, seeded per batch and rank: checkpoints do not hold it, so a resumed run reseeds it.
+        torch.manual_seed(row_seed(self.seed, "dropout", self.current_epoch, batch_idx, rank_and_world_size()[0]))
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=1)
 
     # ------------------------------------------------------------------------------------------ evaluation

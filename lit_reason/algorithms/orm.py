@@ -201,17 +201,27 @@ class OutcomeRewardModel(ReasoningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The first round's labelled samples, which later rounds re-use: a resumed run must not sample afresh
-        # (other data, samples counted twice).
+        # (other data, samples counted twice). Each rank has its own and only rank 0 writes the checkpoint, so
+        # every rank's are gathered (every rank saves a checkpoint, together).
         if self._first_round is not None:
-            checkpoint["orm_first_round"] = [
+            mine = [
                 {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "response_mask": b.response_mask,
                  "labels": b.labels}
                 for b in self._first_round
             ]  # fmt: skip
+            checkpoint["orm_first_round_by_rank"] = gather_objects([mine])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("orm_first_round")
-        self._first_round = [LabelledBatch(**batch) for batch in saved] if saved is not None else None
+        rank, world_size = rank_and_world_size()
+        by_rank = checkpoint.get("orm_first_round_by_rank")
+        if by_rank is None and "orm_first_round" in checkpoint:  # checkpoints of lit-reason 0.1.0: one rank's
+            by_rank = [checkpoint["orm_first_round"]] * world_size
+        if by_rank is not None and len(by_rank) != world_size:
+            raise ValueError(
+                f"the checkpoint holds the ORM's first-round samples of {len(by_rank)} ranks, each its own: resume "
+                f"it on {len(by_rank)} ranks (this run has {world_size})"
+            )
+        self._first_round = [LabelledBatch(**batch) for batch in by_rank[rank]] if by_rank is not None else None
 
     def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
         order = list(range(len(labels)))

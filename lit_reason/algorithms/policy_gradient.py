@@ -54,7 +54,7 @@ from lit_reason.rl.losses import PPOLoss
 from lit_reason.run_logs import run_log
 from lit_reason.sampling import SampleBatch, SamplingConfig
 from lit_reason.tasks import Problem
-from lit_reason.tensors import eval_mode, take_rows, token_logprobs
+from lit_reason.tensors import eval_mode, take_rows, token_logprobs, without_tokens
 
 
 class PolicyGradient(ReasoningModule):
@@ -150,6 +150,15 @@ class PolicyGradient(ReasoningModule):
         without a critic."""
         return response_logits(self.policy, input_ids, attention_mask, prompt_length), None
 
+    def sampled_distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits of the distribution rollouts draw from: the policy's conditioning's suppressed tokens (an
+        RCRL policy's return tokens) at -inf, so that log-probs, ratios, KL and entropy are of the softmax
+        the sampler drew from. (..., V) -> (..., V)."""
+        suppressed = self.conditioning("rollout").suppressed_token_ids
+        if not suppressed:
+            return logits
+        return without_tokens(logits, torch.tensor(suppressed, device=logits.device))
+
     def advantages(
         self, rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
@@ -210,7 +219,8 @@ class PolicyGradient(ReasoningModule):
             return None, None, None
 
         def logprobs_of(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.pad(token_logprobs(logits, input_ids[:, start:], temperature), (start, 0))
+            chosen = token_logprobs(self.sampled_distribution(logits), input_ids[:, start:], temperature)
+            return torch.nn.functional.pad(chosen, (start, 0))
 
         parts = []
         with eval_mode(self), self._precision_context():
@@ -320,7 +330,7 @@ class PolicyGradient(ReasoningModule):
         logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask, batch.prompt_length)
         batch = batch.response_columns()
         output = self.loss(
-            logits,
+            self.sampled_distribution(logits),
             values,
             batch,
             temperature=self.rollout.temperature,

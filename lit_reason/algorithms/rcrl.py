@@ -91,6 +91,11 @@ class ReturnConditionedRL(ExpertIteration):
             )
         if positive_ratio is not None and not 0 < positive_ratio < 1:
             raise ValueError(f"positive_ratio must be in (0, 1) or null, got {positive_ratio}")
+        if positive_ratio is not None and self.batch_size < 2:
+            raise ValueError(
+                f"positive_ratio needs batches of at least one correct and one incorrect sample: batch_size must "
+                f"be >= 2, got {self.batch_size}"
+            )
         self.good_token, self.bad_token = good_token, bad_token
         self.positive_ratio = positive_ratio
         self.train_return_token = train_return_token

@@ -13,6 +13,7 @@ import torch
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.batches import TokenBatch, batch_examples
 from lit_reason.data import TrainData
+from lit_reason.distributed import token_mean_over_ranks
 from lit_reason.tasks import Problem
 from lit_reason.tensors import next_token_nll, position_ids_from_mask
 
@@ -40,15 +41,18 @@ class SFT(ReasoningModule):
 
     def training_step(self, batch: TokenBatch, batch_idx: int) -> torch.Tensor:
         loss, tokens = self.token_batch_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        # Averaged over ranks, each rank's share of the step's token mean is that mean.
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         self.log("train/target_tokens", tokens.float(), batch_size=len(batch))
         return loss
 
     def token_batch_loss(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean next-token NLL over the batch's target tokens, and the number of target tokens."""
+        """Next-token NLL of this rank's batch over the target tokens of every rank's batch (x world size:
+        every target token of the step weighs the same once DDP / FSDP average the gradients), and this
+        rank's number of target tokens. Under gradient accumulation each micro-batch's mean weighs the same."""
         position_ids = position_ids_from_mask(batch.attention_mask)
         logits = self.policy(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids
         ).logits
         total, count = next_token_nll(logits, batch.input_ids, batch.loss_mask)
-        return total / count.clamp(min=1), count
+        return token_mean_over_ranks(total, count, self.device), count

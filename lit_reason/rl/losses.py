@@ -136,7 +136,10 @@ class PPOLoss:
             value_losses = clipped_value_loss(values, batch.old_values, batch.returns, self.value_clip)
         kl = torch.zeros_like(policy_losses)
         if kl_coef:
-            kl = kl_penalty(logprobs, batch.ref_logprobs, kl_estimator)
+            # Off the response the estimate must be exactly 0 with a 0 gradient: k3's exp(-log ratio) of an
+            # unlikely padding token is inf there, and inf * 0 (the mask, or its backward) is NaN.
+            on_response = torch.where(mask, logprobs, batch.ref_logprobs)
+            kl = kl_penalty(on_response, batch.ref_logprobs, kl_estimator)
         entropy = torch.nn.functional.pad(entropy_from_logits(logits[:, :-1] / (temperature or 1.0)), (1, 0))
         per_token = policy_losses + self.vf_coef * value_losses - self.entropy_coef * entropy + kl_coef * kl
         loss = aggregate(

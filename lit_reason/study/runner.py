@@ -133,7 +133,7 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
             print(f"{label}: finished before, skipped", flush=True)
             continue
         command = list(step.command)
-        resumed = step.checkpoint.is_file() and step.command[0] == "fit"
+        resumed = step.checkpoint.exists() and step.command[0] == "fit"  # a sharded checkpoint is a directory
         if resumed:
             command.append(f"--ckpt_path={step.checkpoint}")
             print(f"{label}: resuming from {step.checkpoint}", flush=True)

@@ -32,11 +32,16 @@ MAX_MAGNITUDE = 1e15
 # A number as people write it: optional sign and dollar sign, thousands separators, decimals, and an exponent
 # ("2e5" is 200000, not a 2 and a 5).
 _DIGITS = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
-NUMBER_RE = re.compile(r"-?\$?\s?(?:" + _DIGITS + ")")
-# The same number where a "\s*" precedes it: the space it may hold must follow a sign or dollar sign, so that
-# "\s*" and the number cannot split one whitespace run between them (the match found is the same either way).
-_SPACED_NUMBER = r"(?:(?:-\$?|\$)\s?)?(?:" + _DIGITS + ")"
-_FINAL_MARK_RE = re.compile(r"####\s*(" + _SPACED_NUMBER + ")")
+_MINUS = "[-\u2212]"  # the hyphen-minus or the Unicode minus sign
+NUMBER_RE = re.compile(_MINUS + r"?\$?\s?(?:" + _DIGITS + ")")
+# A stated answer: the same number where a "\s*" precedes it (the space it may hold must follow a sign or dollar
+# sign, so that "\s*" and the number cannot split one whitespace run between them), a fraction "a/b" included,
+# and whole: not followed by more digits, a fraction or a time ("3/4" is 0.75; "1,0000", "3/4/5" and "2:30" are
+# no answer rather than 1, 3 or 2).
+# Each check looks one or two characters ahead, so backing off a long digit run stays linear.
+_SPACED_NUMBER = r"(?:(?:" + _MINUS + r"\$?|\$)\s?)?(?:" + _DIGITS + r")(?: ?/ ?\d+)?(?!\d|,\d|\.\d| ?[/:] ?\d)"
+# GSM8K's marker; "#### **17**" (a chat model's bold) counts.
+_FINAL_MARK_RE = re.compile(r"####\s*(?:\*\*)?(" + _SPACED_NUMBER + ")")
 # "answer is: \boxed{N}": the colon and the box each bring their own leading "\s*" rather than
 # "\s*:?\s*(?:\\boxed\{)?\s*", so no whitespace run is split between quantifiers (that was cubic).
 _ANSWER_IS_RE = re.compile(
@@ -54,14 +59,16 @@ MAX_CALCULATIONS = 100
 
 
 def parse_number(text: str) -> float | None:
-    """Parse one number as written in text ("$1,234.5", "-3", ".5"); ``None`` if it is not a finite number."""
-    cleaned = text.replace(",", "").replace("$", "").replace(" ", "")
+    """Parse one number as written in text ("$1,234.5", "-3", "−3", ".5", "3/4"); ``None`` if it is not a
+    finite number."""
+    cleaned = text.replace(",", "").replace("$", "").replace(" ", "").replace("\u2212", "-")
     digits = sum(c.isdigit() for c in cleaned)
     if digits == 0 or digits > MAX_NUMBER_DIGITS:
         return None
+    numerator, _, denominator = cleaned.partition("/")
     try:
-        value = float(cleaned)
-    except ValueError:
+        value = float(numerator) / float(denominator) if denominator else float(numerator)
+    except (ValueError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) else None
 
@@ -69,15 +76,18 @@ def parse_number(text: str) -> float | None:
 def extract_answer(text: str) -> float | None:
     """The final numeric answer of a solution, or ``None`` if it states none.
 
-    In order of trust: the number after the last ``####`` (GSM8K's marker), the last "answer is N" (also
-    "answer: N", "result is N"), the last ``\\boxed{N}``; failing those, the result of the last calculation
-    on the last line with a number, or else that line's last number.
+    In order of trust: the number after the last ``####`` (GSM8K's marker); the last stated one, "answer is N"
+    (also "answer: N", "result is N") or ``\\boxed{N}``, whichever comes later (an intermediate "the result is
+    12" does not outrank a final box); failing those, the result of the last calculation on the last line with
+    a number, or else that line's last number.
     """
     text = text[-MAX_TEXT_CHARS:]
-    for pattern in (_FINAL_MARK_RE, _ANSWER_IS_RE, _BOXED_RE):
-        matches = pattern.findall(text)
-        if matches:
-            return parse_number(matches[-1])
+    marked = _FINAL_MARK_RE.findall(text)
+    if marked:
+        return parse_number(marked[-1])
+    stated = [match for pattern in (_ANSWER_IS_RE, _BOXED_RE) for match in pattern.finditer(text)]
+    if stated:
+        return parse_number(max(stated, key=lambda match: match.end()).group(1))
     if "####" in text:  # an explicit final marker with no number after it: no answer
         return None
     lines = [line for line in text.splitlines() if NUMBER_RE.search(line)]
@@ -91,11 +101,12 @@ def extract_answer(text: str) -> float | None:
     return parse_number(NUMBER_RE.findall(lines[-1])[-1])
 
 
-def answers_match(predicted: float | None, target: float, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> bool:
-    """Numeric comparison with tolerance; a missing prediction is wrong."""
+def answers_match(predicted: float | None, target: float) -> bool:
+    """Whether two answers are the same number up to float rounding: within 1e-6, or within 1e-12 of their
+    size (a calculation's rounding, never a near miss: 10001 is not 10000). A missing prediction is wrong."""
     if predicted is None:
         return False
-    return math.isclose(predicted, target, rel_tol=rel_tol, abs_tol=abs_tol)
+    return math.isclose(predicted, target, rel_tol=1e-12, abs_tol=1e-6)
 
 
 class _Calculator(ast.NodeVisitor):

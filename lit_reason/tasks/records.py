@@ -136,17 +136,27 @@ def _number(value: str | int | float, field: str, where: str) -> float:
         if number is None:
             raise ValueError(f"{where}: field {field!r} holds no number: {value!r}")
         return number
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: field {field!r} is not a finite number: {value!r}")
-    return float(value)
+    return _finite(value, field, where)
+
+
+def _finite(value: int | float, field: str, where: str) -> float:
+    """``value`` as a float; an error naming the field where it is NaN, infinite or an integer too large for a
+    float (JSON's integers have no bound)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: field {field!r} is not a finite number: {str(value)[:40]!r}")
+    return number
 
 
 def _text(value: str | int | float | bool, field: str, normalization: TextNormalization, where: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where}: field {field!r} is not a finite number: {value!r}")
-    text = (value.rsplit("####", 1)[-1] if isinstance(value, str) else format_number(value)).strip()
+    text = (
+        value.rsplit("####", 1)[-1] if isinstance(value, str) else format_number(_finite(value, field, where))
+    ).strip()
     if not text or "\n" in text or len(text) > MAX_TEXT_ANSWER_CHARS:
         raise ValueError(f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r}")
     if not normalize_text_answer(text, normalization):

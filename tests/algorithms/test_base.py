@@ -107,3 +107,36 @@ def test_a_run_capped_by_max_steps_decays_over_max_steps(tmp_path):
     schedule = LRSchedule(warmup_steps=0, decay="linear", min_lr_ratio=0.0)
     rates, _ = sft_run(schedule, 3, tmp_path, max_steps=10)
     assert [lr for _, (lr,) in rates.steps] == pytest.approx([1e-2 * (1 - step / 10) for step in range(6)])
+
+
+class CheckpointAtFirstRoundEndThenCrash(Callback):
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        trainer.save_checkpoint(self.path)  # where ModelCheckpoint saves last.ckpt
+        raise RuntimeError("crash")
+
+
+def test_a_resumed_run_draws_the_dropout_masks_an_uninterrupted_one_does(tmp_path):
+    """Dropout draws from the global generator, which a checkpoint does not hold (a resumed process starts it
+    elsewhere): seeded per batch, the run resumed after its first round ends with the same weights."""
+    from lit_reason import SFT, PolicySpec, RolloutDataModule
+    from lit_reason.tasks import Arithmetic
+
+    def run(*callbacks: Callback, ckpt_path=None) -> torch.Tensor:
+        policy = PolicySpec(name_or_path="micro", seed=1, preset_overrides={"attention_dropout": 0.5})
+        module = SFT(policy=policy, batch_size=8, optimizer=partial(torch.optim.AdamW, lr=1e-2))
+        trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, default_root_dir=tmp_path, callbacks=list(callbacks))
+        task = Arithmetic(train_size=64, validation_size=4, test_size=4)
+        trainer.fit(module, RolloutDataModule(task=task, questions_per_round=16), ckpt_path=ckpt_path)
+        return torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+
+    torch.manual_seed(0)
+    uninterrupted = run()
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="crash"):
+        run(CheckpointAtFirstRoundEndThenCrash(tmp_path / "round0.ckpt"))
+    torch.manual_seed(1)  # where a new process's generator happens to be
+    resumed = run(ckpt_path=tmp_path / "round0.ckpt")
+    assert torch.equal(resumed, uninterrupted)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lit_reason import GRPO, PolicySpec, RolloutDataModule, SamplingConfig
+from lit_reason.conditioning import Conditioning
 from lit_reason.rewards import RewardConfig
 from lit_reason.rl.losses import PPOLoss
 from lit_reason.tasks import Arithmetic
@@ -59,6 +60,28 @@ def test_no_critic_and_the_first_ratio_is_one(kl_in):
     assert module.networks_to_shard() == [module.policy, module.reference]  # no critic built
     assert torch.allclose(ratios[0], torch.ones_like(ratios[0]), atol=1e-5)
     assert 0 <= data.round_data.stats["uniform_group_fraction"] <= 1
+
+
+def test_a_policy_that_suppresses_tokens_is_trained_on_the_distribution_it_samples():
+    """A starting policy whose export suppresses tokens (an RCRL policy's return tokens) samples from the
+    softmax without them: scoring, the reference and the loss must use that distribution too (the full
+    softmax's log-probs were off by log(1 - suppressed mass), here about log 2)."""
+    module, trainer, data = make_grpo("grpo", 1, reward=RewardConfig(kl_coef=0.04, kl_estimator="k3"))
+    configure_model = module.configure_model
+
+    def suppressing_half_the_vocabulary():
+        configure_model()
+        kept = {module.tokenizer.eos_token_id, module.tokenizer.pad_token_id}  # as a return token never is
+        suppressed = tuple(token for token in range(0, len(module.tokenizer), 2) if token not in kept)
+        module.recorded_conditioning = Conditioning(suppressed_token_ids=suppressed)
+
+    module.configure_model = suppressing_half_the_vocabulary
+    trainer.fit(module, data)
+    stats = data.round_data.stats
+    assert stats["logprob_gap_to_sampler"] < 1e-4
+    assert abs(stats["kl_to_reference"]) < 1e-6  # the reference is the starting policy, suppressing alike
+    assert torch.isfinite(trainer.callback_metrics["train/entropy"])
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
 @pytest.mark.slow

@@ -316,3 +316,38 @@ def test_a_resumed_orm_that_keeps_its_first_round_trains_on_the_same_samples(tmp
     assert resumed_data.samples_drawn == uninterrupted_data.samples_drawn == 16
     for name, value in uninterrupted.network.state_dict().items():
         assert torch.equal(value, resumed.network.state_dict()[name]), name
+
+
+def _first_round_saved_and_loaded(rank: int, world_size: int) -> tuple[list[int], list[list[int]]]:
+    """Every rank saves a checkpoint (as Lightning's do) from its own first-round batch; each rank loads rank
+    0's checkpoint, the one written to disk."""
+    from lit_reason.batches import LabelledBatch
+    from lit_reason.distributed import gather_objects
+
+    module = OutcomeRewardModel(policy=PolicySpec(name_or_path="micro"), resample_every_round=False)
+    ids = torch.full((1, 3), 10 + rank)
+    module._first_round = [LabelledBatch(ids, torch.ones_like(ids), ids > 0, torch.tensor([float(rank)]))]
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    (written, *_) = gather_objects([checkpoint])  # rank 0's
+    module._first_round = None
+    module.on_load_checkpoint(written)
+    return module._first_round[0].input_ids[0].tolist(), [
+        b[0]["input_ids"][0].tolist() for b in written["orm_first_round_by_rank"]
+    ]
+
+
+def test_each_rank_resumes_with_its_own_first_round():
+    """Only rank 0 writes the checkpoint: the first round of every rank must be in it (every rank resumed with
+    rank 0's samples: rank 1's were lost and rank 0's counted twice)."""
+    from tests.helpers.distributed import run_in_processes
+
+    (rank0, saved), (rank1, _) = run_in_processes(_first_round_saved_and_loaded, timeout=120)
+    assert saved == [[10, 10, 10], [11, 11, 11]]
+    assert rank0 == [10, 10, 10] and rank1 == [11, 11, 11]
+
+
+def test_a_first_round_saved_on_other_ranks_stops_a_resume_on_one_rank():
+    module = OutcomeRewardModel(policy=PolicySpec(name_or_path="micro"), resample_every_round=False)
+    with pytest.raises(ValueError, match="first-round samples of 2 ranks, each its own: resume it on 2 ranks"):
+        module.on_load_checkpoint({"orm_first_round_by_rank": [[], []]})

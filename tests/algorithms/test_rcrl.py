@@ -168,6 +168,8 @@ def test_keeps_correct_and_incorrect_samples():
 def test_positive_ratio_must_be_a_share():
     with pytest.raises(ValueError, match="positive_ratio"):
         ReturnConditionedRL(positive_ratio=1.5)
+    with pytest.raises(ValueError, match="batch_size must be >= 2, got 1"):  # was a ZeroDivisionError mid-run
+        ReturnConditionedRL(positive_ratio=0.5, batch_size=1)
 
 
 def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp_path):

@@ -30,6 +30,10 @@ def test_clipped_losses_by_hand():
 def test_entropy_and_token_logprobs_by_hand():
     uniform = torch.zeros(1, 1, 4)
     assert entropy_from_logits(uniform).item() == pytest.approx(math.log(4))
+    suppressed = torch.tensor([[[0.0, float("-inf"), 0.0, float("-inf")]]], requires_grad=True)
+    entropy = entropy_from_logits(suppressed)
+    entropy.backward()
+    assert entropy.item() == pytest.approx(math.log(2)) and torch.equal(suppressed.grad, torch.zeros(1, 1, 4))
     logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0], [5.0, 5.0]]])  # position t predicts t + 1
     ids = torch.tensor([[0, 1, 0]])
     assert token_logprobs(logits, ids, temperature=1.0)[0].tolist() == pytest.approx(
@@ -107,3 +111,30 @@ def test_without_rollout_logprobs_the_ratio_is_one_and_the_gradient_the_plain_po
         expected[0, position] = -advantage / 2 * (one_hot - probabilities[0, position])
     torch.testing.assert_close(gradients[0], expected)
     torch.testing.assert_close(gradients[1], expected)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_kl_loss_term_stays_finite_where_a_padding_token_is_very_unlikely(estimator):
+    """Off the response the reference log-probs are 0 while the policy's are whatever the padding token gets;
+    k3's ``exp(-log ratio)`` overflowed there (log p(pad) < -88.7 at the temperature) and inf * 0 made the
+    loss and every gradient NaN."""
+    from lit_reason.batches import PPOBatch
+    from lit_reason.rl.losses import PPOLoss
+
+    input_ids = torch.tensor([[1, 2, 3], [1, 2, 0]])  # row 1's response is one token shorter: pad at column 2
+    mask = torch.tensor([[False, True, True], [False, True, False]])
+    logits = torch.zeros(2, 3, 5)
+    logits[1, 1, 0] = -70.0  # what column 1 gives the pad token: log p = -101 at T = 0.7
+    logits.requires_grad_(True)
+    rollout = token_logprobs(logits.detach(), input_ids, 0.7) * mask
+    batch = PPOBatch(
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), response_mask=mask,
+        advantages=torch.ones(2, 3) * mask, global_tokens=3, global_sequences=2, prompt_length=1,
+        old_logprobs=rollout, ref_logprobs=(rollout + 0.01) * mask,
+    )  # fmt: skip
+    output = PPOLoss()(logits, None, batch, temperature=0.7, world_size=1, kl_coef=0.1, kl_estimator=estimator)
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and torch.isfinite(output.kl_loss) and torch.isfinite(logits.grad).all()
+    # Only the three response tokens count: each has log(q / p) = 0.01.
+    expected = {"k1": -0.01, "k2": 0.5 * 0.01**2, "k3": math.exp(0.01) - 1 - 0.01}[estimator]
+    assert output.kl_loss.item() == pytest.approx(expected, rel=1e-3)

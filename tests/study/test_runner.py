@@ -66,6 +66,8 @@ def test_running_skips_finished_steps_resumes_checkpointed_ones_and_restarts_the
     a.checkpoint.parent.mkdir(parents=True)
     a.checkpoint.write_bytes(b"checkpoint")
     (b.log_dir / "predictions").mkdir(parents=True)  # an attempt killed before its first checkpoint
+    c.checkpoint.mkdir(parents=True)  # FSDP2's sharded checkpoint: a directory (was deleted, not resumed)
+    (c.checkpoint / "meta.pt").write_bytes(b"checkpoint")
     commands = []
 
     def fake_run(command, **kwargs):
@@ -77,6 +79,7 @@ def test_running_skips_finished_steps_resumes_checkpointed_ones_and_restarts_the
         run_study(study)
     assert [command[3] for command in commands] == ["fit"] * 3  # the warm start and baseline were skipped
     assert commands[0][-1] == f"--ckpt_path={a.checkpoint}" and not any("ckpt_path" in arg for arg in commands[1])
+    assert commands[2][-1] == f"--ckpt_path={c.checkpoint}" and (c.checkpoint / "meta.pt").is_file()
     assert not (b.log_dir / "predictions").exists()  # restarted afresh
     assert json.loads((a.log_dir / "study.json").read_text())["resumed"] is True
     assert (b.log_dir / "study.json").is_file() and not (c.log_dir / "study.json").exists()

@@ -48,6 +48,17 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("so x = 3e2", 300.0),
         ("She has 3eggs", 3.0),  # an "e" without digits after it is not an exponent
         ("answer is 7 ... #### 9", 9.0),  # the marker wins over earlier phrasing
+        ("The result is 12 apples.\nSo she has $\\boxed{17}$", 17.0),  # the later statement wins
+        ("\\boxed{12} is not it: the answer is 17", 17.0),
+        ("#### **17**", 17.0),  # a chat model's bold
+        ("#### \u22123", -3.0),  # the Unicode minus sign
+        ("#### 3/4", 0.75),
+        ("The answer is 1 / 2.", 0.5),
+        ("#### 1,0000", None),  # not a number as people write it: no answer, rather than 1,000
+        ("#### 2:30", None),  # a time, not 2
+        ("#### 3/4/5", None),
+        ("#### 5, 6 or 7", 5.0),
+        ("#### 3/0", None),
         ("no numbers here", None),
         ("", None),
         ("####", None),
@@ -65,6 +76,9 @@ def test_answers_match_tolerance():
     assert not answers_match(18.1, 18)
     assert not answers_match(None, 18)
     assert answers_match(-5.0, -5)
+    assert answers_match(0.1 + 0.2, 0.3) and answers_match(2_880_000 * 1.1 / 1.1, 2_880_000)  # float rounding
+    # A near miss is wrong however large the answer (a relative tolerance of 1e-4 passed these).
+    assert not answers_match(10_001, 10_000) and not answers_match(2_880_100, 2_880_000)
 
 
 def test_parse_number_forms():
@@ -181,6 +195,12 @@ ADVERSARIAL = {
     "equation lines": _padded("", "\n1+1=2 "),
     "answer is run": _padded("", "answer is "),
     "digits": _padded("", "9"),
+    "#### digits then a time": _padded("#### ", "9", ":5"),
+    "#### digits, decimals, fractions": lambda n: (
+        _padded("#### ", "1", "")(n // 2) + _padded(".", "2", "/3/4")(n - n // 2)
+    ),
+    "#### thousands then a digit": _padded("#### 1", ",000", "0"),
+    "#### **, spaces": _padded("#### **", " "),
 }
 # Text lengths up to the cap, each 8 times the last: linear time grows 8-fold a step, quadratic 64, cubic 512.
 LENGTHS = [MAX_TEXT_CHARS // 8**k for k in (3, 2, 1, 0)]

@@ -45,6 +45,7 @@ def test_a_validation_file_replaces_the_carved_split(tmp_path):
         ('{"question": "q?", "answer": "many"}', "field 'answer' holds no number"),
         ('{"question": "q?", "answer": true}', "field 'answer' has the wrong type"),
         ('{"question": "q?", "answer": NaN}', "not a finite number"),
+        ('{"question": "q?", "answer": 1' + "0" * 400 + "}", "not a finite number"),  # was a bare OverflowError
         ('{"question": "  ", "answer": 1}', "field 'question' is empty"),
         ("[1, 2]", "expected an object"),
         ('{"question": "q?", "answer": 1', "not valid JSON"),
@@ -99,6 +100,7 @@ def test_text_answers_are_compared_after_normalization(tmp_path):
         ("two\nlines", "must be a one-line text answer"),
         ("x" * 201, "must be a one-line text answer"),
         (float("nan"), "is not a finite number"),
+        (10**400, "is not a finite number"),
         ("?!", "is nothing once normalized"),
     ],
 )
