@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lit_reason.distributed import gather_objects, rank_and_world_size
-from lit_reason.files import jsonl_records
+from lit_reason.files import jsonl_records, write_text_atomically
 from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK, RerankAtK
 from lit_reason.rewards import grade
 from lit_reason.run_logs import RunLog, run_log
@@ -231,20 +231,20 @@ def append_json(path: Path, entry: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` to ``path`` as JSON, replacing the file atomically: a crash leaves the previous content
-    or the new one, never half of one."""
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(value, indent=1, allow_nan=False))
-    staging.replace(path)
+    """Write ``value`` to ``path`` as JSON, replacing the file atomically (``write_text_atomically``)."""
+    write_text_atomically(path, json.dumps(value, indent=1, allow_nan=False))
 
 
 def write_predictions(path: Path, records: dict[int, dict[str, Any]]) -> None:
     """One JSON line per question, in id order: its id, question, greedy response and whether it is correct,
-    the K samples and theirs (what ``tools/compare_policies.py --baseline-predictions`` pairs)."""
+    the K samples and theirs (what ``tools/compare_policies.py --baseline-predictions`` pairs); written
+    atomically (a crash mid-write leaves no half file for a study to pair on)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as file:
-        for record in sorted(records.values(), key=lambda r: r["id"]):
-            file.write(json.dumps({field: record[field] for field in PREDICTION_FIELDS}) + "\n")
+    rows = [
+        {field: record[field] for field in PREDICTION_FIELDS}
+        for record in sorted(records.values(), key=lambda r: r["id"])
+    ]
+    write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:

@@ -33,6 +33,15 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
                 raise ValueError(f"{path}:{number}: JSON nested too deeply to read") from None
 
 
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a staging file renamed over it: a reader or a crash finds the
+    previous content or the new one, never half of one."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(path)
+
+
 def replace_directory(staging: str | Path, target: str | Path) -> None:
     """Put the fully written directory ``staging`` in place of ``target`` (replacing any earlier one): a reader
     or a crash finds the earlier directory or the new one, never a half-written one (between the two renames

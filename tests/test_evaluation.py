@@ -109,3 +109,28 @@ def test_answer_values_code_text_answers_by_their_normal_form():
     assert targets.tolist() == [0.0, 7.0]
     empty_values, empty_targets = answer_values([], [], 4)  # a rank's empty share of a batch
     assert empty_values.shape == (0, 4) and empty_targets.shape == (0,)
+
+
+def test_a_crash_while_writing_predictions_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    from lit_reason import evaluation
+    from lit_reason.evaluation import PREDICTION_FIELDS, write_predictions
+
+    def records(correct: bool) -> dict:
+        fields = {field: None for field in PREDICTION_FIELDS} | {"greedy_correct": correct, "samples_correct": []}
+        return {i: fields | {"id": i} for i in range(3)}
+
+    path = tmp_path / "val-step4.jsonl"
+    write_predictions(path, records(True))
+    before = path.read_text()
+    written = []
+
+    def dumps_then_crash(value, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # killed after two lines
+        written.append(value)
+        return json.dumps(value, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation.json, "dumps", dumps_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_predictions(path, records(False))
+    assert path.read_text() == before and len(read_predictions(path)) == 3

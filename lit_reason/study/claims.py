@@ -80,7 +80,8 @@ def rl_lifts_both_while_sft_trades(results: StudyResults) -> Verdict:
         holds.append(_decide(maj.low > 0 and passed.low > 0, maj.high < 0 or passed.high < 0))
     maj, passed = results.difference(roles.more_sft, "maj@1"), results.difference(roles.more_sft, pass_k)
     lines.append(f"{roles.more_sft}: maj@1 {maj}, {pass_k} {passed}")
-    holds.append(_decide(passed.high < 0 and maj.mean >= passed.mean, passed.low > 0))
+    # A trade: pass@K falls and maj@1 does not (it rises, or at least does not fall significantly).
+    holds.append(_decide(passed.high < 0 and maj.high >= 0 and maj.mean >= passed.mean, passed.low > 0 or maj.high < 0))
     return Verdict(claim, _combine(holds), "; ".join(lines) + " (each against the warm start)")
 
 

@@ -91,6 +91,12 @@ def test_claims_the_numbers_refute(tmp_path):
     )
 
 
+def test_more_sft_that_loses_maj_at_1_too_trades_nothing(tmp_path):
+    # Both fall, maj@1 less than pass@8: counted as a trade before; the claim is that maj@1 does not fall.
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "ppo": (0.6, 0.8), "sft_more": (0.35, 0.6)})
+    assert verdicts(study)["rl_lifts_both_while_sft_trades"] == "refuted"
+
+
 def test_claims_without_their_runs_are_not_tested_and_small_differences_are_inconclusive(tmp_path):
     study = make_study(tmp_path, {"ei": (0.41, 0.7), "sft_more": (0.4, 0.7)})
     found = verdicts(study)
