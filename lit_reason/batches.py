@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -103,6 +104,25 @@ class PPOBatch:
             for value in [getattr(self, field.name)]
         }
         return PPOBatch(**{**columns, "prompt_length": 1})
+
+
+BATCH_TYPES = {batch_type.__name__: batch_type for batch_type in (TokenBatch, LabelledBatch, PPOBatch)}
+
+
+def batch_state(batch: TokenBatch | LabelledBatch | PPOBatch) -> dict[str, Any]:
+    """A batch as plain data (its type's name and its fields: tensors, numbers, None, nested batches) that a
+    checkpoint holds and ``torch.load(..., weights_only=True)`` reads back; ``batch_from_state`` rebuilds it."""
+    values = {field.name: getattr(batch, field.name) for field in fields(batch)}
+    return {
+        "type": type(batch).__name__,
+        "fields": {k: batch_state(v) if is_dataclass(v) else v for k, v in values.items()},
+    }
+
+
+def batch_from_state(state: dict[str, Any]) -> TokenBatch | LabelledBatch | PPOBatch:
+    """The batch ``batch_state`` made ``state`` of."""
+    values = {k: batch_from_state(v) if isinstance(v, dict) else v for k, v in state["fields"].items()}
+    return BATCH_TYPES[state["type"]](**values)
 
 
 def fits_context(example: Example, max_length: int) -> bool:

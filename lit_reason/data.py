@@ -15,14 +15,16 @@ once), because sampling from a sharded model needs every rank in every forward p
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from lightning import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
-from lit_reason.distributed import rank_and_world_size, reduce_int
+from lit_reason.batches import batch_from_state, batch_state
+from lit_reason.distributed import gather_objects, rank_and_world_size, reduce_int
 from lit_reason.seeds import run_seed
 from lit_reason.tasks import Arithmetic, Problem, Task
 
@@ -75,6 +77,9 @@ class RolloutDataModule(LightningDataModule):
         self.samples_drawn = 0  # responses sampled for training, all ranks, all rounds
         self.rounds_built = 0  # rounds whose training data has been made (a resumed run skips them)
         self.round_batches = 0  # training batches of the last round made
+        self.batches_started = 0  # of them, those training has started on (``ReasoningModule.on_train_batch_start``)
+        self.round_first_step = 0  # the global step the last round made started at
+        self._resumed_round: tuple[TrainData, int] | None = None  # a mid-round checkpoint's: batches, started
         self.round_data: TrainData | None = None
 
     # ----------------------------------------------------------------------------------------- training
@@ -97,19 +102,8 @@ class RolloutDataModule(LightningDataModule):
         if round_index < self.rounds_built:
             # Lightning reloads the dataloader of the checkpoint's epoch when it resumes; that round's data was
             # made before the checkpoint, and making it again would sample from the updated policy, count the
-            # samples twice and repeat restarts. The next round starts afresh.
-            self.round_data = None
-            if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed < self.round_batches:
-                rank_zero_warn(
-                    f"the checkpoint was taken mid-round, at step {self.trainer.global_step} in round {round_index} "
-                    f"of {self.round_batches} batches (trainer.max_steps, every_n_train_steps and "
-                    "val_check_interval < 1 checkpoint mid-round); a round's batches are not in checkpoints: this "
-                    "run skips the rest of the round and goes on with the next. Checkpoint at round ends (the "
-                    "default) to resume exactly."
-                )
-            else:
-                rank_zero_info(f"round {round_index} was completed before the checkpoint; going on with the next")
-            return DataLoader([COMPLETED_ROUND], batch_size=None, collate_fn=_identity)
+            # samples twice and repeat restarts.
+            return self._checkpointed_round(round_index)
         rank, world_size = rank_and_world_size()
         problems = self.round_problems(round_index)
         # Every rank gets the same number of questions: sampled models run in step across ranks.
@@ -123,14 +117,37 @@ class RolloutDataModule(LightningDataModule):
             )
             data.batches = data.batches[:fewest]
         self.round_data = data
-        self.rounds_built, self.round_batches = round_index + 1, fewest
+        self.rounds_built, self.round_batches, self.batches_started = round_index + 1, fewest, 0
+        self.round_first_step = self.trainer.global_step
         if not fewest:  # Lightning would end the whole fit on an empty dataloader
             rank_zero_warn(
                 f"round {round_index}: {type(module).__name__} made no training batch from its samples (round "
                 f"statistics: {data.stats}); it trains nothing this round and samples again in the next"
             )
-            return DataLoader([EMPTY_ROUND], batch_size=None, collate_fn=_identity)
-        return DataLoader(data.batches, batch_size=None, shuffle=False, collate_fn=_identity)
+            return _RoundLoader([EMPTY_ROUND], batch_size=None, collate_fn=_identity)
+        return _RoundLoader(data.batches, batch_size=None, shuffle=False, collate_fn=_identity)
+
+    def _checkpointed_round(self, round_index: int) -> DataLoader:
+        """The dataloader of the round a checkpoint was taken in: the rest of its batches, from the checkpoint,
+        where it was taken mid-round; else (a round's end) one placeholder that the module skips."""
+        self.round_data = None
+        if self._resumed_round is not None:
+            self.round_data, self.batches_started = self._resumed_round
+            self._resumed_round = None
+            total = len(self.round_data.batches)
+            rank_zero_info(f"round {round_index}: resuming after {self.batches_started} of its {total} batches")
+            # As long as the whole round: Lightning counts the batches on from where the checkpoint left off.
+            starting_later = _IndicesFrom(self.batches_started, total)
+            return _RoundLoader(self.round_data.batches, batch_size=None, sampler=starting_later, collate_fn=_identity)
+        if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed < self.round_batches:
+            rank_zero_warn(  # a checkpoint of an earlier lit-reason, which held no batches
+                f"the checkpoint was taken mid-round, at step {self.trainer.global_step} in round {round_index}, "
+                "and holds none of the round's batches: this run skips the rest of the round and goes on with "
+                "the next"
+            )
+        else:
+            rank_zero_info(f"round {round_index} was completed before the checkpoint; going on with the next")
+        return _RoundLoader([COMPLETED_ROUND], batch_size=None, collate_fn=_identity)
 
     # ------------------------------------------------------------------------------- validation / test
     def val_dataloader(self) -> DataLoader:
@@ -148,16 +165,40 @@ class RolloutDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "samples_drawn": self.samples_drawn,
-            "rounds_built": self.rounds_built,
-            "round_batches": self.round_batches,
-        }
+        """What a checkpoint holds; taken mid-round (``every_n_train_steps``, ``val_check_interval`` < 1,
+        ``max_steps``), also every rank's batches of the round, which cannot be made again (the policy has
+        moved), so a resumed run trains on the rest of them. Every rank calls this when a checkpoint is saved
+        (their batches are gathered; only rank 0 writes)."""
+        state: dict[str, Any] = {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
+        state["round_batches"] = self.round_batches
+        data = self.round_data
+        if data is not None and 0 < self.batches_started < len(data.batches):  # the same on every rank
+            mine = {"batches": [batch_state(b) for b in data.batches], "samples_drawn": data.samples_drawn}
+            state["round_in_progress"] = {
+                "batches_started": self.batches_started,
+                "first_step": self.round_first_step,
+                "by_rank": gather_objects([mine | {"stats": data.stats}]),
+            }
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples_drawn = int(state_dict["samples_drawn"])
         self.rounds_built = int(state_dict["rounds_built"])
         self.round_batches = int(state_dict.get("round_batches", 0))  # not in earlier checkpoints
+        progress = state_dict.get("round_in_progress")
+        if progress is None:
+            return
+        rank, world_size = rank_and_world_size()
+        if len(progress["by_rank"]) != world_size:
+            raise ValueError(
+                f"the checkpoint was taken mid-round on {len(progress['by_rank'])} ranks, each with its own "
+                f"batches: resume it on {len(progress['by_rank'])} ranks (this run has {world_size})"
+            )
+        mine = progress["by_rank"][rank]
+        batches = [batch_from_state(state) for state in mine["batches"]]
+        round_data = TrainData(batches, samples_drawn=int(mine["samples_drawn"]), stats=dict(mine["stats"]))
+        self._resumed_round = (round_data, int(progress["batches_started"]))
+        self.round_first_step = int(progress["first_step"])
 
     def setup(self, stage: str) -> None:
         _, world_size = rank_and_world_size()
@@ -190,6 +231,30 @@ def shard_evenly(problems: list[Problem], rank: int, world_size: int) -> list[Pr
         return []
     padded = [problems[i % len(problems)] for i in range(-(-len(problems) // world_size) * world_size)]
     return padded[rank::world_size]
+
+
+class _RoundLoader(DataLoader):
+    """A round's training batches. Where it stands is the data module's to checkpoint (``batches_started``);
+    the state methods tell Lightning that it can resume mid-round (it warns about dataloaders that cannot)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+class _IndicesFrom(Sampler[int]):
+    """Indices ``start`` .. ``length - 1`` of a sequence of ``length`` items, and ``length`` as its length."""
+
+    def __init__(self, start: int, length: int) -> None:
+        self.start, self.length = start, length
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.length))
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _identity(batch: Any) -> Any:

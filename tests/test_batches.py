@@ -1,3 +1,5 @@
+import torch
+
 from lit_reason.batches import batch_examples, fits_context, make_token_batch
 
 
@@ -16,3 +18,22 @@ def test_batch_examples_drops_examples_longer_than_the_context():
     assert [fits_context(e, 4) for e in examples] == [True, False, True]
     batches = batch_examples(examples, batch_size=4, max_length=4, pad_token_id=0, seed=0)
     assert len(batches) == 1 and len(batches[0]) == 2
+
+
+def test_batches_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    from lit_reason.batches import LabelledBatch, PPOBatch, TokenBatch, batch_from_state, batch_state
+
+    ids = torch.arange(6).view(2, 3)
+    tokens = TokenBatch(ids, torch.ones_like(ids), ids > 2)
+    batches = [
+        tokens,
+        LabelledBatch(ids, torch.ones_like(ids), ids > 0, torch.tensor([1.0, 0.0]), references=tokens),
+        PPOBatch(ids, torch.ones_like(ids), ids > 0, ids.float(), global_tokens=5, global_sequences=2, prompt_length=1),
+    ]
+    torch.save([batch_state(batch) for batch in batches], tmp_path / "state.pt")
+    loaded = [batch_from_state(state) for state in torch.load(tmp_path / "state.pt", weights_only=True)]
+    assert [type(batch) for batch in loaded] == [TokenBatch, LabelledBatch, PPOBatch]
+    assert torch.equal(loaded[1].references.loss_mask, tokens.loss_mask) and loaded[2].old_logprobs is None
+    assert (loaded[2].global_tokens, loaded[2].prompt_length) == (5, 1) and torch.equal(
+        loaded[2].advantages, ids.float()
+    )

@@ -2,10 +2,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from lightning import Callback
 from torch.utils.data import DataLoader
 
-from lit_reason import SFT, PolicySpec, RolloutDataModule, TrainData
+from lit_reason import GRPO, SFT, PolicySpec, RolloutDataModule, SamplingConfig, TrainData
 from lit_reason.data import shard_evenly
 from lit_reason.tasks import Arithmetic
 from tests.helpers.trainers import quiet_trainer
@@ -112,22 +113,35 @@ class CheckpointThenCrash(Callback):
             raise RuntimeError("crash")
 
 
+def mid_round_run(algorithm: str, tmp_path: Path, *callbacks: Callback, ckpt_path=None):
+    """Two rounds of 4 batches each (16 questions a round), dropout on: (trainer, data, policy weights)."""
+    policy = PolicySpec(name_or_path="micro", seed=1, preset_overrides={"attention_dropout": 0.5})
+    if algorithm == "sft":
+        module = SFT(policy=policy, batch_size=4)
+    else:  # a round whose data is sampled, which a resumed run cannot make again
+        rollout = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=4)
+        module = GRPO(policy=policy, rollout=rollout, minibatch_size=8, ppo_epochs=1)
+    data = RolloutDataModule(task=Arithmetic(train_size=64, validation_size=4, test_size=4), questions_per_round=16)
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=list(callbacks), default_root_dir=tmp_path)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return trainer, data, torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+
+
 @pytest.mark.slow
-def test_a_run_resumed_from_a_checkpoint_taken_mid_round_skips_the_rest_of_that_round(tmp_path):
-    """A mid-round checkpoint (every_n_train_steps, val_check_interval < 1, max_steps) holds none of the round's
-    batches. Resuming served the done-round placeholder to ``training_step`` (a crash): now the rest of the
-    round is skipped with a warning that says so, and the next round trains."""
-
-    def run(*callbacks, ckpt_path=None):
-        module = SFT(policy=PolicySpec(name_or_path="micro", seed=1), batch_size=4)
-        data = RolloutDataModule(task=Arithmetic(train_size=64, validation_size=4, test_size=4), questions_per_round=16)
-        trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=list(callbacks))
-        trainer.fit(module, data, ckpt_path=ckpt_path)
-        return trainer, data
-
+@pytest.mark.parametrize("algorithm", ["sft", "grpo"])
+def test_a_run_resumed_from_a_checkpoint_taken_mid_round_ends_as_an_uninterrupted_one(algorithm, tmp_path):
+    """A mid-round checkpoint (every_n_train_steps, val_check_interval < 1, max_steps) holds every rank's batches
+    of the round: the resumed run trains on the rest of them and ends bit for bit where an uninterrupted run
+    does. (Resuming served the done-round placeholder to ``training_step``: a crash.)"""
+    torch.manual_seed(0)
+    trainer, data, uninterrupted = mid_round_run(algorithm, tmp_path / "whole")
+    assert trainer.global_step == 8
     checkpoint = tmp_path / "mid-round.ckpt"
     with pytest.raises(RuntimeError, match="crash"):
-        run(CheckpointThenCrash(2, checkpoint))  # 2 of round 0's 4 steps (16 questions, 4 a batch)
-    with pytest.warns(UserWarning, match=r"taken mid-round, at step 2 in round 0 of 4 batches .* skips the rest"):
-        trainer, data = run(ckpt_path=checkpoint)
-    assert trainer.global_step == 2 + 4 and data.rounds_built == 2
+        mid_round_run(algorithm, tmp_path / "crashed", CheckpointThenCrash(2, checkpoint))
+    saved = torch.load(checkpoint, weights_only=True)["RolloutDataModule"]["round_in_progress"]
+    assert saved["batches_started"] == 2 and len(saved["by_rank"]) == 1 and len(saved["by_rank"][0]["batches"]) == 4
+    torch.manual_seed(1)  # where a new process's generator happens to be
+    resumed_trainer, resumed_data, resumed = mid_round_run(algorithm, tmp_path / "resumed", ckpt_path=checkpoint)
+    assert resumed_trainer.global_step == 8 and resumed_data.samples_drawn == data.samples_drawn
+    assert torch.equal(resumed, uninterrupted)

@@ -77,8 +77,7 @@ class ReasoningModule(LightningModule):
         self.tokenizer = load_tokenizer(self.policy_spec)
         self.policy: torch.nn.Module | None = None  # built in configure_model
         self.recorded_conditioning = Conditioning()  # what the starting policy's export records
-        # The frozen ORM is kept out of the module tree: out of the optimizer, the checkpoint and DDP.
-        self._frozen_orm: list[ValueModel] = []
+        self._frozen_orm: list[ValueModel] = []  # the frozen ORM, out of the module tree: optimizer, checkpoint, DDP
         self.evaluator = Evaluator(evaluation.num_samples, rerank=orm is not None or self.trains_reward_model)
         self.steps = StepCounter()  # the run's and the current round's optimizer steps
 
@@ -153,9 +152,8 @@ class ReasoningModule(LightningModule):
         return datamodule.task
 
     def conditioning(self, stage: Stage) -> Conditioning:
-        """What the policy samples behind in rollouts or in evaluation: what its export records (a
-        return-conditioned policy's good token, its suppressed return tokens, its guidance), guidance only in
-        evaluation. The conditioning an export of this module records is the evaluation's."""
+        """What the policy samples behind in rollouts or in evaluation: what its export records (an RCRL policy's
+        good token, suppressed return tokens and guidance), guidance only in evaluation (what exports record)."""
         recorded = self.recorded_conditioning
         return recorded if stage == "evaluation" else recorded.without_guidance()
 
@@ -232,6 +230,8 @@ class ReasoningModule(LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if isinstance(batch, str) and batch in (EMPTY_ROUND, COMPLETED_ROUND):
             return -1  # Lightning: skip the rest of this epoch (a round with nothing (more) to train on)
+        self.steps.start_round(self.trainer)  # a round resumed mid-way has no epoch start
+        self.trainer.datamodule.batches_started += 1  # a checkpoint from here on has trained on this batch
         # Dropout's generator, seeded per batch and rank: checkpoints do not hold it, so a resumed run reseeds it.
         torch.manual_seed(row_seed(self.seed, "dropout", self.current_epoch, batch_idx, rank_and_world_size()[0]))
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=1)

@@ -41,7 +41,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 
 from lit_reason.algorithms.base import ReasoningModule
-from lit_reason.batches import Example, LabelledBatch, fits_context, make_token_batch
+from lit_reason.batches import Example, LabelledBatch, batch_from_state, batch_state, fits_context, make_token_batch
 from lit_reason.data import TrainData
 from lit_reason.distributed import full_state_dict, gather_objects, rank_and_world_size
 from lit_reason.evaluation import GradedQuestions, markdown_table
@@ -204,24 +204,20 @@ class OutcomeRewardModel(ReasoningModule):
         # (other data, samples counted twice). Each rank has its own and only rank 0 writes the checkpoint, so
         # every rank's are gathered (every rank saves a checkpoint, together).
         if self._first_round is not None:
-            mine = [
-                {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "response_mask": b.response_mask,
-                 "labels": b.labels}
-                for b in self._first_round
-            ]  # fmt: skip
-            checkpoint["orm_first_round_by_rank"] = gather_objects([mine])
+            checkpoint["orm_first_round_by_rank"] = gather_objects([[batch_state(b) for b in self._first_round]])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rank, world_size = rank_and_world_size()
         by_rank = checkpoint.get("orm_first_round_by_rank")
         if by_rank is None and "orm_first_round" in checkpoint:  # checkpoints of lit-reason 0.1.0: one rank's
-            by_rank = [checkpoint["orm_first_round"]] * world_size
+            saved = [{"type": "LabelledBatch", "fields": batch} for batch in checkpoint["orm_first_round"]]
+            by_rank = [saved] * world_size
         if by_rank is not None and len(by_rank) != world_size:
             raise ValueError(
                 f"the checkpoint holds the ORM's first-round samples of {len(by_rank)} ranks, each its own: resume "
                 f"it on {len(by_rank)} ranks (this run has {world_size})"
             )
-        self._first_round = [LabelledBatch(**batch) for batch in by_rank[rank]] if by_rank is not None else None
+        self._first_round = [batch_from_state(batch) for batch in by_rank[rank]] if by_rank is not None else None
 
     def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
         order = list(range(len(labels)))
