@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 from lit_reason.batches import batch_from_state, batch_state
-from lit_reason.distributed import gather_objects, rank_and_world_size, reduce_int
+from lit_reason.distributed import gather_to_rank_zero, rank_and_world_size, reduce_int, this_ranks_share
 from lit_reason.seeds import run_seed
 from lit_reason.tasks import Arithmetic, Problem, Task
 
@@ -79,7 +79,7 @@ class RolloutDataModule(LightningDataModule):
         self.round_batches = 0  # training batches of the last round made
         self.batches_started = 0  # of them, those training has started on (``ReasoningModule.on_train_batch_start``)
         self.round_first_step = 0  # the global step the last round made started at
-        self._resumed_round: tuple[TrainData, int] | None = None  # a mid-round checkpoint's: batches, started
+        self._round_in_progress: dict[str, Any] | None = None  # a mid-round checkpoint's, as it holds it
         self.round_data: TrainData | None = None
 
     # ----------------------------------------------------------------------------------------- training
@@ -131,10 +131,13 @@ class RolloutDataModule(LightningDataModule):
         """The dataloader of the round a checkpoint was taken in: the rest of its batches, from the checkpoint,
         where it was taken mid-round; else (a round's end) one placeholder that the module skips."""
         self.round_data = None
-        if self._resumed_round is not None:
-            self.round_data, self.batches_started = self._resumed_round
-            self._resumed_round = None
-            total = len(self.round_data.batches)
+        if self._round_in_progress is not None:
+            progress, self._round_in_progress = self._round_in_progress, None
+            mine = this_ranks_share(progress["by_rank"], "the batches of the round it was taken in")
+            batches = [batch_from_state(state) for state in mine["batches"]]
+            self.round_data = TrainData(batches, samples_drawn=int(mine["samples_drawn"]), stats=dict(mine["stats"]))
+            self.batches_started, self.round_first_step = int(progress["batches_started"]), int(progress["first_step"])
+            total = len(batches)
             rank_zero_info(f"round {round_index}: resuming after {self.batches_started} of its {total} batches")
             # As long as the whole round: Lightning counts the batches on from where the checkpoint left off.
             starting_later = _IndicesFrom(self.batches_started, total)
@@ -171,34 +174,29 @@ class RolloutDataModule(LightningDataModule):
         (their batches are gathered; only rank 0 writes)."""
         state: dict[str, Any] = {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
         state["round_batches"] = self.round_batches
-        data = self.round_data
-        if data is not None and 0 < self.batches_started < len(data.batches):  # the same on every rank
+        if self._mid_round():  # the same on every rank
+            data = self.round_data
             mine = {"batches": [batch_state(b) for b in data.batches], "samples_drawn": data.samples_drawn}
             state["round_in_progress"] = {
                 "batches_started": self.batches_started,
                 "first_step": self.round_first_step,
-                "by_rank": gather_objects([mine | {"stats": data.stats}]),
+                "by_rank": gather_to_rank_zero(mine | {"stats": data.stats}),
             }
         return state
+
+    def _mid_round(self) -> bool:
+        """Whether training has started on the round's batches and not on all that this epoch runs (fewer with
+        ``limit_train_batches``)."""
+        if self.round_data is None or self.batches_started == 0:
+            return False
+        return self.batches_started < min(len(self.round_data.batches), self.trainer.num_training_batches)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples_drawn = int(state_dict["samples_drawn"])
         self.rounds_built = int(state_dict["rounds_built"])
         self.round_batches = int(state_dict.get("round_batches", 0))  # not in earlier checkpoints
-        progress = state_dict.get("round_in_progress")
-        if progress is None:
-            return
-        rank, world_size = rank_and_world_size()
-        if len(progress["by_rank"]) != world_size:
-            raise ValueError(
-                f"the checkpoint was taken mid-round on {len(progress['by_rank'])} ranks, each with its own "
-                f"batches: resume it on {len(progress['by_rank'])} ranks (this run has {world_size})"
-            )
-        mine = progress["by_rank"][rank]
-        batches = [batch_from_state(state) for state in mine["batches"]]
-        round_data = TrainData(batches, samples_drawn=int(mine["samples_drawn"]), stats=dict(mine["stats"]))
-        self._resumed_round = (round_data, int(progress["batches_started"]))
-        self.round_first_step = int(progress["first_step"])
+        # Kept as saved: only a fit that resumes the round needs this rank's batches (testing a checkpoint none).
+        self._round_in_progress = state_dict.get("round_in_progress")
 
     def setup(self, stage: str) -> None:
         _, world_size = rank_and_world_size()

@@ -55,6 +55,28 @@ def reduce_int(value: int, op: str, device: torch.device) -> int:
     return int(all_reduce(torch.tensor([value], dtype=torch.long), device, op).item())
 
 
+def gather_to_rank_zero(item: Any) -> list[Any]:
+    """Every rank's ``item`` in rank order on rank 0, which writes checkpoints; [] on the others (a collective:
+    every rank calls it, e.g. from a checkpoint hook). ``this_ranks_share`` picks a rank's item back out."""
+    if not is_distributed():
+        return [item]
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(item, gathered, dst=0)
+    return gathered or []
+
+
+def this_ranks_share(by_rank: list[Any], what: str) -> Any:
+    """This rank's item of what ``gather_to_rank_zero`` gathered when a checkpoint was saved; an error naming
+    ``what`` where the run has another number of ranks (each rank's share is its own)."""
+    rank, world_size = rank_and_world_size()
+    if len(by_rank) != world_size:
+        raise ValueError(
+            f"the checkpoint holds {what} of {len(by_rank)} ranks, each its own: resume it on {len(by_rank)} ranks "
+            f"(this run has {world_size})"
+        )
+    return by_rank[rank]
+
+
 def gather_objects(items: list[Any]) -> list[Any]:
     """Every rank's list, concatenated in rank order, on every rank (for small, picklable items)."""
     if not is_distributed():

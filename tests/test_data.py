@@ -145,3 +145,31 @@ def test_a_run_resumed_from_a_checkpoint_taken_mid_round_ends_as_an_uninterrupte
     resumed_trainer, resumed_data, resumed = mid_round_run(algorithm, tmp_path / "resumed", ckpt_path=checkpoint)
     assert resumed_trainer.global_step == 8 and resumed_data.samples_drawn == data.samples_drawn
     assert torch.equal(resumed, uninterrupted)
+
+
+def _round_saved_and_resumed(rank: int, world_size: int) -> tuple[list[list[int]], int, int]:
+    """Each rank is one batch into a round of two (its own); rank 0's checkpoint, the one written, resumes it."""
+    from lit_reason.batches import TokenBatch
+    from lit_reason.distributed import gather_objects
+
+    def batch(value: int) -> TokenBatch:
+        ids = torch.full((1, 2), value)
+        return TokenBatch(ids, torch.ones_like(ids), ids > 0)
+
+    data = RolloutDataModule(task=Arithmetic(train_size=8, validation_size=2, test_size=2))
+    data.trainer = SimpleNamespace(num_training_batches=2, global_step=1)
+    data.round_data = TrainData([batch(10 * rank), batch(10 * rank + 1)], samples_drawn=4, stats={"rank": rank})
+    data.rounds_built, data.round_batches, data.batches_started = 1, 2, 1
+    (written, *_) = gather_objects([data.state_dict()])
+    resumed = RolloutDataModule(task=Arithmetic(train_size=8, validation_size=2, test_size=2))
+    resumed.load_state_dict(written)
+    resumed.trainer = FakeTrainer(None, epoch=0, batches_done=1)
+    loader = resumed.train_dataloader()
+    return [b.input_ids[0].tolist() for b in loader], len(loader), resumed.round_data.stats["rank"]
+
+
+def test_a_mid_round_checkpoint_holds_every_rank_s_batches_and_each_rank_resumes_its_own():
+    """Only rank 0 writes the checkpoint: every rank's batches of the round must be in it."""
+    from tests.helpers.distributed import run_in_processes
+
+    assert run_in_processes(_round_saved_and_resumed, timeout=120) == [([[1, 1]], 2, 0), ([[11, 11]], 2, 1)]

@@ -1,8 +1,8 @@
 """Nothing lost to a crash: a run of every algorithm killed with SIGKILL at chosen points (mid-rollout,
 mid-training, mid-validation, mid-checkpoint-save, mid-export), twice, and resumed each time with the same
-command plus ``--ckpt_path`` of its ``last.ckpt``, ends bit for bit where the uninterrupted run ends: the same
-weights and optimizer state, the same metrics at every validation, the same samples drawn and the same
-exported policy."""
+command plus ``--ckpt_path`` of its ``last.ckpt`` (for one run a checkpoint taken mid-round), ends bit for bit
+where the uninterrupted run ends: the same weights and optimizer state, the same metrics at every validation,
+the same samples drawn and the same exported policy."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ KILLS = {
         ["--config", str(CONFIGS / "rcrl.yaml"), *ROLLOUT, BATCH, "--model.init_args.reference_solutions=8"],
         [Kill("export", 1), Kill("validation", 2)],
     ),
+    # Checkpoints every 3 of a round's 8 steps: each kill resumes from one taken mid-round (its batches in it).
+    "grpo-mid-round": (
+        [
+            "--config",
+            str(CONFIGS / "grpo.yaml"),
+            *ROLLOUT,
+            "--model.init_args.minibatch_size=8",
+            "--last_checkpoint.every_n_train_steps=3",
+        ],
+        [Kill("training", 1, batch=5), Kill("training", 2, batch=2)],
+    ),  # fmt: skip
 }
 
 
@@ -115,6 +126,10 @@ def test_a_run_killed_twice_and_resumed_ends_bit_for_bit_as_an_uninterrupted_one
     outcome = fit(server, args, tmp_path / "crashed", "last")
     assert outcome.exit_code == 0, outcome.log.read_text()[-3000:]
     assert "Restored all states from the checkpoint" in outcome.log.read_text()
+    if "--last_checkpoint.every_n_train_steps=3" in args:  # both resumes continued a round mid-way
+        resumes = [(tmp_path / "crashed" / f"{attempt}.log").read_text() for attempt in ("attempt1", "last")]
+        assert "round 1: resuming after 4 of its 8 batches" in resumes[0]
+        assert "round 2: resuming after 2 of its 8 batches" in resumes[1]
     assert not (tmp_path / "crashed" / "version_1").exists()  # every attempt logged on in the first one's directory
 
     reference, crashed = tmp_path / "uninterrupted" / "version_0", tmp_path / "crashed" / "version_0"

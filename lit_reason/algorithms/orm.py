@@ -43,7 +43,13 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalib
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.batches import Example, LabelledBatch, batch_from_state, batch_state, fits_context, make_token_batch
 from lit_reason.data import TrainData
-from lit_reason.distributed import full_state_dict, gather_objects, rank_and_world_size
+from lit_reason.distributed import (
+    full_state_dict,
+    gather_objects,
+    gather_to_rank_zero,
+    rank_and_world_size,
+    this_ranks_share,
+)
 from lit_reason.evaluation import GradedQuestions, markdown_table
 from lit_reason.files import jsonl_records
 from lit_reason.metrics import WithinQuestionAUROC
@@ -144,6 +150,7 @@ class OutcomeRewardModel(ReasoningModule):
         self.batch_size = batch_size
         self.network: ValueModel | None = None  # built in configure_model
         self._first_round: list[LabelledBatch] | None = None
+        self._checkpointed_first_round: list[Any] | None = None  # every rank's, as a checkpoint holds them
         self._reference_pool: list[Example] | None = None  # encoded on first use
         self.orm_metrics = torch.nn.ModuleDict(
             {
@@ -184,6 +191,8 @@ class OutcomeRewardModel(ReasoningModule):
 
     # --------------------------------------------------------------------------------------------- data
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
+        if self._first_round is None and self._checkpointed_first_round is not None:  # a resumed fit
+            self._first_round = self.first_round_from_checkpoint()
         if self.rollout_file is not None:
             if self._first_round is None:
                 self._first_round = self._batches_from_file(round_index)
@@ -201,23 +210,25 @@ class OutcomeRewardModel(ReasoningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The first round's labelled samples, which later rounds re-use: a resumed run must not sample afresh
-        # (other data, samples counted twice). Each rank has its own and only rank 0 writes the checkpoint, so
-        # every rank's are gathered (every rank saves a checkpoint, together).
+        # (other data, samples counted twice). Each rank has its own, gathered to rank 0, which writes it.
         if self._first_round is not None:
-            checkpoint["orm_first_round_by_rank"] = gather_objects([[batch_state(b) for b in self._first_round]])
+            checkpoint["orm_first_round_by_rank"] = gather_to_rank_zero([batch_state(b) for b in self._first_round])
+        elif self._checkpointed_first_round is not None:  # loaded, not used yet
+            checkpoint["orm_first_round_by_rank"] = self._checkpointed_first_round
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rank, world_size = rank_and_world_size()
+        # Kept as saved: only a fit that trains on them needs this rank's (testing a checkpoint needs none).
         by_rank = checkpoint.get("orm_first_round_by_rank")
         if by_rank is None and "orm_first_round" in checkpoint:  # checkpoints of lit-reason 0.1.0: one rank's
             saved = [{"type": "LabelledBatch", "fields": batch} for batch in checkpoint["orm_first_round"]]
-            by_rank = [saved] * world_size
-        if by_rank is not None and len(by_rank) != world_size:
-            raise ValueError(
-                f"the checkpoint holds the ORM's first-round samples of {len(by_rank)} ranks, each its own: resume "
-                f"it on {len(by_rank)} ranks (this run has {world_size})"
-            )
-        self._first_round = [batch_from_state(batch) for batch in by_rank[rank]] if by_rank is not None else None
+            by_rank = [saved] * rank_and_world_size()[1]
+        self._first_round, self._checkpointed_first_round = None, by_rank
+
+    def first_round_from_checkpoint(self) -> list[LabelledBatch]:
+        """This rank's first-round batches of the checkpoint the fit resumed from."""
+        share = this_ranks_share(self._checkpointed_first_round, "the ORM's first-round samples")
+        self._checkpointed_first_round = None
+        return [batch_from_state(batch) for batch in share]
 
     def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
         order = list(range(len(labels)))

@@ -114,6 +114,7 @@ class PolicyGradient(ReasoningModule):
         self.max_grad_norm = max_grad_norm
         self.reference_load_kwargs = reference_load_kwargs
         self.reference: torch.nn.Module | None = None
+        self._suppressed_ids: torch.Tensor | None = None  # ``sampled_distribution``'s, on the logits' device
 
     # ------------------------------------------------------------------------------------------- models
     def build_extra_models(self) -> None:
@@ -157,7 +158,9 @@ class PolicyGradient(ReasoningModule):
         suppressed = self.conditioning("rollout").suppressed_token_ids
         if not suppressed:
             return logits
-        return without_tokens(logits, torch.tensor(suppressed, device=logits.device))
+        if self._suppressed_ids is None or self._suppressed_ids.device != logits.device:  # one copy to the device
+            self._suppressed_ids = torch.tensor(suppressed, device=logits.device)
+        return without_tokens(logits, self._suppressed_ids)
 
     def advantages(
         self, rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor

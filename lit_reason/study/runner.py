@@ -133,7 +133,7 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
             print(f"{label}: finished before, skipped", flush=True)
             continue
         command = list(step.command)
-        resumed = step.checkpoint.exists() and step.command[0] == "fit"  # a sharded checkpoint is a directory
+        resumed = _complete_checkpoint(step.checkpoint) and step.command[0] == "fit"
         if resumed:
             command.append(f"--ckpt_path={step.checkpoint}")
             print(f"{label}: resuming from {step.checkpoint}", flush=True)
@@ -159,3 +159,9 @@ def print_commands(study: StudySpec) -> None:
     print(f"# study {study.name}: run in order; every command after the first needs the warm start's export")
     for step in plan(study):
         print(("# finished: " if step.finished else "") + shell_command(step))
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    """Whether ``path`` holds a checkpoint to resume from: a file, or a sharded checkpoint's directory (FSDP2)
+    whose ``meta.pt``, written last, is there (a save cut short leaves a directory without it)."""
+    return (path / "meta.pt").is_file() if path.is_dir() else path.is_file()

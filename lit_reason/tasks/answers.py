@@ -44,11 +44,12 @@ _SPACED_NUMBER = r"(?:(?:" + _MINUS + r"\$?|\$)\s?)?(?:" + _DIGITS + r")(?: ?/ ?
 _FINAL_MARK_RE = re.compile(r"####\s*(?:\*\*)?(" + _SPACED_NUMBER + ")")
 # "answer is: \boxed{N}": the colon and the box each bring their own leading "\s*" rather than
 # "\s*:?\s*(?:\\boxed\{)?\s*", so no whitespace run is split between quantifiers (that was cubic).
-_ANSWER_IS_RE = re.compile(
-    r"(?:answer|result)\s*(?:is|=|:|was|will be)(?:\s*:)?(?:\s*\\boxed\{)?\s*(" + _SPACED_NUMBER + ")",
-    re.IGNORECASE,
-)
-_BOXED_RE = re.compile(r"\\boxed\{\s*(" + _SPACED_NUMBER + r")\s*\}")
+_ANSWER_IS = r"(?:answer|result)\s*(?:is|=|:|was|will be)(?:\s*:)?(?:\s*\\boxed\{)?\s*"
+_ANSWER_IS_RE = re.compile(_ANSWER_IS + "(" + _SPACED_NUMBER + ")", re.IGNORECASE)
+_BOXED = r"\\boxed\{\s*"
+_BOXED_RE = re.compile(_BOXED + "(" + _SPACED_NUMBER + r")\s*\}")
+# Where a number is stated, whole or not ("answer is 2:30"): one that is not whole states no answer.
+_STATEMENT_RE = re.compile(f"(?:{_ANSWER_IS}|{_BOXED})" + r"(?=[-\u2212$]|\.?\d)", re.IGNORECASE)
 _ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
 # The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12"). The "\s*"
 # after a dollar sign sits in the dollar's optional group, so a whitespace run has one way to match
@@ -78,16 +79,20 @@ def extract_answer(text: str) -> float | None:
 
     In order of trust: the number after the last ``####`` (GSM8K's marker); the last stated one, "answer is N"
     (also "answer: N", "result is N") or ``\\boxed{N}``, whichever comes later (an intermediate "the result is
-    12" does not outrank a final box); failing those, the result of the last calculation on the last line with
-    a number, or else that line's last number.
+    12" does not outrank a final box; a last statement of no whole number, "2:30", "1,0000", is no answer);
+    failing those, the result of the last calculation on the last line with a number, or else that line's last
+    number.
     """
     text = text[-MAX_TEXT_CHARS:]
     marked = _FINAL_MARK_RE.findall(text)
     if marked:
         return parse_number(marked[-1])
-    stated = [match for pattern in (_ANSWER_IS_RE, _BOXED_RE) for match in pattern.finditer(text)]
-    if stated:
-        return parse_number(max(stated, key=lambda match: match.end()).group(1))
+    statements = [match.start() for match in _STATEMENT_RE.finditer(text)]
+    if statements:
+        stated = [match for pattern in (_ANSWER_IS_RE, _BOXED_RE) for match in pattern.finditer(text)]
+        last = max(stated, key=lambda match: match.end(), default=None)
+        # The last statement's number is not a whole one ("the answer is 2:30"): no answer, not a number of it.
+        return None if last is None or max(statements) > last.start() else parse_number(last.group(1))
     if "####" in text:  # an explicit final marker with no number after it: no answer
         return None
     lines = [line for line in text.splitlines() if NUMBER_RE.search(line)]

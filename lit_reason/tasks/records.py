@@ -154,9 +154,10 @@ def _finite(value: int | float, field: str, where: str) -> float:
 def _text(value: str | int | float | bool, field: str, normalization: TextNormalization, where: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
-    text = (
-        value.rsplit("####", 1)[-1] if isinstance(value, str) else format_number(_finite(value, field, where))
-    ).strip()
+    if isinstance(value, str):
+        text = value.rsplit("####", 1)[-1].strip()
+    else:  # an integer as written (a float would round one past 2**53)
+        text = str(value) if isinstance(value, int) else format_number(_finite(value, field, where))
     if not text or "\n" in text or len(text) > MAX_TEXT_ANSWER_CHARS:
         raise ValueError(f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r}")
     if not normalize_text_answer(text, normalization):

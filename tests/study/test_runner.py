@@ -104,3 +104,19 @@ def test_a_study_can_reuse_another_studys_warm_start_and_orm(tmp_path, monkeypat
         (tmp_path / "first" / "runs" / stage / "seed0" / "study.json").write_text("{}")
     run_study(study)
     assert (steps[1].log_dir / "study.json").is_file()
+
+
+def test_a_sharded_checkpoint_cut_short_is_started_afresh(tmp_path, monkeypatch):
+    study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
+    warm_start, baseline, a = plan(study)
+    for step in (warm_start, baseline):
+        step.log_dir.mkdir(parents=True)
+        (step.log_dir / "study.json").write_text("{}")
+    (a.checkpoint / "__0_0.distcp").parent.mkdir(parents=True)
+    (a.checkpoint / "__0_0.distcp").write_bytes(b"shard")  # no meta.pt: its save was cut short
+    commands = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, **kw: commands.append(command) or subprocess.CompletedProcess(command, 0)
+    )
+    run_study(study)
+    assert not any("ckpt_path" in arg for arg in commands[0]) and not a.checkpoint.exists()

@@ -59,6 +59,12 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("#### 3/4/5", None),
         ("#### 5, 6 or 7", 5.0),
         ("#### 3/0", None),
+        ("The answer is 2:30 pm.", None),  # a stated number that is not whole is no answer, not the 30 after it
+        ("So the answer is 1,0000.", None),
+        ("The answer is 3/4/5 of it.", None),
+        ("\\boxed{3/4/5}", None),
+        ("The result is 2:30, so the answer is 17.", 17.0),
+        ("The answer is \\boxed{5}.", 5.0),
         ("no numbers here", None),
         ("", None),
         ("####", None),

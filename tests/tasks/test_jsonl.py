@@ -70,13 +70,14 @@ def test_text_answers_are_compared_after_normalization(tmp_path):
         {"q": "Capital?", "a": "#### Washington, D.C."},
         {"q": "Pick one", "a": 3},
         {"q": "Even?", "a": "yes", "work": "4 = 2 * 2"},
+        {"q": "Serial?", "a": 12345678901234567890},  # past 2**53: kept as written, not rounded through a float
     ]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     fields = RecordFields("q", "a", "work", answer_type="text")
     with pytest.raises(ValueError, match=r"train.jsonl:1: no field 'work'"):
         JSONLTask(train, fields=fields, validation_size=0).problems("train")
     problems = JSONLTask(train, fields=RecordFields("q", "a", answer_type="text"), validation_size=0).problems("train")
-    assert [p.answer for p in problems] == ["The Beatles", "Washington, D.C.", "3", "yes"]
+    assert [p.answer for p in problems] == ["The Beatles", "Washington, D.C.", "3", "yes", "12345678901234567890"]
     assert problems[0].solution == "#### The Beatles" and problems[0].is_correct(problems[0].solution)
     assert problems[0].is_correct("They were british.\n#### beatles!") and not problems[0].is_correct("#### Stones")
     assert problems[1].is_correct("So \\boxed{washington dc}") and not problems[1].is_correct("Washington, D.C.")
@@ -100,7 +101,7 @@ def test_text_answers_are_compared_after_normalization(tmp_path):
         ("two\nlines", "must be a one-line text answer"),
         ("x" * 201, "must be a one-line text answer"),
         (float("nan"), "is not a finite number"),
-        (10**400, "is not a finite number"),
+        (10**400, "must be a one-line text answer of 1 to 200 characters"),
         ("?!", "is nothing once normalized"),
     ],
 )
