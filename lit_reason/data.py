@@ -116,6 +116,12 @@ class RolloutDataModule(LightningDataModule):
                 f"round {round_index}: dropping {len(data.batches) - fewest} batches so that every rank runs {fewest}"
             )
             data.batches = data.batches[:fewest]
+        if self._round_in_progress is not None:  # Lightning resumed past the checkpoint's round
+            rank_zero_warn(
+                f"the checkpoint holds the rest of round {round_index - 1}, but Lightning resumed at round "
+                f"{round_index} (a checkpoint saved after a fit had ended?): that rest is not trained on"
+            )
+            self._round_in_progress = None
         self.round_data = data
         self.rounds_built, self.round_batches, self.batches_started = round_index + 1, fewest, 0
         self.round_first_step = self.trainer.global_step
@@ -175,21 +181,32 @@ class RolloutDataModule(LightningDataModule):
         state: dict[str, Any] = {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
         state["round_batches"] = self.round_batches
         if self._mid_round():  # the same on every rank
-            data = self.round_data
+            data, trained = self.round_data, self._batches_trained()
+            if trained % self.trainer.accumulate_grad_batches:
+                rank_zero_warn(
+                    f"a checkpoint taken after {trained} batches of round {self.trainer.current_epoch}, inside a "
+                    f"gradient accumulation of {self.trainer.accumulate_grad_batches}: checkpoints hold no "
+                    "accumulated gradients, so a run resumed from it is not the one that went on"
+                )
             mine = {"batches": [batch_state(b) for b in data.batches], "samples_drawn": data.samples_drawn}
             state["round_in_progress"] = {
-                "batches_started": self.batches_started,
+                "batches_started": trained,
                 "first_step": self.round_first_step,
                 "by_rank": gather_to_rank_zero(mine | {"stats": data.stats}),
             }
         return state
 
     def _mid_round(self) -> bool:
-        """Whether training has started on the round's batches and not on all that this epoch runs (fewer with
-        ``limit_train_batches``)."""
+        """Whether training has started on the round's batches and not trained all that this epoch runs (fewer
+        with ``limit_train_batches``)."""
         if self.round_data is None or self.batches_started == 0:
             return False
-        return self.batches_started < min(len(self.round_data.batches), self.trainer.num_training_batches)
+        return self._batches_trained() < min(len(self.round_data.batches), self.trainer.num_training_batches)
+
+    def _batches_trained(self) -> int:
+        """Batches of this round whose training step is done: Lightning's count, which is where it resumes (a
+        checkpoint saved during a step, e.g. by a signal handler, holds the weights before it)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples_drawn = int(state_dict["samples_drawn"])

@@ -102,12 +102,21 @@ def test_fewer_questions_a_round_than_ranks_is_an_error_saying_what_to_set(small
 
 
 class CheckpointThenCrash(Callback):
-    """Save a checkpoint after ``step`` optimizer steps (mid-round, as every_n_train_steps does), then fail."""
+    """Save a checkpoint after ``step`` optimizer steps (mid-round, as every_n_train_steps does), or during the
+    step after them (before its optimizer step, as a signal handler may), then fail."""
 
-    def __init__(self, step: int, path: Path) -> None:
-        self.step, self.path = step, path
+    def __init__(self, step: int, path: Path, during_step: bool = False) -> None:
+        self.step, self.path, self.during_step = step, path, during_step
+
+    def on_before_optimizer_step(self, trainer, *args) -> None:
+        if self.during_step:
+            self._checkpoint_and_crash(trainer)
 
     def on_train_batch_end(self, trainer, *args) -> None:
+        if not self.during_step:
+            self._checkpoint_and_crash(trainer)
+
+    def _checkpoint_and_crash(self, trainer) -> None:
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
             raise RuntimeError("crash")
@@ -128,8 +137,8 @@ def mid_round_run(algorithm: str, tmp_path: Path, *callbacks: Callback, ckpt_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["sft", "grpo"])
-def test_a_run_resumed_from_a_checkpoint_taken_mid_round_ends_as_an_uninterrupted_one(algorithm, tmp_path):
+@pytest.mark.parametrize(("algorithm", "during_step"), [("sft", False), ("grpo", False), ("sft", True)])
+def test_a_run_resumed_from_a_checkpoint_taken_mid_round_ends_as_an_uninterrupted_one(algorithm, during_step, tmp_path):
     """A mid-round checkpoint (every_n_train_steps, val_check_interval < 1, max_steps) holds every rank's batches
     of the round: the resumed run trains on the rest of them and ends bit for bit where an uninterrupted run
     does. (Resuming served the done-round placeholder to ``training_step``: a crash.)"""
@@ -138,7 +147,7 @@ def test_a_run_resumed_from_a_checkpoint_taken_mid_round_ends_as_an_uninterrupte
     assert trainer.global_step == 8
     checkpoint = tmp_path / "mid-round.ckpt"
     with pytest.raises(RuntimeError, match="crash"):
-        mid_round_run(algorithm, tmp_path / "crashed", CheckpointThenCrash(2, checkpoint))
+        mid_round_run(algorithm, tmp_path / "crashed", CheckpointThenCrash(2, checkpoint, during_step))
     saved = torch.load(checkpoint, weights_only=True)["RolloutDataModule"]["round_in_progress"]
     assert saved["batches_started"] == 2 and len(saved["by_rank"]) == 1 and len(saved["by_rank"][0]["batches"]) == 4
     torch.manual_seed(1)  # where a new process's generator happens to be
@@ -157,7 +166,12 @@ def _round_saved_and_resumed(rank: int, world_size: int) -> tuple[list[list[int]
         return TokenBatch(ids, torch.ones_like(ids), ids > 0)
 
     data = RolloutDataModule(task=Arithmetic(train_size=8, validation_size=2, test_size=2))
-    data.trainer = SimpleNamespace(num_training_batches=2, global_step=1)
+    trained = SimpleNamespace(
+        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(processed=1)))
+    )
+    data.trainer = SimpleNamespace(
+        num_training_batches=2, global_step=1, current_epoch=0, accumulate_grad_batches=1, fit_loop=trained
+    )
     data.round_data = TrainData([batch(10 * rank), batch(10 * rank + 1)], samples_drawn=4, stats={"rank": rank})
     data.rounds_built, data.round_batches, data.batches_started = 1, 2, 1
     (written, *_) = gather_objects([data.state_dict()])

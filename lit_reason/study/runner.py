@@ -163,5 +163,6 @@ def print_commands(study: StudySpec) -> None:
 
 def _complete_checkpoint(path: Path) -> bool:
     """Whether ``path`` holds a checkpoint to resume from: a file, or a sharded checkpoint's directory (FSDP2)
-    whose ``meta.pt``, written last, is there (a save cut short leaves a directory without it)."""
+    whose ``meta.pt``, written last, is there (a first save cut short leaves a directory without it; a later
+    one overwrites the directory in place, which only Lightning's loading can catch)."""
     return (path / "meta.pt").is_file() if path.is_dir() else path.is_file()

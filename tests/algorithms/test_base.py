@@ -140,3 +140,20 @@ def test_a_resumed_run_draws_the_dropout_masks_an_uninterrupted_one_does(tmp_pat
     torch.manual_seed(1)  # where a new process's generator happens to be
     resumed = run(ckpt_path=tmp_path / "round0.ckpt")
     assert torch.equal(resumed, uninterrupted)
+
+
+def test_a_module_fit_again_counts_the_new_fit_s_rounds():
+    from lit_reason import SFT, PolicySpec, RolloutDataModule
+    from lit_reason.tasks import Arithmetic
+
+    module = SFT(policy=PolicySpec(name_or_path="micro"), batch_size=8)
+    windows = []
+
+    class Window(Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+            windows.append(pl_module.steps.run_steps)
+
+    for max_epochs in (1, 3):  # 2 batches a round: windows of 2, then 6 steps
+        data = RolloutDataModule(task=Arithmetic(train_size=64, validation_size=4, test_size=4), questions_per_round=16)
+        quiet_trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=[Window()]).fit(module, data)
+    assert windows == [2, 2] + [6] * 6
