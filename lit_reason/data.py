@@ -229,9 +229,9 @@ class RolloutDataModule(LightningDataModule):
             )
 
 
-# The one "batch" served for a round made before the checkpoint a run resumes from. Lightning asks for that
-# epoch's dataloader (it would stop the run if it were empty) and, where the checkpoint was taken mid-round,
-# iterates it: ``ReasoningModule.on_train_batch_start`` skips it, so the run goes on to the next round.
+# The one "batch" served for a round made before the checkpoint a run resumes from (and not in it). Lightning
+# asks for that epoch's dataloader (it would stop the run if it were empty) and, where an earlier lit-reason's
+# checkpoint was taken mid-round, iterates it: ``ReasoningModule.on_train_batch_start`` skips it.
 COMPLETED_ROUND = "completed-round"
 # The one "batch" of a round whose samples gave no training batch (e.g. Expert Iteration with no correct
 # sample): ``ReasoningModule.on_train_batch_start`` skips it, so the run goes on to the next round.
@@ -249,8 +249,9 @@ def shard_evenly(problems: list[Problem], rank: int, world_size: int) -> list[Pr
 
 
 class _RoundLoader(DataLoader):
-    """A round's training batches. Where it stands is the data module's to checkpoint (``batches_started``);
-    the state methods tell Lightning that it can resume mid-round (it warns about dataloaders that cannot)."""
+    """A round's training batches. The data module checkpoints where it stands (the round's batches and how
+    many were trained); the state methods tell Lightning that it resumes mid-round (it warns about loaders
+    that cannot)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
