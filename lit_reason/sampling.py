@@ -159,6 +159,18 @@ class SampleBatch:
         last = self.prompt_length + self.response_lengths - 1
         return values.gather(1, last[:, None].to(values.device))[:, 0]
 
+    def without_prompt_end(self, columns: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) without the prompt's last ``columns`` columns (a response prefix), as
+        many padding columns put in front instead: every response keeps its columns, and column P - 1 holds the
+        token before the removed ones, as if the prompt had ended there. (R, L) each."""
+        start = self.prompt_length - columns
+
+        def cut(values: torch.Tensor, fill: int) -> torch.Tensor:
+            padding = torch.full_like(values[:, :columns], fill)
+            return torch.cat([padding, values[:, :start], values[:, self.prompt_length :]], dim=1)
+
+        return cut(self.input_ids, pad_token_id), cut(self.attention_mask, 0)
+
     @classmethod
     def from_token_lists(
         cls,

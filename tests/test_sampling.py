@@ -3,6 +3,7 @@ import torch
 
 from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.sampling import (
+    SampleBatch,
     SamplingConfig,
     counter_uniform,
     draw_from_probabilities,
@@ -366,3 +367,12 @@ def test_bad_arguments():
         SamplingConfig(num_samples=0)
     with pytest.raises(ValueError, match="guidance scale"):
         Guidance(negative_prefix="[B]", scale=-1.0)
+
+
+def test_a_batch_without_the_end_of_its_prompts_keeps_its_response_columns():
+    batch = SampleBatch.from_token_lists([[5, 6, 7, 8], [7, 8]], [[9, 2], [2]], ["a", ""], pad_token_id=0)
+    input_ids, attention_mask = batch.without_prompt_end(2, pad_token_id=0)
+    assert input_ids.tolist() == [[0, 0, 5, 6, 9, 2], [0, 0, 0, 0, 2, 0]]
+    assert attention_mask.tolist() == [[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 0]]
+    unchanged = batch.without_prompt_end(0, pad_token_id=0)
+    assert torch.equal(unchanged[0], batch.input_ids) and torch.equal(unchanged[1], batch.attention_mask)

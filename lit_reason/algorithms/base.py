@@ -114,11 +114,10 @@ class ReasoningModule(LightningModule):
 
     def reward_scores(self, batch: SampleBatch) -> torch.Tensor:
         """(R, L) the reward network's probability of a correct final answer at every column of a sampled
-        batch (``evaluation.batch_size`` rows at a time); it judges the response, not a response prefix."""
+        batch (``evaluation.batch_size`` rows at a time); it judges the response behind the prompt alone, as
+        it was trained, without the response prefix the policy sampled behind."""
         prefix_ids = encode_response_prefix(self.tokenizer, self.conditioning("rollout").response_prefix)
-        prefix = slice(batch.prompt_length - len(prefix_ids), batch.prompt_length)
-        input_ids, attention_mask = batch.input_ids.clone(), batch.attention_mask.clone()
-        input_ids[:, prefix], attention_mask[:, prefix] = self.tokenizer.pad_token_id, 0
+        input_ids, attention_mask = batch.without_prompt_end(len(prefix_ids), self.tokenizer.pad_token_id)
         with self._precision_context():
             return self.reward_network().score(
                 input_ids, attention_mask, batch.response_mask, batch_size=self.evaluation.batch_size

@@ -101,7 +101,9 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
 
 
 def test_reward_scores_ignore_the_response_prefix_the_policy_sampled_behind(tmp_path, char_tokenizer):
-    """The ORM judges the response: a return token in front of it (blanked to padding) changes no score."""
+    """The ORM judges the response behind the prompt, as it was trained: a return token the policy sampled
+    behind changes no score. (Blanked to padding in place, the prefix left the likelihood features' first
+    log-prob and the dense reward's baseline reading a padding column.)"""
     from lit_reason.conditioning import Conditioning
     from lit_reason.policy import load_model
     from lit_reason.sampling import SampleBatch
@@ -113,18 +115,24 @@ def test_reward_scores_ignore_the_response_prefix_the_policy_sampled_behind(tmp_
     module.recorded_conditioning = Conditioning("[G]")
     prompt = char_tokenizer("Q: 1+1?\n").input_ids
     response = char_tokenizer("1+1=2\n#### 2", add_special_tokens=False).input_ids + [char_tokenizer.eos_token_id]
-    scores = [
-        module.reward_scores(
-            SampleBatch.from_token_lists(
-                [prompt + char_tokenizer(prefix, add_special_tokens=False).input_ids],
-                [response],
-                ["1+1=2\n#### 2"],
-                pad_token_id=char_tokenizer.pad_token_id,
-            )
+    batches = [
+        SampleBatch.from_token_lists(
+            [prompt + char_tokenizer(prefix, add_special_tokens=False).input_ids],
+            [response],
+            ["1+1=2\n#### 2"],
+            pad_token_id=char_tokenizer.pad_token_id,
         )
-        for prefix in ("[G]", "[B]")
+        for prefix in ("[G]", "[B]", "")
     ]
+    scores = [module.reward_scores(batch) for batch in batches[:2]]
     assert torch.equal(scores[0], scores[1])
+    # From the prompt's last column on, what the ORM gives the layout it was trained on (no prefix).
+    plain = batches[2]
+    trained_layout = module.reward_network().score(
+        plain.input_ids, plain.attention_mask, plain.response_mask, batch_size=8
+    )
+    prefix_length = batches[0].prompt_length - plain.prompt_length
+    torch.testing.assert_close(scores[0][:, len(prompt) + prefix_length - 1 :], trained_layout[:, len(prompt) - 1 :])
 
 
 def test_detach_trunk_trains_the_head_alone(char_tokenizer):
