@@ -76,7 +76,7 @@ class RolloutDataModule(LightningDataModule):
         self.seed = seed
         self.samples_drawn = 0  # responses sampled for training, all ranks, all rounds
         self.rounds_built = 0  # rounds whose training data has been made (a resumed run skips them)
-        self.round_batches = 0  # training batches of the last round made
+        self.round_batches = 0  # training batches of the last round made (checkpointed: those its epoch runs)
         self.batches_started = 0  # of them, those training has started on (``ReasoningModule.on_train_batch_start``)
         self.round_first_step = 0  # the global step the last round made started at
         self._round_in_progress: dict[str, Any] | None = None  # a mid-round checkpoint's, as it holds it
@@ -148,11 +148,11 @@ class RolloutDataModule(LightningDataModule):
             # As long as the whole round: Lightning counts the batches on from where the checkpoint left off.
             starting_later = _IndicesFrom(self.batches_started, total)
             return _RoundLoader(self.round_data.batches, batch_size=None, sampler=starting_later, collate_fn=_identity)
-        if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed < self.round_batches:
-            rank_zero_warn(  # a checkpoint of an earlier lit-reason, which held no batches
-                f"the checkpoint was taken mid-round, at step {self.trainer.global_step} in round {round_index}, "
-                "and holds none of the round's batches: this run skips the rest of the round and goes on with "
-                "the next"
+        if self._batches_trained() < self.round_batches:
+            rank_zero_warn(  # the end of a fit that max_steps stopped, or a checkpoint of an earlier lit-reason
+                f"the checkpoint was taken at step {self.trainer.global_step}, before round {round_index} ended (a "
+                "run stopped by max_steps?), and does not hold the rest of the round: this run goes on with the "
+                "next round"
             )
         else:
             rank_zero_info(f"round {round_index} was completed before the checkpoint; going on with the next")
@@ -179,7 +179,7 @@ class RolloutDataModule(LightningDataModule):
         moved), so a resumed run trains on the rest of them. Every rank calls this when a checkpoint is saved
         (their batches are gathered; only rank 0 writes)."""
         state: dict[str, Any] = {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
-        state["round_batches"] = self.round_batches
+        state["round_batches"] = self._batches_this_epoch()
         if self._mid_round():  # the same on every rank
             data, trained = self.round_data, self._batches_trained()
             if trained % self.trainer.accumulate_grad_batches:
@@ -198,10 +198,18 @@ class RolloutDataModule(LightningDataModule):
 
     def _mid_round(self) -> bool:
         """Whether training has started on the round's batches and not trained all that this epoch runs (fewer
-        with ``limit_train_batches``)."""
+        with ``limit_train_batches``), and the epoch goes on: one that ``max_steps`` ended early is resumed at
+        its end, by Lightning, which then starts the next (``_checkpointed_round`` warns)."""
         if self.round_data is None or self.batches_started == 0:
             return False
-        return self._batches_trained() < min(len(self.round_data.batches), self.trainer.num_training_batches)
+        epoch = self.trainer.fit_loop.epoch_progress.current
+        return self._batches_trained() < self._batches_this_epoch() and epoch.processed == epoch.completed
+
+    def _batches_this_epoch(self) -> int:
+        """Of the round's batches, those this epoch runs (fewer with ``limit_train_batches``)."""
+        if self.round_data is None or self.trainer is None:
+            return self.round_batches
+        return min(self.round_batches, int(self.trainer.num_training_batches))
 
     def _batches_trained(self) -> int:
         """Batches of this round whose training step is done: Lightning's count, which is where it resumes (a

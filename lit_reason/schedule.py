@@ -51,26 +51,20 @@ class StepCounter:
     run_steps: int = 1
     round_start: int = 0
     round_steps: int = 1
-    round_index: int = -1
 
-    def start_round(self, trainer) -> None:
-        """Count the round a Lightning ``trainer`` is starting (call from ``on_train_epoch_start``).
+    def count_round(self, trainer) -> None:
+        """Count the round a Lightning ``trainer`` is in, from what stays the same all round: call it when the
+        round starts and before each batch (Lightning starts no epoch for a round resumed mid-way, and a module
+        fit again must not keep another fit's counts).
 
-        The round starts at the step the data module made its batches at. Its length counts the batches the
-        trainer runs, which the data module has cut to the fewest of any rank (a count of this rank's own
-        batches would give ranks different schedules); the run's is ``max_steps`` if set, else ``max_epochs``
-        rounds of this one's length (0 for an unbounded run: a constant rate after warm-up)."""
-        self.round_index = trainer.current_epoch
-        self.round_start = getattr(trainer.datamodule, "round_first_step", trainer.global_step)
+        The round starts at the step its data module (a ``RolloutDataModule``) made its batches at. Its length
+        counts the batches the trainer runs, which the data module has cut to the fewest of any rank (a count of
+        this rank's own batches would give ranks different schedules); the run's is ``max_steps`` if set, else
+        ``max_epochs`` rounds of this one's length (0 for an unbounded run: a constant rate after warm-up)."""
+        self.round_start = trainer.datamodule.round_first_step
         self.round_steps = max(1, -(-int(trainer.num_training_batches) // trainer.accumulate_grad_batches))
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
         self.run_steps = trainer.max_steps if trainer.max_steps > 0 else max(0, max_epochs * self.round_steps)
-
-    def resume_round(self, trainer) -> None:
-        """Count the round a ``trainer`` is in unless it is counted: a round resumed mid-way, which Lightning
-        starts no epoch for (call from ``on_train_batch_start``)."""
-        if self.round_index != trainer.current_epoch:
-            self.start_round(trainer)
 
     def in_next_round(self, step: int) -> bool:
         """Whether global optimizer step ``step`` comes after the current round's last one."""

@@ -56,8 +56,8 @@ class FakeTrainer:
     def __init__(self, module, epoch, batches_done=0):
         self.lightning_module = module
         self.current_epoch = epoch
-        self.global_step = 0
-        progress = SimpleNamespace(current=SimpleNamespace(completed=batches_done))
+        self.global_step, self.num_training_batches = 0, 3
+        progress = SimpleNamespace(current=SimpleNamespace(completed=batches_done, processed=batches_done))
         self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
 
 
@@ -167,7 +167,8 @@ def _round_saved_and_resumed(rank: int, world_size: int) -> tuple[list[list[int]
 
     data = RolloutDataModule(task=Arithmetic(train_size=8, validation_size=2, test_size=2))
     trained = SimpleNamespace(
-        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(processed=1)))
+        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(processed=1))),
+        epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0, completed=0)),
     )
     data.trainer = SimpleNamespace(
         num_training_batches=2, global_step=1, current_epoch=0, accumulate_grad_batches=1, fit_loop=trained
@@ -187,3 +188,33 @@ def test_a_mid_round_checkpoint_holds_every_rank_s_batches_and_each_rank_resumes
     from tests.helpers.distributed import run_in_processes
 
     assert run_in_processes(_round_saved_and_resumed, timeout=120) == [([[1, 1]], 2, 0), ([[11, 11]], 2, 1)]
+
+
+class CheckpointAtEpochEnd(Callback):
+    """Save a checkpoint where the CLI's ``last_checkpoint`` does: at every epoch's end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, *args) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.slow
+def test_a_fit_that_max_steps_stopped_mid_round_resumes_at_the_next_round_and_says_so(tmp_path):
+    """Lightning resumes the last.ckpt of a fit stopped mid-round by max_steps at its epoch's end: the rest of
+    the round is not in it (it said it resumed the round, then trained the next one), and a warning says so."""
+    checkpoint = tmp_path / "last.ckpt"
+    policy = PolicySpec(name_or_path="micro", seed=1)
+    task = Arithmetic(train_size=64, validation_size=4, test_size=4)
+    for max_steps, ckpt_path in ((2, None), (-1, checkpoint)):
+        data = RolloutDataModule(task=task, questions_per_round=16)
+        callbacks = [CheckpointAtEpochEnd(checkpoint)]
+        trainer = quiet_trainer(max_epochs=2, max_steps=max_steps, limit_val_batches=0, callbacks=callbacks)
+        if ckpt_path is None:
+            trainer.fit(SFT(policy=policy, batch_size=4), data)
+            assert "round_in_progress" not in torch.load(checkpoint, weights_only=True)["RolloutDataModule"]
+        else:
+            with pytest.warns(UserWarning, match=r"before round 0 ended \(a run stopped by max_steps\?\)"):
+                trainer.fit(SFT(policy=policy, batch_size=4), data, ckpt_path=ckpt_path)
+    assert trainer.global_step == 2 + 4 and data.rounds_built == 2

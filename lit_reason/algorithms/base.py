@@ -217,7 +217,7 @@ class ReasoningModule(LightningModule):
         return step, self.steps.run_steps
 
     def on_train_epoch_start(self) -> None:
-        self.steps.start_round(self.trainer)
+        self.steps.count_round(self.trainer)
         data = self.trainer.datamodule.round_data
         if data is not None:
             stats = {f"round/{n}": float(v) for n, v in data.stats.items()} | {"round/index": float(self.current_epoch)}
@@ -229,7 +229,7 @@ class ReasoningModule(LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if isinstance(batch, str) and batch in (EMPTY_ROUND, COMPLETED_ROUND):
             return -1  # Lightning: skip the rest of this epoch (a round with nothing (more) to train on)
-        self.steps.resume_round(self.trainer)  # a round resumed mid-way has no epoch start
+        self.steps.count_round(self.trainer)  # a round resumed mid-way has no epoch start
         self.trainer.datamodule.batches_started += 1  # a checkpoint from here on has trained on this batch
         # Dropout's generator, seeded per batch and rank: checkpoints do not hold it, so a resumed run reseeds it.
         torch.manual_seed(row_seed(self.seed, "dropout", self.current_epoch, batch_idx, rank_and_world_size()[0]))

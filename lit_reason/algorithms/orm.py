@@ -56,7 +56,7 @@ from lit_reason.metrics import WithinQuestionAUROC
 from lit_reason.policy import PolicySpec, load_model
 from lit_reason.rewards import grade
 from lit_reason.run_logs import run_log
-from lit_reason.sampling import SampleBatch, SamplingConfig
+from lit_reason.sampling import SampleBatch, SamplingConfig, encode_response_prefix
 from lit_reason.tasks import Problem
 from lit_reason.tensors import next_token_nll, take_rows
 from lit_reason.value_model import ValueModel
@@ -202,7 +202,10 @@ class OutcomeRewardModel(ReasoningModule):
         sampled = self.generate(problems, self.rollout, ("orm-rollout", round_index), "rollout")
         labels = grade(problems, sampled)
         self._save_rollout(problems, sampled, labels, round_index)
-        batches = self._labelled_batches(sampled, labels.float())
+        # Trained on the response behind the prompt alone, as ``reward_scores`` scores it (not behind the
+        # response prefix, e.g. a return token, that the policy sampled behind).
+        prefix = encode_response_prefix(self.tokenizer, self.conditioning("rollout").response_prefix)
+        batches = self._labelled_batches(sampled, labels.float(), prefix_columns=len(prefix))
         if not self.resample_every_round:
             self._first_round = batches
         stats = {"correct_fraction": labels.float().mean().item(), "responses": float(len(labels))}
@@ -230,16 +233,19 @@ class OutcomeRewardModel(ReasoningModule):
         self._checkpointed_first_round = None
         return [batch_from_state(batch) for batch in share]
 
-    def _labelled_batches(self, sampled: SampleBatch, labels: torch.Tensor) -> list[LabelledBatch]:
+    def _labelled_batches(
+        self, sampled: SampleBatch, labels: torch.Tensor, prefix_columns: int = 0
+    ) -> list[LabelledBatch]:
+        """Batches of ``batch_size`` shuffled responses with their labels, without the last ``prefix_columns``
+        prompt columns (``SampleBatch.without_prompt_end``)."""
+        input_ids, attention_mask = sampled.without_prompt_end(prefix_columns, self.tokenizer.pad_token_id)
         order = list(range(len(labels)))
         random.Random(f"{self.seed}-order").shuffle(order)
         batches = []
         for start in range(0, len(order), self.batch_size):
             rows = torch.tensor(order[start : start + self.batch_size])
-            attention_mask, input_ids, response_mask = take_rows(
-                rows, sampled.attention_mask, sampled.input_ids, sampled.response_mask
-            )
-            batches.append(LabelledBatch(input_ids, attention_mask, response_mask, labels[rows]))
+            kept_mask, kept_ids, response_mask = take_rows(rows, attention_mask, input_ids, sampled.response_mask)
+            batches.append(LabelledBatch(kept_ids, kept_mask, response_mask, labels[rows]))
         return batches
 
     def _shuffled_with_references(self, batches: list[LabelledBatch], round_index: int) -> list[LabelledBatch]:

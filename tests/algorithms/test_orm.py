@@ -364,3 +364,39 @@ def test_a_first_round_saved_on_other_ranks_stops_a_resumed_fit_on_one_rank_not_
     module.on_load_checkpoint({"orm_first_round": [old]})
     (batch,) = module.first_round_from_checkpoint()
     assert torch.equal(batch.input_ids, ids) and batch.references is None
+
+
+def test_an_orm_trains_on_responses_behind_the_prompt_alone_as_it_scores_them():
+    """Samples of a policy that samples behind a response prefix (an RCRL policy's return token): the ORM is
+    trained on them without it, as ``reward_scores`` scores (it was trained behind it, scored without)."""
+    from lightning import Callback
+
+    from lit_reason.conditioning import Conditioning
+
+    module = OutcomeRewardModel(
+        policy=PolicySpec(name_or_path="micro"),
+        rollout=SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=6, batch_size=64),
+        reference_lm_coef=0.0,
+        batch_size=8,
+    )
+    configure_model = module.configure_model
+
+    def behind_a_return_token():
+        configure_model()
+        module.recorded_conditioning = Conditioning("[G]")
+
+    module.configure_model = behind_a_return_token
+    trained = []
+
+    class Batches(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            trained.append(batch)
+
+    data = RolloutDataModule(task=sft_fixture_task(), questions_per_round=4, validation_questions=2)
+    quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[Batches()]).fit(module, data)
+    texts = [
+        module.tokenizer.decode(row[mask.bool()])
+        for b in trained
+        for row, mask in zip(b.input_ids, b.attention_mask, strict=True)
+    ]
+    assert len(texts) == 8 and not any("[G]" in text for text in texts)
