@@ -205,8 +205,9 @@ def write_outputs(
 def drop_outputs_after(trainer, epoch: int, step: int) -> None:
     """Forget what evaluations wrote beside the run after ``epoch`` (at optimizer step ``step``; call on every
     rank; rank 0 writes): a fit resumed from a checkpoint of that epoch evaluates the later ones again, and each
-    must be recorded once. Drops later entries of ``metrics.json`` (by epoch: a round with nothing to train on
-    validates at the step of the one before) and prediction files of later steps. TensorBoard keeps the
+    must be recorded once. Drops later entries of ``metrics.json`` (by epoch, then step: a round with nothing to
+    train on validates at the step of the one before, and a checkpoint taken mid-round comes before the round's
+    later validations) and prediction files of later steps. TensorBoard keeps the
     interrupted attempt's later points: its restart marker (``purge_step``) hides every point past a step,
     which would also hide the curves whose x-axis is the samples drawn."""
     if not trainer.loggers:
@@ -218,7 +219,10 @@ def drop_outputs_after(trainer, epoch: int, step: int) -> None:
         metrics = Path(log_dir) / "metrics.json"
         if metrics.is_file():
             entries = json.loads(metrics.read_text())
-            write_json(metrics, [e for e in entries if (e["epoch"] <= epoch if "epoch" in e else e["step"] <= step)])
+            kept = [
+                e for e in entries if ((e["epoch"], e["step"]) <= (epoch, step) if "epoch" in e else e["step"] <= step)
+            ]
+            write_json(metrics, kept)
         for predictions in (Path(log_dir) / "predictions").glob("*-step*.jsonl"):
             written_at = re.fullmatch(r".*-step(\d+)\.jsonl", predictions.name)
             if written_at and int(written_at[1]) > step:
@@ -253,10 +257,24 @@ def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
     for where, record in jsonl_records(path):
         try:
             records[int(record["id"])] = record
-            bool(record["greedy_correct"]), list(record["samples_correct"])
+            _check_outcome_fields(record)
         except (ValueError, KeyError, TypeError, OverflowError) as error:
-            raise ValueError(f"{where}: not a lit-reason prediction record ({error!r})") from None
+            raise ValueError(f"{where}: not a lit-reason prediction record ({error})") from None
     return records
+
+
+def _check_outcome_fields(record: dict[str, Any]) -> None:
+    """A ``TypeError`` naming the field of a prediction record that ``question_outcomes`` could not read."""
+    if not isinstance(record["greedy_correct"], bool):
+        raise TypeError(f"greedy_correct must be true or false, not {record['greedy_correct']!r:.40}")
+    samples = record["samples_correct"]
+    if not isinstance(samples, list) or not all(isinstance(flag, bool) for flag in samples):
+        raise TypeError(f"samples_correct must be a list of true / false, not {samples!r:.40}")
+    outcomes = record.get("outcomes") or {}
+    if not isinstance(outcomes, dict) or not all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in outcomes.values()
+    ):
+        raise TypeError(f"outcomes must map each metric to a number, not {outcomes!r:.40}")
 
 
 def question_outcomes(record: dict[str, Any]) -> dict[str, float]:
@@ -277,10 +295,18 @@ def paired_outcomes(
     baseline: dict[int, dict[str, Any]], candidate: dict[int, dict[str, Any]]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-question outcomes of two evaluations on the questions both answered: metric -> (baseline,
-    candidate), each (Q,) float, for every metric both recorded."""
+    candidate), each (Q,) float, for every metric both recorded. Ids are positions in a task's split, so a
+    shared id must hold the same question in both: files of two tasks (or task settings) are refused."""
     shared = sorted(baseline.keys() & candidate.keys())
     if not shared:
         raise ValueError("the two prediction files share no question id: were they made on the same task?")
+    different = [i for i in shared if baseline[i].get("question") != candidate[i].get("question")]
+    if different:
+        raise ValueError(
+            f"{len(different)} of the {len(shared)} question ids the two prediction files share hold different "
+            f"questions (id {different[0]}: {baseline[different[0]].get('question')!r} against "
+            f"{candidate[different[0]].get('question')!r}): they were made on different tasks or task settings"
+        )
     first = [question_outcomes(baseline[i]) for i in shared]
     second = [question_outcomes(candidate[i]) for i in shared]
     names = [name for name in first[0] if name in second[0]]

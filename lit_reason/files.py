@@ -26,11 +26,18 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield f"{path}:{number}", json.loads(line)
+                value = json.loads(line)
+                if "\\u" in line:  # a lone surrogate escape ("\\ud83d") parses, then fails in a tokenizer or a log
+                    json.dumps(value, ensure_ascii=False).encode("utf-8")
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             except RecursionError:
                 raise ValueError(f"{path}:{number}: JSON nested too deeply to read") from None
+            except UnicodeEncodeError:
+                raise ValueError(f"{path}:{number}: a string holds a lone UTF-16 surrogate escape, not text") from None
+            except ValueError as error:  # an integer of more digits than Python converts
+                raise ValueError(f"{path}:{number}: not readable JSON ({error})") from None
+            yield f"{path}:{number}", value
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:

@@ -156,14 +156,14 @@ class RerankAtK(PerQuestionMetric):
     """rerank@k: whether the sample with the highest score (e.g. an ORM's) among k is correct.
 
     Args:
-        k: candidates (the first k); ``None``: all of them. Ties go to the first.
+        k: candidates (the first k); ``None``: all of them. Ties go to the first; a NaN score ranks last.
 
     ``update(correct, scores, question_ids=None)``: correct (questions, n) bool; scores (questions, n) float.
     """
 
     def update(self, correct: torch.Tensor, scores: torch.Tensor, question_ids: torch.Tensor | None = None) -> None:
         correct, scores = self._first_k(correct.bool()), self._first_k(scores.float())
-        best = scores.argmax(-1, keepdim=True)
+        best = scores.nan_to_num(nan=-torch.inf).argmax(-1, keepdim=True)
         self._record(correct.gather(-1, best)[:, 0].float(), question_ids)
 
 

@@ -114,6 +114,20 @@ def test_a_resumed_fit_forgets_the_evaluations_written_after_its_checkpoint(tmp_
     assert json.loads((tmp_path / "metrics.json").read_text()) == legacy[:2]
 
 
+def test_a_fit_resumed_mid_round_forgets_the_round_s_later_evaluations(tmp_path):
+    # Validations every 5 steps (val_check_interval) inside round 0; the checkpoint was taken at step 3.
+    entries = [{"stage": "val", "step": step, "epoch": 0, "metrics": {}} for step in (0, 5, 10)]
+    (tmp_path / "metrics.json").write_text(json.dumps(entries))
+    (tmp_path / "predictions").mkdir()
+    for step in (0, 5, 10):
+        (tmp_path / "predictions" / f"val-step{step}.jsonl").write_text("{}\n")
+    trainer = fake_trainer(tmp_path)
+    trainer.state.fn = TrainerFn.FITTING
+    ForgetOutputsAfterCheckpoint().on_load_checkpoint(trainer, None, {"epoch": 0, "global_step": 3})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == entries[:1]
+    assert [p.name for p in (tmp_path / "predictions").iterdir()] == ["val-step0.jsonl"]
+
+
 def test_the_fail_fast_callback_can_be_pickled_before_setup():
     """Lightning's spawn launchers (ddp_spawn) pickle the trainer with its callbacks."""
     assert isinstance(pickle.loads(pickle.dumps(FailFast())), FailFast)

@@ -29,9 +29,18 @@ def test_predictions_pair_on_question_ids(tmp_path):
     outcomes = paired_outcomes(read_predictions(baseline), read_predictions(candidate))
     assert outcomes["maj@1"][0].tolist() == [0.0, 0.0] and outcomes["maj@1"][1].tolist() == [1.0, 1.0]
     assert outcomes["pass@1"][0].tolist() == [0.5, 0.0] and outcomes["pass@2"][0].tolist() == [1.0, 0.0]
+    other_task = write(
+        "e.jsonl", [{**row, "question": "another", "id": 3, "greedy_correct": True, "samples_correct": []}]
+    )
+    with pytest.raises(ValueError, match=r"1 of the 1 question ids .* \(id 3: 'q' against 'another'\)"):
+        paired_outcomes(read_predictions(baseline), read_predictions(other_task))
     broken = write("c.jsonl", [row])
     with pytest.raises(ValueError, match=r"c\.jsonl:1"):
         read_predictions(broken)
+    for field, value in [("outcomes", [1, 2]), ("samples_correct", "TF"), ("greedy_correct", 1)]:
+        wrong_type = write("f.jsonl", [{**row, "id": 1, "greedy_correct": True, "samples_correct": [], field: value}])
+        with pytest.raises(ValueError, match=rf"f\.jsonl:1: not a lit-reason prediction record \({field} must"):
+            read_predictions(wrong_type)
     infinite_id = tmp_path / "d.jsonl"
     infinite_id.write_text('{"id": Infinity, "greedy_correct": true, "samples_correct": []}\n')
     with pytest.raises(ValueError, match=r"d\.jsonl:1: not a lit-reason prediction record"):
@@ -133,4 +142,5 @@ def test_a_crash_while_writing_predictions_leaves_the_previous_file_whole(tmp_pa
     monkeypatch.setattr(evaluation.json, "dumps", dumps_then_crash)
     with pytest.raises(KeyboardInterrupt):
         write_predictions(path, records(False))
+    monkeypatch.undo()
     assert path.read_text() == before and len(read_predictions(path)) == 3

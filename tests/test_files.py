@@ -24,3 +24,9 @@ def test_bad_lines_are_errors_naming_file_line_and_cause(tmp_path):
     path.write_text('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")  # was a bare RecursionError
     with pytest.raises(ValueError, match=r"a\.jsonl:2: JSON nested too deeply to read"):
         list(jsonl_records(path))
+    path.write_text('{"a": 1}\n{"question": "\\ud83d alone"}\n')  # parsed, then broke a tokenizer mid-run
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: a string holds a lone UTF-16 surrogate escape"):
+        list(jsonl_records(path))
+    path.write_text('{"a": 1}\n{"answer": ' + "9" * 5000 + "}\n")  # was Python's bare digit-limit ValueError
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: not readable JSON \(Exceeds the limit"):
+        list(jsonl_records(path))

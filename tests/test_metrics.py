@@ -86,6 +86,9 @@ def test_rerank_takes_the_top_scored_sample():
     scores = torch.tensor([[0.1, 0.9, 0.3], [0.2, 0.8, 0.1], [0.5, 0.5, 0.4]])  # last row: tie -> first
     metric.update(correct, scores)
     assert metric.compute().item() == pytest.approx(1 / 3)
+    diverged = RerankAtK()  # a NaN score (a diverged reward model) ranks last, not first as argmax has it
+    diverged.update(torch.tensor([[True, False]]), torch.tensor([[0.9, float("nan")]]))
+    assert diverged.compute().item() == 1.0
 
 
 def test_distinct_correct_counts_unique_signatures_of_correct_samples():

@@ -66,7 +66,7 @@ class Task(ABC):
     """A source of math word problems with train, validation and test splits.
 
     Subclasses load or generate problems; this base turns them into prompts. Problem ids are unique across
-    splits and splits never share a question.
+    splits and splits never share a question (checked on loading: ``question_key`` compares them).
 
     Args:
         prompt_style: ``plain`` is ``question + "\\n"`` (tiny models trained from scratch); ``few_shot`` puts
@@ -93,7 +93,20 @@ class Task(ABC):
         """The problems of one split, in a fixed order."""
         if self._splits is None:
             self._splits = self.load()
+            self._check_splits_share_no_question()
         return self._splits[split]
+
+    def _check_splits_share_no_question(self) -> None:
+        first_seen: dict[str, tuple[str, int]] = {}
+        for split, problems in self._splits.items():
+            for problem in problems:
+                seen_in, seen_id = first_seen.setdefault(question_key(problem.question), (split, problem.id))
+                if seen_in != split:
+                    raise ValueError(
+                        f"{type(self).__name__}: {split} question {problem.id} ({problem.question!r:.80}) is also "
+                        f"{seen_in} question {seen_id}: a split that repeats another's questions measures "
+                        "memory, not reasoning; remove the repeats from one split's data"
+                    )
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -122,10 +135,24 @@ class Task(ABC):
         return (" " if self.prompt_style == "few_shot" else "") + problem.solution
 
 
+def question_key(question: str) -> str:
+    """A question as compared for repeats: whitespace collapsed, case folded."""
+    return " ".join(question.split()).casefold()
+
+
 def split_off(problems: list[Problem], size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
-    """Split ``size`` problems off a list by a seeded shuffle: (the rest in their order, the split-off part)."""
-    if not 0 <= size < len(problems):
-        raise ValueError(f"cannot split {size} problems off a set of {len(problems)}")
-    chosen = set(random.Random(seed).sample(range(len(problems)), size))
-    rest = [p for i, p in enumerate(problems) if i not in chosen]
+    """Split ``size`` questions off a list by a seeded shuffle: (the rest in their order, the split-off part).
+
+    Repeats of a question (one per reference solution, say) stay on one side: the split-off part asks each of
+    its questions once (the chosen question's other copies are left out) and the rest keeps every copy of the
+    others. Without repeats, this is a seeded sample of ``size`` problems."""
+    copies: dict[str, list[int]] = {}
+    for index, problem in enumerate(problems):
+        copies.setdefault(question_key(problem.question), []).append(index)
+    firsts = [indices[0] for indices in copies.values()]
+    if not 0 <= size < len(firsts):
+        raise ValueError(f"cannot split {size} questions off a set of {len(firsts)} distinct ones")
+    chosen = {firsts[i] for i in random.Random(seed).sample(range(len(firsts)), size)}
+    chosen_keys = {question_key(problems[i].question) for i in chosen}
+    rest = [p for p in problems if question_key(p.question) not in chosen_keys]
     return rest, [p for i, p in enumerate(problems) if i in chosen]

@@ -64,18 +64,18 @@ class SVAMP(Task):
         splits = {"train": train, "validation": validation, "test": test}
         # Rows whose Answer contradicts their Equation are left out after splitting, so the others keep their
         # split; which answer is right cannot be told.
-        contradictions = {p.id: why for p in problems if (why := _contradiction(rows[p.id]))}
+        contradictions = {p.id: why for p in problems if (why := _contradiction(rows[p.id], p.answer))}
         for problem_id, why in contradictions.items():
             warnings.warn(f"SVAMP: {path}[{problem_id}] left out: {why}", stacklevel=2)
         return {name: [p for p in split if p.id not in contradictions] for name, split in splits.items()}
 
 
-def _contradiction(row: dict) -> str | None:
-    """Why a row's Answer disagrees with its Equation, or None when they agree."""
-    steps = evaluate_steps(str(row["Equation"]))
+def _contradiction(row: dict, answer: float) -> str | None:
+    """Why a row's Answer (read as ``answer``) disagrees with its Equation, or None when they agree."""
+    steps = evaluate_steps(row["Equation"])
     # An equation without an operation ("8.0") is its number.
-    value = steps[-1][1] if steps else parse_number(str(row["Equation"]).replace("(", "").replace(")", ""))
-    if value is not None and math.isclose(value, float(row["Answer"]), rel_tol=1e-4, abs_tol=1e-6):
+    value = steps[-1][1] if steps else parse_number(row["Equation"].replace("(", "").replace(")", ""))
+    if value is not None and math.isclose(value, answer, rel_tol=1e-4, abs_tol=1e-6):
         return None
     shown = format_number(value) if value is not None else "no number"
     return f"Answer {row['Answer']!r} contradicts Equation {row['Equation']!r}, which gives {shown}"
@@ -85,17 +85,25 @@ def _problem(problem_id: int, row: dict, where: str) -> Problem:
     fields = ("Body", "Question", "Equation", "Answer")
     if not isinstance(row, dict) or any(field not in row for field in fields):
         raise ValueError(f"{where}: expected an object with fields {', '.join(fields)}")
+    for field in fields[:3]:
+        if not isinstance(row[field], str):
+            raise ValueError(f"{where}: {field} is not a string: {row[field]!r:.80}")
     answer = row["Answer"]
     if isinstance(answer, str):
         answer = parse_number(answer)
-    if isinstance(answer, bool) or not isinstance(answer, (int, float)) or not math.isfinite(answer):
-        raise ValueError(f"{where}: Answer is not a finite number: {row['Answer']!r}")
-    steps = evaluate_steps(str(row["Equation"]))
+    try:
+        finite = not isinstance(answer, bool) and isinstance(answer, (int, float)) and math.isfinite(answer)
+    except OverflowError:  # an integer past float's range
+        finite = False
+    if not finite:
+        raise ValueError(f"{where}: Answer is not a finite number: {row['Answer']!r:.80}")
+    answer = float(answer)
+    steps = evaluate_steps(row["Equation"])
     if steps is None:
         raise ValueError(f"{where}: cannot read Equation {row['Equation']!r}")
     lines = [
         f"{expression}=<<{expression}={format_number(value)}>>{format_number(value)}" for expression, value in steps
     ]
     solution = "\n".join([*lines, f"#### {format_number(answer)}"])
-    question = f"{str(row['Body']).strip()} {str(row['Question']).strip()}"
+    question = f"{row['Body'].strip()} {row['Question'].strip()}"
     return Problem(id=problem_id, question=question, solution=solution, answer=answer)

@@ -19,14 +19,16 @@ def test_local_files_by_split_through_load_dataset(tmp_path):
                           validation_size=2)  # fmt: skip
     assert len(numeric.problems("train")) == 10 and len(numeric.problems("validation")) == 2
     assert numeric.problems("test") == [] and numeric.problems("train")[0].is_correct("#### 1")
+    text_train = tmp_path / "train.csv"
+    text_train.write_text('q,a\n"Capital of Italy?",Rome\n"Smallest planet?",Mercury\n')
     text = DatasetTask(
-        "csv", data_files={"train": str(test), "test": str(test)}, validation_split="test",
+        "csv", data_files={"train": str(text_train), "test": str(test)}, validation_split="test", test_split=None,
         fields=RecordFields("q", "a", answer_type="text"),
     )  # fmt: skip
-    assert [p.answer for p in text.problems("test")] == ["Paris", "Jupiter"]
+    assert [p.answer for p in text.problems("validation")] == ["Paris", "Jupiter"]
     assert text.problems("validation")[0].is_correct("#### paris")
     ids = [p.id for split in ("train", "validation", "test") for p in text.problems(split)]
-    assert len(set(ids)) == len(ids) == 6
+    assert len(set(ids)) == len(ids) == 4
 
 
 def test_errors_name_the_file_row_and_split(tmp_path):

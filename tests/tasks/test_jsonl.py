@@ -38,6 +38,24 @@ def test_a_validation_file_replaces_the_carved_split(tmp_path):
     assert [p.answer for p in task.problems("validation")] == [2.0] and task.problems("test") == []
 
 
+def test_repeated_questions_never_straddle_train_and_a_split_carved_from_it(tmp_path):
+    # Every question twice (two reference solutions each), once with other spacing and case.
+    rows = [{"question": f"What is {i} + 1?", "answer": i + 1} for i in range(10)]
+    rows += [{"question": f"what is  {i} + 1? ", "answer": i + 1} for i in range(10)]
+    task = JSONLTask(write_jsonl(tmp_path / "train.jsonl", rows), validation_size=4)
+    train, validation = task.problems("train"), task.problems("validation")
+    asked = {p.question.split()[2] for p in validation}
+    assert len(validation) == len(asked) == 4  # each chosen question once
+    assert len(train) == 12 and not asked & {p.question.split()[2] for p in train}
+
+
+def test_a_split_that_repeats_a_training_question_is_refused(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"question": f"q{i}?", "answer": i} for i in range(5)])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"question": "new?", "answer": 1}, {"question": "Q3? ", "answer": 3}])
+    with pytest.raises(ValueError, match=r"JSONLTask: test question 6 \('Q3\?'\) is also train question 3"):
+        JSONLTask(train, test, validation_size=0).problems("train")
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

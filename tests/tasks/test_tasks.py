@@ -123,7 +123,8 @@ def test_svamp_reference_solution_from_equation(tmp_path):
             "Answer": 26.0,
         }
     ]
-    (tmp_path / "svamp.json").write_text(json.dumps(rows * 5))
+    others = [{**rows[0], "Question": f"Then he doubled them {i} times. How many?"} for i in range(4)]
+    (tmp_path / "svamp.json").write_text(json.dumps(rows + others))
     problem = SVAMP(path=str(tmp_path / "svamp.json"), validation_size=1, test_size=1).problems("train")[0]
     assert problem.solution == "26-13=<<26-13=13>>13\n13*2=<<13*2=26>>26\n#### 26"
     assert problem.intermediate_results == (13.0, 26.0)
@@ -141,12 +142,22 @@ def test_svamp_reference_solution_from_equation(tmp_path):
         (float("nan"), r"Answer is not a finite number: nan"),
         ("inf", r"Answer is not a finite number: 'inf'"),
         (True, r"Answer is not a finite number: True"),
+        pytest.param(10**400, r"Answer is not a finite number: 1000", id="huge-int"),  # was an OverflowError
     ],
 )
 def test_svamp_answers_must_be_finite_numbers_that_agree_with_the_equation(tmp_path, answer, message):
     row = {"Body": "b", "Question": "q", "Equation": "( 26.0 + 2.0 )", "Answer": answer}
     (tmp_path / "svamp.json").write_text(json.dumps([row]))
     with pytest.raises(ValueError, match=r"svamp\.json\[0\]: " + message):
+        SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
+
+
+def test_svamp_reads_a_written_out_answer_and_refuses_fields_of_the_wrong_type(tmp_path):
+    row = {"Body": "b", "Question": "q", "Equation": "( 1200.0 + 34.0 )", "Answer": "1,234"}
+    (tmp_path / "svamp.json").write_text(json.dumps([row]))  # was float("1,234") failing in the equation check
+    assert SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")[0].answer == 1234
+    (tmp_path / "svamp.json").write_text(json.dumps([{**row, "Body": None}]))  # was the question "None q"
+    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Body is not a string: None"):
         SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
 
 
