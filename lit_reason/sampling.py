@@ -73,12 +73,13 @@ class SamplingConfig:
             device (and, distributed, for every rank) and may drop finished rows from the batch; rows that
             finish in between keep stepping, their tokens not kept. The samples do not depend on it. Unset:
             every step on a CPU (waiting costs nothing there), every 8 on an accelerator.
-        decoding: how the decoding steps run; the samples do not depend on it (log-probs only up to rounding).
+        decoding: how the decoding steps run; in float32 the samples do not depend on it (log-probs only up to
+            rounding; in bf16 the paths' kernels round differently, so a sample can part at a near-tie).
             ``dynamic``: a KV cache that grows with the steps and is copied smaller once a quarter of the rows
             are done (fastest on a CPU). ``static``: a KV cache preallocated once per call, the live rows
             compacted into batch buckets (the largest chunk's row count, then powers of two). ``cuda_graph``:
             ``static`` with each bucket's step (forward, draw, bookkeeping) captured once as a CUDA graph and
-            replayed, which removes the host from the steps (CUDA only, sdpa or eager attention; not for
+            replayed, which removes the host from the steps (CUDA only, sdpa attention; not for
             FSDP2-sharded models, whose forward gathers weights).
     """
 
@@ -813,11 +814,12 @@ class _ChunkDecoder:
             )
         if decoding == "cuda_graph":
             attention = getattr(self.runner.model.config, "_attn_implementation", None)
-            if attention not in ("sdpa", "eager"):
+            if attention != "sdpa":
+                # eager's mask is built around a host value in transformers 5.17 (torch.tensor(0.0, device=...)), a
+                # copy a capture refuses; flash attention's padding handling reads lengths on the host.
                 raise ValueError(
-                    f"decoding: cuda_graph captures sdpa or eager attention, not {attention} (whose padding "
-                    "handling reads values on the host): load the model with attn_implementation='sdpa', or use "
-                    "static"
+                    f"decoding: cuda_graph captures sdpa attention, not {attention} (whose masking copies or reads "
+                    "values on the host): load the model with attn_implementation='sdpa', or use static"
                 )
             if any(isinstance(p, DTensor) for p in self.runner.model.parameters()):
                 raise ValueError(

@@ -127,9 +127,9 @@ def move_to_front(buffers: tuple[torch.Tensor, ...], rows: torch.Tensor) -> None
 class GraphedSteps:
     """Runs a decode step per bucket: eagerly, or (``use_graphs``) captured as a CUDA graph the first time a
     bucket runs and replayed after, for every chunk of a ``sample`` call (the step reads and writes the same
-    tensors for each). Each call of ``run`` performs exactly one step: the first of a bucket runs eagerly on a
-    side stream (lazy initialisations happen outside the capture), and the capture that follows only records (a
-    captured graph does nothing until replayed). The graphs share one memory pool: a step keeps nothing it
+    tensors for each). Each call of ``run`` performs exactly one step: the first of a bucket runs eagerly on the
+    capture's own stream (lazy initialisations, such as a library's workspace for that stream, happen outside the
+    capture), and the capture that follows only records (a captured graph does nothing until replayed). The graphs share one memory pool: a step keeps nothing it
     allocates (it writes its results into the room), and graphs replay one at a time."""
 
     def __init__(self, use_graphs: bool, device: torch.device) -> None:
@@ -138,7 +138,7 @@ class GraphedSteps:
         if use_graphs:
             with torch.cuda.device(device):
                 self.pool = torch.cuda.graph_pool_handle()
-                self.side_stream, self.capture_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
+                self.capture_stream = torch.cuda.Stream(device)
 
     def run(self, bucket: int, step: Callable[[], None]) -> None:
         if not self.use_graphs:
@@ -149,10 +149,10 @@ class GraphedSteps:
             if graph is not None:
                 graph.replay()
                 return
-            self.side_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side_stream):
+            self.capture_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.capture_stream):
                 step()
-            torch.cuda.current_stream().wait_stream(self.side_stream)
+            torch.cuda.current_stream().wait_stream(self.capture_stream)
             graph = torch.cuda.CUDAGraph()
             # thread_local: CUDA calls of other threads (e.g. NCCL's watchdog under DDP) do not void the capture.
             with torch.cuda.graph(graph, pool=self.pool, stream=self.capture_stream, capture_error_mode="thread_local"):

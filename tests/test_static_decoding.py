@@ -192,9 +192,10 @@ def test_what_static_decoding_cannot_do_is_refused(micro_model, char_tokenizer):
     config = SamplingConfig(max_new_tokens=2, decoding="cuda_graph")
     with pytest.raises(ValueError, match="cuda_graph needs a CUDA device, not cpu"):
         sample(micro_model, char_tokenizer, PROMPTS[:1], config, [0], eos_token_ids=[0])
-    micro_model.config._attn_implementation = "flash_attention_2"  # (set, not loaded: refused before any forward)
-    with pytest.raises(ValueError, match="cuda_graph captures sdpa or eager attention, not flash_attention_2"):
-        sample(micro_model, char_tokenizer, PROMPTS[:1], config, [0], eos_token_ids=[0])
+    for attention in ("flash_attention_2", "eager"):  # (set, not loaded: refused before any forward)
+        micro_model.config._attn_implementation = attention
+        with pytest.raises(ValueError, match=f"cuda_graph captures sdpa attention, not {attention}"):
+            sample(micro_model, char_tokenizer, PROMPTS[:1], config, [0], eos_token_ids=[0])
     sliding = MistralForCausalLM(MistralConfig(**{**SMALL, "vocab_size": len(char_tokenizer)}, sliding_window=4))
     with pytest.raises(ValueError, match="other cache layers .sliding windows"):
         sample(sliding, char_tokenizer, PROMPTS[:1], replace(config, decoding="static"), [0], eos_token_ids=[0])

@@ -166,7 +166,8 @@ def main() -> None:
         for name, value in json.loads(args.config_overrides).items():
             setattr(config, name, value)
         torch.manual_seed(args.seed)
-        model = AutoModelForCausalLM.from_config(config)
+        with torch.device(args.device):  # initialised where it runs: a 1.7B model's init on the host takes long
+            model = AutoModelForCausalLM.from_config(config)
         model.resize_token_embeddings(max(len(tokenizer), config.vocab_size))
     else:
         model = load_model(spec, tokenizer)
