@@ -129,8 +129,9 @@ class GraphedSteps:
     bucket runs and replayed after, for every chunk of a ``sample`` call (the step reads and writes the same
     tensors for each). Each call of ``run`` performs exactly one step: the first of a bucket runs eagerly on the
     capture's own stream (lazy initialisations, such as a library's workspace for that stream, happen outside the
-    capture), and the capture that follows only records (a captured graph does nothing until replayed). The graphs share one memory pool: a step keeps nothing it
-    allocates (it writes its results into the room), and graphs replay one at a time."""
+    capture), and the capture that follows only records (a captured graph does nothing until replayed). The graphs
+    share one memory pool: a step keeps nothing it allocates (it writes its results into the room), and graphs
+    replay one at a time."""
 
     def __init__(self, use_graphs: bool, device: torch.device) -> None:
         self.use_graphs, self.device = use_graphs, device

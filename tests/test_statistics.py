@@ -1,11 +1,77 @@
-"""The paired bootstrap behind every interval the README reports."""
+"""The paired intervals behind every comparison the study and the README report, and the seed intervals."""
 
 import math
 
 import pytest
 import torch
 
-from lit_reason.statistics import paired_bootstrap
+from lit_reason.statistics import newcombe_paired, paired_bootstrap, paired_interval, seed_interval
+
+
+def four_better_of_400() -> tuple[torch.Tensor, torch.Tensor]:
+    """390 questions both right, 4 only the candidate right, 6 neither (the README study's more-SFT maj@1)."""
+    baseline = torch.zeros(400, dtype=torch.bool)
+    baseline[:390] = True
+    candidate = baseline.clone()
+    candidate[390:394] = True
+    return baseline, candidate
+
+
+def test_newcombe_by_hand():
+    # Wilson 95% intervals: 394/400 -> [0.967665, 0.993107], 390/400 -> [0.954599, 0.986365]. phi: cross
+    # product 390 * 6 - 4 * 0 = 2340, corrected by n / 2 to 2140, over sqrt(394 * 6 * 390 * 10) = 3036.38:
+    # 0.70479. Below: sqrt(0.017335^2 - 2 phi 0.017335 * 0.011365 + 0.011365^2) = 0.012327; above:
+    # sqrt(0.020401^2 - 2 phi 0.020401 * 0.008107 + 0.008107^2) = 0.015773.
+    mean, low, high = newcombe_paired(*four_better_of_400())
+    assert mean == pytest.approx(0.01) and low == pytest.approx(0.01 - 0.012327, abs=2e-6)
+    assert high == pytest.approx(0.01 + 0.015773, abs=2e-6)
+
+
+def test_a_few_one_sided_questions_are_not_significant():
+    # McNemar's exact test: p = 2 * 0.5^4 = 0.125. The percentile bootstrap called it significant.
+    baseline, candidate = four_better_of_400()
+    assert paired_bootstrap(baseline.float(), candidate.float())[1] > 0
+    mean, low, high = paired_interval(baseline.float(), candidate.float())
+    assert low < 0 < high and mean == pytest.approx(0.01)
+
+
+def test_newcombe_covers_the_true_difference_where_the_bootstrap_does_not():
+    # Near 98% accuracy with few discordant questions (the study's regime): cells both / candidate only /
+    # baseline only / neither, true difference 0.005. Newcombe's interval covers it at least 95% of the time
+    # (it is conservative here: about 99%); the percentile bootstrap about 91%.
+    generator = torch.Generator().manual_seed(2)
+    cells = torch.multinomial(torch.tensor([0.975, 0.0075, 0.0025, 0.015]), 600 * 400, True, generator=generator)
+    cells = cells.view(600, 400)
+    covered = {"newcombe": 0, "bootstrap": 0}
+    for trial, row in enumerate(cells):
+        baseline, candidate = (row == 0) | (row == 2), (row == 0) | (row == 1)
+        _, low, high = newcombe_paired(baseline, candidate)
+        covered["newcombe"] += low <= 0.005 <= high
+        if trial < 200:
+            _, low, high = paired_bootstrap(baseline.float(), candidate.float(), resamples=2000, seed=trial)
+            covered["bootstrap"] += low <= 0.005 <= high
+    assert covered["newcombe"] / 600 >= 0.95 and covered["bootstrap"] / 200 < 0.94
+
+
+def test_shares_and_several_seeds_take_the_bootstrap():
+    shares = torch.tensor([0.5, 0.25, 1.0, 0.0] * 50)
+    assert paired_interval(shares, shares.roll(1)) == paired_bootstrap(shares, shares.roll(1))
+    baseline, candidate = four_better_of_400()
+    seeds = torch.stack([candidate, candidate]).float()
+    assert paired_interval(baseline.float(), seeds) == paired_bootstrap(baseline.float(), seeds)
+
+
+def test_the_bootstrap_over_seeds_widens_the_interval_by_the_seeds_spread():
+    # Two seeds: one 20 questions better than the baseline, one 20 worse. Averaged per question the differences
+    # cancel on those questions; resampling the seeds shows the runs disagree.
+    baseline = torch.zeros(400)
+    candidate = torch.zeros(2, 400)
+    candidate[0, :20] = 1
+    baseline[20:40] = 1
+    one_level = paired_bootstrap(baseline, candidate.mean(0, keepdim=True))
+    two_level = paired_bootstrap(baseline, candidate)
+    assert one_level[0] == two_level[0] == pytest.approx(-0.025)
+    assert two_level[2] - two_level[1] > 1.5 * (one_level[2] - one_level[1])
 
 
 def test_paired_bootstrap_by_hand():
@@ -23,18 +89,29 @@ def test_two_questions_resample_to_the_exact_bootstrap_distribution():
 
 def test_interval_matches_the_normal_approximation_on_many_questions():
     # 2,000 questions, differences -1 / 0 / +1 with probabilities 0.2 / 0.5 / 0.3: the interval of the mean
-    # is about mean +- 1.96 sd / sqrt(Q) (the bootstrap's own noise is far below the 10% margin).
+    # is about mean +- 1.96 sd / sqrt(Q) (the bootstrap's own noise is far below the 10% margin), and so is
+    # Newcombe's with this many discordant questions.
     generator = torch.Generator().manual_seed(0)
     draws = torch.multinomial(torch.tensor([0.2, 0.5, 0.3]), 2000, replacement=True, generator=generator)
     baseline, candidate = (draws == 0).float(), (draws == 2).float()
-    mean, low, high = paired_bootstrap(baseline, candidate)
     difference = candidate - baseline
     half_width = 1.96 * difference.std().item() / math.sqrt(len(difference))
-    assert mean == pytest.approx(difference.mean().item())
-    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
-    assert (low + high) / 2 == pytest.approx(mean, abs=0.1 * half_width)
+    for mean, low, high in (paired_bootstrap(baseline, candidate), paired_interval(baseline, candidate)):
+        assert mean == pytest.approx(difference.mean().item())
+        assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+        assert (low + high) / 2 == pytest.approx(mean, abs=0.1 * half_width)
 
 
 def test_rejects_unpaired_outcomes():
-    with pytest.raises(ValueError, match="one length"):
+    with pytest.raises(ValueError, match=r"the same questions, got shapes \(1, 3\) and \(1, 4\)"):
         paired_bootstrap(torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="the same Q > 0 questions"):
+        paired_interval(torch.zeros(3), torch.zeros(4))
+
+
+def test_seed_intervals_use_student_s_t():
+    values = [0.5, 0.7] * 6  # 12 seeds: 11 degrees of freedom, t = 2.201 (was 1.96)
+    mean, low, high = seed_interval(values)
+    spread = (sum((v - 0.6) ** 2 for v in values) / 11 / 12) ** 0.5
+    assert mean == pytest.approx(0.6) and high - mean == pytest.approx(2.201 * spread)
+    assert seed_interval([0.3]) == (0.3, 0.3, 0.3)

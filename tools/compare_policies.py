@@ -1,8 +1,8 @@
 """Paired comparison of two policies on the same held-out questions: maj@1 (greedy) of each, the difference,
-and its paired-bootstrap 95% interval.
+and its paired 95% interval (`lit_reason.statistics.paired_interval`).
 
-Both policies answer the same questions, so the bootstrap resamples questions and recomputes the difference
-of their accuracies on each resample (pairing removes the between-question variance).
+Both policies answer the same questions, so the interval pairs them question by question (pairing removes the
+between-question variance): Newcombe's score interval for 0/1 outcomes, a paired bootstrap for shares.
 
     python tools/compare_policies.py --baseline ~/.cache/lit-reason/warm_start/sft-XXXX \\
         --candidate runs/ei/version_0/policy --split validation --questions 1000
@@ -24,7 +24,7 @@ from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.evaluation import paired_outcomes, read_predictions
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, row_seed, sample
-from lit_reason.statistics import paired_bootstrap
+from lit_reason.statistics import paired_interval
 from lit_reason.tasks import Arithmetic, Problem
 from lit_reason.tensors import eval_mode
 
@@ -81,10 +81,10 @@ def compare_predictions(baseline_path: str, candidate_path: str) -> None:
     outcomes = paired_outcomes(read_predictions(baseline_path), read_predictions(candidate_path))
     print(f"{len(next(iter(outcomes.values()))[0])} questions in both files")
     for name, (baseline, candidate) in outcomes.items():
-        mean, low, high = paired_bootstrap(baseline, candidate)
+        mean, low, high = paired_interval(baseline.float(), candidate.float())
         print(
             f"{name}: baseline {baseline.mean():.4f}  candidate {candidate.mean():.4f}  "
-            f"difference {mean:+.4f}, paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}]"
+            f"difference {mean:+.4f}, paired 95% interval [{low:+.4f}, {high:+.4f}]"
         )
 
 
@@ -135,10 +135,10 @@ def main() -> None:
         args.candidate_guidance_scale,
         args.candidate_negative_prefix,
     )
-    mean, low, high = paired_bootstrap(baseline, candidate)
+    mean, low, high = paired_interval(baseline.float(), candidate.float())
     print(f"{len(problems)} {args.split} questions of the built-in task")
     print(f"maj@1 baseline {baseline.float().mean():.4f}  candidate {candidate.float().mean():.4f}")
-    print(f"difference {mean:+.4f}, paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}]")
+    print(f"difference {mean:+.4f}, paired 95% interval [{low:+.4f}, {high:+.4f}]")
 
 
 if __name__ == "__main__":

@@ -41,10 +41,20 @@ def study_main(args: list[str]) -> None:
         study = load_study(options.config)
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    only = set(options.only.split(",")) if options.only else None
+    unknown = sorted((only or set()) - {run.name for run in study.runs})
+    if unknown:
+        parser.error(
+            f"--only: {study.source} has no run named {', '.join(unknown)} (runs: {[r.name for r in study.runs]})"
+        )
     if options.print_commands:
         print_commands(study)
         return
     if not options.report_only:
-        run_study(study, only=set(options.only.split(",")) if options.only else None)
-    path = write_report(read_results(study), ["lit-reason", "study", "--config", options.config])
+        run_study(study, only=only)
+    try:
+        results = read_results(study)
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"lit-reason study: error: {error}\n")
+    path = write_report(results, ["lit-reason", "study", "--config", options.config])
     print(f"[lit-reason] study {study.name}: {path}", flush=True)

@@ -1,10 +1,11 @@
 """The claims of Havrilla et al. 2024 a study tests, each with the numbers that decide it and a verdict.
 
-Every comparison is a paired bootstrap of per-question outcomes (means over seeds) with its 95% interval. A
-difference is *significant* when its interval excludes 0, and two runs are *equivalent* when the interval
-lies within the study's ``equivalence_margin`` of 0. Verdicts: ``supported`` and ``refuted`` when the
-intervals decide, ``inconclusive`` when they do not (more seeds or questions would), ``not tested`` when the
-study lacks the runs a claim needs.
+Every comparison is a difference of per-question outcomes (means over seeds) with its paired 95% interval
+(``StudyResults.difference``). A difference is *significant* when its interval excludes 0, and two runs are
+*equivalent* when the interval lies within the study's ``equivalence_margin`` of 0. Verdicts: ``supported`` and
+``refuted`` when the intervals decide, ``inconclusive`` when they do not (more seeds or questions would), ``not
+tested`` when the study lacks the finished runs or the metrics a claim needs. Intervals are not corrected for the
+number of comparisons a claim makes.
 """
 
 from __future__ import annotations
@@ -74,14 +75,15 @@ def rl_lifts_both_while_sft_trades(results: StudyResults) -> Verdict:
     if not rl_runs or not _finished(results, roles.more_sft):
         return Verdict(claim, "not tested", "needs the more-SFT run and the Expert Iteration or PPO run")
     pass_k, lines, holds = f"pass@{results.k}", [], []
-    for name in rl_runs:
+    for name in [*rl_runs, roles.more_sft]:
         maj, passed = results.difference(name, "maj@1"), results.difference(name, pass_k)
+        if maj is None or passed is None:
+            return Verdict(claim, "not tested", f"{name}'s or the warm start's evaluation lacks maj@1 or {pass_k}")
         lines.append(f"{name}: maj@1 {maj}, {pass_k} {passed}")
-        holds.append(_decide(maj.low > 0 and passed.low > 0, maj.high < 0 or passed.high < 0))
-    maj, passed = results.difference(roles.more_sft, "maj@1"), results.difference(roles.more_sft, pass_k)
-    lines.append(f"{roles.more_sft}: maj@1 {maj}, {pass_k} {passed}")
-    # A trade: pass@K falls and maj@1 does not (it rises, or at least does not fall significantly).
-    holds.append(_decide(passed.high < 0 and maj.high >= 0 and maj.mean >= passed.mean, passed.low > 0 or maj.high < 0))
+        if name != roles.more_sft:
+            holds.append(_decide(maj.low > 0 and passed.low > 0, maj.high < 0 or passed.high < 0))
+    # A trade: pass@K falls and maj@1 does not (its estimate does not fall, nor does it fall significantly).
+    holds.append(_decide(passed.high < 0 and maj.mean >= 0, passed.low > 0 or maj.high < 0))
     return Verdict(claim, _combine(holds), "; ".join(lines) + " (each against the warm start)")
 
 
@@ -93,21 +95,25 @@ def similar_sample_counts(results: StudyResults) -> Verdict:
     counts, lines = {}, []
     for name in (roles.expert_iteration, roles.ppo):
         gain = results.difference(name, "maj@1")
-        counts[name] = samples_to_converge(results, name)
-        lines.append(f"{name}: maj@1 gain {gain}, 90% of it after {counts[name]:,} samples")
+        if gain is None:
+            return Verdict(claim, "not tested", f"{name}'s or the warm start's evaluation lacks maj@1")
+        after, by = counts[name] = samples_to_converge(results, name)
+        lines.append(f"{name}: maj@1 gain {gain}, 90% of it after {after:,} to {by:,} samples")
         if gain.low <= 0:
             return Verdict(claim, "inconclusive", "; ".join(lines) + f": {name} has no significant gain to converge to")
-    ratio = counts[roles.ppo] / max(1, counts[roles.expert_iteration])
-    lines.append(f"ratio PPO / EI {ratio:.2f} (similar: within a factor of 2; resolution: one validation per round)")
-    return Verdict(claim, "supported" if 0.5 <= ratio <= 2 else "refuted", "; ".join(lines))
+    (ppo_after, ppo_by), (ei_after, ei_by) = counts[roles.ppo], counts[roles.expert_iteration]
+    # The ratio PPO / EI lies between these bounds: the evaluations between which each run converged say no more.
+    low, high = ppo_after / ei_by, (ppo_by / ei_after if ei_after else float("inf"))
+    lines.append(f"ratio PPO / EI between {low:.2f} and {high:.2f} (similar: within a factor of 2)")
+    return Verdict(claim, _decide(low >= 0.5 and high <= 2, high < 0.5 or low > 2), "; ".join(lines))
 
 
-def samples_to_converge(results: StudyResults, name: str) -> int:
-    """Training samples a run drew before its (seed-averaged) maj@1 first reached 90% of its final gain (or
-    loss)."""
+def samples_to_converge(results: StudyResults, name: str) -> tuple[int, int]:
+    """Between how many training samples a run's (seed-averaged) maj@1 first reached 90% of its final gain (or
+    loss): (the samples of the evaluation before, 0 for the warm start's; those of the first that reached it)."""
     run, start = results.runs[name], results.baseline.final(results.study.shared_seed).metrics["maj@1"]
     rounds = min(len(run.evaluations[s]) for s in run.seeds)
-    curve = [
+    curve = [(0.0, start)] + [
         (
             sum(run.evaluations[s][i].samples_drawn for s in run.seeds) / len(run.seeds),
             sum(run.evaluations[s][i].metrics["maj@1"] for s in run.seeds) / len(run.seeds),
@@ -117,7 +123,10 @@ def samples_to_converge(results: StudyResults, name: str) -> int:
     gain = curve[-1][1] - start
     target = start + 0.9 * gain
     # Reached in the gain's direction (a run can lose maj@1); the last evaluation always qualifies.
-    return int(next(samples for samples, value in curve if (value - target) * (1 if gain >= 0 else -1) >= 0))
+    reached = next(
+        i for i, (_, value) in enumerate(curve) if i > 0 and (value - target) * (1 if gain >= 0 else -1) >= 0
+    )
+    return int(curve[reached - 1][0]), int(curve[reached][0])
 
 
 def dense_rewards_do_not_help(results: StudyResults) -> Verdict:
@@ -127,6 +136,8 @@ def dense_rewards_do_not_help(results: StudyResults) -> Verdict:
     if not dense or not _finished(results, roles.ppo):
         return Verdict(claim, "not tested", "needs the sparse-reward PPO run and a dense-reward one")
     differences = {name: results.difference(name, "maj@1", baseline=roles.ppo) for name in dense}
+    if None in differences.values():
+        return Verdict(claim, "not tested", "an evaluation of these runs lacks maj@1")
     lines = [f"{name} - {roles.ppo}: maj@1 {d}" for name, d in differences.items()]
     margin = results.study.equivalence_margin
     verdict = _decide(all(d.high <= margin for d in differences.values()), any(d.low > 0 for d in differences.values()))
@@ -140,6 +151,8 @@ def temperature_drives_exploration(results: StudyResults) -> Verdict:
         return Verdict(claim, "not tested", "needs Expert Iteration at two rollout temperatures")
     pass_k = f"pass@{results.k}"
     difference = results.difference(roles.hot_expert_iteration, pass_k, baseline=roles.expert_iteration)
+    if difference is None:
+        return Verdict(claim, "not tested", f"an evaluation of these runs lacks {pass_k}")
     evidence = f"{roles.hot_expert_iteration} - {roles.expert_iteration}: {pass_k} {difference}"
     return Verdict(claim, _decide(difference.low > 0, difference.high < 0), evidence)
 
@@ -150,11 +163,21 @@ def rl_beats_more_sft(results: StudyResults) -> Verdict:
     if not _finished(results, roles.expert_iteration, roles.more_sft):
         return Verdict(claim, "not tested", "needs the Expert Iteration and more-SFT runs")
     difference = results.difference(roles.expert_iteration, "maj@1", baseline=roles.more_sft)
-    times = {name: _mean_wall_time(results, name) for name in (roles.expert_iteration, roles.more_sft)}
-    evidence = f"{roles.expert_iteration} - {roles.more_sft}: maj@1 {difference}; wall time " + ", ".join(
-        f"{name} {seconds / 60:.1f} min" for name, seconds in times.items()
+    if difference is None:
+        return Verdict(claim, "not tested", "an evaluation of these runs lacks maj@1")
+    rl_time, sft_time = (_mean_wall_time(results, name) for name in (roles.expert_iteration, roles.more_sft))
+    evidence = (
+        f"{roles.expert_iteration} - {roles.more_sft}: maj@1 {difference}; wall time {roles.expert_iteration} "
+        f"{rl_time / 60:.1f} min, {roles.more_sft} {sft_time / 60:.1f} min (the same time: RL took at most "
+        f"{SAME_TIME:g}x longer to win, or at least 1/{SAME_TIME:g} as long to lose)"
     )
-    return Verdict(claim, _decide(difference.low > 0, difference.high < 0), evidence)
+    won = difference.low > 0 and rl_time <= SAME_TIME * sft_time
+    lost = difference.high < 0 and rl_time >= sft_time / SAME_TIME
+    return Verdict(claim, _decide(won, lost), evidence)
+
+
+# Wall times within this factor count as the same time (runs on one machine vary by about 10%).
+SAME_TIME = 1.25
 
 
 def _mean_wall_time(results: StudyResults, name: str) -> float:

@@ -34,7 +34,8 @@ def write_report(results: StudyResults, command: list[str] | None = None) -> Pat
         "Minutes marked * are those of the last attempt of a run resumed after an interruption.",
         results_table(results),
         "## Against the warm start",
-        "Each run minus the warm start, per question (means over seeds), with the paired-bootstrap 95% interval.",
+        "Each run minus the warm start, per question (means over seeds), with the paired 95% interval: Newcombe's "
+        "score interval for one seed's 0/1 outcomes, else a paired bootstrap over seeds and questions.",
         differences_table(results),
         "## The paper's claims",
         "\n".join(f"- **{v.claim}**: {v.verdict.upper()}. {v.evidence}." for v in assess_claims(results)),
@@ -129,7 +130,9 @@ def checks(results: StudyResults) -> list[str]:
             lines.append(f"{run.name}: its {len(run.seeds)} seeds' final evaluations {differ}")
     unfinished = [f"{r.name} seed {s}" for r in results.runs.values() for s, t in r.wall_seconds.items() if t is None]
     if unfinished:
-        lines.append("Unfinished (rows are partial): " + ", ".join(unfinished))
+        lines.append(
+            "Unfinished (left out of the tables, claims and plots until they finish): " + ", ".join(unfinished)
+        )
     return lines
 
 

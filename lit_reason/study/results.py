@@ -1,8 +1,9 @@
 """A study's results read back from its runs' ``metrics.json`` and prediction files.
 
 Every run (and the warm start) is evaluated on the same validation questions with the same sampling noise, so
-any two are compared question by question: a run's per-question outcome of a metric is its mean over the
-run's seeds, and a difference between two runs is the paired bootstrap of those outcomes.
+any two are compared question by question: a difference between two runs is the mean over questions of their
+per-question outcomes (each a mean over the run's seeds), with the paired interval of ``paired_interval``.
+Only finished runs (those the runner marked so) count.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 
 from lit_reason.evaluation import question_outcomes as record_outcomes
 from lit_reason.evaluation import read_predictions
-from lit_reason.statistics import paired_bootstrap, seed_interval
+from lit_reason.statistics import paired_interval, seed_interval
 from lit_reason.study.runner import DONE_FILE, run_dir
 from lit_reason.study.spec import RunSpec, StudySpec
 
@@ -53,7 +54,12 @@ class RunResult:
 
     @property
     def seeds(self) -> list[int]:
-        return sorted(seed for seed, evaluations in self.evaluations.items() if evaluations)
+        """The seeds whose run finished and evaluated (an interrupted one's last evaluation is not its final)."""
+        return sorted(
+            seed
+            for seed, evaluations in self.evaluations.items()
+            if evaluations and self.wall_seconds.get(seed) is not None
+        )
 
     def final(self, seed: int) -> Evaluation:
         return self.evaluations[seed][-1]
@@ -67,21 +73,29 @@ class RunResult:
         values = self.final_values(metric)
         return seed_interval(values) if values else None
 
-    def outcomes(self) -> dict[str, dict[int, float]]:
-        """metric -> question id -> the final evaluation's outcome, averaged over seeds."""
-        totals: dict[str, dict[int, float]] = {}
+    def outcomes(self) -> dict[str, dict[int, list[float]]]:
+        """metric -> question id -> the final evaluation's outcome with each seed, in ``seeds`` order. Every
+        seed must have answered the same questions."""
+        outcomes: dict[str, dict[int, list[float]]] = {}
+        questions = None
         for seed in self.seeds:
-            for question, record in read_predictions(self.final(seed).predictions).items():
+            predictions = read_predictions(self.final(seed).predictions)
+            if questions is not None and predictions.keys() != questions:
+                raise ValueError(
+                    f"{self.name}: seed {seed}'s final evaluation answered other questions than seed {self.seeds[0]}'s "
+                    f"({self.final(seed).predictions}): its seeds cannot be averaged question by question"
+                )
+            questions = predictions.keys()
+            for question, record in predictions.items():
                 for metric, value in record_outcomes(record).items():
-                    totals.setdefault(metric, {})
-                    totals[metric][question] = totals[metric].get(question, 0.0) + value / len(self.seeds)
-        return totals
+                    outcomes.setdefault(metric, {}).setdefault(question, []).append(value)
+        return outcomes
 
 
 @dataclass(frozen=True)
 class Difference:
-    """``candidate - baseline`` of a metric over the questions both answered, with its paired-bootstrap 95%
-    interval."""
+    """``candidate - baseline`` of a metric over the questions both answered, with its paired 95% interval
+    (``paired_interval``)."""
 
     mean: float
     low: float
@@ -108,7 +122,7 @@ class StudyResults:
     warm_start: RunResult
     runs: dict[str, RunResult]
     k: int
-    _outcomes: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict, repr=False)
+    _outcomes: dict[str, dict[str, dict[int, list[float]]]] = field(default_factory=dict, repr=False)
 
     def metric_names(self) -> list[str]:
         """The table's metrics, those the evaluations recorded."""
@@ -127,12 +141,12 @@ class StudyResults:
         shared = sorted(first.keys() & second.keys())
         if not shared:
             return None
-        mean, low, high = paired_bootstrap(
-            torch.tensor([first[q] for q in shared]), torch.tensor([second[q] for q in shared])
-        )
+        mean, low, high = paired_interval(
+            torch.tensor([first[q] for q in shared]).T, torch.tensor([second[q] for q in shared]).T
+        )  # each (seeds, questions)
         return Difference(mean, low, high)
 
-    def _run_outcomes(self, name: str) -> dict[str, dict[int, float]]:
+    def _run_outcomes(self, name: str) -> dict[str, dict[int, list[float]]]:
         if name not in self._outcomes:
             result = self.result(name)
             self._outcomes[name] = result.outcomes() if result.seeds else {}

@@ -130,6 +130,7 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
             continue
         label = f"[study {study.name} {index}/{len(steps)}] {step.run} seed {step.seed}"
         if step.finished:
+            _check_same_command(step, label)
             print(f"{label}: finished before, skipped", flush=True)
             continue
         command = list(step.command)
@@ -147,11 +148,34 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
                 f"{label} failed (exit code {result.returncode}); its output is above. Fix the cause and run the "
                 f"study again: finished runs are kept. The command was:\n  {shell_command(step)}"
             )
+        if step.run not in ("warm_start", "orm") and not _recorded_a_validation(step.log_dir):
+            raise RuntimeError(
+                f"{label} exited without an error but recorded no validation in {step.log_dir / 'metrics.json'} "
+                "(its output is above), so it has no result to report and is not marked finished. The command "
+                f"was:\n  {shell_command(step)}"
+            )
         record = {"command": shell_command(step), "wall_seconds": round(time.perf_counter() - started, 1)}
         if resumed:
             record["resumed"] = True  # wall_seconds counts this last attempt only
         step.log_dir.mkdir(parents=True, exist_ok=True)
         (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
+
+
+def _check_same_command(step: Step, label: str) -> None:
+    """Stop where a finished step ran another command than the study now declares (its config, arguments or
+    the study's common arguments changed): its results would be reported as the new declaration's."""
+    recorded = json.loads((step.log_dir / DONE_FILE).read_text()).get("command")
+    if recorded is not None and recorded != shell_command(step):
+        raise RuntimeError(
+            f"{label} finished before with another command than the study now declares:\n  before: {recorded}\n"
+            f"  now:    {shell_command(step)}\nRestore the study file, or delete {step.log_dir} (and the runs that "
+            "start from it) to run it again."
+        )
+
+
+def _recorded_a_validation(log_dir: Path) -> bool:
+    metrics = log_dir / "metrics.json"
+    return metrics.is_file() and any(entry.get("stage") == "val" for entry in json.loads(metrics.read_text()))
 
 
 def print_commands(study: StudySpec) -> None:

@@ -140,7 +140,7 @@ def load_study(path: str | Path) -> StudySpec:
     return StudySpec(
         name=name,
         source=path,
-        output_dir=Path(raw.get("output_dir", "study")),
+        output_dir=Path(where.text(raw.get("output_dir", "study"), "output_dir")),
         seeds=seeds,
         warm_start=_stage(where, where.required(raw, "warm_start", dict), "warm_start"),
         runs=runs,
@@ -187,6 +187,12 @@ def _claims(where: _Where, raw: Any, run_names: set[str]) -> ClaimRoles:
     if not isinstance(raw, dict):
         raise ValueError(f"{where.path}: claims: expected a mapping of roles to run names")
     where.no_unknown(raw, {f.name for f in fields(ClaimRoles)}, "claims")
+    many = {f.name for f in fields(ClaimRoles) if f.type.startswith("tuple")}
+    for key, value in raw.items():
+        if key in many and not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+            raise ValueError(f"{where.path}: claims.{key}: expected a list of run names, got {value!r}")
+        if key not in many and not isinstance(value, str):
+            raise ValueError(f"{where.path}: claims.{key}: expected one run name, got {value!r}")
     roles = {key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()}
     for key, value in roles.items():
         for name in value if isinstance(value, tuple) else (value,):
@@ -222,6 +228,11 @@ class _Where:
     def number(self, value: Any, label: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"{self.path}: {label}: expected a number in [0, 1), got {value!r}")
+        return value
+
+    def text(self, value: Any, label: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{self.path}: {label}: expected a path, got {value!r}")
         return value
 
     def strings(self, value: Any, label: str) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ def write_run(
                 record = {
                     "id": question,
                     "greedy_correct": bool(values["maj@1"]),
-                    "samples_correct": [bool(values["pass@8"])] * 8,
+                    "samples_correct": [bool(values.get("pass@8", values["maj@1"]))] * 8,
                     "outcomes": values,
                 }
                 file.write(json.dumps(record) + "\n")

@@ -108,15 +108,15 @@ def test_claims_without_their_runs_are_not_tested_and_small_differences_are_inco
 
 def test_samples_to_converge_reads_the_curve(tmp_path):
     study = make_study(tmp_path, {"ei": (0.6, 0.8)})
-    # the middle evaluation (200 samples) is at 0.5: half the gain; 90% is reached only at 300
-    assert samples_to_converge(read_results(study), "ei") == 300
+    # the middle evaluation (200 samples) is at 0.5: half the gain; 90% is reached between 200 and 300
+    assert samples_to_converge(read_results(study), "ei") == (200, 300)
 
 
 def test_samples_to_converge_follows_a_loss_down(tmp_path):
-    # A run that loses maj@1 (0.4 -> 0.35 -> 0.3) has lost 90% of it only at 300 samples.
+    # A run that loses maj@1 (0.4 -> 0.35 -> 0.3) has lost 90% of it only between 200 and 300 samples.
     study = make_study(tmp_path, {"ei": (0.3, 0.6), "ppo": (0.2, 0.6)})
     results = read_results(study)
-    assert samples_to_converge(results, "ei") == 300 and samples_to_converge(results, "ppo") == 300
+    assert samples_to_converge(results, "ei") == samples_to_converge(results, "ppo") == (200, 300)
     assert verdicts(study)["similar_sample_counts"] == "inconclusive"  # no gain to converge to
 
 
@@ -145,3 +145,53 @@ def test_a_report_before_the_warm_start_was_evaluated_says_so(tmp_path):
     (run_dir(study, "warm_start_eval", 0) / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="the warm start has not been evaluated yet"):
         read_results(study)
+
+
+def test_a_run_converged_by_its_first_evaluation_leaves_the_sample_ratio_open(tmp_path):
+    # Both at their final maj@1 from the first evaluation on: each converged somewhere in (0, 100] samples, so
+    # the ratio could be anything (was "supported", ratio 1.00: the grid could not tell).
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "ppo": (0.6, 0.8)})
+    for name in ("ei", "ppo"):
+        final = outcomes(0.6, 0.8)
+        write_run(run_dir(study, name, 0), [(1, 100, final), (2, 200, final), (3, 300, final)])
+    assert samples_to_converge(read_results(study), "ei") == (0, 100)
+    assert verdicts(study)["similar_sample_counts"] == "inconclusive"
+
+
+def test_unfinished_runs_decide_no_claim_and_are_named(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "ppo": (0.6, 0.8), "sft_more": (0.4, 0.6)})
+    (run_dir(study, "ppo", 0) / "study.json").unlink()  # interrupted: its last evaluation is not its final one
+    found = verdicts(study)
+    assert found["similar_sample_counts"] == "not tested" and found["expert_iteration_best_or_equal"] == "not tested"
+    text = write_report(read_results(study)).read_text()
+    assert "Unfinished (left out of the tables, claims and plots until they finish): ppo seed 0" in text
+
+
+def test_seeds_that_answered_different_questions_are_refused(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8)}, seeds=(0, 1))
+    write_run(run_dir(study, "ei", 1), [(3, 300, outcomes(0.6, 0.8, count=100))])
+    with pytest.raises(ValueError, match="ei: seed 1's final evaluation answered other questions than seed 0's"):
+        read_results(study).difference("ei", "maj@1")
+
+
+def test_a_claim_whose_metric_an_evaluation_lacks_is_not_tested_and_the_report_still_written(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "ppo": (0.6, 0.8), "sft_more": (0.4, 0.6)})
+    lacking = {name.replace("@8", "@4"): values for name, values in outcomes(0.4, 0.6).items()}  # K = 4
+    write_run(run_dir(study, "sft_more", 0), [(3, 300, lacking)], evaluation={"num_samples": 4})
+    assert verdicts(study)["rl_lifts_both_while_sft_trades"] == "not tested"  # was an AttributeError
+    assert "Evaluation DIFFERS from the warm start's in: sft_more" in write_report(read_results(study)).read_text()
+
+
+def test_more_sft_whose_maj_at_1_estimate_falls_trades_nothing(tmp_path):
+    # pass@8 falls significantly, maj@1 falls by 1 question of 200: not a trade of pass@K for maj@1.
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "ppo": (0.6, 0.8), "sft_more": (0.395, 0.6)})
+    assert verdicts(study)["rl_lifts_both_while_sft_trades"] == "inconclusive"
+
+
+def test_rl_that_wins_in_more_time_than_more_sft_does_not_win_for_the_same_time(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.4, 0.6)})
+    ei = run_dir(study, "ei", 0)
+    write_run(ei, [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))], minutes=2.0)
+    assert verdicts(study)["rl_beats_more_sft"] == "inconclusive"  # 2 min against 1
+    write_run(ei, [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))], minutes=1.2)
+    assert verdicts(study)["rl_beats_more_sft"] == "supported"

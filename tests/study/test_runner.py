@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -21,6 +22,15 @@ def make_study(tmp_path, runs: dict[str, list[str]], **options) -> tuple[StudySp
     study = {"name": "s", "output_dir": str(tmp_path), "warm_start": {"config": str(config)}, "runs": rows} | options
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     return load_study(tmp_path / "study.yaml"), str(config)
+
+
+def validated(command: list[str], returncode: int = 0) -> subprocess.CompletedProcess:
+    """What a ``lit-reason`` command that validated leaves: a ``val`` entry in its run's ``metrics.json``."""
+    logger = json.loads(next(a for a in command if a.startswith("--trainer.logger=")).split("=", 1)[1])["init_args"]
+    log_dir = Path(logger["save_dir"]) / logger["name"] / logger["version"]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "metrics.json").write_text(json.dumps([{"stage": "val", "step": 0}]))
+    return subprocess.CompletedProcess(command, returncode)
 
 
 def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp_path, capsys):
@@ -72,7 +82,7 @@ def test_running_skips_finished_steps_resumes_checkpointed_ones_and_restarts_the
 
     def fake_run(command, **kwargs):
         commands.append(command)
-        return subprocess.CompletedProcess(command, 1 if len(commands) == 3 else 0)  # c fails
+        return validated(command, 1 if len(commands) == 3 else 0)  # c fails
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(RuntimeError, match=r"(?s)\[study s 5/5\] c seed 0 failed \(exit code 1\).*lit-reason fit"):
@@ -96,7 +106,7 @@ def test_a_study_can_reuse_another_studys_warm_start_and_orm(tmp_path, monkeypat
     assert steps[1].log_dir == tmp_path / "s" / "runs" / "a" / "seed0"
     assert f"--model.init_args.policy.name_or_path={warm_start}" in steps[1].command
     assert f"--model.init_args.orm={orm}" in steps[0].command
-    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: validated(command))
     with pytest.raises(RuntimeError, match="reuses the warm_start of study first, which has not finished it"):
         run_study(study)
     for stage in ("warm_start", "orm"):
@@ -115,8 +125,31 @@ def test_a_sharded_checkpoint_cut_short_is_started_afresh(tmp_path, monkeypatch)
     (a.checkpoint / "__0_0.distcp").parent.mkdir(parents=True)
     (a.checkpoint / "__0_0.distcp").write_bytes(b"shard")  # no meta.pt: its save was cut short
     commands = []
-    monkeypatch.setattr(
-        subprocess, "run", lambda command, **kw: commands.append(command) or subprocess.CompletedProcess(command, 0)
-    )
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: commands.append(command) or validated(command))
     run_study(study)
     assert not any("ckpt_path" in arg for arg in commands[0]) and not a.checkpoint.exists()
+
+
+def test_a_run_that_recorded_no_validation_is_not_marked_finished(tmp_path, monkeypatch):
+    # As a round with no training batch once ended a whole run, untrained and unevaluated, with exit code 0.
+    study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
+    warm_start, baseline, a = plan(study)
+    for step in (warm_start, baseline):
+        step.log_dir.mkdir(parents=True)
+        (step.log_dir / "study.json").write_text("{}")
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0))
+    with pytest.raises(RuntimeError, match=r"a seed 0 exited without an error but recorded no validation"):
+        run_study(study)
+    assert not (a.log_dir / "study.json").exists()
+
+
+def test_a_finished_run_declared_anew_with_other_arguments_stops_the_study(tmp_path, monkeypatch):
+    study, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=1"]}, seeds=[0])
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: validated(command))
+    run_study(study)
+    changed, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=3"]}, seeds=[0])
+    with pytest.raises(
+        RuntimeError, match=r"(?s)a seed 0 finished before with another command.*max_epochs=1.*max_epochs=3"
+    ):
+        run_study(changed)
+    run_study(study)  # the same declaration: every step skipped

@@ -51,6 +51,11 @@ def test_a_study_file_is_read_into_its_declaration(tmp_path, config):
         ({"claims": {"ppo": "ppo_sparse"}}, r"study\.yaml: claims\.ppo: no run is named 'ppo_sparse'"),
         ({"claims": {"ppo_run": "ei"}}, r"study\.yaml: claims: unknown keys \['ppo_run'\]"),
         ({"equivalence_margin": 2}, r"study\.yaml: equivalence_margin: expected a number in \[0, 1\)"),
+        # These were a TypeError, or accepted and a KeyError at report time.
+        ({"output_dir": 5}, r"study\.yaml: output_dir: expected a path, got 5"),
+        ({"claims": {"ppo": {"a": 1}}}, r"study\.yaml: claims\.ppo: expected one run name"),
+        ({"claims": {"ppo": ["ei"]}}, r"study\.yaml: claims\.ppo: expected one run name, got \['ei'\]"),
+        ({"claims": {"dense_rewards": "ei"}}, r"study\.yaml: claims\.dense_rewards: expected a list of run names"),
     ],
 )
 def test_a_bad_study_file_is_an_error_naming_the_field(tmp_path, config, changes, message):
@@ -75,3 +80,17 @@ def test_a_reused_stage_names_another_study(tmp_path, config):
         load_study(write_study(tmp_path, config, warm_start={"config": str(config), "from_study": "micro"}))
     with pytest.raises(ValueError, match=r"orm\.from_study: 'a b' is not a usable directory name"):
         load_study(write_study(tmp_path, config, orm={"config": str(config), "from_study": "a b"}))
+
+
+def test_the_command_line_names_runs_the_study_lacks_and_results_that_are_not_there(tmp_path, config, capsys):
+    from lit_reason.study import study_main
+
+    path = write_study(tmp_path, config)
+    with pytest.raises(SystemExit):
+        study_main(["--config", str(path), "--only", "eii"])  # was: nothing run, no error
+    assert (
+        "--only: " in (error := capsys.readouterr().err) and "has no run named eii (runs: ['ei', 'sft_more'])" in error
+    )
+    with pytest.raises(SystemExit):
+        study_main(["--config", str(path), "--report-only"])  # was a FileNotFoundError traceback
+    assert "the warm start has not been evaluated yet" in capsys.readouterr().err
