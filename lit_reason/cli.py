@@ -95,9 +95,9 @@ def _section_options(args: list[str], section: str) -> list[tuple[str, dict[str,
     sources = []
     prefix = f"--{section}."
     for index, arg in enumerate(args):
-        if arg == "--config" and index + 1 < len(args):
+        if arg in ("--config", "-c") and index + 1 < len(args):
             path = args[index + 1]
-        elif arg.startswith("--config="):
+        elif arg.startswith(("--config=", "-c=")):
             path = arg.split("=", 1)[1]
         elif arg.startswith(prefix):
             key = arg.split("=", 1)[0].removeprefix(prefix).removeprefix("init_args.")

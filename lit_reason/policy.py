@@ -7,8 +7,10 @@ special tokens can be added before anything else); ``load_model`` builds the wei
 
 from __future__ import annotations
 
+import difflib
 import string
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,8 @@ class PolicySpec:
             ``config:PATH.yaml``: the policy that config's ``fit`` exports, trained on first use and cached
             (the shared warm start of the RL configs).
         load_kwargs: passed to ``from_pretrained`` for model and tokenizer, e.g. ``{"dtype": "bfloat16",
-            "revision": "main", "gguf_file": "model.gguf", "attn_implementation": "sdpa"}``.
+            "revision": "main", "gguf_file": "model.gguf", "attn_implementation": "sdpa"}``. Without a
+            ``dtype`` (or ``quantization_config``) the weights load in float32, whatever the checkpoint's.
         peft: train a LoRA adapter instead of the whole model (``peft.LoraConfig``: ``r``, ``lora_alpha``,
             ``target_modules``, ...); PPO's and GRPO's reference is then the base model, the adapter disabled.
         adapter_export: with ``peft``, what an export writes: ``merged`` (the adapter folded into the base
@@ -68,6 +71,23 @@ class PolicySpec:
     preset_overrides: dict[str, Any] = field(default_factory=dict)
     max_length: int = 512
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        near = difflib.get_close_matches(self.name_or_path, TINY_PRESETS, n=1, cutoff=0.8)
+        if near and not self.is_preset and not Path(self.name_or_path).expanduser().exists():
+            raise ValueError(f"policy.name_or_path {self.name_or_path!r}: no such preset; did you mean {near[0]!r}?")
+        if "trust_remote_code" in self.load_kwargs:
+            raise ValueError("policy.load_kwargs: set trust_remote_code as policy.trust_remote_code, not a load kwarg")
+        if self.is_preset:
+            unknown = sorted(set(self.preset_overrides) - set(LlamaConfig().to_dict()))
+            if unknown:
+                raise ValueError(f"policy.preset_overrides: {unknown} are not LlamaConfig fields")
+            if self.load_kwargs:
+                warnings.warn(
+                    f"load_kwargs {sorted(self.load_kwargs)} do nothing for the tiny preset {self.name_or_path!r}, "
+                    "which is built, not loaded (its options are preset_overrides)",
+                    stacklevel=2,
+                )
 
     @property
     def is_preset(self) -> bool:
@@ -109,13 +129,20 @@ def load_tokenizer(spec: PolicySpec) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spread: float = 0.0) -> torch.nn.Module:
+def load_model(
+    spec: PolicySpec,
+    tokenizer: PreTrainedTokenizerFast,
+    new_row_spread: float = 0.0,
+    new_token_ids: Sequence[int] = (),
+) -> torch.nn.Module:
     """The policy network, with embeddings grown to fit tokens added to ``tokenizer``.
 
     New input-embedding rows start at the mean of the existing ones (Hugging Face's mean resizing), plus, with
     ``new_row_spread > 0``, Gaussian noise of that many times the existing rows' per-dimension standard
     deviation, drawn from a generator seeded by ``spec.seed``: tokens the policy must tell apart (return
-    tokens) then start apart instead of as near-identical copies of the mean."""
+    tokens) then start apart instead of as near-identical copies of the mean. ``new_token_ids`` (tokens the
+    caller added to the tokenizer) get the same start where the matrix already had rows for them: a vocabulary
+    padded past its tokenizer (Qwen's, to a multiple of 128) holds untrained spare rows, often all zeros."""
     if spec.is_preset:
         config = LlamaConfig(
             vocab_size=len(tokenizer),
@@ -130,15 +157,31 @@ def load_model(spec: PolicySpec, tokenizer: PreTrainedTokenizerFast, new_row_spr
             torch.manual_seed(run_seed(spec.seed))
             model = LlamaForCausalLM(config)
     else:
+        # float32 unless asked otherwise: transformers loads a checkpoint in the dtype it was saved in (bf16 for
+        # most hub models), where bf16-mixed precision would then keep bf16 weights and round small updates away.
+        dtype_given = {"dtype", "torch_dtype", "quantization_config"} & spec.load_kwargs.keys()
+        load_kwargs = spec.load_kwargs if dtype_given else {"dtype": torch.float32, **spec.load_kwargs}
         model = AutoModelForCausalLM.from_pretrained(
-            spec.resolved(), trust_remote_code=spec.trust_remote_code, **spec.load_kwargs
+            spec.resolved(), trust_remote_code=spec.trust_remote_code, **load_kwargs
         )
     old_rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        if new_row_spread > 0:
-            spread_rows(model.get_input_embeddings().weight, old_rows, new_row_spread, run_seed(spec.seed))
+    spare = sorted(i for i in new_token_ids if i < old_rows)
+    if spare:
+        start_at_mean(model, spare, before=min(new_token_ids))
+    new_rows = sorted({*spare, *range(old_rows, len(tokenizer))})
+    if new_rows and new_row_spread > 0:
+        spread_rows(model.get_input_embeddings().weight, new_rows, new_row_spread, run_seed(spec.seed))
     return model
+
+
+@torch.no_grad()
+def start_at_mean(model: torch.nn.Module, rows: list[int], before: int) -> None:
+    """Set rows ``rows`` of the input (and an untied output) embedding to the mean of rows ``[0, before)``."""
+    matrices = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m}
+    for weight in matrices.values():
+        weight[rows] = weight[:before].float().mean(0).to(weight.dtype)
 
 
 def save_policy(
@@ -157,13 +200,14 @@ def save_policy(
 
 
 @torch.no_grad()
-def spread_rows(weight: torch.Tensor, first_new_row: int, spread: float, seed: int) -> None:
-    """Add to rows ``first_new_row:`` of an embedding matrix (V, D) Gaussian noise with ``spread`` times the
-    per-dimension standard deviation of the rows before them."""
+@torch.no_grad()
+def spread_rows(weight: torch.Tensor, rows: list[int], spread: float, seed: int) -> None:
+    """Add to rows ``rows`` (ascending) of an embedding matrix (V, D) Gaussian noise with ``spread`` times the
+    per-dimension standard deviation of the rows before the first of them."""
     generator = torch.Generator().manual_seed(seed)
-    std = weight[:first_new_row].float().std(dim=0)
-    noise = torch.randn(weight.shape[0] - first_new_row, weight.shape[1], generator=generator) * std * spread
-    weight[first_new_row:] += noise.to(weight.dtype)
+    std = weight[: rows[0]].float().std(dim=0)
+    noise = torch.randn(len(rows), weight.shape[1], generator=generator) * std * spread
+    weight[rows] += noise.to(weight.dtype)
 
 
 def disable_dropout(network: torch.nn.Module) -> None:

@@ -85,8 +85,9 @@ class FileLog:
 
 def run_log(loggers: Sequence[Any]) -> RunLog | None:
     """Where rank 0 logs text, histograms and curves: TensorBoard when a logger is TensorBoard's, else files in
-    the first logger's run directory; None on other ranks and without a logger. Call on rank 0 alone if need
-    be: nothing here communicates."""
+    the first logger's run directory (its ``log_dir``, or ``save_dir/name/version`` for loggers without one, such
+    as W&B's and MLflow's, whose ``save_dir`` every run shares); None on other ranks, without a logger and for a
+    logger that saves nothing locally. Call on rank 0 alone if need be: nothing here communicates."""
     if rank_and_world_size()[0] != 0 or not loggers:
         return None
     for logger in loggers:
@@ -94,7 +95,10 @@ def run_log(loggers: Sequence[Any]) -> RunLog | None:
         if hasattr(experiment, "add_text") and hasattr(experiment, "add_histogram"):
             return TensorBoardLog(experiment)
     first = loggers[0]
-    log_dir = getattr(first, "log_dir", None) or getattr(first, "save_dir", None)
+    log_dir = getattr(first, "log_dir", None)
+    if not log_dir and getattr(first, "save_dir", None):
+        run = [str(part) for part in (getattr(first, "name", None), getattr(first, "version", None)) if part]
+        log_dir = Path(first.save_dir, *run)
     return FileLog(log_dir) if log_dir else None
 
 

@@ -14,32 +14,52 @@ def paired_interval(
 ) -> tuple[float, float, float]:
     """Mean of ``candidate - baseline`` over the questions and its 95% interval.
 
-    Both are per-question outcomes of the same Q questions, (Q,) or (seeds, Q) (one row per training seed; the
-    two sides may have different numbers of seeds). One seed a side with 0/1 outcomes: Newcombe's score interval
-    for paired proportions (``newcombe_paired``), which the percentile bootstrap is not: near 100% accuracy only a
-    few questions differ, and 4 better against 0 worse out of 400 gives a bootstrap interval of [+0.0025, +0.02]
-    where McNemar's exact test has p = 0.125. Otherwise (shares of correct samples, or several seeds): the
-    two-level paired bootstrap (``paired_bootstrap``)."""
+    Both are per-question outcomes of the same Q questions, (Q,) or (seeds, Q) (one row per training seed; the two
+    sides may have different numbers of seeds). Near 100% accuracy only a few questions differ, and there the
+    percentile bootstrap is too narrow: 4 better against 0 worse out of 400 gives [+0.0025, +0.02] where McNemar's
+    exact test has p = 0.125. So 0/1 outcomes (to within 1e-6) take Newcombe's score interval for paired proportions
+    (``newcombe_from_cells``): of one seed a side, alone; of several, over the seed pairs' mean 2x2 table, and the
+    interval spans it and the two-level bootstrap's (``paired_bootstrap``), which alone holds the spread between
+    seeds. Other outcomes (shares of correct samples) take the bootstrap.
+    """
     baseline, candidate = _per_seed(baseline), _per_seed(candidate)
     if baseline.shape[-1] != candidate.shape[-1] or baseline.shape[-1] == 0:
         raise ValueError(
             f"need outcomes of the same Q > 0 questions, got {baseline.shape[-1]} and {candidate.shape[-1]}"
         )
-    binary = all(bool(((side == 0) | (side == 1)).all()) for side in (baseline, candidate))
-    if binary and len(baseline) == len(candidate) == 1:
-        return newcombe_paired(baseline[0].bool(), candidate[0].bool())
-    return paired_bootstrap(baseline, candidate, resamples, seed)
+    rounded = baseline.round(), candidate.round()
+    binary = all(
+        bool(((side - whole).abs() < 1e-6).all() and ((whole == 0) | (whole == 1)).all())
+        for side, whole in zip((baseline, candidate), rounded, strict=True)
+    )
+    if not binary:
+        return paired_bootstrap(baseline, candidate, resamples, seed)
+    baseline, candidate = rounded[0].bool()[:, None], rounded[1].bool()[None, :]  # (S_b, 1, Q), (1, S_c, Q)
+    # The 2x2 table of every (baseline seed, candidate seed) pair, averaged.
+    both, candidate_only, baseline_only = (
+        cell.sum(-1).double().mean().item()
+        for cell in (baseline & candidate, candidate & ~baseline, baseline & ~candidate)
+    )
+    mean, low, high = newcombe_from_cells(both, candidate_only, baseline_only, baseline.shape[-1])
+    if baseline.shape[0] == candidate.shape[1] == 1:
+        return mean, low, high
+    _, bootstrap_low, bootstrap_high = paired_bootstrap(rounded[0], rounded[1], resamples, seed)
+    return mean, min(low, bootstrap_low), max(high, bootstrap_high)
 
 
 def newcombe_paired(baseline: torch.Tensor, candidate: torch.Tensor) -> tuple[float, float, float]:
     """``candidate - baseline`` of two (Q,) bool outcomes of the same questions and its 95% interval: Newcombe's
-    hybrid score interval for a difference of paired proportions (Newcombe 1998, method 10: each rate's Wilson
-    interval, combined with the correlation of the pairs, continuity-corrected as in Altman et al.'s *Statistics
-    with Confidence*)."""
-    n = len(baseline)
+    hybrid score interval for a difference of paired proportions (``newcombe_from_cells``)."""
     both = int((baseline & candidate).sum())
-    candidate_only = int((candidate & ~baseline).sum())
-    baseline_only = int((baseline & ~candidate).sum())
+    candidate_only, baseline_only = int((candidate & ~baseline).sum()), int((baseline & ~candidate).sum())
+    return newcombe_from_cells(both, candidate_only, baseline_only, len(baseline))
+
+
+def newcombe_from_cells(both: float, candidate_only: float, baseline_only: float, n: int) -> tuple[float, float, float]:
+    """Newcombe's hybrid score interval (1998, method 10: each rate's Wilson interval, combined with the pairs'
+    correlation, continuity-corrected as in Altman et al.'s *Statistics with Confidence*) for the difference of
+    paired proportions, from the 2x2 table's cells (counts of questions; a mean table's may be fractional):
+    (difference, low, high)."""
     neither = n - both - candidate_only - baseline_only
     p1, p2 = (both + candidate_only) / n, (both + baseline_only) / n
     low1, high1 = wilson_interval(both + candidate_only, n)
@@ -54,7 +74,7 @@ def newcombe_paired(baseline: torch.Tensor, candidate: torch.Tensor) -> tuple[fl
     return difference, difference - below, difference + above
 
 
-def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int) -> tuple[float, float]:
     """Wilson's 95% score interval of a proportion ``successes / n``."""
     centre = (successes + Z_95**2 / 2) / (n + Z_95**2)
     half = Z_95 * math.sqrt(successes * (n - successes) / n + Z_95**2 / 4) / (n + Z_95**2)

@@ -73,7 +73,9 @@ def source_fingerprint() -> str:
 
 
 def _training_inputs(config: Path, seen: set[Path]) -> list[str]:
-    """The parsed content of ``config`` and of every config and data file it names, as text."""
+    """The parsed content of ``config`` and of every config it names, and the size and time of every file it
+    names (data files, wherever they sit: ``path``, ``train_path``, a ``data_files`` entry) and of every file in
+    a directory named by a ``path`` or ``*_path`` option (a local base policy, a data folder)."""
     if config.resolve() in seen:
         return []
     seen.add(config.resolve())
@@ -82,8 +84,14 @@ def _training_inputs(config: Path, seen: set[Path]) -> list[str]:
     for key, value in _leaves(content):
         if isinstance(value, str) and value.startswith(CONFIG_PREFIX) and locate_config(value[len(CONFIG_PREFIX) :]):
             parts += _training_inputs(locate_config(value[len(CONFIG_PREFIX) :]), seen)
-        elif key == "path" and isinstance(value, str) and Path(value).exists():
-            files = [Path(value)] if Path(value).is_file() else sorted(p for p in Path(value).rglob("*") if p.is_file())
+        elif isinstance(value, str) and value:
+            named = Path(value).expanduser()
+            if named.is_file():
+                files = [named]
+            elif named.is_dir() and key is not None and (key == "path" or key.endswith("_path")):
+                files = sorted(p for p in named.rglob("*") if p.is_file())
+            else:
+                continue
             parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
     return parts
 
@@ -131,6 +139,10 @@ def resolve_policy_path(name_or_path: str) -> str:
     target = warm_start_dir(config)
     if is_exported(target):
         return str(target)
+    training = [entry for entry in os.environ.get(TRAINING_VARIABLE, "").split(os.pathsep) if entry]
+    if str(config.resolve()) in training:  # it would wait forever for the lock its own parent holds
+        chain = " -> ".join([*training, str(config.resolve())])
+        raise ValueError(f"warm start {name_or_path!r}: the configs name each other's policies in a cycle: {chain}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.parent / f"{target.name}.lock"):  # one process trains; the others wait and then load
         if not is_exported(target):
@@ -150,6 +162,8 @@ LAUNCHER_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_")
 # parent's, and a cached warm start would depend on which run trained it first.
 PARENT_SEED_VARIABLES = frozenset({"PL_GLOBAL_SEED", "PL_SEED_WORKERS"})
 PARENT_VARIABLE = "LIT_REASON_EXIT_WITH_PARENT"
+# The warm-start configs being trained by this process's parents: one naming itself again is a cycle.
+TRAINING_VARIABLE = "LIT_REASON_TRAINING_WARM_STARTS"
 
 
 def single_process_environment() -> dict[str, str]:
@@ -203,8 +217,12 @@ def _train(config: Path, target: Path) -> None:
         f"it will be reused from {target}",
         flush=True,
     )
+    environment = single_process_environment()
+    environment[TRAINING_VARIABLE] = os.pathsep.join(
+        [*filter(None, os.environ.get(TRAINING_VARIABLE, "").split(os.pathsep)), str(config.resolve())]
+    )
     try:
-        subprocess.run(command, check=True, env=single_process_environment())
+        subprocess.run(command, check=True, env=environment)
         (staging / "policy").rename(target)  # atomic: a half-written policy is never found
     except subprocess.CalledProcessError as error:
         raise RuntimeError(

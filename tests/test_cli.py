@@ -192,6 +192,9 @@ def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
     assert "command line: model option lam is now advantage.lam" in message
     assert f"{config}: data.task option answer_field is now fields.answer" in message
     assert "command line: data.task option question_field is now fields.question" in message
+    with pytest.raises(SystemExit):  # the short flag too (was jsonargparse's generic error)
+        LitReasonCLI(args=["fit", "-c", str(config)], run=False)
+    assert f"{config}: model option kl_coef is now reward.kl_coef" in capsys.readouterr().err
 
 
 def test_evaluating_an_untrained_warm_start_stops_instead_of_training_it(tmp_path, monkeypatch):

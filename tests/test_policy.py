@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,3 +60,26 @@ def test_saved_policy_loads_with_auto_classes_and_keeps_added_tokens(tmp_path):
 
 def test_trust_remote_code_is_off_by_default():
     assert PolicySpec().trust_remote_code is False
+
+
+def test_a_checkpoint_saved_in_bf16_loads_in_float32_unless_asked(tmp_path):
+    # transformers loads a checkpoint in its saved dtype; bf16 weights would round small optimizer updates away.
+    tokenizer = build_char_tokenizer()
+    load_model(PolicySpec(name_or_path="micro"), tokenizer).to(torch.bfloat16).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert {p.dtype for p in load_model(PolicySpec(name_or_path=str(tmp_path)), tokenizer).parameters()} == {
+        torch.float32
+    }
+    asked = PolicySpec(name_or_path=str(tmp_path), load_kwargs={"dtype": "bfloat16"})
+    assert {p.dtype for p in load_model(asked, tokenizer).parameters()} == {torch.bfloat16}
+
+
+def test_policy_options_that_would_be_ignored_or_clash_are_named():
+    with pytest.raises(ValueError, match="'tiny3m': no such preset; did you mean 'tiny-3m'"):
+        PolicySpec(name_or_path="tiny3m")  # was sent to the hub, a minute of retries
+    with pytest.raises(ValueError, match="set trust_remote_code as policy.trust_remote_code"):
+        PolicySpec(name_or_path="org/model", load_kwargs={"trust_remote_code": True})  # was a TypeError on loading
+    with pytest.raises(ValueError, match=r"policy.preset_overrides: \['num_hidden_layer'\] are not LlamaConfig"):
+        PolicySpec(name_or_path="micro", preset_overrides={"num_hidden_layer": 6})  # was silently 2 layers
+    with pytest.warns(UserWarning, match=r"load_kwargs \['dtype'\] do nothing for the tiny preset 'micro'"):
+        PolicySpec(name_or_path="micro", load_kwargs={"dtype": "bfloat16"})

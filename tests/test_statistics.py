@@ -53,12 +53,27 @@ def test_newcombe_covers_the_true_difference_where_the_bootstrap_does_not():
     assert covered["newcombe"] / 600 >= 0.95 and covered["bootstrap"] / 200 < 0.94
 
 
-def test_shares_and_several_seeds_take_the_bootstrap():
+def test_shares_take_the_bootstrap_and_near_whole_outcomes_do_not():
     shares = torch.tensor([0.5, 0.25, 1.0, 0.0] * 50)
     assert paired_interval(shares, shares.roll(1)) == paired_bootstrap(shares, shares.roll(1))
     baseline, candidate = four_better_of_400()
-    seeds = torch.stack([candidate, candidate]).float()
-    assert paired_interval(baseline.float(), seeds) == paired_bootstrap(baseline.float(), seeds)
+    almost = candidate.double()
+    almost[0] = 1.0000001  # was the bootstrap's [+0.0025, +0.02]: significant
+    assert paired_interval(baseline.float(), almost) == pytest.approx(newcombe_paired(baseline, candidate))
+
+
+def test_several_seeds_of_a_few_one_sided_questions_are_not_significant_either():
+    # Three seeds that each repeat "4 better, 0 worse": no spread between seeds, so the bootstrap over seeds is
+    # the one-seed bootstrap, [+0.0025, +0.02]; Newcombe's interval on the mean table keeps 0 inside.
+    baseline, candidate = four_better_of_400()
+    seeds = torch.stack([candidate] * 3).float()
+    mean, low, high = paired_interval(baseline.float(), seeds)
+    assert (mean, low, high) == pytest.approx(newcombe_paired(baseline, candidate))
+    # Seeds that disagree: the interval spans the bootstrap's, which holds their spread.
+    disagreeing = torch.stack([candidate.float(), baseline.float(), candidate.float()])
+    bootstrap = paired_bootstrap(baseline.float(), disagreeing)
+    _, low, high = paired_interval(baseline.float(), disagreeing)
+    assert low <= min(bootstrap[1], 0) and high >= bootstrap[2]
 
 
 def test_the_bootstrap_over_seeds_widens_the_interval_by_the_seeds_spread():

@@ -44,6 +44,29 @@ def test_the_key_covers_named_configs_data_files_and_the_code_but_not_layout(tmp
     assert warm_start_dir(config) not in (first, second, third)
 
 
+def test_the_key_covers_data_files_and_a_local_base_policy_under_any_option(tmp_path):
+    # JSONLTask's train_path, DatasetTask's data_files and a local base policy's weights (were not covered).
+    train, base = tmp_path / "train.jsonl", tmp_path / "base"
+    train.write_text('{"question": "q", "answer": 1}\n')
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "runs").mkdir()
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        f"model: {{init_args: {{policy: {{name_or_path: {base}}}}}}}\n"
+        f"data: {{task: {{init_args: {{train_path: {train}, data_files: {{test: {train}}}}}}}}}\n"
+        f"trainer: {{logger: {{init_args: {{save_dir: {tmp_path / 'runs'}}}}}}}\n"
+    )
+    keys = [warm_start_dir(config)]
+    train.write_text('{"question": "q", "answer": 2}\n')
+    keys.append(warm_start_dir(config))
+    (base / "model.safetensors").write_bytes(b"retrained")
+    keys.append(warm_start_dir(config))
+    (tmp_path / "runs" / "version_0").mkdir()  # a run's logs: a directory no *path option names
+    keys.append(warm_start_dir(config))
+    assert len(set(keys[:3])) == 3 and keys[3] == keys[2]
+
+
 def test_training_runs_alone_bound_to_its_parent_and_clears_stale_staging(tmp_path, monkeypatch):
     config = tmp_path / "sft.yaml"
     config.write_text("seed_everything: 0\n")
@@ -64,7 +87,21 @@ def test_training_runs_alone_bound_to_its_parent_and_clears_stale_staging(tmp_pa
     assert resolve_policy_path(f"config:{config}") == str(target)
     assert not {"RANK", "WORLD_SIZE", "MASTER_PORT", "SLURM_NTASKS"} & set(launched["env"])
     assert launched["env"][warm_start.PARENT_VARIABLE] == str(os.getpid())
+    assert launched["env"][warm_start.TRAINING_VARIABLE] == str(config.resolve())  # what the child is training
     assert not stale.exists() and (target / "config.json").is_file()
+
+
+def test_configs_that_name_each_other_s_policies_in_a_cycle_stop_instead_of_deadlocking(tmp_path, monkeypatch):
+    # In the child training b.yaml for a.yaml, whose policy is config:a.yaml again: it waited forever for the
+    # lock its grandparent held.
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"model: {{policy: 'config:{b}'}}\n")
+    b.write_text(f"model: {{policy: 'config:{a}'}}\n")
+    monkeypatch.setenv(warm_start.TRAINING_VARIABLE, os.pathsep.join([str(a.resolve()), str(b.resolve())]))
+    with pytest.raises(
+        ValueError, match=r"configs name each other's policies in a cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"
+    ):
+        resolve_policy_path(f"config:{a}")
 
 
 @pytest.mark.slow

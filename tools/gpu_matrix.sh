@@ -63,47 +63,50 @@ EOF
 }
 
 run() {
-    # The device tool brings back at most 8 files from $OUT, so the logs travel as one archive (made on exit, also
-    # after a failure); matrix.md gathers the figures. Each benchmark has its own time limit, so that one that
-    # hangs or overruns cannot take the others' device time: the whole matrix stays under 560 s. The 135M row,
-    # the issue's main target, runs first.
+    # The device tool brings back at most 8 files from $OUT, so the logs are written outside it and archived into
+    # $OUT/logs.tgz after each benchmark (a job killed at its limit still returns what finished); matrix.md
+    # gathers the figures. Each benchmark has its own time limit, so that one that hangs or overruns cannot take
+    # the others' device time: the limits and their 5 s grace add up to 525 s, the two probes at most 40 s more.
+    # The 135M row, the issue's main target, runs first.
     local out=${OUT:-/tmp/gpu_matrix}
-    local logs=$out/logs
-    mkdir -p "$logs"
-    trap "tar -czf '$out/logs.tgz' -C '$out' logs && rm -rf '$logs'" EXIT  # expanded now: run's locals end with it
+    local logs=/tmp/gpu_matrix_logs/logs
+    rm -rf "$logs" && mkdir -p "$logs" "$out"
     export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
     local device=cuda step_device=gpu scale=1 step_questions=64 big_layers=24 decoding=cuda_graph,static,dynamic
-    local step_decodings="cuda_graph dynamic" limit=1
+    local step_decodings="cuda_graph dynamic" stretch=1
     if [[ -n "${SMALL:-}" ]]; then
         device=cpu step_device=cpu scale=64 step_questions=8 big_layers=2 decoding=static,dynamic
-        step_decodings="static dynamic" limit=3  # a CPU is slower: the limits stretch
+        step_decodings="static dynamic" stretch=3  # a CPU is slower: the limits stretch
     fi
     local smol=$GPU_DIR/smollm2-135m
     local big="{\"hidden_size\": 2048, \"intermediate_size\": 8192, \"num_hidden_layers\": $big_layers, \"num_attention_heads\": 32, \"num_key_value_heads\": 32}"
-    (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
-    ($PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" ||
+    (timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
+    (timeout 20 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" ||
         true) | tee -a "$out/machine.txt"
+    archive() { tar -czf "$out/logs.tgz" -C "$(dirname "$logs")" logs; }
     bench() {  # name, seconds allowed, then bench_rollout's options
-        local name=$1 seconds=$(($2 * limit))
+        local name=$1 seconds=$(($2 * stretch))
         shift 2
         echo "== $name: $*" | tee -a "$out/matrix.md"
-        timeout -k 10 "$seconds" $PY tools/bench_rollout.py --device "$device" --decoding "$decoding" "$@" 2>&1 |
+        timeout -k 5 "$seconds" $PY tools/bench_rollout.py --device "$device" --decoding "$decoding" "$@" 2>&1 |
             tee "$logs/$name.log" | grep -E "^(model|lit-reason)|differ|only|Error" | tee -a "$out/matrix.md" ||
             echo "FAILED or over ${seconds}s: $name (see logs/$name.log in logs.tgz)" | tee -a "$out/matrix.md"
+        archive
     }
-    bench smollm2-135m 150 --policy $smol --random-weights --dtype bfloat16 --prompts $((256 / scale)) \
+    bench smollm2-135m 140 --policy $smol --random-weights --dtype bfloat16 --prompts $((256 / scale)) \
         --num-samples 8 --max-new-tokens $((256 / scale)) --temperature 0.7 --batch-size 2048
-    bench smollm2-1.7b-shape 170 --policy $smol --random-weights --dtype bfloat16 --config-overrides "$big" \
+    bench smollm2-1.7b-shape 160 --policy $smol --random-weights --dtype bfloat16 --config-overrides "$big" \
         --prompts $((128 / scale)) --num-samples 8 --max-new-tokens $((256 / scale)) --batch-size 1024
-    bench tiny 90 --policy $GPU_DIR/tiny-policy --prompts $((512 / scale)) --num-samples 8 --batch-size 4096
+    bench tiny 80 --policy $GPU_DIR/tiny-policy --prompts $((512 / scale)) --num-samples 8 --batch-size 4096
     for step_decoding in $step_decodings; do
-        local seconds=$((70 * limit))
+        local seconds=$((60 * stretch))
         echo "== round shares, $step_decoding decoding: bench_step.py on the tiny policy" | tee -a "$out/matrix.md"
-        timeout -k 10 "$seconds" $PY tools/bench_step.py --policy $GPU_DIR/tiny-policy --device "$step_device" \
+        timeout -k 5 "$seconds" $PY tools/bench_step.py --policy $GPU_DIR/tiny-policy --device "$step_device" \
             --only ppo,expert_iteration --questions $step_questions --samples 8 --rounds 3 \
             --decoding "$step_decoding" --json "$logs/step-$step_decoding.json" 2>&1 |
             tee "$logs/step-$step_decoding.log" | tail -6 | tee -a "$out/matrix.md" ||
             echo "FAILED or over ${seconds}s: bench_step ($step_decoding)" | tee -a "$out/matrix.md"
+        archive
     done
 }
 

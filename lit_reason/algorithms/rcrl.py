@@ -107,9 +107,9 @@ class ReturnConditionedRL(ExpertIteration):
             raise ValueError(f"guidance_scale must be >= 0 (1: no guidance), got {guidance_scale}")
         self.guidance_scale = guidance_scale
         # Added before the model exists: configure_model grows the embeddings to the tokenizer's size.
-        self.tokenizer.add_tokens(
-            [t for t in (good_token, bad_token) if t not in self.tokenizer.get_vocab()], special_tokens=True
-        )
+        added = [t for t in (good_token, bad_token) if t not in self.tokenizer.get_vocab()]
+        self.tokenizer.add_tokens(added, special_tokens=True)
+        self.added_token_ids = tuple(self.tokenizer.convert_tokens_to_ids(added))
         # Whether the policy has been trained on return tokens: until then its new token rows are untrained,
         # and conditioning on them would only derail it.
         self.conditioned = False
@@ -121,7 +121,7 @@ class ReturnConditionedRL(ExpertIteration):
 
     def load_policy_network(self, spec: PolicySpec) -> torch.nn.Module:
         """The policy, with the return tokens' rows spread apart where they are new to it."""
-        return load_model(spec, self.tokenizer, new_row_spread=self.return_token_spread)
+        return load_model(spec, self.tokenizer, self.return_token_spread, new_token_ids=self.added_token_ids)
 
     def conditioning(self, stage: Stage) -> Conditioning:
         """Return tokens condition a response and are never generated. Once the policy has learned them,

@@ -13,7 +13,7 @@ import argparse
 
 from lit_reason.study.report import write_report
 from lit_reason.study.results import read_results
-from lit_reason.study.runner import print_commands, run_study
+from lit_reason.study.runner import SHARED_STEPS, check_finished_steps, print_commands, run_study
 from lit_reason.study.spec import load_study
 
 
@@ -42,7 +42,7 @@ def study_main(args: list[str]) -> None:
     except (OSError, ValueError) as error:
         parser.error(str(error))
     only = set(options.only.split(",")) if options.only else None
-    unknown = sorted((only or set()) - {run.name for run in study.runs})
+    unknown = sorted((only or set()) - {run.name for run in study.runs} - SHARED_STEPS)
     if unknown:
         parser.error(
             f"--only: {study.source} has no run named {', '.join(unknown)} (runs: {[r.name for r in study.runs]})"
@@ -50,11 +50,11 @@ def study_main(args: list[str]) -> None:
     if options.print_commands:
         print_commands(study)
         return
-    if not options.report_only:
-        run_study(study, only=only)
     try:
-        results = read_results(study)
-    except (FileNotFoundError, ValueError) as error:
+        if not options.report_only:
+            run_study(study, only=only)
+        check_finished_steps(study)
+        path = write_report(read_results(study), ["lit-reason", "study", "--config", options.config])
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
         parser.exit(2, f"lit-reason study: error: {error}\n")
-    path = write_report(results, ["lit-reason", "study", "--config", options.config])
     print(f"[lit-reason] study {study.name}: {path}", flush=True)

@@ -10,6 +10,7 @@ number of comparisons a claim makes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -168,7 +169,7 @@ def rl_beats_more_sft(results: StudyResults) -> Verdict:
     rl_time, sft_time = (_mean_wall_time(results, name) for name in (roles.expert_iteration, roles.more_sft))
     evidence = (
         f"{roles.expert_iteration} - {roles.more_sft}: maj@1 {difference}; wall time {roles.expert_iteration} "
-        f"{rl_time / 60:.1f} min, {roles.more_sft} {sft_time / 60:.1f} min (the same time: RL took at most "
+        f"{_minutes(rl_time)}, {roles.more_sft} {_minutes(sft_time)} (the same time: RL took at most "
         f"{SAME_TIME:g}x longer to win, or at least 1/{SAME_TIME:g} as long to lose)"
     )
     won = difference.low > 0 and rl_time <= SAME_TIME * sft_time
@@ -181,8 +182,14 @@ SAME_TIME = 1.25
 
 
 def _mean_wall_time(results: StudyResults, name: str) -> float:
-    times = [t for t in results.runs[name].wall_seconds.values() if t is not None]
-    return sum(times) / len(times) if times else float("nan")
+    """Mean seconds per seed, NaN (compares false) where unknown: a resumed run records its last attempt's."""
+    run = results.runs[name]
+    times = [run.wall_seconds[seed] for seed in run.seeds]
+    return sum(times) / len(times) if times and not run.resumed else float("nan")
+
+
+def _minutes(seconds: float) -> str:
+    return "unknown (resumed)" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
 
 
 def _decide(supported: bool, refuted: bool) -> Outcome:

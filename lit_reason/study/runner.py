@@ -9,6 +9,7 @@ prints the commands instead, in order, for a cluster launcher: each depends on t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import shutil
@@ -22,6 +23,7 @@ from lit_reason.study.spec import StageSpec, StudySpec
 from lit_reason.warm_start import single_process_environment
 
 DONE_FILE = "study.json"
+SHARED_STEPS = frozenset({"warm_start", "orm", "warm_start_eval"})
 LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
@@ -123,14 +125,13 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
                 f"study {study.name} reuses the {run} of study {stage.from_study}, which has not finished it "
                 f"({run_dir(study, run, study.shared_seed)}): run that study first"
             )
+    check_finished_steps(study)
     steps = plan(study)
-    shared_steps = {"warm_start", "orm", "warm_start_eval"}
     for index, step in enumerate(steps, start=1):
-        if only is not None and step.run not in only | shared_steps:
+        if only is not None and step.run not in only | SHARED_STEPS:
             continue
         label = f"[study {study.name} {index}/{len(steps)}] {step.run} seed {step.seed}"
         if step.finished:
-            _check_same_command(step, label)
             print(f"{label}: finished before, skipped", flush=True)
             continue
         command = list(step.command)
@@ -154,23 +155,41 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
                 "(its output is above), so it has no result to report and is not marked finished. The command "
                 f"was:\n  {shell_command(step)}"
             )
-        record = {"command": shell_command(step), "wall_seconds": round(time.perf_counter() - started, 1)}
+        record = {
+            "command": shell_command(step),
+            "declaration": declaration(step),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
         if resumed:
             record["resumed"] = True  # wall_seconds counts this last attempt only
         step.log_dir.mkdir(parents=True, exist_ok=True)
         (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
 
 
-def _check_same_command(step: Step, label: str) -> None:
-    """Stop where a finished step ran another command than the study now declares (its config, arguments or
-    the study's common arguments changed): its results would be reported as the new declaration's."""
-    recorded = json.loads((step.log_dir / DONE_FILE).read_text()).get("command")
-    if recorded is not None and recorded != shell_command(step):
-        raise RuntimeError(
-            f"{label} finished before with another command than the study now declares:\n  before: {recorded}\n"
-            f"  now:    {shell_command(step)}\nRestore the study file, or delete {step.log_dir} (and the runs that "
-            "start from it) to run it again."
-        )
+def declaration(step: Step) -> list[str]:
+    """A step's command as compared with the one a finished step ran: each ``--config`` file by its content, so
+    that one file named from another directory (or installed elsewhere) is the same declaration."""
+    tokens = list(step.command)
+    for index in range(len(tokens) - 1):
+        if tokens[index] == "--config":
+            tokens[index + 1] = "sha256:" + hashlib.sha256(Path(tokens[index + 1]).read_bytes()).hexdigest()
+    return tokens
+
+
+def check_finished_steps(study: StudySpec) -> None:
+    """Stop where a finished step ran another command than the study now declares (its config's content, its
+    arguments or the study's common arguments changed): its results would be reported as the new declaration's."""
+    for step in plan(study):
+        if not step.finished:
+            continue
+        recorded = json.loads((step.log_dir / DONE_FILE).read_text()).get("declaration")
+        if recorded is not None and recorded != declaration(step):
+            changed = [f"{a} -> {b}" for a, b in zip(recorded, declaration(step), strict=False) if a != b]
+            raise RuntimeError(
+                f"study {study.name}: {step.run} seed {step.seed} finished before with another command than the "
+                f"study now declares ({'; '.join(changed) or 'other arguments'}): restore the study file or its "
+                f"configs, or delete {step.log_dir} (and the runs that start from it) to run it again."
+            )
 
 
 def _recorded_a_validation(log_dir: Path) -> bool:

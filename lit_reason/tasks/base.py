@@ -92,13 +92,14 @@ class Task(ABC):
     def problems(self, split: Split) -> list[Problem]:
         """The problems of one split, in a fixed order."""
         if self._splits is None:
-            self._splits = self.load()
-            self._check_splits_share_no_question()
+            splits = self.load()
+            self._check_splits_share_no_question(splits)
+            self._splits = splits  # only once checked: a second call must not return what the first refused
         return self._splits[split]
 
-    def _check_splits_share_no_question(self) -> None:
+    def _check_splits_share_no_question(self, splits: dict[str, list[Problem]]) -> None:
         first_seen: dict[str, tuple[str, int]] = {}
-        for split, problems in self._splits.items():
+        for split, problems in splits.items():
             for problem in problems:
                 seen_in, seen_id = first_seen.setdefault(question_key(problem.question), (split, problem.id))
                 if seen_in != split:

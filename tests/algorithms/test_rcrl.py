@@ -55,6 +55,31 @@ def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
     assert torch.equal(again.policy.get_input_embeddings().weight, embeddings)
 
 
+def test_return_tokens_start_apart_in_the_spare_rows_of_a_padded_vocabulary(tmp_path):
+    # Qwen-style: the embedding matrix has rows past the tokenizer's tokens, untrained (zeros here), which the
+    # return tokens take without a resize (they were both all zeros: the same vector).
+    warm_start = tmp_path / "warm_start"
+    plain = SFT(policy=PolicySpec(name_or_path="micro"))
+    plain.configure_model()
+    plain.export_policy(warm_start)
+    padded = AutoModelForCausalLM.from_pretrained(warm_start)
+    padded.resize_token_embeddings(108, mean_resizing=False)
+    with torch.no_grad():
+        padded.get_input_embeddings().weight[100:] = 0
+    padded.save_pretrained(warm_start)
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(warm_start)))
+    module.configure_model()
+    embeddings = module.policy.get_input_embeddings().weight
+    good, bad = (module.tokenizer.convert_tokens_to_ids(t) for t in ("[GOOD]", "[BAD]"))
+    assert embeddings.shape[0] == 108 and (good, bad) == (100, 101)
+    old_rows = embeddings[:100]
+    old_mean, old_std = old_rows.mean(0), old_rows.std(0)
+    for row in (good, bad):
+        assert ((embeddings[row] - old_mean).abs() < 5 * old_std).all()
+    assert (embeddings[good] - embeddings[bad]).norm() > 0.5 * old_std.norm()
+    assert embeddings[102:].abs().sum() == 0  # spare rows no token uses are left alone
+
+
 def test_ratio_batches_control_the_share_of_positives():
     positives = [([1], [2, 3]) for _ in range(50)]
     negatives = [([1], [4, 5]) for _ in range(12)]

@@ -1,8 +1,11 @@
 """A study's report and the paper's claims, on runs written to disk with known per-question outcomes."""
 
+import json
+
 import pytest
 import yaml
 
+from lit_reason.study import study_main
 from lit_reason.study.claims import CLAIMS, assess_claims, samples_to_converge
 from lit_reason.study.report import write_report
 from lit_reason.study.results import read_results
@@ -167,11 +170,14 @@ def test_unfinished_runs_decide_no_claim_and_are_named(tmp_path):
     assert "Unfinished (left out of the tables, claims and plots until they finish): ppo seed 0" in text
 
 
-def test_seeds_that_answered_different_questions_are_refused(tmp_path):
+def test_seeds_that_answered_different_questions_are_refused(tmp_path, capsys):
     study = make_study(tmp_path, {"ei": (0.6, 0.8)}, seeds=(0, 1))
     write_run(run_dir(study, "ei", 1), [(3, 300, outcomes(0.6, 0.8, count=100))])
     with pytest.raises(ValueError, match="ei: seed 1's final evaluation answered other questions than seed 0's"):
         read_results(study).difference("ei", "maj@1")
+    with pytest.raises(SystemExit):  # the command says so, with no traceback
+        study_main(["--config", str(study.source), "--report-only"])
+    assert "ei: seed 1's final evaluation answered other questions" in capsys.readouterr().err
 
 
 def test_a_claim_whose_metric_an_evaluation_lacks_is_not_tested_and_the_report_still_written(tmp_path):
@@ -195,3 +201,6 @@ def test_rl_that_wins_in_more_time_than_more_sft_does_not_win_for_the_same_time(
     assert verdicts(study)["rl_beats_more_sft"] == "inconclusive"  # 2 min against 1
     write_run(ei, [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))], minutes=1.2)
     assert verdicts(study)["rl_beats_more_sft"] == "supported"
+    record = json.loads((ei / "study.json").read_text())
+    (ei / "study.json").write_text(json.dumps({**record, "resumed": True}))  # its time: the last attempt's only
+    assert verdicts(study)["rl_beats_more_sft"] == "inconclusive"

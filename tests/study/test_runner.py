@@ -7,19 +7,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_reason.study.runner import plan, print_commands, run_study
+from lit_reason.study.runner import check_finished_steps, plan, print_commands, run_study
 from lit_reason.study.spec import StudySpec, load_study
 
 
-def make_study(tmp_path, runs: dict[str, list[str]], **options) -> tuple[StudySpec, str]:
-    """A study named ``s`` in ``tmp_path`` whose runs (name -> arguments) all use one trivial config."""
+def make_study(tmp_path, runs: dict[str, list[str]], config_name: str = "", **options) -> tuple[StudySpec, str]:
+    """A study named ``s`` in ``tmp_path`` whose runs (name -> arguments) all use one trivial config (named
+    ``config_name`` in the study file, by default its absolute path)."""
     config = tmp_path / "fit.yaml"
-    config.write_text("seed_everything: 0\n")
+    if not config.exists():
+        config.write_text("seed_everything: 0\n")
+    named = config_name or str(config)
     rows = [
-        {"name": name, "algorithm": "A", "family": "rl", "config": str(config), "args": args}
-        for name, args in runs.items()
+        {"name": name, "algorithm": "A", "family": "rl", "config": named, "args": args} for name, args in runs.items()
     ]
-    study = {"name": "s", "output_dir": str(tmp_path), "warm_start": {"config": str(config)}, "runs": rows} | options
+    study = {"name": "s", "output_dir": str(tmp_path), "warm_start": {"config": named}, "runs": rows} | options
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     return load_study(tmp_path / "study.yaml"), str(config)
 
@@ -144,12 +146,20 @@ def test_a_run_that_recorded_no_validation_is_not_marked_finished(tmp_path, monk
 
 
 def test_a_finished_run_declared_anew_with_other_arguments_stops_the_study(tmp_path, monkeypatch):
-    study, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=1"]}, seeds=[0])
+    study, config = make_study(tmp_path, {"a": ["--trainer.max_epochs=1"]}, seeds=[0])
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: validated(command))
     run_study(study)
     changed, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=3"]}, seeds=[0])
     with pytest.raises(
-        RuntimeError, match=r"(?s)a seed 0 finished before with another command.*max_epochs=1.*max_epochs=3"
+        RuntimeError, match=r"a seed 0 finished before .* \(--trainer.max_epochs=1 -> --trainer.max_epochs=3\)"
     ):
         run_study(changed)
-    run_study(study)  # the same declaration: every step skipped
+    with pytest.raises(RuntimeError, match="a seed 0 finished before"):
+        check_finished_steps(changed)  # what --report-only checks before reporting
+    # The same config file named another way is the same declaration; the same name with other content is not.
+    monkeypatch.chdir(tmp_path)
+    renamed, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=1"]}, seeds=[0], config_name="./fit.yaml")
+    run_study(renamed)
+    Path(config).write_text("seed_everything: 1\n")
+    with pytest.raises(RuntimeError, match=r"warm_start seed 0 finished before .* \(sha256:"):
+        run_study(study)
