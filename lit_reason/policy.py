@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from peft import LoraConfig
 from tokenizers import Tokenizer, decoders, models, processors
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from lit_reason.adapters import AdapterExport, save_adapted
 from lit_reason.seeds import run_seed
@@ -37,6 +44,10 @@ TINY_PRESETS: dict[str, dict[str, Any]] = {
     # ~24K parameters: for tests.
     "micro": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
 }
+
+
+# LlamaConfig keywords that are not among its fields (``to_dict``) but configure the model all the same.
+LLAMA_OPTIONS = frozenset({"attn_implementation", "rope_theta", "rope_scaling", "torch_dtype", "dtype"})
 
 
 @dataclass
@@ -79,9 +90,14 @@ class PolicySpec:
         if "trust_remote_code" in self.load_kwargs:
             raise ValueError("policy.load_kwargs: set trust_remote_code as policy.trust_remote_code, not a load kwarg")
         if self.is_preset:
-            unknown = sorted(set(self.preset_overrides) - set(LlamaConfig().to_dict()))
+            # LlamaConfig keeps any keyword as an attribute, so a misspelt field would change nothing, silently;
+            # some real options (attn_implementation, rope_theta) are read by it without being fields.
+            unknown = sorted(set(self.preset_overrides) - set(LlamaConfig().to_dict()) - LLAMA_OPTIONS)
             if unknown:
-                raise ValueError(f"policy.preset_overrides: {unknown} are not LlamaConfig fields")
+                warnings.warn(
+                    f"policy.preset_overrides: {unknown} are not LlamaConfig fields; a misspelt one changes nothing",
+                    stacklevel=2,
+                )
             if self.load_kwargs:
                 warnings.warn(
                     f"load_kwargs {sorted(self.load_kwargs)} do nothing for the tiny preset {self.name_or_path!r}, "
@@ -160,20 +176,32 @@ def load_model(
         # float32 unless asked otherwise: transformers loads a checkpoint in the dtype it was saved in (bf16 for
         # most hub models), where bf16-mixed precision would then keep bf16 weights and round small updates away.
         dtype_given = {"dtype", "torch_dtype", "quantization_config"} & spec.load_kwargs.keys()
-        load_kwargs = spec.load_kwargs if dtype_given else {"dtype": torch.float32, **spec.load_kwargs}
+        keep = dtype_given or _saved_quantized(spec)
+        load_kwargs = spec.load_kwargs if keep else {"dtype": torch.float32, **spec.load_kwargs}
         model = AutoModelForCausalLM.from_pretrained(
             spec.resolved(), trust_remote_code=spec.trust_remote_code, **load_kwargs
         )
     old_rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    spare = sorted(i for i in new_token_ids if i < old_rows)
+    # A preset is built with a row for every token, randomly initialised like the rest: nothing is spare.
+    spare = [] if spec.is_preset else sorted(i for i in new_token_ids if i < old_rows)
     if spare:
         start_at_mean(model, spare, before=min(new_token_ids))
     new_rows = sorted({*spare, *range(old_rows, len(tokenizer))})
     if new_rows and new_row_spread > 0:
         spread_rows(model.get_input_embeddings().weight, new_rows, new_row_spread, run_seed(spec.seed))
     return model
+
+
+def _saved_quantized(spec: PolicySpec) -> bool:
+    """Whether the checkpoint was saved quantized (GPTQ, AWQ, FP8, bitsandbytes: its config holds a
+    ``quantization_config``), whose kernels fix the dtypes themselves. A GGUF file is dequantized on loading."""
+    if "gguf_file" in spec.load_kwargs:
+        return False
+    locating = {k: v for k, v in spec.load_kwargs.items() if k in ("revision", "subfolder", "token", "cache_dir")}
+    config = AutoConfig.from_pretrained(spec.resolved(), trust_remote_code=spec.trust_remote_code, **locating)
+    return getattr(config, "quantization_config", None) is not None
 
 
 @torch.no_grad()

@@ -97,7 +97,8 @@ def run_log(loggers: Sequence[Any]) -> RunLog | None:
     first = loggers[0]
     log_dir = getattr(first, "log_dir", None)
     if not log_dir and getattr(first, "save_dir", None):
-        run = [str(part) for part in (getattr(first, "name", None), getattr(first, "version", None)) if part]
+        parts = (getattr(first, "name", None), getattr(first, "version", None))
+        run = [str(part) for part in parts if part is not None and part != ""]  # a version may be 0
         log_dir = Path(first.save_dir, *run)
     return FileLog(log_dir) if log_dir else None
 

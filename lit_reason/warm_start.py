@@ -85,15 +85,21 @@ def _training_inputs(config: Path, seen: set[Path]) -> list[str]:
         if isinstance(value, str) and value.startswith(CONFIG_PREFIX) and locate_config(value[len(CONFIG_PREFIX) :]):
             parts += _training_inputs(locate_config(value[len(CONFIG_PREFIX) :]), seen)
         elif isinstance(value, str) and value:
-            named = Path(value).expanduser()
-            if named.is_file():
-                files = [named]
-            elif named.is_dir() and key is not None and (key == "path" or key.endswith("_path")):
-                files = sorted(p for p in named.rglob("*") if p.is_file())
-            else:
-                continue
-            parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+            parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in _named_files(value, key)]
     return parts
+
+
+def _named_files(value: str, key: str | None) -> list[Path]:
+    """The file ``value`` names, or the files of the directory it names under a ``path`` / ``*_path`` key."""
+    named = Path(value).expanduser()
+    try:
+        if named.is_file():
+            return [named]
+        if named.is_dir() and key is not None and (key == "path" or key.endswith("_path")):
+            return sorted(p for p in named.rglob("*") if p.is_file())
+    except (OSError, ValueError):  # text that cannot be a path: a long prompt, a NUL character
+        pass
+    return []
 
 
 def _leaves(node, key: str | None = None):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -5,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lit_reason.policy import (
     TINY_PRESETS,
     PolicySpec,
+    _saved_quantized,
     build_char_tokenizer,
     eos_token_ids,
     is_policy_dir,
@@ -72,6 +75,12 @@ def test_a_checkpoint_saved_in_bf16_loads_in_float32_unless_asked(tmp_path):
     }
     asked = PolicySpec(name_or_path=str(tmp_path), load_kwargs={"dtype": "bfloat16"})
     assert {p.dtype for p in load_model(asked, tokenizer).parameters()} == {torch.bfloat16}
+    # A checkpoint saved quantized (GPTQ, AWQ, ...) keeps the dtypes its kernels expect.
+    assert not _saved_quantized(PolicySpec(name_or_path=str(tmp_path)))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert _saved_quantized(PolicySpec(name_or_path=str(tmp_path)))
 
 
 def test_policy_options_that_would_be_ignored_or_clash_are_named():
@@ -79,7 +88,9 @@ def test_policy_options_that_would_be_ignored_or_clash_are_named():
         PolicySpec(name_or_path="tiny3m")  # was sent to the hub, a minute of retries
     with pytest.raises(ValueError, match="set trust_remote_code as policy.trust_remote_code"):
         PolicySpec(name_or_path="org/model", load_kwargs={"trust_remote_code": True})  # was a TypeError on loading
-    with pytest.raises(ValueError, match=r"policy.preset_overrides: \['num_hidden_layer'\] are not LlamaConfig"):
+    with pytest.warns(UserWarning, match=r"policy.preset_overrides: \['num_hidden_layer'\] are not LlamaConfig"):
         PolicySpec(name_or_path="micro", preset_overrides={"num_hidden_layer": 6})  # was silently 2 layers
+    eager = PolicySpec(name_or_path="micro", preset_overrides={"attn_implementation": "eager", "rope_theta": 5e5})
+    assert load_model(eager, build_char_tokenizer()).config._attn_implementation == "eager"  # options, not typos
     with pytest.warns(UserWarning, match=r"load_kwargs \['dtype'\] do nothing for the tiny preset 'micro'"):
         PolicySpec(name_or_path="micro", load_kwargs={"dtype": "bfloat16"})

@@ -11,7 +11,7 @@ class SharedDirectoryLogger:
     """What W&B's and MLflow's loggers show: a ``save_dir`` every run shares, a name and a version per run,
     no ``log_dir`` and no TensorBoard experiment."""
 
-    def __init__(self, save_dir: str | None, version: str) -> None:
+    def __init__(self, save_dir: str | None, version: str | int) -> None:
         self.save_dir, self.name, self.version = save_dir, "project", version
         self.experiment = object()
 
@@ -25,3 +25,4 @@ def test_each_run_writes_into_its_own_directory(tmp_path):
     csv = CSVLogger(tmp_path, name="csv", version=0)
     assert Path(run_log([csv]).log_dir) == Path(csv.log_dir)
     assert run_log([SharedDirectoryLogger(None, "remote")]) is None  # a remote MLflow server: nothing local
+    assert run_log([SharedDirectoryLogger(str(tmp_path), 0)]).log_dir == tmp_path / "project" / "0"

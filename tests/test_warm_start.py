@@ -65,6 +65,8 @@ def test_the_key_covers_data_files_and_a_local_base_policy_under_any_option(tmp_
     (tmp_path / "runs" / "version_0").mkdir()  # a run's logs: a directory no *path option names
     keys.append(warm_start_dir(config))
     assert len(set(keys[:3])) == 3 and keys[3] == keys[2]
+    config.write_text(f"data: {{task: {{init_args: {{instruction: {'x' * 300}, fields: {{x: a\\0b}}}}}}}}\n")
+    assert warm_start_dir(config)  # text that cannot be a path is no file (a long one raised "name too long")
 
 
 def test_training_runs_alone_bound_to_its_parent_and_clears_stale_staging(tmp_path, monkeypatch):

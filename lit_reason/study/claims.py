@@ -185,7 +185,7 @@ def _mean_wall_time(results: StudyResults, name: str) -> float:
     """Mean seconds per seed, NaN (compares false) where unknown: a resumed run records its last attempt's."""
     run = results.runs[name]
     times = [run.wall_seconds[seed] for seed in run.seeds]
-    return sum(times) / len(times) if times and not run.resumed else float("nan")
+    return sum(times) / len(times) if times and not run.resumed & set(run.seeds) else float("nan")
 
 
 def _minutes(seconds: float) -> str:

@@ -157,7 +157,7 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
             )
         record = {
             "command": shell_command(step),
-            "declaration": declaration(step),
+            "declaration": declaration(study, step),
             "wall_seconds": round(time.perf_counter() - started, 1),
         }
         if resumed:
@@ -166,30 +166,47 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
         (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
 
 
-def declaration(step: Step) -> list[str]:
-    """A step's command as compared with the one a finished step ran: each ``--config`` file by its content, so
-    that one file named from another directory (or installed elsewhere) is the same declaration."""
-    tokens = list(step.command)
+def declaration(study: StudySpec, step: Step) -> list[str]:
+    """A step's command as compared with the one a finished step ran: each ``--config`` file by its content, and
+    the study's output directory by a placeholder, so that one file named from another directory (or installed
+    elsewhere) and one study named by another path are the same declaration."""
+    tokens = [_without_output_dir(study, token) for token in step.command]
     for index in range(len(tokens) - 1):
         if tokens[index] == "--config":
-            tokens[index + 1] = "sha256:" + hashlib.sha256(Path(tokens[index + 1]).read_bytes()).hexdigest()
+            tokens[index + 1] = "sha256:" + hashlib.sha256(Path(step.command[index + 1]).read_bytes()).hexdigest()
     return tokens
 
 
 def check_finished_steps(study: StudySpec) -> None:
     """Stop where a finished step ran another command than the study now declares (its config's content, its
-    arguments or the study's common arguments changed): its results would be reported as the new declaration's."""
+    arguments or the study's common arguments changed): its results would be reported as the new declaration's.
+    Steps finished by an earlier lit-reason, which recorded the command alone, are compared by it."""
     for step in plan(study):
         if not step.finished:
             continue
-        recorded = json.loads((step.log_dir / DONE_FILE).read_text()).get("declaration")
-        if recorded is not None and recorded != declaration(step):
-            changed = [f"{a} -> {b}" for a, b in zip(recorded, declaration(step), strict=False) if a != b]
+        record = json.loads((step.log_dir / DONE_FILE).read_text())
+        if "declaration" in record:
+            recorded, now = record["declaration"], declaration(study, step)
+        elif "command" in record:
+            recorded, now = shlex.split(_without_output_dir(study, record["command"])), list(step.command)
+            now = [_without_output_dir(study, token) for token in ["lit-reason", *now]]
+        else:
+            continue
+        if recorded != now:
+            changed = [f"{a} -> {b}" for a, b in zip(recorded, now, strict=False) if a != b]
             raise RuntimeError(
                 f"study {study.name}: {step.run} seed {step.seed} finished before with another command than the "
                 f"study now declares ({'; '.join(changed) or 'other arguments'}): restore the study file or its "
                 f"configs, or delete {step.log_dir} (and the runs that start from it) to run it again."
             )
+
+
+def _without_output_dir(study: StudySpec, text: str) -> str:
+    """``text`` with the runs directories of this study (and of the studies it reuses stages from) spelled
+    ``<output_dir>/<study>/runs``, however ``output_dir`` is written."""
+    for owner in {study.name, *(stage.from_study for stage in reused_stages(study).values())}:
+        text = text.replace(str(study.output_dir / owner / "runs"), f"<output_dir>/{owner}/runs")
+    return text
 
 
 def _recorded_a_validation(log_dir: Path) -> bool:

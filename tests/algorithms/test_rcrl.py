@@ -55,9 +55,10 @@ def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
     assert torch.equal(again.policy.get_input_embeddings().weight, embeddings)
 
 
-def test_return_tokens_start_apart_in_the_spare_rows_of_a_padded_vocabulary(tmp_path):
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_return_tokens_start_apart_in_the_spare_rows_of_a_padded_vocabulary(tmp_path, tied):
     # Qwen-style: the embedding matrix has rows past the tokenizer's tokens, untrained (zeros here), which the
-    # return tokens take without a resize (they were both all zeros: the same vector).
+    # return tokens take without a resize (they were both all zeros: the same vector, far from the others).
     warm_start = tmp_path / "warm_start"
     plain = SFT(policy=PolicySpec(name_or_path="micro"))
     plain.configure_model()
@@ -65,19 +66,26 @@ def test_return_tokens_start_apart_in_the_spare_rows_of_a_padded_vocabulary(tmp_
     padded = AutoModelForCausalLM.from_pretrained(warm_start)
     padded.resize_token_embeddings(108, mean_resizing=False)
     with torch.no_grad():
+        padded.get_input_embeddings().weight[:100] += 1.0  # trained rows whose mean is far from the zero rows
         padded.get_input_embeddings().weight[100:] = 0
+        if not tied:
+            padded.config.tie_word_embeddings = False
+            padded.lm_head.weight = torch.nn.Parameter(padded.get_input_embeddings().weight.detach() + 1.0)
     padded.save_pretrained(warm_start)
     module = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(warm_start)))
     module.configure_model()
     embeddings = module.policy.get_input_embeddings().weight
     good, bad = (module.tokenizer.convert_tokens_to_ids(t) for t in ("[GOOD]", "[BAD]"))
     assert embeddings.shape[0] == 108 and (good, bad) == (100, 101)
-    old_rows = embeddings[:100]
-    old_mean, old_std = old_rows.mean(0), old_rows.std(0)
+    old_mean, old_std = embeddings[:100].mean(0), embeddings[:100].std(0)
     for row in (good, bad):
         assert ((embeddings[row] - old_mean).abs() < 5 * old_std).all()
     assert (embeddings[good] - embeddings[bad]).norm() > 0.5 * old_std.norm()
     assert embeddings[102:].abs().sum() == 0  # spare rows no token uses are left alone
+    output = module.policy.get_output_embeddings().weight
+    assert (output is embeddings) == tied
+    if not tied:  # the output rows start at their own mean (no spread: return tokens are never generated)
+        assert torch.allclose(output[[good, bad]], output[:100].mean(0).expand(2, -1))
 
 
 def test_ratio_batches_control_the_share_of_positives():

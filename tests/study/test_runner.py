@@ -160,6 +160,23 @@ def test_a_finished_run_declared_anew_with_other_arguments_stops_the_study(tmp_p
     monkeypatch.chdir(tmp_path)
     renamed, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=1"]}, seeds=[0], config_name="./fit.yaml")
     run_study(renamed)
+    moved, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=1"]}, seeds=[0], output_dir=".")
+    check_finished_steps(moved)  # the same study named by a relative path: the same declaration
     Path(config).write_text("seed_everything: 1\n")
     with pytest.raises(RuntimeError, match=r"warm_start seed 0 finished before .* \(sha256:"):
         run_study(study)
+
+
+def test_steps_an_earlier_lit_reason_finished_are_checked_by_their_command(tmp_path, monkeypatch):
+    study, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=1"]}, seeds=[0])
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: validated(command))
+    run_study(study)
+    for step in plan(study):  # as the study.json of an earlier version: the command alone
+        record = json.loads((step.log_dir / "study.json").read_text())
+        (step.log_dir / "study.json").write_text(json.dumps({"command": record["command"], "wall_seconds": 1}))
+    check_finished_steps(study)
+    changed, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=3"]}, seeds=[0])
+    with pytest.raises(
+        RuntimeError, match=r"a seed 0 finished before .* \(--trainer.max_epochs=1 -> --trainer.max_epochs=3\)"
+    ):
+        check_finished_steps(changed)
