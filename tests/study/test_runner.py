@@ -35,6 +35,15 @@ def validated(command: list[str], returncode: int = 0) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(command, returncode)
 
 
+def with_shared_steps_finished(study: StudySpec):
+    """Mark the warm start and its evaluation finished; the study's one run's step."""
+    warm_start, baseline, run = plan(study)
+    for step in (warm_start, baseline):
+        step.log_dir.mkdir(parents=True)
+        (step.log_dir / "study.json").write_text("{}")
+    return run
+
+
 def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp_path, capsys):
     study, config = make_study(
         tmp_path,
@@ -120,10 +129,7 @@ def test_a_study_can_reuse_another_studys_warm_start_and_orm(tmp_path, monkeypat
 
 def test_a_sharded_checkpoint_cut_short_is_started_afresh(tmp_path, monkeypatch):
     study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
-    warm_start, baseline, a = plan(study)
-    for step in (warm_start, baseline):
-        step.log_dir.mkdir(parents=True)
-        (step.log_dir / "study.json").write_text("{}")
+    a = with_shared_steps_finished(study)
     (a.checkpoint / "__0_0.distcp").parent.mkdir(parents=True)
     (a.checkpoint / "__0_0.distcp").write_bytes(b"shard")  # no meta.pt: its save was cut short
     commands = []
@@ -135,10 +141,7 @@ def test_a_sharded_checkpoint_cut_short_is_started_afresh(tmp_path, monkeypatch)
 def test_a_run_that_recorded_no_validation_is_not_marked_finished(tmp_path, monkeypatch):
     # As a round with no training batch once ended a whole run, untrained and unevaluated, with exit code 0.
     study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
-    warm_start, baseline, a = plan(study)
-    for step in (warm_start, baseline):
-        step.log_dir.mkdir(parents=True)
-        (step.log_dir / "study.json").write_text("{}")
+    a = with_shared_steps_finished(study)
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0))
     with pytest.raises(RuntimeError, match=r"a seed 0 exited without an error but recorded no validation"):
         run_study(study)
