@@ -188,8 +188,8 @@ def check_finished_steps(study: StudySpec) -> None:
         if "declaration" in record:
             recorded, now = record["declaration"], declaration(study, step)
         elif "command" in record:
-            recorded, now = shlex.split(_without_output_dir(study, record["command"])), list(step.command)
-            now = [_without_output_dir(study, token) for token in ["lit-reason", *now]]
+            recorded = shlex.split(_without_output_dir(study, record["command"]))
+            now = [_without_output_dir(study, token) for token in ["lit-reason", *step.command]]
         else:
             continue
         if recorded != now:
