@@ -47,14 +47,6 @@ def paired_interval(
     return mean, min(low, bootstrap_low), max(high, bootstrap_high)
 
 
-def newcombe_paired(baseline: torch.Tensor, candidate: torch.Tensor) -> tuple[float, float, float]:
-    """``candidate - baseline`` of two (Q,) bool outcomes of the same questions and its 95% interval: Newcombe's
-    hybrid score interval for a difference of paired proportions (``newcombe_from_cells``)."""
-    both = int((baseline & candidate).sum())
-    candidate_only, baseline_only = int((candidate & ~baseline).sum()), int((baseline & ~candidate).sum())
-    return newcombe_from_cells(both, candidate_only, baseline_only, len(baseline))
-
-
 def newcombe_from_cells(both: float, candidate_only: float, baseline_only: float, n: int) -> tuple[float, float, float]:
     """Newcombe's hybrid score interval (1998, method 10: each rate's Wilson interval, combined with the pairs'
     correlation, continuity-corrected as in Altman et al.'s *Statistics with Confidence*) for the difference of

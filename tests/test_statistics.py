@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lit_reason.statistics import newcombe_paired, paired_bootstrap, paired_interval, seed_interval
+from lit_reason.statistics import paired_bootstrap, paired_interval, seed_interval
 
 
 def four_better_of_400() -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +22,8 @@ def test_newcombe_by_hand():
     # product 390 * 6 - 4 * 0 = 2340, corrected by n / 2 to 2140, over sqrt(394 * 6 * 390 * 10) = 3036.38:
     # 0.70479. Below: sqrt(0.017335^2 - 2 phi 0.017335 * 0.011365 + 0.011365^2) = 0.012327; above:
     # sqrt(0.020401^2 - 2 phi 0.020401 * 0.008107 + 0.008107^2) = 0.015773.
-    mean, low, high = newcombe_paired(*four_better_of_400())
+    baseline, candidate = four_better_of_400()
+    mean, low, high = paired_interval(baseline.float(), candidate.float())
     assert mean == pytest.approx(0.01) and low == pytest.approx(0.01 - 0.012327, abs=2e-6)
     assert high == pytest.approx(0.01 + 0.015773, abs=2e-6)
 
@@ -45,7 +46,7 @@ def test_newcombe_covers_the_true_difference_where_the_bootstrap_does_not():
     covered = {"newcombe": 0, "bootstrap": 0}
     for trial, row in enumerate(cells):
         baseline, candidate = (row == 0) | (row == 2), (row == 0) | (row == 1)
-        _, low, high = newcombe_paired(baseline, candidate)
+        _, low, high = paired_interval(baseline.float(), candidate.float())
         covered["newcombe"] += low <= 0.005 <= high
         if trial < 200:
             _, low, high = paired_bootstrap(baseline.float(), candidate.float(), resamples=2000, seed=trial)
@@ -59,7 +60,9 @@ def test_shares_take_the_bootstrap_and_near_whole_outcomes_do_not():
     baseline, candidate = four_better_of_400()
     almost = candidate.double()
     almost[0] = 1.0000001  # was the bootstrap's [+0.0025, +0.02]: significant
-    assert paired_interval(baseline.float(), almost) == pytest.approx(newcombe_paired(baseline, candidate))
+    assert paired_interval(baseline.float(), almost) == pytest.approx(
+        paired_interval(baseline.float(), candidate.float())
+    )
 
 
 def test_several_seeds_of_a_few_one_sided_questions_are_not_significant_either():
@@ -68,7 +71,7 @@ def test_several_seeds_of_a_few_one_sided_questions_are_not_significant_either()
     baseline, candidate = four_better_of_400()
     seeds = torch.stack([candidate] * 3).float()
     mean, low, high = paired_interval(baseline.float(), seeds)
-    assert (mean, low, high) == pytest.approx(newcombe_paired(baseline, candidate))
+    assert (mean, low, high) == pytest.approx(paired_interval(baseline.float(), candidate.float()))
     # Seeds that disagree: the interval spans the bootstrap's, which holds their spread.
     disagreeing = torch.stack([candidate.float(), baseline.float(), candidate.float()])
     bootstrap = paired_bootstrap(baseline.float(), disagreeing)
