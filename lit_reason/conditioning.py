@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from transformers.utils import cached_file
 
 CONDITIONING_FILE = "lit_reason.json"
 Stage = Literal["rollout", "evaluation"]  # what a policy samples for: training data, or to be measured
@@ -71,13 +72,23 @@ class Conditioning:
         (Path(path) / CONDITIONING_FILE).write_text(json.dumps(record, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> Conditioning:
-        """What the policy exported to ``path`` records. Where that names no suppressed tokens (any other model,
-        or an export of lit-reason 0.1.0), those of ``model``'s generation config, which ``generate`` honours."""
+    def load(cls, path: str | Path, model: torch.nn.Module | None = None, **location: Any) -> Conditioning:
+        """What the policy exported to ``path`` (a directory, or a hub id found as ``from_pretrained`` finds it:
+        ``location`` holds its ``revision``, ``subfolder``, ``cache_dir``, ``token``, ``local_files_only``)
+        records. Where that names no suppressed tokens (any other model, or an export of lit-reason 0.1.0),
+        those of ``model``'s generation config, which ``generate`` honours."""
         configured = getattr(getattr(model, "generation_config", None), "suppress_tokens", None) or ()
-        file = Path(path) / CONDITIONING_FILE
-        if not file.is_file():
+        # Offline, a file the cache lacks counts as absent, as transformers treats a model's optional files.
+        found = cached_file(
+            str(path),
+            CONDITIONING_FILE,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **location,
+        )
+        if found is None:
             return cls(suppressed_token_ids=tuple(int(i) for i in configured))
+        file = Path(found)
         try:
             record = json.loads(file.read_text())
             guidance = record.get("guidance")

@@ -109,6 +109,13 @@ class PolicySpec:
     def is_preset(self) -> bool:
         return self.name_or_path in TINY_PRESETS
 
+    @property
+    def location(self) -> dict[str, Any]:
+        """The ``load_kwargs`` that say where the checkpoint's files are (revision, folder, cache, token), for
+        reading its other files as ``from_pretrained`` reads the weights."""
+        keys = {"revision", "subfolder", "token", "cache_dir", "local_files_only"}
+        return {key: value for key, value in self.load_kwargs.items() if key in keys}
+
     def resolved(self) -> str:
         """Where the weights come from: ``name_or_path``, with a ``config:`` warm start trained if needed."""
         return resolve_policy_path(self.name_or_path)
@@ -199,8 +206,7 @@ def _saved_quantized(spec: PolicySpec) -> bool:
     ``quantization_config``), whose kernels fix the dtypes themselves. A GGUF file is dequantized on loading."""
     if "gguf_file" in spec.load_kwargs:
         return False
-    locating = {k: v for k, v in spec.load_kwargs.items() if k in ("revision", "subfolder", "token", "cache_dir")}
-    config = AutoConfig.from_pretrained(spec.resolved(), trust_remote_code=spec.trust_remote_code, **locating)
+    config = AutoConfig.from_pretrained(spec.resolved(), trust_remote_code=spec.trust_remote_code, **spec.location)
     return getattr(config, "quantization_config", None) is not None
 
 

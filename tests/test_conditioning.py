@@ -18,6 +18,7 @@ def test_an_export_records_and_restores_its_conditioning(tmp_path, micro):
     conditioning.save(tmp_path, micro)
     assert micro.generation_config.suppress_tokens == [100, 101]  # what model.generate honours
     assert Conditioning.load(tmp_path) == conditioning
+    (tmp_path / "elsewhere").mkdir()
     assert Conditioning.load(tmp_path / "elsewhere") == Conditioning()
 
 

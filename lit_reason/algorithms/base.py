@@ -88,7 +88,8 @@ class ReasoningModule(LightningModule):
             return
         self.policy = with_adapter(self.load_policy_network(self.policy_spec), self.policy_spec.peft).train()
         if not self.policy_spec.is_preset:
-            self.recorded_conditioning = Conditioning.load(self.policy_spec.resolved(), self.policy)
+            spec = self.policy_spec
+            self.recorded_conditioning = Conditioning.load(spec.resolved(), self.policy, **spec.location)
         if self.orm_path is not None:
             self._frozen_orm.append(load_frozen_orm(self.orm_path, self.tokenizer, self.orm_load_kwargs))
         self.build_extra_models()

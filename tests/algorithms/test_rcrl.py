@@ -55,6 +55,26 @@ def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
     assert torch.equal(again.policy.get_input_embeddings().weight, embeddings)
 
 
+def test_an_export_loaded_by_hub_id_keeps_its_conditioning(tmp_path):
+    # The export as the hub serves it: a snapshot in huggingface_hub's cache layout, read offline.
+    plain = SFT(policy=PolicySpec(name_or_path="micro"))
+    plain.configure_model()
+    plain.export_policy(tmp_path / "warm_start")
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(tmp_path / "warm_start")))
+    module.configure_model()
+    module.conditioned = True
+    repo = tmp_path / "hub" / "models--someone--rcrl-export"
+    revision = "0" * 40
+    module.export_policy(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    location = {"cache_dir": str(tmp_path / "hub"), "local_files_only": True}
+    loaded = SFT(policy=PolicySpec(name_or_path="someone/rcrl-export", load_kwargs=location))
+    loaded.configure_model()
+    assert loaded.conditioning("evaluation") == module.conditioning("evaluation")
+    assert loaded.conditioning("evaluation").response_prefix == "[GOOD]"
+
+
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_return_tokens_start_apart_in_the_spare_rows_of_a_padded_vocabulary(tmp_path, tied):
     # Qwen-style: the embedding matrix has rows past the tokenizer's tokens, untrained (zeros here), which the
