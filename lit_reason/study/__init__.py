@@ -13,7 +13,7 @@ import argparse
 
 from lit_reason.study.report import write_report
 from lit_reason.study.results import read_results
-from lit_reason.study.runner import SHARED_STEPS, check_finished_steps, print_commands, run_study
+from lit_reason.study.runner import SHARED_STEPS, check_finished_steps, print_commands, record_launched, run_study
 from lit_reason.study.spec import load_study
 
 
@@ -27,6 +27,12 @@ def study_main(args: list[str]) -> None:
         "--print-commands",
         action="store_true",
         help="print the lit-reason commands in order (for a cluster launcher) instead of running them",
+    )
+    parser.add_argument(
+        "--record",
+        metavar="RUN:SEED",
+        default=None,
+        help="mark a step that a launcher ran from --print-commands finished (after it exited 0), e.g. ei:0",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="write results.md from the runs finished so far; run nothing"
@@ -51,6 +57,10 @@ def study_main(args: list[str]) -> None:
         print_commands(study)
         return
     try:
+        if options.record:
+            record_launched(study, options.record)
+            print(f"[lit-reason] study {study.name}: {options.record} marked finished", flush=True)
+            return
         if not options.report_only:
             run_study(study, only=only)
         check_finished_steps(study)

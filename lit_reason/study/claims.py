@@ -182,14 +182,16 @@ SAME_TIME = 1.25
 
 
 def _mean_wall_time(results: StudyResults, name: str) -> float:
-    """Mean seconds per seed, NaN (compares false) where unknown: a resumed run records its last attempt's."""
+    """Mean seconds per seed, NaN (compares false) where unknown: a resumed run records its last attempt's, a
+    launched one none."""
     run = results.runs[name]
     times = [run.wall_seconds[seed] for seed in run.seeds]
-    return sum(times) / len(times) if times and not run.resumed & set(run.seeds) else float("nan")
+    known = times and None not in times and not run.resumed & set(run.seeds)
+    return sum(times) / len(times) if known else float("nan")
 
 
 def _minutes(seconds: float) -> str:
-    return "unknown (resumed)" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
+    return "unknown (resumed or launched)" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
 
 
 def _decide(supported: bool, refuted: bool) -> Outcome:

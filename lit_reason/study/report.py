@@ -70,9 +70,11 @@ def _cell(summary: tuple[float, float, float] | None) -> str:
 
 
 def _minutes(run: RunResult) -> str:
+    if not run.finished:
+        return "unfinished"
     times = [t for t in run.wall_seconds.values() if t is not None]
     mark = "*" if run.resumed else ""  # the last attempt's time only
-    return f"{sum(times) / len(times) / 60:.1f}{mark}" if times else "unfinished"
+    return f"{sum(times) / len(times) / 60:.1f}{mark}" if times else "unknown (launched)"
 
 
 def results_table(results: StudyResults) -> str:
@@ -128,7 +130,7 @@ def checks(results: StudyResults) -> list[str]:
             finals = {tuple(sorted(run.final(s).metrics.items())) for s in run.seeds}
             differ = "differ" if len(finals) == len(run.seeds) else "DO NOT differ"
             lines.append(f"{run.name}: its {len(run.seeds)} seeds' final evaluations {differ}")
-    unfinished = [f"{r.name} seed {s}" for r in results.runs.values() for s, t in r.wall_seconds.items() if t is None]
+    unfinished = [f"{r.name} seed {s}" for r in results.runs.values() for s in r.evaluations if s not in r.finished]
     if unfinished:
         lines.append(
             "Unfinished (left out of the tables, claims and plots until they finish): " + ", ".join(unfinished)

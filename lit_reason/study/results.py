@@ -42,12 +42,13 @@ class Evaluation:
 
 @dataclass
 class RunResult:
-    """A run's evaluations with each seed, each seed's wall time (None while unfinished) and the settings its
-    evaluations used (None where no run recorded them)."""
+    """A run's evaluations with each seed, the seeds that finished, each finished seed's wall time (None where
+    unknown: run by a launcher) and the settings its evaluations used (None where no run recorded them)."""
 
     name: str
     spec: RunSpec | None
     evaluations: dict[int, list[Evaluation]] = field(default_factory=dict)
+    finished: set[int] = field(default_factory=set)
     wall_seconds: dict[int, float | None] = field(default_factory=dict)
     resumed: set[int] = field(default_factory=set)
     evaluation_settings: dict[int, str | None] = field(default_factory=dict)
@@ -55,11 +56,7 @@ class RunResult:
     @property
     def seeds(self) -> list[int]:
         """The seeds whose run finished and evaluated (an interrupted one's last evaluation is not its final)."""
-        return sorted(
-            seed
-            for seed, evaluations in self.evaluations.items()
-            if evaluations and self.wall_seconds.get(seed) is not None
-        )
+        return sorted(seed for seed, evaluations in self.evaluations.items() if evaluations and seed in self.finished)
 
     def final(self, seed: int) -> Evaluation:
         return self.evaluations[seed][-1]
@@ -196,7 +193,10 @@ def read_run(study: StudySpec, name: str, spec: RunSpec | None, seeds: tuple[int
         result.evaluations[seed] = read_evaluations(log_dir)
         result.evaluation_settings[seed] = read_evaluation_settings(log_dir)
         done = log_dir / DONE_FILE
-        record = json.loads(done.read_text()) if done.is_file() else {}
+        if not done.is_file():
+            continue
+        record = json.loads(done.read_text())
+        result.finished.add(seed)
         result.wall_seconds[seed] = record.get("wall_seconds")
         if record.get("resumed"):
             result.resumed.add(seed)

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lit_reason.study.spec import StageSpec, StudySpec
 from lit_reason.warm_start import single_process_environment
@@ -149,21 +150,35 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
                 f"{label} failed (exit code {result.returncode}); its output is above. Fix the cause and run the "
                 f"study again: finished runs are kept. The command was:\n  {shell_command(step)}"
             )
-        if step.run not in ("warm_start", "orm") and not _recorded_a_validation(step.log_dir):
-            raise RuntimeError(
-                f"{label} exited without an error but recorded no validation in {step.log_dir / 'metrics.json'} "
-                "(its output is above), so it has no result to report and is not marked finished. The command "
-                f"was:\n  {shell_command(step)}"
-            )
-        record = {
-            "command": shell_command(step),
-            "declaration": declaration(study, step),
-            "wall_seconds": round(time.perf_counter() - started, 1),
-        }
+        record = {"wall_seconds": round(time.perf_counter() - started, 1)}
         if resumed:
             record["resumed"] = True  # wall_seconds counts this last attempt only
-        step.log_dir.mkdir(parents=True, exist_ok=True)
-        (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
+        record_finished(study, step, record, label)
+
+
+def record_finished(study: StudySpec, step: Step, record: dict[str, Any], label: str) -> None:
+    """Mark ``step`` finished (its ``study.json``: the command, its declaration and ``record``), once it
+    recorded a validation (the warm start and ORM need none): the results count its last evaluation."""
+    if step.run not in ("warm_start", "orm") and not _recorded_a_validation(step.log_dir):
+        raise RuntimeError(
+            f"{label} exited without an error but recorded no validation in {step.log_dir / 'metrics.json'} "
+            "(its output is above), so it has no result to report and is not marked finished. The command "
+            f"was:\n  {shell_command(step)}"
+        )
+    record = {"command": shell_command(step), "declaration": declaration(study, step), **record}
+    step.log_dir.mkdir(parents=True, exist_ok=True)
+    (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
+
+
+def record_launched(study: StudySpec, run_and_seed: str) -> None:
+    """Mark a step that a launcher ran (``RUN:SEED`` from ``--print-commands``) finished; its wall time is
+    unknown (the launcher's queueing and nodes are not the study's)."""
+    run, _, seed = run_and_seed.rpartition(":")
+    steps = {f"{step.run}:{step.seed}": step for step in plan(study)}
+    if run_and_seed not in steps:
+        raise ValueError(f"--record {run_and_seed}: study {study.name} has no such step (steps: {sorted(steps)})")
+    step = steps[run_and_seed]
+    record_finished(study, step, {"wall_seconds": None, "launched": True}, f"{run} seed {seed}")
 
 
 def declaration(study: StudySpec, step: Step) -> list[str]:
@@ -215,10 +230,14 @@ def _recorded_a_validation(log_dir: Path) -> bool:
 
 
 def print_commands(study: StudySpec) -> None:
-    """The study's commands, in order, for a cluster launcher (finished ones commented out)."""
+    """The study's commands, in order, for a cluster launcher (finished ones commented out), each followed by
+    the ``lit-reason study --record`` that marks it finished once it succeeded."""
     print(f"# study {study.name}: run in order; every command after the first needs the warm start's export")
     for step in plan(study):
-        print(("# finished: " if step.finished else "") + shell_command(step))
+        record = shlex.join(
+            ["lit-reason", "study", "--config", str(study.source), "--record", f"{step.run}:{step.seed}"]
+        )
+        print(f"# finished: {shell_command(step)}" if step.finished else f"{shell_command(step)} && {record}")
 
 
 def _complete_checkpoint(path: Path) -> bool:

@@ -204,3 +204,8 @@ def test_rl_that_wins_in_more_time_than_more_sft_does_not_win_for_the_same_time(
     record = json.loads((ei / "study.json").read_text())
     (ei / "study.json").write_text(json.dumps({**record, "resumed": True}))  # its time: the last attempt's only
     assert verdicts(study)["rl_beats_more_sft"] == "inconclusive"
+    (ei / "study.json").write_text(json.dumps({"wall_seconds": None, "launched": True}))  # by --record
+    assert verdicts(study)["rl_beats_more_sft"] == "inconclusive"
+    assert read_results(study).runs["ei"].seeds == [0]  # finished: its results count
+    assert "| ei | Expert Iteration | sparse |" in (text := write_report(read_results(study)).read_text())
+    assert "unknown (launched)" in text and "ei seed 0" not in text  # not listed as unfinished

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_reason.study.runner import check_finished_steps, plan, print_commands, run_study
+from lit_reason.study.runner import check_finished_steps, plan, print_commands, record_launched, run_study
 from lit_reason.study.spec import StudySpec, load_study
 
 
@@ -75,6 +75,7 @@ def test_the_plan_trains_the_shared_models_first_and_every_run_once_per_seed(tmp
     print_commands(study)
     printed = capsys.readouterr().out.splitlines()
     assert printed[1].startswith("# finished: lit-reason fit") and printed[2].startswith("lit-reason fit")
+    assert printed[2].endswith(f" && lit-reason study --config {tmp_path / 'study.yaml'} --record orm:7")
     assert len(printed) == 1 + len(steps)
 
 
@@ -146,6 +147,21 @@ def test_a_run_that_recorded_no_validation_is_not_marked_finished(tmp_path, monk
     with pytest.raises(RuntimeError, match=r"a seed 0 exited without an error but recorded no validation"):
         run_study(study)
     assert not (a.log_dir / "study.json").exists()
+
+
+def test_a_step_a_launcher_ran_is_marked_finished_by_record_with_its_time_unknown(tmp_path):
+    study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
+    a = with_shared_steps_finished(study)
+    with pytest.raises(RuntimeError, match="a seed 0 exited without an error but recorded no validation"):
+        record_launched(study, "a:0")  # the launcher's run failed before its first validation
+    with pytest.raises(ValueError, match=r"no such step \(steps: \['a:0', 'warm_start:0', 'warm_start_eval:0'\]\)"):
+        record_launched(study, "a:1")
+    validated(list(a.command))
+    record_launched(study, "a:0")
+    record = json.loads((a.log_dir / "study.json").read_text())
+    assert record["wall_seconds"] is None and record["launched"] and record["command"].startswith("lit-reason fit")
+    check_finished_steps(study)  # recorded with the declaration the study checks
+    assert plan(study)[-1].finished
 
 
 def test_a_finished_run_declared_anew_with_other_arguments_stops_the_study(tmp_path, monkeypatch):
