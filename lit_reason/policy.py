@@ -173,8 +173,7 @@ def load_model(
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=True,
-            **{**TINY_PRESETS[spec.name_or_path], **spec.preset_overrides},
+            **{"tie_word_embeddings": True, **TINY_PRESETS[spec.name_or_path], **spec.preset_overrides},
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run_seed(spec.seed))

@@ -145,7 +145,8 @@ class RewardConfig:
         kl_coef: weight of the per-token KL penalty to the reference policy (the paper: 0.05).
         kl_estimator: ``k1`` (log-ratio, the usual reward penalty), ``k2`` or ``k3`` (GRPO's loss term).
         kl_in: where the penalty goes: ``reward`` (a per-token reward, PPO's) or ``loss`` (a term of the loss,
-            differentiated through the policy's log-probs, GRPO's).
+            differentiated through the policy's log-probs, GRPO's; with ``k2`` or ``k3``: k1's gradient there is
+            the score function, zero in expectation, so it would regularise nothing).
     """
 
     final: Literal["correctness", "orm", "reward_fn"] = "correctness"
@@ -163,6 +164,11 @@ class RewardConfig:
                 "reward.final: reward_fn and reward.reward_fn go together: name the function (reward.reward_fn.path) "
                 f"and make it the final reward (reward.final: reward_fn); got final {self.final!r} and reward_fn "
                 f"{self.reward_fn.path if self.reward_fn else None!r}"
+            )
+        if self.kl_in == "loss" and self.kl_estimator == "k1" and self.kl_coef > 0:
+            raise ValueError(
+                "reward.kl_in: loss with reward.kl_estimator: k1 regularises nothing (k1's gradient, the score "
+                "function, is zero in expectation): use k2 (the KL's own gradient) or k3 (GRPO's), or kl_in: reward"
             )
         if self.dense != "none" and self.dense_coef == 0:
             raise ValueError(

@@ -149,6 +149,15 @@ class ValueModel(torch.nn.Module):
         return model, AutoTokenizer.from_pretrained(path)
 
 
+def freeze_unused_output_head(trunk: torch.nn.Module, used: bool) -> None:
+    """Freeze ``trunk``'s output head when no loss reads it (``used`` False) and it is a matrix of its own (an
+    untied head; a tied one is the input embeddings): DDP needs every trained weight to get a gradient, and
+    the optimizer would keep state for a (V, D) matrix for nothing."""
+    output, embeddings = trunk.get_output_embeddings(), trunk.get_input_embeddings()
+    if not used and output.weight is not embeddings.weight:
+        output.requires_grad_(False)
+
+
 def load_frozen_orm(path: str, tokenizer, load_kwargs: dict[str, Any] | None = None) -> ValueModel:
     """An exported outcome reward model (its trunk loaded with ``load_kwargs``), frozen and in eval mode; its
     tokenizer must agree with the policy's (``tokenizer``) on every token it knows."""

@@ -98,6 +98,24 @@ def test_a_dense_reward_without_a_weight_is_an_error_not_a_silent_no_op():
     assert RewardConfig(dense="orm", dense_coef=0.5).dense_coef == 0.5
 
 
+def test_k1_as_a_loss_term_is_refused_because_its_expected_gradient_is_zero():
+    # The exact expectation over the policy's draws of each estimator's gradient, as a loss term differentiates
+    # it: k1's is the score function's, 0; k2's is the KL's own gradient.
+    logits, reference = torch.tensor([1.0, -0.5, 0.3, 2.0], requires_grad=True), torch.tensor([0.2, 0.1, -1.0, 0.5])
+    logp, logq = logits.log_softmax(0), reference.log_softmax(0)
+    kl = (logp.exp() * (logp - logq)).sum()
+    (kl_gradient,) = torch.autograd.grad(kl, logits, retain_graph=True)
+    for estimator, expected in (("k1", torch.zeros(4)), ("k2", kl_gradient)):
+        # Draw probabilities are constants (detached): the loss term is differentiated through log p alone.
+        expectation = (logp.exp().detach() * kl_penalty(logp, logq, estimator)).sum()
+        (gradient,) = torch.autograd.grad(expectation, logits, retain_graph=True)
+        assert torch.allclose(gradient, expected, atol=1e-6), estimator
+    with pytest.raises(ValueError, match=r"kl_in: loss with reward\.kl_estimator: k1 regularises nothing.*use k2"):
+        RewardConfig(kl_in="loss")
+    assert RewardConfig(kl_in="loss", kl_coef=0.0).loss_kl_coef == 0  # no term at all: nothing to refuse
+    assert RewardConfig(kl_in="loss", kl_estimator="k2").loss_kl_coef == 0.05
+
+
 PROBLEMS = Arithmetic(train_size=4, validation_size=0, test_size=0).problems("train")[:2]
 
 

@@ -59,7 +59,7 @@ from lit_reason.run_logs import run_log
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_response_prefix
 from lit_reason.tasks import Problem
 from lit_reason.tensors import next_token_nll, take_rows
-from lit_reason.value_model import ValueModel
+from lit_reason.value_model import ValueModel, freeze_unused_output_head
 
 
 def orm_loss(values: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -167,10 +167,8 @@ class OutcomeRewardModel(ReasoningModule):
     def build_extra_models(self) -> None:
         self.policy.requires_grad_(False).eval()  # the policy only samples
         trunk = load_model(self.trunk_spec or self.policy_spec, self.tokenizer)
-        output, embeddings = trunk.get_output_embeddings(), trunk.get_input_embeddings()
         uses_lm_head = self.lm_loss_coef > 0 or self.reference_lm_coef > 0 or self.likelihood_features
-        if not uses_lm_head and output.weight is not embeddings.weight:
-            output.requires_grad_(False)  # unused without the LM loss (DDP needs every trained weight used)
+        freeze_unused_output_head(trunk, used=uses_lm_head)
         self.network = ValueModel(trunk.train(), likelihood_features=self.likelihood_features)
         if self.trunk_training == "frozen":
             trunk.requires_grad_(False)

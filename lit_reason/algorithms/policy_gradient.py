@@ -100,10 +100,10 @@ class PolicyGradient(ReasoningModule):
                 "reference_load_kwargs: with policy.peft the reference is the policy's base model (the adapter "
                 "disabled), not a model of its own; drop reference_load_kwargs"
             )
-        if rollout.top_k or rollout.top_p < 1:
+        if rollout.greedy or rollout.top_k or rollout.top_p < 1:
             raise ValueError(
-                f"{type(self).__name__}'s rollout must sample the full softmax (top_k 0, top_p 1): its log-probs "
-                "are that distribution's"
+                f"{type(self).__name__}'s rollout must sample the full softmax (temperature > 0, top_k 0, top_p 1): "
+                "its log-probs are that distribution's"
             )
         self.automatic_optimization = False
         self.rollout = rollout

@@ -23,7 +23,7 @@ from lit_reason.cached_forward import final_hidden_states, response_logits
 from lit_reason.policy import disable_dropout, load_model
 from lit_reason.rl.advantages import GAE, explained_variance
 from lit_reason.tensors import masked_mean, position_ids_from_mask
-from lit_reason.value_model import ValueModel
+from lit_reason.value_model import ValueModel, freeze_unused_output_head
 
 
 @dataclass
@@ -75,6 +75,7 @@ class PPO(PolicyGradient):
         super().build_extra_models()
         if self.critic.kind == "separate":
             trunk = load_model(self.policy_spec, self.tokenizer).train()
+            freeze_unused_output_head(trunk, used=False)  # a plain critic reads hidden states only
             self.value_network = ValueModel(trunk, head_std=self.critic.head_std)
         else:
             if self.critic.kind == "lora":

@@ -100,6 +100,8 @@ def test_learns_a_rewarded_first_token_in_seconds():
 def test_rejects_filtered_sampling_and_orm_rewards_without_an_orm():
     with pytest.raises(ValueError, match="top_k 0, top_p 1"):
         PPO(rollout=SamplingConfig(top_k=5))
+    with pytest.raises(ValueError, match=r"temperature > 0"):  # greedy: log-probs of a softmax that drew nothing
+        PPO(rollout=SamplingConfig(temperature=0.0))
     with pytest.raises(ValueError, match="need an ORM"):
         PPO(reward=RewardConfig(final="orm"))
 
@@ -117,6 +119,19 @@ def test_critic_warmup_holds_the_policy_for_exactly_its_rounds():
     assert all(actor == 0 for round_index, (actor, _) in rates.steps if round_index == 0)
     assert all(actor > 0 for round_index, (actor, _) in rates.steps if round_index == 1)
     assert all(critic > 0 for _, (_, critic) in rates.steps)
+
+
+def test_every_trainable_weight_of_a_separate_critic_gets_a_gradient_with_an_untied_head():
+    # DDP stops at the second step when a trained weight got no gradient: a plain critic never reads the LM head.
+    module = PPO(policy=PolicySpec(name_or_path="micro", preset_overrides={"tie_word_embeddings": False}))
+    module.configure_model()
+    assert module.policy.get_output_embeddings().weight is not module.policy.get_input_embeddings().weight
+    input_ids = torch.randint(4, 100, (2, 6))
+    _, values = module.forward_policy_and_values(input_ids, torch.ones_like(input_ids), prompt_length=3)
+    values.sum().backward()
+    trained = {name: p for name, p in module.value_network.named_parameters() if p.requires_grad}
+    assert "head.weight" in trained and all(p.grad is not None for p in trained.values())
+    assert not module.value_network.trunk.get_output_embeddings().weight.requires_grad
 
 
 def test_checkpoints_of_lit_reason_0_1_0_load_their_critic():
