@@ -27,6 +27,19 @@ def test_round_problems_walk_through_seeded_shuffles(small_task):
     assert len(RolloutDataModule(task=small_task).round_problems(0)) == 2000
 
 
+@pytest.mark.parametrize(("size", "per_round"), [(10, 4), (10, 7), (10, 10), (9, 3), (7, 6)])
+def test_no_round_asks_a_question_twice_and_every_pass_asks_each_once(size, per_round):
+    # A round crossing into the next pass took the tail of one shuffle and the head of the next: a question in
+    # both was asked twice, and its rows, seeded alike, drew identical samples.
+    task = Arithmetic(train_size=size, validation_size=0, test_size=0)
+    data = RolloutDataModule(task=task, questions_per_round=per_round, seed=1)
+    rounds = [[p.id for p in data.round_problems(r)] for r in range(30)]
+    assert all(len(set(ids)) == per_round for ids in rounds)
+    stream = [i for ids in rounds for i in ids]
+    passes = [stream[start : start + size] for start in range(0, len(stream) - size + 1, size)]
+    assert all(sorted(one_pass) == sorted(p.id for p in task.problems("train")) for one_pass in passes)
+
+
 def test_shard_evenly_pads_with_repeats(small_task):
     problems = small_task.problems("validation")[:5]
     shards = [shard_evenly(problems, rank, 2) for rank in range(2)]
