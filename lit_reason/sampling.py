@@ -15,8 +15,8 @@ Design points:
   number per row, not one per vocabulary entry. A token whose logit is -inf (filtered, suppressed) has no
   cumulative mass and is never drawn. The draw counts probabilities in units of 2**-30
   (``draw_from_probabilities``): each step's distribution is the softmax's to within a total variation of
-  V * 2**-30 (5e-5 at V = 49,152; about 2e-5 measured on random logits), so a 512-token response's at most
-  about 1% apart; the recorded log-probs are the softmax's own.
+  V * 2**-30 (5e-5 at V = 49,152; about 2e-5 measured on random logits), and a whole response's to within
+  the sum over its steps (a 512-token one: 2.6% by the bound); the recorded log-probs are the softmax's own.
 * **One prefill per prompt**: a prompt's K samples share its KV cache, computed once.
 * **Finished rows leave the batch**: once a quarter of the rows have emitted EOS they are dropped from the
   KV cache, so short samples stop paying for long ones; and the cache grows into preallocated room instead
