@@ -10,8 +10,11 @@ tokens, or (``reinforce_pp``) each token's reward-to-go normalised over the whol
 question's K samples are always on one rank, so group statistics need no communication.
 
 The KL penalty to the reference is a loss term by default (``reward.kl_in: loss``, GRPO's k3), or a reward
-term as in PPO. Dr. GRPO is ``estimator: dr_grpo`` with ``loss.aggregation: max_length_mean`` (token sums
-over a constant instead of each response's length).
+term as in PPO, RLOO and REINFORCE++ (``reward.kl_in: reward``, k1: a group estimator sums it into the
+response's reward). Dr. GRPO is ``estimator: dr_grpo`` with ``loss.aggregation: max_length_mean`` (token sums
+over a constant instead of each response's length). ``reinforce_pp`` is REINFORCE++ as its paper defines it,
+whose baseline is the batch's whitening alone; the later "REINFORCE++-baseline" (the group's mean subtracted
+first, for K > 1) is not built.
 """
 
 from __future__ import annotations
