@@ -161,9 +161,8 @@ def record_finished(study: StudySpec, step: Step, record: dict[str, Any], label:
     recorded a validation (the warm start and ORM need none): the results count its last evaluation."""
     if step.run not in ("warm_start", "orm") and not _recorded_a_validation(step.log_dir):
         raise RuntimeError(
-            f"{label} exited without an error but recorded no validation in {step.log_dir / 'metrics.json'} "
-            "(its output is above), so it has no result to report and is not marked finished. The command "
-            f"was:\n  {shell_command(step)}"
+            f"{label} exited without an error but recorded no validation in {step.log_dir / 'metrics.json'}, "
+            f"so it has no result to report and is not marked finished. The command was:\n  {shell_command(step)}"
         )
     record = {"command": shell_command(step), "declaration": declaration(study, step), **record}
     step.log_dir.mkdir(parents=True, exist_ok=True)
