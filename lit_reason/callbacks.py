@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -50,6 +51,8 @@ class ExportPolicy(Callback):
         if value is None:
             return
         value = float(value)
+        if math.isnan(value):  # undefined this time (an AUROC of one class): neither better nor worse
+            return
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best = value
             self._export(trainer, pl_module, f"{self.monitor}={value:.4f} at step {trainer.global_step}")

@@ -12,6 +12,7 @@ import math
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 from torchmetrics.utilities import dim_zero_cat
 
 from lit_reason.tasks.answers import answers_match
@@ -191,6 +192,36 @@ def concordant_pairs(scores: list[float], labels: list[bool]) -> tuple[float, in
     negatives = [s for s, label in zip(scores, labels, strict=True) if not label]
     concordant = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
     return float(concordant), len(positives) * len(negatives)
+
+
+def first_answered_samples(per_question: list[tuple[int, list[tuple[float, bool]]]]) -> list[tuple[float, bool]]:
+    """The (score, correct) samples of every question, each question's from its first entry: a question padded
+    onto two ranks (gathered in rank order) counts once."""
+    kept: dict[int, list[tuple[float, bool]]] = {}
+    for question_id, samples in per_question:
+        kept.setdefault(question_id, samples)
+    return [sample for samples in kept.values() for sample in samples]
+
+
+def score_classification(scores: torch.Tensor, correct: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How scores in (0, 1) classify correctness, over all samples pooled: ``orm_loss`` (binary cross-entropy),
+    ``orm_accuracy`` (at 0.5), ``orm_auroc`` (NaN while every sample is correct, or none is) and
+    ``orm_calibration_error`` (expected, 10 equal-width bins).
+
+    Args:
+        scores: (N,) float (NaN for every metric when N is 0).
+        correct: (N,) bool.
+    """
+    if not len(scores):
+        return dict.fromkeys(("orm_loss", "orm_accuracy", "orm_auroc", "orm_calibration_error"), torch.tensor(math.nan))
+    labels = correct.long()
+    logits = torch.logit(scores.clamp(1e-6, 1 - 1e-6))
+    return {
+        "orm_loss": torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float()),
+        "orm_accuracy": ((scores > 0.5) == correct).float().mean(),
+        "orm_auroc": binary_auroc(scores, labels) if 0 < labels.sum() < len(labels) else torch.tensor(math.nan),
+        "orm_calibration_error": binary_calibration_error(scores, labels, n_bins=10),
+    }
 
 
 class WithinQuestionAUROC(Metric):

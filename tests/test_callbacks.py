@@ -90,6 +90,17 @@ def test_without_a_monitor_every_validation_exports_the_latest_policy(tmp_path):
         assert (tmp_path / "policy" / "model.safetensors").read_text() == version
 
 
+def test_an_undefined_metric_neither_improves_nor_blocks_later_improvements(tmp_path):
+    # An ORM's AUROC is NaN while all its samples are correct; as the first best it made every later value lose.
+    callback, trainer = ExportPolicy(monitor="val/orm_auroc"), fake_trainer(tmp_path)
+    trainer.callback_metrics = {"val/orm_auroc": float("nan")}
+    callback.on_validation_end(trainer, FakeModule("undefined"))
+    assert callback.best is None and not (tmp_path / "policy").exists()
+    trainer.callback_metrics = {"val/orm_auroc": 0.7}
+    callback.on_validation_end(trainer, FakeModule("defined"))
+    assert callback.best == 0.7 and (tmp_path / "policy" / "model.safetensors").read_text() == "defined"
+
+
 def test_a_resumed_fit_forgets_the_evaluations_written_after_its_checkpoint(tmp_path):
     # Epoch 2's round had nothing to train on: it validated at epoch 1's step.
     steps = {0: 2, 1: 4, 2: 4, 3: 6}

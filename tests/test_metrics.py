@@ -9,9 +9,11 @@ from lit_reason.metrics import (
     MajorityAtK,
     PassAtK,
     RerankAtK,
+    first_answered_samples,
     first_occurrence,
     majority_answer,
     pass_at_k,
+    score_classification,
 )
 
 
@@ -97,6 +99,22 @@ def test_distinct_correct_counts_unique_signatures_of_correct_samples():
     signatures = torch.tensor([[11, 11, 12, 13], [1, 2, 3, 4]])
     metric.update(correct, signatures)
     assert metric.compute().item() == pytest.approx((2 + 0) / 2)
+
+
+def test_score_classification_by_hand():
+    scores, correct = torch.tensor([0.9, 0.2, 0.6, 0.4]), torch.tensor([True, False, False, True])
+    values = {name: value.item() for name, value in score_classification(scores, correct).items()}
+    assert values["orm_loss"] == pytest.approx(-(math.log(0.9) + math.log(0.8) + 2 * math.log(0.4)) / 4)
+    assert values["orm_accuracy"] == 0.5  # 0.9 and 0.2 on the right side of 0.5
+    assert values["orm_auroc"] == 0.75  # of the pairs (correct, wrong), 0.4 < 0.6 alone is ranked wrongly
+    assert values["orm_calibration_error"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.6) / 4)  # one sample per bin
+    assert math.isnan(score_classification(scores[:1], correct[:1])["orm_auroc"].item())  # one class: undefined
+    assert all(math.isnan(v.item()) for v in score_classification(torch.zeros(0), torch.zeros(0, dtype=bool)).values())
+
+
+def test_a_question_padded_onto_two_ranks_counts_its_samples_once():
+    gathered = [(0, [(0.9, True)]), (1, []), (2, [(0.3, False), (0.8, True)]), (0, [(0.9, True)])]
+    assert first_answered_samples(gathered) == [(0.9, True), (0.3, False), (0.8, True)]
 
 
 def test_empty_metric_is_nan():

@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.batches import Example, LabelledBatch, batch_from_state, batch_state, fits_context, make_token_batch
@@ -52,7 +50,7 @@ from lit_reason.distributed import (
 )
 from lit_reason.evaluation import GradedQuestions, markdown_table
 from lit_reason.files import jsonl_records
-from lit_reason.metrics import WithinQuestionAUROC
+from lit_reason.metrics import WithinQuestionAUROC, first_answered_samples, score_classification
 from lit_reason.policy import PolicySpec, load_model
 from lit_reason.rewards import grade
 from lit_reason.run_logs import run_log
@@ -152,16 +150,10 @@ class OutcomeRewardModel(ReasoningModule):
         self._first_round: list[LabelledBatch] | None = None
         self._checkpointed_first_round: list[Any] | None = None  # every rank's, as a checkpoint holds them
         self._reference_pool: list[Example] | None = None  # encoded on first use
-        self.orm_metrics = torch.nn.ModuleDict(
-            {
-                "orm_loss": MeanMetric(),
-                "orm_accuracy": BinaryAccuracy(),
-                "orm_auroc": BinaryAUROC(),
-                "orm_calibration_error": BinaryCalibrationError(n_bins=10),
-                "orm_within_question_auroc": WithinQuestionAUROC(),
-            }
-        )
-        self._calibration: list[tuple[float, bool]] = []
+        self.within_question_auroc = WithinQuestionAUROC()
+        # (question id, its answered samples' (score, correct)), gathered whole: a rank with no answered sample
+        # has nothing to synchronise, and a question padded onto two ranks is counted once.
+        self._answered: list[tuple[int, list[tuple[float, bool]]]] = []
 
     # ------------------------------------------------------------------------------------------- models
     def build_extra_models(self) -> None:
@@ -342,33 +334,34 @@ class OutcomeRewardModel(ReasoningModule):
     # --------------------------------------------------------------------------------------- evaluation
     def update_reward_metrics(self, graded: GradedQuestions) -> None:
         scores, correct, answered = graded.scores, graded.correct, graded.answered
-        flat_scores, flat_correct = scores[answered].to(self.device), correct[answered].to(self.device)
-        if len(flat_scores):
-            logits = torch.logit(flat_scores.clamp(1e-6, 1 - 1e-6))
-            self.orm_metrics["orm_loss"].update(
-                torch.nn.functional.binary_cross_entropy_with_logits(logits, flat_correct.float(), reduction="none")
-            )
-            self.orm_metrics["orm_accuracy"].update(flat_scores, flat_correct.long())
-            self.orm_metrics["orm_auroc"].update(flat_scores, flat_correct.long())
-            self.orm_metrics["orm_calibration_error"].update(flat_scores, flat_correct.long())
-        self.orm_metrics["orm_within_question_auroc"].update(scores, correct, answered, graded.question_ids)
-        self._calibration.extend(zip(flat_scores.tolist(), flat_correct.tolist(), strict=True))
+        self.within_question_auroc.update(scores, correct, answered, graded.question_ids)
+        for question_id, row_scores, row_correct, row_answered in zip(
+            graded.question_ids.tolist(), scores.tolist(), correct.tolist(), answered.tolist(), strict=True
+        ):
+            samples = zip(row_scores, row_correct, row_answered, strict=True)
+            self._answered.append((question_id, [(s, c) for s, c, a in samples if a]))
 
     def log_evaluation(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> None:
-        values = {f"{stage}/{name}": metric.compute() for name, metric in self.orm_metrics.items()}
-        for metric in self.orm_metrics.values():
-            metric.reset()
-        calibration = gather_objects(self._calibration)
-        self._calibration.clear()
+        values, scores, labels = self.reward_metric_values(stage)
         log = run_log(self.loggers)
-        if log is not None and calibration:
-            scores = torch.tensor([s for s, _ in calibration])
-            labels = torch.tensor([c for _, c in calibration])
+        if len(scores) and log is not None:
             for name, members in (("correct", scores[labels]), ("wrong", scores[~labels])):
                 if len(members):  # a weak policy may have no correct (or no wrong) sample at all
                     log.histogram(f"{stage}/orm_score_{name}", members, self.global_step)
             log.text(f"{stage}/orm_reliability", reliability_table(scores, labels), self.global_step)
         super().log_evaluation(stage, {**values, **(extra or {})})
+
+    def reward_metric_values(self, stage: str) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The evaluation's ORM metrics (every rank's samples; reset for the next), and the pooled scores (N,)
+        and correctness (N,) of its answered samples. Every rank calls it."""
+        values = {f"{stage}/orm_within_question_auroc": self.within_question_auroc.compute()}
+        self.within_question_auroc.reset()
+        samples = first_answered_samples(gather_objects(self._answered))
+        self._answered.clear()
+        scores = torch.tensor([s for s, _ in samples], dtype=torch.float32)
+        labels = torch.tensor([c for _, c in samples], dtype=torch.bool)
+        values |= {f"{stage}/{name}": value for name, value in score_classification(scores, labels).items()}
+        return values, scores, labels
 
     # ------------------------------------------------------------------------------------------- export
     def export_policy(self, path: str | Path) -> None:

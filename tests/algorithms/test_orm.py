@@ -17,6 +17,33 @@ from tests.helpers.quantization import FOUR_BIT, QUANTIZABLE_MICRO
 from tests.helpers.trainers import quiet_trainer
 
 
+def _orm_metrics_on_rank(rank: int, world_size: int) -> dict[str, float]:
+    from lit_reason.evaluation import GradedQuestions
+
+    module = OutcomeRewardModel(policy=PolicySpec(name_or_path="micro"))
+    answered = torch.tensor([[True, True]]) if rank == 0 else torch.tensor([[False, False]])  # rank 1: none
+    graded = GradedQuestions(
+        question_ids=torch.tensor([rank]),
+        correct=torch.tensor([[True, False]]),
+        answered=answered,
+        scores=torch.tensor([[0.8, 0.3]]),
+    )
+    module.update_reward_metrics(graded)
+    values, scores, _ = module.reward_metric_values("val")
+    return {**{name: value.item() for name, value in values.items()}, "samples": len(scores)}
+
+
+@pytest.mark.slow
+def test_orm_metrics_agree_across_ranks_when_one_rank_has_no_answered_sample():
+    # torchmetrics' synchronisation of a never-updated AUROC sent other dtypes than the updated rank's: gloo
+    # aborted the process, NCCL would hang.
+    from tests.helpers.distributed import run_in_processes
+
+    results = run_in_processes(_orm_metrics_on_rank, timeout=120)
+    assert results[0] == results[1]
+    assert results[0]["samples"] == 2 and results[0]["val/orm_auroc"] == 1.0 and results[0]["val/orm_accuracy"] == 1.0
+
+
 def test_orm_loss_by_hand():
     values = torch.tensor([[0.0, 0.0, 2.0], [0.0, -1.0, 0.0]])
     mask = torch.tensor([[False, True, True], [False, True, False]])
