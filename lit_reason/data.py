@@ -20,11 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 from lit_reason.batches import batch_from_state, batch_state
-from lit_reason.distributed import gather_to_rank_zero, rank_and_world_size, reduce_int, this_ranks_share
+from lit_reason.distributed import (
+    gather_objects,
+    gather_to_rank_zero,
+    rank_and_world_size,
+    reduce_int,
+    this_ranks_share,
+)
 from lit_reason.seeds import run_seed
 from lit_reason.tasks import Arithmetic, Problem, Task
 
@@ -197,6 +204,7 @@ class RolloutDataModule(LightningDataModule):
         moved), so a resumed run trains on the rest of them. Every rank calls this when a checkpoint is saved
         (their batches are gathered; only rank 0 writes)."""
         state: dict[str, Any] = {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
+        state["run_seed"] = run_seed(self.seed)
         state["round_batches"] = self._batches_this_epoch()
         if self._mid_round():  # the same on every rank
             data, trained = self.round_data, self._batches_trained()
@@ -235,6 +243,14 @@ class RolloutDataModule(LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_seed = state_dict.get("run_seed")  # not in earlier checkpoints
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and saved_seed is not None and saved_seed != run_seed(self.seed):
+            raise ValueError(
+                f"the checkpoint's run was seeded with {saved_seed} and this one with {run_seed(self.seed)}: the "
+                f"question order and every rollout follow the seed, so it would not go on as it was; resume with "
+                f"--seed_everything={saved_seed}"
+            )
         self.samples_drawn = int(state_dict["samples_drawn"])
         self.rounds_built = int(state_dict["rounds_built"])
         self.round_batches = int(state_dict.get("round_batches", 0))  # not in earlier checkpoints
@@ -243,6 +259,12 @@ class RolloutDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         _, world_size = rank_and_world_size()
+        seeds = gather_objects([run_seed(self.seed)])
+        if len(set(seeds)) > 1:  # e.g. a launcher that set each process's PL_GLOBAL_SEED or --seed_everything apart
+            raise ValueError(
+                f"the ranks were seeded differently ({', '.join(f'rank {r}: {s}' for r, s in enumerate(seeds))}), "
+                "so they would split the round's questions from different shuffles; set seed_everything to a number"
+            )
         if self.questions_per_round is not None and self.questions_per_round < world_size:
             raise ValueError(
                 f"data.questions_per_round is {self.questions_per_round} but the run has {world_size} ranks: every "

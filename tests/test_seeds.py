@@ -1,7 +1,9 @@
 """One ``seed_everything`` drives every training-side seed; evaluation keeps its own fixed seed."""
 
 from functools import partial
+from types import SimpleNamespace
 
+import pytest
 import torch
 from lightning import seed_everything
 
@@ -66,3 +68,37 @@ def test_evaluation_samples_do_not_follow_the_run_seed():
         }
     assert torch.equal(drawn[1]["evaluation"], drawn[2]["evaluation"])
     assert not torch.equal(drawn[1]["rollout"], drawn[2]["rollout"])
+
+
+def test_a_fit_resumed_with_another_seed_is_refused_and_evaluation_is_not(monkeypatch):
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    state = RolloutDataModule(task=TASK).state_dict()
+    assert state["run_seed"] == 3
+    monkeypatch.setenv("PL_GLOBAL_SEED", "4")
+    data = RolloutDataModule(task=TASK)
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    with pytest.raises(ValueError, match="seeded with 3 and this one with 4.*--seed_everything=3"):
+        data.load_state_dict(state)
+    data.trainer.state.fn = TrainerFn.VALIDATING  # evaluation has its own seed: nothing depends on the run's
+    data.load_state_dict(state)
+    data.trainer.state.fn = TrainerFn.FITTING
+    data.load_state_dict({key: value for key, value in state.items() if key != "run_seed"})  # an older checkpoint
+
+
+def _set_up_with_seed(rank: int, world_size: int, seeds: tuple[int, int]) -> str:
+    try:
+        RolloutDataModule(task=TASK, seed=seeds[rank]).setup("fit")
+    except ValueError as error:
+        return str(error)
+    return "ok"
+
+
+@pytest.mark.slow
+def test_ranks_seeded_differently_stop_before_training():
+    from tests.helpers.distributed import run_in_processes
+
+    assert run_in_processes(_set_up_with_seed, (5, 5)) == ["ok", "ok"]
+    different = run_in_processes(_set_up_with_seed, (5, 6))
+    assert different[0] == different[1] and "rank 0: 5, rank 1: 6" in different[0]
