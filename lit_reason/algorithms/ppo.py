@@ -106,8 +106,9 @@ class PPO(PolicyGradient):
         return super().group_lr_factor(group, step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # lit-reason 0.1.0 named the value network "critic" (now the critic's options).
-        state = checkpoint["state_dict"]
+        # lit-reason 0.1.0 named the value network "critic" (now the critic's options). Under FSDP2 Lightning
+        # loads the weights itself and passes no state dict: no checkpoint of 0.1.0 is sharded.
+        state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("critic.")]:
             state["value_network." + key.removeprefix("critic.")] = state.pop(key)
 

@@ -195,7 +195,8 @@ class ReturnConditionedRL(ExpertIteration):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.conditioned = bool(checkpoint.get("return_conditioned", False))
+        # Checkpoints of lit-reason 0.1.0 hold no flag: keep what the policy's export recorded.
+        self.conditioned = bool(checkpoint.get("return_conditioned", self.conditioned))
 
 
 def ratio_batches(

@@ -242,6 +242,9 @@ def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp
     resumed.on_load_checkpoint(checkpoint)
     assert resumed.conditioning("rollout").response_prefix == "[GOOD]"
     assert sorted(resumed.kept.values(), key=repr) == sorted(module.kept.values(), key=repr)
+    del checkpoint["return_conditioned"]  # as lit-reason 0.1.0 saved it, resumed from a conditioned export
+    module.on_load_checkpoint(checkpoint)
+    assert module.conditioning("rollout").response_prefix == "[GOOD]"
 
 
 def test_a_round_without_a_training_batch_trains_nothing_and_the_run_goes_on():
