@@ -143,6 +143,16 @@ def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path
         assert (path.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_warm_start_exported_at_its_best_epoch_rather_than_its_last_is_named_as_selected(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8)})
+    assert "SELECTED" not in write_report(read_results(study)).read_text()  # its export is its last evaluation
+    start = outcomes(0.4, 0.7)
+    write_run(run_dir(study, "warm_start", 0), [(5, 0, start), (10, 0, outcomes(0.35, 0.7))])
+    text = write_report(read_results(study)).read_text()
+    assert "Warm start SELECTED on these questions: its export (maj@1 0.400) is the best of its 2 evaluations, " in text
+    assert "its last (10 steps) scored 0.350" in text
+
+
 def test_a_report_before_the_warm_start_was_evaluated_says_so(tmp_path):
     study = make_study(tmp_path, {})
     (run_dir(study, "warm_start_eval", 0) / "metrics.json").unlink()
