@@ -82,7 +82,9 @@ class ExportPolicy(Callback):
         return {"best": self.best, "exported": self.exported}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = state_dict["best"]
+        best = state_dict["best"]
+        # An earlier lit-reason kept a NaN (undefined) first value as the best, which no later value beat.
+        self.best = None if best is not None and math.isnan(best) else best
         self.exported = state_dict["exported"]
 
 

@@ -198,13 +198,21 @@ class RolloutDataModule(LightningDataModule):
         )
 
     # ------------------------------------------------------------------------------------- checkpoints
+    def seeds(self) -> dict[str, int]:
+        """The options that seed this run's training and their values: ``--seed_everything`` (rollouts, dropout
+        and, unless ``data.seed`` is set, the question order) and a set ``--data.seed``."""
+        seeds = {"--seed_everything": run_seed(None)}
+        if self.seed is not None:
+            seeds["--data.seed"] = self.seed
+        return seeds
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds; taken mid-round (``every_n_train_steps``, ``val_check_interval`` < 1,
         ``max_steps``), also every rank's batches of the round, which cannot be made again (the policy has
         moved), so a resumed run trains on the rest of them. Every rank calls this when a checkpoint is saved
         (their batches are gathered; only rank 0 writes)."""
         state: dict[str, Any] = {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
-        state["run_seed"] = run_seed(self.seed)
+        state["seeds"] = self.seeds()
         state["round_batches"] = self._batches_this_epoch()
         if self._mid_round():  # the same on every rank
             data, trained = self.round_data, self._batches_trained()
@@ -243,13 +251,13 @@ class RolloutDataModule(LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved_seed = state_dict.get("run_seed")  # not in earlier checkpoints
-        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        if fitting and saved_seed is not None and saved_seed != run_seed(self.seed):
+        saved, now = state_dict.get("seeds", {}), self.seeds()  # no seeds in earlier checkpoints
+        changed = {option: seed for option, seed in saved.items() if now.get(option, seed) != seed}
+        if changed and self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             raise ValueError(
-                f"the checkpoint's run was seeded with {saved_seed} and this one with {run_seed(self.seed)}: the "
-                f"question order and every rollout follow the seed, so it would not go on as it was; resume with "
-                f"--seed_everything={saved_seed}"
+                f"the checkpoint's run was seeded with {saved} and this one with {now}: the question order and the "
+                "rollouts follow them, so it would not go on as it was; resume with "
+                + " ".join(f"{option}={seed}" for option, seed in changed.items())
             )
         self.samples_drawn = int(state_dict["samples_drawn"])
         self.rounds_built = int(state_dict["rounds_built"])
@@ -259,11 +267,12 @@ class RolloutDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         _, world_size = rank_and_world_size()
-        seeds = gather_objects([run_seed(self.seed)])
-        if len(set(seeds)) > 1:  # e.g. a launcher that set each process's PL_GLOBAL_SEED or --seed_everything apart
+        seeds = gather_objects([self.seeds()])
+        if any(rank_seeds != seeds[0] for rank_seeds in seeds):  # e.g. a launcher that seeded each process apart
             raise ValueError(
                 f"the ranks were seeded differently ({', '.join(f'rank {r}: {s}' for r, s in enumerate(seeds))}), "
-                "so they would split the round's questions from different shuffles; set seed_everything to a number"
+                "so they would split the round's questions from different shuffles and draw unrelated rollouts; "
+                "set seed_everything (and data.seed) to one number"
             )
         if self.questions_per_round is not None and self.questions_per_round < world_size:
             raise ValueError(

@@ -10,13 +10,14 @@ Design points:
   ratio is 1.
 * **Reproducible per question**: every row draws each token by inverting the cumulative distribution at one
   uniform number, a counter-based hash of (row seed, step), so a question's samples do not depend on the
-  batch it lands in, the rank, the batch size or the device (in float32; in bf16 the kernels of other batch
-  shapes and devices round logits differently, so samples can part at near-ties); and the noise costs one
-  number per row, not one per vocabulary entry. A token whose logit is -inf (filtered, suppressed) has no
-  cumulative mass and is never drawn. The draw counts probabilities in units of 2**-30
-  (``draw_from_probabilities``): each step's distribution is the softmax's to within a total variation of
-  V * 2**-30 (5e-5 at V = 49,152; about 2e-5 measured on random logits), and a whole response's to within
-  the sum over its steps (a 512-token one: 2.6% by the bound); the recorded log-probs are the softmax's own.
+  batch it lands in, the rank, the batch size or the device, wherever its logits are the same (float32 on a
+  CPU; in bf16, and on a GPU, kernels for other batch shapes and devices can round them differently, so samples
+  can part at near-ties); and the noise costs one number per row, not one per vocabulary entry. A token whose
+  logit is -inf (filtered, suppressed) has no cumulative mass and is never drawn. The draw counts probabilities
+  in units of 2**-30 (``draw_from_probabilities``): each step's distribution is the softmax's to within a total
+  variation of V * 2**-30 (5e-5 at V = 49,152; about 2e-5 measured on random logits), and a whole response's
+  to within the sum over its steps (a 512-token one: 2.3% by the bound); the recorded log-probs are the
+  softmax's own.
 * **One prefill per prompt**: a prompt's K samples share its KV cache, computed once.
 * **Finished rows leave the batch**: once a quarter of the rows have emitted EOS they are dropped from the
   KV cache, so short samples stop paying for long ones; and the cache grows into preallocated room instead

@@ -99,6 +99,8 @@ def test_an_undefined_metric_neither_improves_nor_blocks_later_improvements(tmp_
     trainer.callback_metrics = {"val/orm_auroc": 0.7}
     callback.on_validation_end(trainer, FakeModule("defined"))
     assert callback.best == 0.7 and (tmp_path / "policy" / "model.safetensors").read_text() == "defined"
+    callback.load_state_dict({"best": float("nan"), "exported": True})  # what an earlier lit-reason checkpointed
+    assert callback.best is None
 
 
 def test_a_resumed_fit_forgets_the_evaluations_written_after_its_checkpoint(tmp_path):

@@ -75,21 +75,36 @@ def test_a_fit_resumed_with_another_seed_is_refused_and_evaluation_is_not(monkey
 
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     state = RolloutDataModule(task=TASK).state_dict()
-    assert state["run_seed"] == 3
+    assert state["seeds"] == {"--seed_everything": 3}
     monkeypatch.setenv("PL_GLOBAL_SEED", "4")
     data = RolloutDataModule(task=TASK)
     data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
-    with pytest.raises(ValueError, match="seeded with 3 and this one with 4.*--seed_everything=3"):
+    with pytest.raises(ValueError, match="resume with --seed_everything=3$"):
         data.load_state_dict(state)
     data.trainer.state.fn = TrainerFn.VALIDATING  # evaluation has its own seed: nothing depends on the run's
     data.load_state_dict(state)
     data.trainer.state.fn = TrainerFn.FITTING
-    data.load_state_dict({key: value for key, value in state.items() if key != "run_seed"})  # an older checkpoint
+    data.load_state_dict({key: value for key, value in state.items() if key != "seeds"})  # an older checkpoint
+    # With data.seed fixed, the run's seed still drives the rollouts: both are checked, each by its option.
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    state = RolloutDataModule(task=TASK, seed=7).state_dict()
+    monkeypatch.setenv("PL_GLOBAL_SEED", "4")
+    data = RolloutDataModule(task=TASK, seed=7)
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    with pytest.raises(ValueError, match="resume with --seed_everything=3$"):
+        data.load_state_dict(state)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    data.seed = 8
+    with pytest.raises(ValueError, match="resume with --data.seed=7$"):
+        data.load_state_dict(state)
 
 
 def _set_up_with_seed(rank: int, world_size: int, seeds: tuple[int, int]) -> str:
+    import os
+
+    os.environ["PL_GLOBAL_SEED"] = str(seeds[rank])  # what seed_everything sets
     try:
-        RolloutDataModule(task=TASK, seed=seeds[rank]).setup("fit")
+        RolloutDataModule(task=TASK).setup("fit")
     except ValueError as error:
         return str(error)
     return "ok"
@@ -101,4 +116,5 @@ def test_ranks_seeded_differently_stop_before_training():
 
     assert run_in_processes(_set_up_with_seed, (5, 5)) == ["ok", "ok"]
     different = run_in_processes(_set_up_with_seed, (5, 6))
-    assert different[0] == different[1] and "rank 0: 5, rank 1: 6" in different[0]
+    assert different[0] == different[1]
+    assert "rank 0: {'--seed_everything': 5}, rank 1: {'--seed_everything': 6}" in different[0]

@@ -107,7 +107,7 @@ class PPO(PolicyGradient):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # lit-reason 0.1.0 named the value network "critic" (now the critic's options). Under FSDP2 Lightning
-        # loads the weights itself and passes no state dict: no checkpoint of 0.1.0 is sharded.
+        # loads the weights itself and passes no state dict: a 0.1.0 checkpoint resumes under DDP or one device.
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("critic.")]:
             state["value_network." + key.removeprefix("critic.")] = state.pop(key)

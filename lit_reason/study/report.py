@@ -142,17 +142,20 @@ def checks(results: StudyResults) -> list[str]:
 
 
 def _warm_start_selection(results: StudyResults) -> str | None:
-    """Where the warm start's export is not its last evaluation: it is the best of several on these same
+    """Where the warm start's export is its best evaluation by maj@1 rather than its last: chosen on these same
     questions, which favours it against the runs, each compared at its last evaluation."""
-    evaluations = results.warm_start.evaluations.get(results.study.shared_seed, [])
+    evaluations = [e for e in results.warm_start.evaluations.get(results.study.shared_seed, []) if "maj@1" in e.metrics]
     exported = results.baseline.final(results.study.shared_seed).metrics.get("maj@1")
-    last = evaluations[-1].metrics.get("maj@1") if evaluations else None
-    if exported is None or last is None or exported == last:
+    if not evaluations or exported is None:
+        return None
+    best, last = max(evaluations, key=lambda e: e.metrics["maj@1"]), evaluations[-1]
+    # The baseline is evaluated in a process of its own: it matches the epoch it exports, within rounding.
+    if best is last or abs(exported - best.metrics["maj@1"]) >= abs(exported - last.metrics["maj@1"]):
         return None
     return (
-        f"Warm start SELECTED on these questions: its export (maj@1 {exported:.3f}) is the best of its "
-        f"{len(evaluations)} evaluations, its last ({evaluations[-1].step} steps) scored {last:.3f}; every run is "
-        f"compared at its last evaluation, so the differences from the warm start lean against the runs"
+        f"Warm start SELECTED on these questions: its export (maj@1 {exported:.3f}) is its best of {len(evaluations)} "
+        f"evaluations ({best.step} steps), its last ({last.step} steps) scored {last.metrics['maj@1']:.3f}; every "
+        "run is compared at its last evaluation, so the differences from the warm start lean against the runs"
     )
 
 

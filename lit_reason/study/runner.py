@@ -177,6 +177,8 @@ def record_launched(study: StudySpec, run_and_seed: str) -> None:
     if run_and_seed not in steps:
         raise ValueError(f"--record {run_and_seed}: study {study.name} has no such step (steps: {sorted(steps)})")
     step = steps[run_and_seed]
+    if step.finished:
+        raise ValueError(f"--record {run_and_seed}: finished before ({step.log_dir / DONE_FILE}); nothing to record")
     record_finished(study, step, {"wall_seconds": None, "launched": True}, f"{run} seed {seed}")
 
 

@@ -53,6 +53,12 @@ def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
     again = ReturnConditionedRL(policy=PolicySpec(name_or_path=str(export)))
     again.configure_model()
     assert torch.equal(again.policy.get_input_embeddings().weight, embeddings)
+    # Resumed from a checkpoint of lit-reason 0.1.0 (no conditioning flag): the export's record still conditions.
+    checkpoint = {}
+    again.on_save_checkpoint(checkpoint)
+    del checkpoint["return_conditioned"]
+    again.on_load_checkpoint(checkpoint)
+    assert again.conditioning("rollout").response_prefix == "[GOOD]"
 
 
 def test_an_export_loaded_by_hub_id_keeps_its_conditioning(tmp_path):
@@ -242,9 +248,6 @@ def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp
     resumed.on_load_checkpoint(checkpoint)
     assert resumed.conditioning("rollout").response_prefix == "[GOOD]"
     assert sorted(resumed.kept.values(), key=repr) == sorted(module.kept.values(), key=repr)
-    del checkpoint["return_conditioned"]  # as lit-reason 0.1.0 saved it, resumed from a conditioned export
-    module.on_load_checkpoint(checkpoint)
-    assert module.conditioning("rollout").response_prefix == "[GOOD]"
 
 
 def test_a_round_without_a_training_batch_trains_nothing_and_the_run_goes_on():

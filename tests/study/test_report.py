@@ -149,8 +149,10 @@ def test_a_warm_start_exported_at_its_best_epoch_rather_than_its_last_is_named_a
     start = outcomes(0.4, 0.7)
     write_run(run_dir(study, "warm_start", 0), [(5, 0, start), (10, 0, outcomes(0.35, 0.7))])
     text = write_report(read_results(study)).read_text()
-    assert "Warm start SELECTED on these questions: its export (maj@1 0.400) is the best of its 2 evaluations, " in text
+    assert "Warm start SELECTED on these questions: its export (maj@1 0.400) is its best of 2 evaluations (5 " in text
     assert "its last (10 steps) scored 0.350" in text
+    write_run(run_dir(study, "warm_start", 0), [(5, 0, outcomes(0.35, 0.7)), (10, 0, outcomes(0.395, 0.7))])
+    assert "SELECTED" not in write_report(read_results(study)).read_text()  # its last, evaluated again: rounding
 
 
 def test_a_report_before_the_warm_start_was_evaluated_says_so(tmp_path):

@@ -162,6 +162,8 @@ def test_a_step_a_launcher_ran_is_marked_finished_by_record_with_its_time_unknow
     assert record["wall_seconds"] is None and record["launched"] and record["command"].startswith("lit-reason fit")
     check_finished_steps(study)  # recorded with the declaration the study checks
     assert plan(study)[-1].finished
+    with pytest.raises(ValueError, match="finished before"):  # a time the study measured is kept
+        record_launched(study, "a:0")
 
 
 def test_a_finished_run_declared_anew_with_other_arguments_stops_the_study(tmp_path, monkeypatch):
