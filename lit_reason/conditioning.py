@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers.utils import cached_file
+
+from lit_reason.files import find_model_file
 
 CONDITIONING_FILE = "lit_reason.json"
 Stage = Literal["rollout", "evaluation"]  # what a policy samples for: training data, or to be measured
@@ -78,17 +79,9 @@ class Conditioning:
         records. Where that names no suppressed tokens (any other model, or an export of lit-reason 0.1.0),
         those of ``model``'s generation config, which ``generate`` honours."""
         configured = getattr(getattr(model, "generation_config", None), "suppress_tokens", None) or ()
-        # Offline, a file the cache lacks counts as absent, as transformers treats a model's optional files.
-        found = cached_file(
-            str(path),
-            CONDITIONING_FILE,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **location,
-        )
-        if found is None:
+        file = find_model_file(path, CONDITIONING_FILE, **location)
+        if file is None:
             return cls(suppressed_token_ids=tuple(int(i) for i in configured))
-        file = Path(found)
         try:
             record = json.loads(file.read_text())
             guidance = record.get("guidance")

@@ -1,6 +1,6 @@
 """Files: reading the JSON Lines files users hand lit-reason (data sets, rollouts, predictions), every error
-naming the file and the line; and putting a finished directory (an export) in place without a half-written
-moment."""
+naming the file and the line; putting a finished directory (an export) in place without a half-written
+moment; and finding a model's own files where ``from_pretrained`` finds its weights (a directory or the hub)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,36 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers.utils import cached_file
+
+# The from_pretrained options that say where a checkpoint's files are, as opposed to how to load them.
+HUB_LOCATION_KEYS = ("revision", "subfolder", "token", "cache_dir", "local_files_only")
+
+
+def hub_location(load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``load_kwargs`` (``from_pretrained``'s) that say where the checkpoint's files are."""
+    return {key: value for key, value in load_kwargs.items() if key in HUB_LOCATION_KEYS}
+
+
+def find_model_file(path_or_id: str | Path, filename: str, **location: Any) -> Path | None:
+    """``filename`` of the checkpoint at ``path_or_id`` (a directory, or a hub id with ``hub_location``'s
+    options), found as ``from_pretrained`` finds the weights; None where it has none. Offline, a file the cache
+    lacks counts as absent, as transformers treats a model's optional files."""
+    if not Path(path_or_id).is_dir():
+        try:
+            validate_repo_id(str(path_or_id))
+        except HFValidationError:  # neither a directory nor a hub id: a local path that does not exist
+            return None
+    found = cached_file(
+        str(path_or_id),
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **location,
+    )
+    return None if found is None else Path(found)
 
 
 def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:

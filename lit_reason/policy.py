@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from lit_reason.adapters import AdapterExport, save_adapted
+from lit_reason.files import hub_location
 from lit_reason.seeds import run_seed
 from lit_reason.warm_start import is_exported, resolve_policy_path
 
@@ -113,8 +114,7 @@ class PolicySpec:
     def location(self) -> dict[str, Any]:
         """The ``load_kwargs`` that say where the checkpoint's files are (revision, folder, cache, token), for
         reading its other files as ``from_pretrained`` reads the weights."""
-        keys = {"revision", "subfolder", "token", "cache_dir", "local_files_only"}
-        return {key: value for key, value in self.load_kwargs.items() if key in keys}
+        return hub_location(self.load_kwargs)
 
     def resolved(self) -> str:
         """Where the weights come from: ``name_or_path``, with a ``config:`` warm start trained if needed."""

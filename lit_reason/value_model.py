@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lit_reason.files import find_model_file, hub_location
 from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs
 
 HEAD_FILE = "value_head.safetensors"
@@ -126,27 +127,31 @@ class ValueModel(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, load_kwargs: dict[str, Any] | None = None) -> tuple[ValueModel, object]:
-        """A saved value model and its tokenizer; ``load_kwargs``: the trunk's ``from_pretrained`` options."""
-        path = Path(path)
-        if not (path / HEAD_FILE).is_file():
+        """A saved value model and its tokenizer, from a directory or the hub; ``load_kwargs``: the trunk's
+        ``from_pretrained`` options (their ``revision``, ``subfolder``, ``cache_dir``, ``token`` find the head)."""
+        load_kwargs = load_kwargs or {}
+        location = hub_location(load_kwargs)
+        head_file = find_model_file(path, HEAD_FILE, **location)
+        if head_file is None:
             raise FileNotFoundError(
                 f"{path} is not a saved reward/value model (no {HEAD_FILE}); export one with "
-                "`lit-reason fit --config configs/orm.yaml` and pass its policy/ directory"
+                "`lit-reason fit --config configs/orm.yaml` and pass its policy/ directory (or its hub id)"
             )
-        config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
+        config_file = find_model_file(path, CONFIG_FILE, **location)
+        config = json.loads(config_file.read_text()) if config_file is not None else {}
         model = cls(
-            AutoModelForCausalLM.from_pretrained(path, **(load_kwargs or {})),
+            AutoModelForCausalLM.from_pretrained(str(path), **load_kwargs),
             likelihood_features=config.get("likelihood_features", False),
         )
-        head = load_file(path / HEAD_FILE)
+        head = load_file(head_file)
         if head["weight"].shape != model.head.weight.shape:
             raise ValueError(
-                f"{path / HEAD_FILE} holds a head over {head['weight'].shape[-1]} inputs but this model's reads "
+                f"{head_file} holds a head over {head['weight'].shape[-1]} inputs but this model's reads "
                 f"{model.head.weight.shape[-1]} (hidden size plus likelihood features): it was exported by another "
                 "version of lit-reason; train it again with `lit-reason fit --config configs/orm.yaml`"
             )
         model.head.load_state_dict(head)
-        return model, AutoTokenizer.from_pretrained(path)
+        return model, AutoTokenizer.from_pretrained(str(path), **location)
 
 
 def freeze_unused_output_head(trunk: torch.nn.Module, used: bool) -> None:

@@ -45,8 +45,8 @@ class ReasoningModule(LightningModule):
             of maj@K / pass@K (8 on a CPU; 96 in the paper). maj@1 always decodes greedily.
         text_samples: validation responses shown in TensorBoard's text tab each time.
         orm: an outcome reward model exported by ``lit-reason fit --config configs/orm.yaml`` (the run's
-            ``policy/`` directory): frozen, never trained or checkpointed; adds ``rerank@K`` to evaluation
-            and is available to algorithms as a reward.
+            ``policy/`` directory, or its hub id): frozen, never trained or checkpointed; adds ``rerank@K``
+            to evaluation and is available to algorithms as a reward.
         orm_load_kwargs: the ORM trunk's ``from_pretrained`` options (``{"dtype": "bfloat16"}``, 4-bit); head: fp32.
         seed: the algorithm's shuffles (of examples, minibatches, kept samples); unset: ``seed_everything``'s.
     """

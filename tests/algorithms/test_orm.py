@@ -127,6 +127,23 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
         ValueModel.load(stale)
 
 
+def test_an_orm_is_loaded_by_hub_id_as_from_pretrained_finds_it(tmp_path, char_tokenizer):
+    from lit_reason.policy import load_model
+
+    network = ValueModel(load_model(PolicySpec(name_or_path="micro"), char_tokenizer), head_std=0.1)
+    repo = tmp_path / "hub" / "models--someone--orm"  # huggingface_hub's cache layout, read offline
+    revision = "0" * 40
+    network.save(repo / "snapshots" / revision, char_tokenizer)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    location = {"cache_dir": str(tmp_path / "hub"), "local_files_only": True}
+    loaded = load_frozen_orm("someone/orm", char_tokenizer, location)
+    ids = torch.tensor([char_tokenizer("Q\n12").input_ids])
+    assert torch.allclose(loaded(ids, torch.ones_like(ids))[0], network(ids, torch.ones_like(ids))[0])
+    with pytest.raises(FileNotFoundError, match="not a saved reward/value model"):
+        load_frozen_orm("someone/other", char_tokenizer, location)
+
+
 def test_reward_scores_ignore_the_response_prefix_the_policy_sampled_behind(tmp_path, char_tokenizer):
     """The ORM judges the response behind the prompt, as it was trained: a return token the policy sampled
     behind changes no score. (Blanked to padding in place, the prefix left the likelihood features' first
