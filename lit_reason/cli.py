@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -237,6 +238,11 @@ def main(args=None) -> None:
     if located != arguments and args is None:
         sys.argv[1:] = located
     LitReasonCLI(args=located if args is not None else None)
+    # Lightning leaves the process group up. Undestroyed, gloo's worker threads still hold work at interpreter
+    # exit and abort it now and then ("terminate called without an active exception", SIGABRT after a good
+    # run); NCCL warns. Here only after success: a failed rank's peers may never get here to destroy with it.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def with_packaged_configs(arguments: list[str]) -> list[str]:
