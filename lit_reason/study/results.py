@@ -42,21 +42,28 @@ class Evaluation:
 
 @dataclass
 class RunResult:
-    """A run's evaluations with each seed, the seeds that finished, each finished seed's wall time (None where
-    unknown: run by a launcher) and the settings its evaluations used (None where no run recorded them)."""
+    """A run's evaluations with each seed, each finished seed's wall time (None where unknown: run by a
+    launcher; unfinished seeds have none) and the settings its evaluations used (None where no run recorded
+    them)."""
 
     name: str
     spec: RunSpec | None
     evaluations: dict[int, list[Evaluation]] = field(default_factory=dict)
-    finished: set[int] = field(default_factory=set)
     wall_seconds: dict[int, float | None] = field(default_factory=dict)
     resumed: set[int] = field(default_factory=set)
     evaluation_settings: dict[int, str | None] = field(default_factory=dict)
 
     @property
+    def finished(self) -> set[int]:
+        """The seeds whose run finished (marked so by the study or ``--record``)."""
+        return set(self.wall_seconds)
+
+    @property
     def seeds(self) -> list[int]:
         """The seeds whose run finished and evaluated (an interrupted one's last evaluation is not its final)."""
-        return sorted(seed for seed, evaluations in self.evaluations.items() if evaluations and seed in self.finished)
+        return sorted(
+            seed for seed, evaluations in self.evaluations.items() if evaluations and seed in self.wall_seconds
+        )
 
     def final(self, seed: int) -> Evaluation:
         return self.evaluations[seed][-1]
@@ -196,7 +203,6 @@ def read_run(study: StudySpec, name: str, spec: RunSpec | None, seeds: tuple[int
         if not done.is_file():
             continue
         record = json.loads(done.read_text())
-        result.finished.add(seed)
         result.wall_seconds[seed] = record.get("wall_seconds")
         if record.get("resumed"):
             result.resumed.add(seed)
