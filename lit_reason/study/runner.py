@@ -83,11 +83,7 @@ def plan(study: StudySpec) -> list[Step]:
     orm = orm_policy(study)
     with_orm = (f"--model.init_args.orm={orm}",) if orm is not None else ()
     reused = reused_stages(study)
-    steps = []
-    if "warm_start" not in reused:
-        steps.append(_step(study, "fit", "warm_start", shared, study.warm_start.config, study.warm_start.args))
-    if study.orm is not None and "orm" not in reused:
-        steps.append(_step(study, "fit", "orm", shared, study.orm.config, (*study.orm.args, policy)))
+    steps = [step for run, step in _stage_steps(study).items() if run not in reused]
     # The warm start evaluated like every run (with the ORM for rerank@K): the baseline each run is paired with.
     steps.append(_step(study, "validate", "warm_start_eval", shared, study.warm_start.config, (policy, *with_orm)))
     for run in study.runs:
@@ -95,6 +91,17 @@ def plan(study: StudySpec) -> list[Step]:
             args = (*run.args, policy, *with_orm, "--validate_before_fit=false")
             steps.append(_step(study, "fit", run.name, seed, run.config, args))
     return steps
+
+
+def _stage_steps(study: StudySpec) -> dict[str, Step]:
+    """The warm start's and the ORM's training as this study declares them, by run name (a reused stage's in the
+    study that ran it)."""
+    shared = study.shared_seed
+    stages = {"warm_start": _step(study, "fit", "warm_start", shared, study.warm_start.config, study.warm_start.args)}
+    if study.orm is not None:
+        policy = f"--model.init_args.policy.name_or_path={warm_start_policy(study)}"
+        stages["orm"] = _step(study, "fit", "orm", shared, study.orm.config, (*study.orm.args, policy))
+    return stages
 
 
 def _step(study: StudySpec, subcommand: str, run: str, seed: int, config: str, args: tuple[str, ...]) -> Step:
@@ -196,8 +203,12 @@ def declaration(study: StudySpec, step: Step) -> list[str]:
 def check_finished_steps(study: StudySpec) -> None:
     """Stop where a finished step ran another command than the study now declares (its config's content, its
     arguments or the study's common arguments changed): its results would be reported as the new declaration's.
+    A reused warm start or ORM is checked too: the other study must have trained it with this study's common
+    arguments, config and arguments, or this study's runs would start from a model of another task or setup.
     Steps finished by an earlier lit-reason, which recorded the command alone, are compared by it."""
-    for step in plan(study):
+    reused = reused_stages(study)
+    reused_steps = [step for run, step in _stage_steps(study).items() if run in reused]
+    for step in [*reused_steps, *plan(study)]:
         if not step.finished:
             continue
         record = json.loads((step.log_dir / DONE_FILE).read_text())
@@ -209,10 +220,16 @@ def check_finished_steps(study: StudySpec) -> None:
         else:
             continue
         if recorded != now:
-            changed = [f"{a} -> {b}" for a, b in zip(recorded, now, strict=False) if a != b]
+            changed = "; ".join(f"{a} -> {b}" for a, b in zip(recorded, now, strict=False) if a != b)
+            if step.run in reused:
+                raise RuntimeError(
+                    f"study {study.name}: reuses the {step.run} of study {reused[step.run].from_study}, which trained "
+                    f"it with another command than this study declares for it ({changed or 'other arguments'}): give "
+                    f"this study the same common_args and {step.run} config and args as that one"
+                )
             raise RuntimeError(
                 f"study {study.name}: {step.run} seed {step.seed} finished before with another command than the "
-                f"study now declares ({'; '.join(changed) or 'other arguments'}): restore the study file or its "
+                f"study now declares ({changed or 'other arguments'}): restore the study file or its "
                 f"configs, or delete {step.log_dir} (and the runs that start from it) to run it again."
             )
 

@@ -128,6 +128,19 @@ def test_a_study_can_reuse_another_studys_warm_start_and_orm(tmp_path, monkeypat
     assert (steps[1].log_dir / "study.json").is_file()
 
 
+def test_a_warm_start_reused_from_a_study_of_another_task_stops_the_study(tmp_path, monkeypatch):
+    task = ["--data.task.init_args.max_factor=9"]
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: validated(command))
+    first, config = make_study(tmp_path, {"a": []}, seeds=[0], common_args=task, name="first")
+    run_study(first)
+    reused = {"config": config, "from_study": "first"}
+    same, _ = make_study(tmp_path, {"a": []}, seeds=[0], common_args=task, warm_start=reused)
+    check_finished_steps(same)
+    other_task, _ = make_study(tmp_path, {"a": []}, seeds=[0], warm_start=reused)
+    with pytest.raises(RuntimeError, match=r"reuses the warm_start of study first, which trained it with another"):
+        run_study(other_task)
+
+
 def test_a_sharded_checkpoint_cut_short_is_started_afresh(tmp_path, monkeypatch):
     study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
     a = with_shared_steps_finished(study)
