@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -86,6 +87,45 @@ class ExportPolicy(Callback):
         # An earlier lit-reason kept a NaN (undefined) first value as the best, which no later value beat.
         self.best = None if best is not None and math.isnan(best) else best
         self.exported = state_dict["exported"]
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """The ``ModelCheckpoint`` that keeps ``last.ckpt``, the state a crashed run resumes from. A save due on a round's
+    last batch (``every_n_train_steps``, ``train_time_interval``) waits for the round's end, after its validation:
+    Lightning validates at the end of that batch, and a run resumed from a checkpoint taken before would never
+    run that validation again (its metrics, predictions and export would be lost to a crash during it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_last_batch = False
+        self._save_at_round_end = False
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        self._on_last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        try:
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        finally:
+            self._on_last_batch = False
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._save_at_round_end and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            super()._save_topk_checkpoint(trainer, candidates)
+            super()._save_last_checkpoint(trainer, candidates)
+        self._save_at_round_end = False
+
+    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._on_last_batch:
+            self._save_at_round_end = True
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._on_last_batch:
+            self._save_at_round_end = True
+            return
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
 
 class ForgetOutputsAfterCheckpoint(Callback):

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from lit_reason.algorithms.base import ReasoningModule
-from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint
+from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint, LastCheckpoint
 from lit_reason.data import RolloutDataModule
 from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached, locate_config
 
@@ -174,7 +174,7 @@ class LitReasonCLI(LightningCLI):
         )
         # Lightning writes save_last only when the best checkpoint changes; resuming needs the latest state
         # after every epoch, so a second callback keeps exactly that as last.ckpt.
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "last_checkpoint.filename": "last",

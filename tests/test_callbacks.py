@@ -6,13 +6,18 @@ import pickle
 from types import SimpleNamespace
 
 import pytest
+import torch
+from lightning import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint
+from lit_reason.algorithms import GRPO, SFT
+from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint, LastCheckpoint
 from lit_reason.conditioning import Conditioning
+from lit_reason.data import RolloutDataModule
 from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SamplingConfig
 from lit_reason.tasks import Arithmetic, JSONLTask
+from tests.helpers.trainers import quiet_trainer
 
 
 class FakeModule:
@@ -144,3 +149,43 @@ def test_a_fit_resumed_mid_round_forgets_the_round_s_later_evaluations(tmp_path)
 def test_the_fail_fast_callback_can_be_pickled_before_setup():
     """Lightning's spawn launchers (ddp_spawn) pickle the trainer with its callbacks."""
     assert isinstance(pickle.loads(pickle.dumps(FailFast())), FailFast)
+
+
+class CountValidations(Callback):
+    """Counts a fit's validations, in the checkpoint's callback states."""
+
+    def __init__(self) -> None:
+        self.validations = 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validations += not trainer.sanity_checking
+
+    def state_dict(self) -> dict:
+        return {"validations": self.validations}
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "grpo"])  # automatic and manual optimization
+def test_a_step_save_due_on_a_round_s_last_batch_waits_for_the_round_s_validation(algorithm, tmp_path):
+    """Taken before the validation that ends the round, ``last.ckpt`` resumed a run that never ran it again."""
+    policy = PolicySpec(name_or_path="micro", seed=1)
+    sampling = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=4)
+    if algorithm == "sft":
+        module = SFT(policy=policy, batch_size=4, evaluation=sampling)
+    else:
+        module = GRPO(policy=policy, rollout=sampling, evaluation=sampling, minibatch_size=8, ppo_epochs=1)
+    data = RolloutDataModule(task=Arithmetic(train_size=32, validation_size=2, test_size=2), questions_per_round=16)
+    validations = CountValidations()
+    saved_after = []  # (optimizer steps, validations) at each save
+
+    class SpiedLastCheckpoint(LastCheckpoint):
+        def _save_checkpoint(self, trainer, filepath) -> None:
+            saved_after.append((trainer.global_step, validations.validations))
+            super()._save_checkpoint(trainer, filepath)
+
+    last = SpiedLastCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=2, enable_version_counter=False)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[last, validations])
+    trainer.fit(module, data)
+    assert trainer.global_step == 4  # one round of 4 optimizer steps
+    assert saved_after == [(2, 0), (4, 1)]  # mid-round as asked; at the round's end after its validation
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4 and checkpoint["callbacks"]["CountValidations"] == {"validations": 1}
