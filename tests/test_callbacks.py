@@ -164,6 +164,7 @@ class CountValidations(Callback):
         return {"validations": self.validations}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["sft", "grpo"])  # automatic and manual optimization
 def test_a_step_save_due_on_a_round_s_last_batch_waits_for_the_round_s_validation(algorithm, tmp_path):
     """Taken before the validation that ends the round, ``last.ckpt`` resumed a run that never ran it again."""
