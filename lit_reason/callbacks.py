@@ -90,40 +90,61 @@ class ExportPolicy(Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """The ``ModelCheckpoint`` that keeps ``last.ckpt``, the state a crashed run resumes from. A save due on a round's
-    last batch (``every_n_train_steps``, ``train_time_interval``) waits for the round's end, after its validation:
-    Lightning validates at the end of that batch, and a run resumed from a checkpoint taken before would never
-    run that validation again (its metrics, predictions and export would be lost to a crash during it)."""
+    """The ``ModelCheckpoint`` that keeps ``last.ckpt``, the state a crashed run resumes from. A step save
+    (``every_n_train_steps``) due on a batch that a validation follows waits until that validation has run (on a
+    round's last batch, until the round's end): Lightning validates after the batch, and a run resumed from a
+    checkpoint taken before would skip that validation (its metrics, predictions and export lost)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._on_last_batch = False
-        self._save_at_round_end = False
+        self._hold_until: Literal["validation", "round_end"] | None = None  # while a batch's save must wait
+        self._held: Literal["validation", "round_end"] | None = None  # a save waiting
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._train_time_interval is not None and not pl_module.automatic_optimization:
+            raise ValueError(
+                f"last_checkpoint.train_time_interval: {type(pl_module).__name__} optimizes manually, and "
+                "Lightning's ModelCheckpoint then never saves by time: use last_checkpoint.every_n_train_steps"
+            )
+        super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
-        self._on_last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop.batch_progress.is_last_batch:
+            self._hold_until = "round_end"
+        elif epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):  # Lightning's decision, made again
+            self._hold_until = "validation"
         try:
             super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         finally:
-            self._on_last_batch = False
+            self._hold_until = None
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._held == "validation" and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._save_held(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._save_at_round_end and not self._should_skip_saving_checkpoint(trainer):
+        if self._held is not None:
+            self._save_held(trainer)
+
+    def _save_held(self, trainer: Trainer) -> None:
+        self._held = None
+        if not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             super()._save_topk_checkpoint(trainer, candidates)
             super()._save_last_checkpoint(trainer, candidates)
-        self._save_at_round_end = False
 
     def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
-        if self._on_last_batch:
-            self._save_at_round_end = True
+        if self._hold_until is not None:
+            self._held = self._hold_until
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
-        if self._on_last_batch:
-            self._save_at_round_end = True
+        if self._hold_until is not None:
+            self._held = self._hold_until
             return
         super()._save_last_checkpoint(trainer, monitor_candidates)
 

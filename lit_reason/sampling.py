@@ -504,6 +504,9 @@ def sample(
         device=next(model.parameters()).device,
     )
     encoded, negative = _encode_prompts(tokenizer, prompts, conditioning)
+    longest = max(map(len, [*encoded, *(negative or [])]), default=0)
+    # Every rank decides alike: one that stopped alone would leave the others waiting in their synced steps.
+    _check_context(model, reduce_int(longest, "max", decoder.device) if decoder.synced else longest, config)
     show = progress and rank_and_world_size()[0] == 0
     with tqdm(
         total=len(prompts) * config.num_samples, desc=description, unit="sample", disable=not show, leave=False
@@ -528,6 +531,22 @@ def _encode_prompts(
         return [ids + prefix_ids for ids in plain], None
     negative_ids = encode_response_prefix(tokenizer, conditioning.guidance.negative_prefix)
     return [ids + prefix_ids for ids in plain], [ids + negative_ids for ids in plain]
+
+
+def _check_context(model: torch.nn.Module, longest_prompt: int, config: SamplingConfig) -> None:
+    """Stop where the longest prompt and ``max_new_tokens`` overrun the model's positions: rotary models do not
+    fail there, they silently decode from positions they were never trained on. Scaled RoPE (dynamic, YaRN,
+    linear, ...) reaches past ``max_position_embeddings`` by design and is not checked."""
+    text_config = model.config.get_text_config()
+    rope = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    scaled = isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) != "default"
+    context = getattr(text_config, "max_position_embeddings", None)
+    if context is not None and not scaled and longest_prompt + config.max_new_tokens > context:
+        raise ValueError(
+            f"a prompt of {longest_prompt} tokens plus max_new_tokens={config.max_new_tokens} exceeds the model's "
+            f"context of {context} positions (max_position_embeddings): lower max_new_tokens, shorten the prompts "
+            "(fewer num_shots), or for a tiny preset raise policy.max_length"
+        )
 
 
 def _assemble(results: list[_ChunkResult], tokenizer) -> SampleBatch:

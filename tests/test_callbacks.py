@@ -3,6 +3,7 @@ resumed fit forgets the outputs written after its checkpoint."""
 
 import json
 import pickle
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -152,22 +153,34 @@ def test_the_fail_fast_callback_can_be_pickled_before_setup():
 
 
 class CountValidations(Callback):
-    """Counts a fit's validations, in the checkpoint's callback states."""
+    """Records the optimizer step of each validation of a fit, in the checkpoint's callback states."""
 
     def __init__(self) -> None:
-        self.validations = 0
+        self.steps: list[int] = []
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        self.validations += not trainer.sanity_checking
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
 
     def state_dict(self) -> dict:
-        return {"validations": self.validations}
+        return {"steps": list(self.steps)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.steps = list(state_dict["steps"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["sft", "grpo"])  # automatic and manual optimization
-def test_a_step_save_due_on_a_round_s_last_batch_waits_for_the_round_s_validation(algorithm, tmp_path):
-    """Taken before the validation that ends the round, ``last.ckpt`` resumed a run that never ran it again."""
+class CrashAfterStep(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("crash")
+
+
+def fit_one_round(algorithm: str, tmp_path, *callbacks, ckpt_path=None, **trainer_options):
+    """One round of 4 optimizer steps of a micro policy; ``last.ckpt`` in ``tmp_path`` every 2 steps: (trainer,
+    policy weights)."""
     policy = PolicySpec(name_or_path="micro", seed=1)
     sampling = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=4)
     if algorithm == "sft":
@@ -175,18 +188,52 @@ def test_a_step_save_due_on_a_round_s_last_batch_waits_for_the_round_s_validatio
     else:
         module = GRPO(policy=policy, rollout=sampling, evaluation=sampling, minibatch_size=8, ppo_epochs=1)
     data = RolloutDataModule(task=Arithmetic(train_size=32, validation_size=2, test_size=2), questions_per_round=16)
+    last = callbacks[0] if callbacks and isinstance(callbacks[0], LastCheckpoint) else None
+    if last is None:
+        last = LastCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=2, enable_version_counter=False)
+        callbacks = (last, *callbacks)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=list(callbacks), **trainer_options)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return trainer, torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["sft", "grpo"])  # automatic and manual optimization
+def test_a_step_save_due_on_a_round_s_last_batch_waits_for_the_round_s_validation(algorithm, tmp_path):
+    """Taken before the validation that ends the round, ``last.ckpt`` resumed a run that never ran it again."""
     validations = CountValidations()
-    saved_after = []  # (optimizer steps, validations) at each save
+    saved_after = []  # (optimizer steps, validations run) at each save
 
     class SpiedLastCheckpoint(LastCheckpoint):
         def _save_checkpoint(self, trainer, filepath) -> None:
-            saved_after.append((trainer.global_step, validations.validations))
+            saved_after.append((trainer.global_step, len(validations.steps)))
             super()._save_checkpoint(trainer, filepath)
 
     last = SpiedLastCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=2, enable_version_counter=False)
-    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[last, validations])
-    trainer.fit(module, data)
-    assert trainer.global_step == 4  # one round of 4 optimizer steps
+    trainer, _ = fit_one_round(algorithm, tmp_path, last, validations)
+    assert trainer.global_step == 4
     assert saved_after == [(2, 0), (4, 1)]  # mid-round as asked; at the round's end after its validation
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 4 and checkpoint["callbacks"]["CountValidations"] == {"validations": 1}
+    assert checkpoint["global_step"] == 4 and checkpoint["callbacks"]["CountValidations"] == {"steps": [4]}
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_a_step_save_before_a_mid_round_validation_still_runs_it(tmp_path):
+    """With ``val_check_interval`` < 1 a validation follows step 2 of the round: the save due there waits for it,
+    and the resumed run validates where an uninterrupted one does."""
+    whole = CountValidations()
+    _, uninterrupted = fit_one_round("sft", tmp_path / "whole", whole, val_check_interval=0.5)
+    assert whole.steps == [2, 4]
+    with pytest.raises(RuntimeError, match="crash"):
+        fit_one_round("sft", tmp_path / "crashed", CountValidations(), CrashAfterStep(3), val_check_interval=0.5)
+    resumed = CountValidations()
+    checkpoint = tmp_path / "crashed" / "last.ckpt"
+    _, weights = fit_one_round("sft", tmp_path / "resumed", resumed, ckpt_path=checkpoint, val_check_interval=0.5)
+    assert resumed.steps == [2, 4] and torch.equal(weights, uninterrupted)
+
+
+def test_saving_by_time_under_manual_optimization_is_refused():
+    """Lightning's ModelCheckpoint never saves by time when the module optimizes manually (PPO, GRPO)."""
+    last = LastCheckpoint(train_time_interval=timedelta(minutes=5))
+    with pytest.raises(ValueError, match=r"train_time_interval: .* use last_checkpoint.every_n_train_steps"):
+        last.setup(SimpleNamespace(), SimpleNamespace(automatic_optimization=False), "fit")

@@ -2,12 +2,14 @@ import pytest
 import torch
 
 from lit_reason.conditioning import Conditioning, Guidance
+from lit_reason.policy import PolicySpec, load_model
 from lit_reason.sampling import (
     SampleBatch,
     SamplingConfig,
     counter_uniform,
     draw_from_probabilities,
     draw_tokens,
+    encode_prompt,
     filter_logits,
     guided_logits,
     inverse_cdf_draw,
@@ -367,6 +369,25 @@ def test_bad_arguments():
         SamplingConfig(num_samples=0)
     with pytest.raises(ValueError, match="guidance scale"):
         Guidance(negative_prefix="[B]", scale=-1.0)
+
+
+def test_a_prompt_and_response_longer_than_the_model_s_context_is_refused(char_tokenizer):
+    """Rotary models decode past their positions without failing: the sampler must refuse instead. A guided
+    run's negative rows count; a scaled RoPE reaches past ``max_position_embeddings`` by design."""
+    model = load_model(PolicySpec(name_or_path="micro", max_length=64), char_tokenizer).eval()
+    longest = max(len(encode_prompt(char_tokenizer, p)) for p in PROMPTS)
+    fitting = SamplingConfig(num_samples=1, max_new_tokens=64 - longest)
+    assert len(sample(model, char_tokenizer, PROMPTS, fitting, [0, 1, 2], eos_token_ids=[])) == 3
+    too_long = SamplingConfig(num_samples=1, max_new_tokens=64 - longest + 1)
+    with pytest.raises(ValueError, match=rf"a prompt of {longest} tokens plus max_new_tokens=\d+ exceeds .* of 64"):
+        sample(model, char_tokenizer, PROMPTS, too_long, [0, 1, 2], eos_token_ids=[])
+    guided = Conditioning(guidance=Guidance(negative_prefix="[BAD]", scale=1.5))
+    with pytest.raises(ValueError, match=rf"a prompt of {longest + 5} tokens"):
+        sample(model, char_tokenizer, PROMPTS, fitting, [0, 1, 2], eos_token_ids=[], conditioning=guided)
+    scaled_rope = {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}
+    scaled = PolicySpec(name_or_path="micro", max_length=64, preset_overrides=scaled_rope)
+    scaled_model = load_model(scaled, char_tokenizer).eval()
+    assert len(sample(scaled_model, char_tokenizer, PROMPTS, too_long, [0, 1, 2], eos_token_ids=[])) == 3
 
 
 def test_a_batch_without_the_end_of_its_prompts_keeps_its_response_columns():

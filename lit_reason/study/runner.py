@@ -25,6 +25,7 @@ from lit_reason.warm_start import single_process_environment
 
 DONE_FILE = "study.json"
 SHARED_STEPS = frozenset({"warm_start", "orm", "warm_start_eval"})
+POLICY_OPTION = "--model.init_args.policy.name_or_path="
 LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
@@ -79,7 +80,7 @@ def reused_stages(study: StudySpec) -> dict[str, StageSpec]:
 def plan(study: StudySpec) -> list[Step]:
     """Every command of the study, in the order they must run."""
     shared = study.shared_seed
-    policy = f"--model.init_args.policy.name_or_path={warm_start_policy(study)}"
+    policy = f"{POLICY_OPTION}{warm_start_policy(study)}"
     orm = orm_policy(study)
     with_orm = (f"--model.init_args.orm={orm}",) if orm is not None else ()
     reused = reused_stages(study)
@@ -99,7 +100,7 @@ def _stage_steps(study: StudySpec) -> dict[str, Step]:
     shared = study.shared_seed
     stages = {"warm_start": _step(study, "fit", "warm_start", shared, study.warm_start.config, study.warm_start.args)}
     if study.orm is not None:
-        policy = f"--model.init_args.policy.name_or_path={warm_start_policy(study)}"
+        policy = f"{POLICY_OPTION}{warm_start_policy(study)}"
         stages["orm"] = _step(study, "fit", "orm", shared, study.orm.config, (*study.orm.args, policy))
     return stages
 
@@ -219,6 +220,8 @@ def check_finished_steps(study: StudySpec) -> None:
             now = [_without_output_dir(study, token) for token in ["lit-reason", *step.command]]
         else:
             continue
+        if step.run in reused:  # trained from its own study's warm start, which need not be this study's
+            recorded, now = _without_policy(recorded), _without_policy(now)
         if recorded != now:
             changed = "; ".join(f"{a} -> {b}" for a, b in zip(recorded, now, strict=False) if a != b)
             if step.run in reused:
@@ -232,6 +235,10 @@ def check_finished_steps(study: StudySpec) -> None:
                 f"study now declares ({changed or 'other arguments'}): restore the study file or its "
                 f"configs, or delete {step.log_dir} (and the runs that start from it) to run it again."
             )
+
+
+def _without_policy(tokens: list[str]) -> list[str]:
+    return [token for token in tokens if not token.startswith(POLICY_OPTION)]
 
 
 def _without_output_dir(study: StudySpec, text: str) -> str:

@@ -128,17 +128,25 @@ def test_a_study_can_reuse_another_studys_warm_start_and_orm(tmp_path, monkeypat
     assert (steps[1].log_dir / "study.json").is_file()
 
 
-def test_a_warm_start_reused_from_a_study_of_another_task_stops_the_study(tmp_path, monkeypatch):
+def test_a_stage_reused_from_a_study_of_another_task_stops_the_study(tmp_path, monkeypatch):
     task = ["--data.task.init_args.max_factor=9"]
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: validated(command))
-    first, config = make_study(tmp_path, {"a": []}, seeds=[0], common_args=task, name="first")
+    config = str(tmp_path / "fit.yaml")
+    orm = {"config": config, "args": ["--trainer.max_epochs=1"]}
+    first, _ = make_study(tmp_path, {"a": []}, seeds=[0], common_args=task, name="first", orm=orm)
     run_study(first)
     reused = {"config": config, "from_study": "first"}
-    same, _ = make_study(tmp_path, {"a": []}, seeds=[0], common_args=task, warm_start=reused)
+    reused_orm = reused | {"args": orm["args"]}
+    same, _ = make_study(tmp_path, {"a": []}, seeds=[0], common_args=task, warm_start=reused, orm=reused_orm)
     check_finished_steps(same)
-    other_task, _ = make_study(tmp_path, {"a": []}, seeds=[0], warm_start=reused)
-    with pytest.raises(RuntimeError, match=r"reuses the warm_start of study first, which trained it with another"):
-        run_study(other_task)
+    # An ORM reused alone was trained from the other study's warm start, not from this one's: still the same.
+    own_warm_start, _ = make_study(tmp_path, {"a": []}, seeds=[0], common_args=task, orm=reused_orm)
+    check_finished_steps(own_warm_start)
+    for other in ({"warm_start": reused}, {"orm": reused_orm}, {"common_args": task, "orm": reused}):
+        stage = "orm" if "orm" in other else "warm_start"
+        changed, _ = make_study(tmp_path, {"a": []}, seeds=[0], **other)
+        with pytest.raises(RuntimeError, match=rf"reuses the {stage} of study first, which trained it with another"):
+            run_study(changed)
 
 
 def test_a_sharded_checkpoint_cut_short_is_started_afresh(tmp_path, monkeypatch):
