@@ -1,5 +1,6 @@
 """The export callback: exports are moved into place only when complete, and every fit leaves a policy; a
-resumed fit forgets the outputs written after its checkpoint."""
+resumed fit forgets the outputs written after its checkpoint; ``last.ckpt`` is never taken before a validation
+that follows its step."""
 
 import json
 import pickle
@@ -178,9 +179,9 @@ class CrashAfterStep(Callback):
             raise RuntimeError("crash")
 
 
-def fit_one_round(algorithm: str, tmp_path, *callbacks, ckpt_path=None, **trainer_options):
-    """One round of 4 optimizer steps of a micro policy; ``last.ckpt`` in ``tmp_path`` every 2 steps: (trainer,
-    policy weights)."""
+def fit_one_round(algorithm: str, tmp_path, *callbacks, last=None, ckpt_path=None, **trainer_options):
+    """One round of 4 optimizer steps of a micro policy, saving ``last.ckpt`` in ``tmp_path`` every 2 steps
+    (``last``: the LastCheckpoint that does): (trainer, policy weights)."""
     policy = PolicySpec(name_or_path="micro", seed=1)
     sampling = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=4)
     if algorithm == "sft":
@@ -188,11 +189,8 @@ def fit_one_round(algorithm: str, tmp_path, *callbacks, ckpt_path=None, **traine
     else:
         module = GRPO(policy=policy, rollout=sampling, evaluation=sampling, minibatch_size=8, ppo_epochs=1)
     data = RolloutDataModule(task=Arithmetic(train_size=32, validation_size=2, test_size=2), questions_per_round=16)
-    last = callbacks[0] if callbacks and isinstance(callbacks[0], LastCheckpoint) else None
-    if last is None:
-        last = LastCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=2, enable_version_counter=False)
-        callbacks = (last, *callbacks)
-    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=list(callbacks), **trainer_options)
+    last = last or LastCheckpoint(tmp_path, "last", every_n_train_steps=2, enable_version_counter=False)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[last, *callbacks], **trainer_options)
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return trainer, torch.cat([p.detach().flatten() for p in module.policy.parameters()])
 
@@ -210,7 +208,7 @@ def test_a_step_save_due_on_a_round_s_last_batch_waits_for_the_round_s_validatio
             super()._save_checkpoint(trainer, filepath)
 
     last = SpiedLastCheckpoint(dirpath=tmp_path, filename="last", every_n_train_steps=2, enable_version_counter=False)
-    trainer, _ = fit_one_round(algorithm, tmp_path, last, validations)
+    trainer, _ = fit_one_round(algorithm, tmp_path, validations, last=last)
     assert trainer.global_step == 4
     assert saved_after == [(2, 0), (4, 1)]  # mid-round as asked; at the round's end after its validation
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
