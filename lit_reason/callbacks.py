@@ -137,16 +137,19 @@ class LastCheckpoint(ModelCheckpoint):
             super()._save_last_checkpoint(trainer, candidates)
 
     def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
-        if self._hold_until is not None:
-            self._held = self._hold_until
-            return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if not self._held_back():
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
-        if self._hold_until is not None:
-            self._held = self._hold_until
-            return
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if not self._held_back():
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _held_back(self) -> bool:
+        """Whether a save asked for now must wait; if so, it is noted to be taken when the wait ends."""
+        if self._hold_until is None:
+            return False
+        self._held = self._hold_until
+        return True
 
 
 class ForgetOutputsAfterCheckpoint(Callback):
