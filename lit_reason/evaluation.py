@@ -66,14 +66,11 @@ class Evaluator(torch.nn.Module):
     def __init__(self, num_samples: int, rerank: bool) -> None:
         super().__init__()
         k = self.num_samples = num_samples
+        # maj@1 is the greedy answer's; at K = 1 the one sample's majority is pass@1, not a second maj@1.
+        sampled_majority = {f"maj@{k}": MajorityAtK(k=k)} if k > 1 else {}
+        pass_at = {f"pass@{k}": PassAtK(k=k), "pass@1": PassAtK(k=1)} if k > 1 else {"pass@1": PassAtK(k=1)}
         self.metrics = torch.nn.ModuleDict(
-            {
-                "maj@1": MajorityAtK(k=1),
-                f"maj@{k}": MajorityAtK(k=k),
-                f"pass@{k}": PassAtK(k=k),
-                "pass@1": PassAtK(k=1),
-                f"distinct_correct@{k}": DistinctCorrect(k=k),
-            }
+            {"maj@1": MajorityAtK(k=1), **sampled_majority, **pass_at, f"distinct_correct@{k}": DistinctCorrect(k=k)}
         )
         if rerank:
             self.metrics[f"rerank@{k}"] = RerankAtK(k=k)
@@ -108,8 +105,9 @@ class Evaluator(torch.nn.Module):
         )
         signatures = torch.tensor([operation_signature(t) for t in sampled.texts], device=device).view(-1, k)
         self.metrics["maj@1"].update(greedy_answers.to(device), targets.to(device), ids)
-        self.metrics[f"maj@{k}"].update(answers.to(device), targets.to(device), ids)
-        self.metrics[f"pass@{k}"].update(graded.correct, ids)
+        if k > 1:
+            self.metrics[f"maj@{k}"].update(answers.to(device), targets.to(device), ids)
+            self.metrics[f"pass@{k}"].update(graded.correct, ids)
         self.metrics["pass@1"].update(graded.correct, ids)
         self.metrics[f"distinct_correct@{k}"].update(graded.correct, signatures, ids)
         if graded.scores is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from peft import LoraConfig
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import (
@@ -185,7 +186,7 @@ def load_model(
         keep = dtype_given or _saved_quantized(spec)
         load_kwargs = spec.load_kwargs if keep else {"dtype": torch.float32, **spec.load_kwargs}
         model = AutoModelForCausalLM.from_pretrained(
-            spec.resolved(), trust_remote_code=spec.trust_remote_code, **load_kwargs
+            spec.resolved(), trust_remote_code=spec.trust_remote_code, **_dequantizing_gguf(load_kwargs)
         )
     old_rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_rows:
@@ -198,6 +199,17 @@ def load_model(
     if new_rows and new_row_spread > 0:
         spread_rows(model.get_input_embeddings().weight, new_rows, new_row_spread, run_seed(spec.seed))
     return model
+
+
+def _dequantizing_gguf(load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``from_pretrained`` options that load a GGUF file as plain float weights. Since transformers 5.24 a GGUF
+    model loads with its quantizer attached unless asked to dequantize: its weights stay in GGUF blocks where the
+    ``kernels`` package is installed, and even dequantized the model is marked quantized, untrainable and
+    refuses ``save_pretrained`` (an export)."""
+    gguf_config = getattr(transformers, "GgufConfig", None)  # (earlier versions always dequantize)
+    if "gguf_file" not in load_kwargs or "quantization_config" in load_kwargs or gguf_config is None:
+        return load_kwargs
+    return {**load_kwargs, "quantization_config": gguf_config(dequantize=True)}
 
 
 def _saved_quantized(spec: PolicySpec) -> bool:
@@ -232,7 +244,6 @@ def save_policy(
         save_adapted(fresh_base(), spec.peft, state, path, spec.adapter_export, policy.generation_config)
 
 
-@torch.no_grad()
 @torch.no_grad()
 def spread_rows(weight: torch.Tensor, rows: list[int], spread: float, seed: int) -> None:
     """Add to rows ``rows`` (ascending) of an embedding matrix (V, D) Gaussian noise with ``spread`` times the

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, get_args
 
 import torch
@@ -52,7 +53,14 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from lit_reason.cached_forward import CausalLMWithCache
 from lit_reason.conditioning import Conditioning
 from lit_reason.distributed import is_distributed, rank_and_world_size, reduce_int
-from lit_reason.static_decoding import GraphedSteps, SlotCache, bucket_for, move_to_front, supports_static_cache
+from lit_reason.static_decoding import (
+    GraphedSteps,
+    SlotCache,
+    bucket_for,
+    columns_for,
+    move_to_front,
+    supports_static_cache,
+)
 from lit_reason.tensors import position_ids_from_mask, without_tokens
 
 Decoding = Literal["dynamic", "static", "cuda_graph"]
@@ -82,10 +90,11 @@ class SamplingConfig:
             rounding; in bf16 the paths' kernels round differently, so a sample can part at a near-tie).
             ``dynamic``: a KV cache that grows with the steps and is copied smaller once a quarter of the rows
             are done (fastest on a CPU). ``static``: a KV cache preallocated once per call, the live rows
-            compacted into batch buckets (the largest chunk's row count, then powers of two). ``cuda_graph``:
-            ``static`` with each bucket's step (forward, draw, bookkeeping) captured once as a CUDA graph and
-            replayed, which removes the host from the steps (CUDA only, sdpa attention; not for
-            FSDP2-sharded models, whose forward gathers weights).
+            compacted into batch buckets (the largest chunk's row count, then powers of two), attention over
+            the columns written so far in blocks of 64. ``cuda_graph``: ``static`` with the step of each bucket
+            and block (forward, draw, bookkeeping) captured once as a CUDA graph and replayed, which removes the
+            host from the steps (CUDA only, sdpa attention; not for FSDP2-sharded models, whose forward gathers
+            weights).
     """
 
     num_samples: int = 1
@@ -765,16 +774,21 @@ class _StaticRoom:
     def live_places(self) -> torch.Tensor:
         return self.slot_places[: self.live]
 
-    def forward(self, runner: CausalLMWithCache) -> torch.Tensor:
-        """Feed the bucket's model rows their tokens (marking their column as seen): the next logits,
-        (halves * bucket, V) float32."""
+    def columns(self, step: int) -> int:
+        """The room's first columns that decoding step ``step`` reads: those holding the prompts and the tokens
+        fed so far, the one it feeds included, rounded up to a block."""
+        return columns_for(self.slots.width + step, self.slots.length)
+
+    def forward(self, runner: CausalLMWithCache, columns: int) -> torch.Tensor:
+        """Feed the bucket's model rows their tokens (marking their column as seen), attending over the room's
+        first ``columns`` columns: the next logits, (halves * bucket, V) float32."""
         rows = self.halves * self.bucket
         self.attention_mask.index_fill_(1, self.slots.position.view(1), 1)
         logits, _ = runner(
             self.feed[:rows, None],
-            self.attention_mask[:rows],
+            self.attention_mask[:rows, :columns],
             self.positions[:rows, None],
-            self.slots.cache(self.bucket),
+            self.slots.cache(self.bucket, columns),
             last_logits_only=True,
         )
         self.positions.add_(1)
@@ -918,7 +932,8 @@ class _ChunkDecoder:
                     break
                 tokens = batch.shrink(unfinished, remaining, tokens)
             if static:
-                batch.steps.run(batch.bucket, lambda: self._static_step(batch, rows))
+                columns = batch.columns(steps_taken)
+                batch.steps.run((batch.bucket, columns), partial(self._static_step, batch, rows, columns))
             else:
                 logits = batch.forward(self.runner, tokens)
                 tokens = self._draw_and_record(logits, rows, batch.active, batch.row_seeds, steps_taken, halves)
@@ -985,10 +1000,11 @@ class _ChunkDecoder:
             )
         return self.room
 
-    def _static_step(self, batch: _StaticRoom, rows: _DecodeRows) -> None:
-        """One step of a static batch's current bucket, reading and writing only preallocated tensors (so that
-        it can be captured as a CUDA graph): feed the tokens, draw the next ones, record them."""
-        logits = batch.forward(self.runner)
+    def _static_step(self, batch: _StaticRoom, rows: _DecodeRows, columns: int) -> None:
+        """One step of a static batch's current bucket over the room's first ``columns`` columns, reading and
+        writing only preallocated tensors (so that it can be captured as a CUDA graph): feed the tokens, draw the
+        next ones, record them."""
+        logits = batch.forward(self.runner, columns)
         tokens = self._draw_and_record(logits, rows, batch.active, batch.row_seeds, batch.step, batch.halves)
         batch.advance(tokens)
 

@@ -15,13 +15,17 @@ fixed addresses. So everything a step reads and writes lives in room allocated b
 Rows that finish are dropped by copying the live rows to the front of this room and running the next smaller
 *bucket*: the first ``n`` slots, ``n`` the largest chunk's row count or a power of two below it (a chunk starts
 in the smallest bucket that holds it). Slots of a bucket beyond its live rows compute tokens that are recorded
-into a sink row and never kept. Each bucket's step is captured once, the first time it runs (after one eager
-run of it, which lets libraries initialise outside the capture), and replayed for every later step of every
-chunk; the host only looks at the rows every few steps (``finished_check_every``).
+into a sink row and never kept. Attention reads only the room's first *columns*: those written so far, rounded
+up to a block of ``COLUMN_BLOCK`` (the columns past the last one written are masked, so reading them changes
+nothing but the time: at the first of 256 new tokens, the whole room is nearly twice what is needed). Each
+(bucket, columns) step is captured once, the first time it runs (after one eager run of it, which lets
+libraries initialise outside the capture), and replayed for every later step of every chunk that runs it; the
+host only looks at the rows every few steps (``finished_check_every``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -29,12 +33,23 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLa
 
 from lit_reason.cached_forward import rope_scaled_per_call
 
+# Attention reads the room's columns in blocks of this many: each block more is one graph more per bucket (a
+# capture costs about as much as a few steps), each column more than needed is read by every step until the next
+# block.
+COLUMN_BLOCK = 64
+
 
 def bucket_for(rows: int, capacity: int) -> int:
     """The batch bucket that holds ``rows`` live rows: the smallest power of two at least ``rows`` (at least 1),
     or ``capacity`` (the largest chunk's row count) when that is not smaller."""
     bucket = 1 << max(0, rows - 1).bit_length()
     return min(bucket, capacity)
+
+
+def columns_for(written: int, length: int) -> int:
+    """The room's first columns a step reads when ``written`` columns hold states: a whole number of
+    ``COLUMN_BLOCK`` blocks, at most the room's ``length``."""
+    return min(length, -(-written // COLUMN_BLOCK) * COLUMN_BLOCK)
 
 
 def supports_static_cache(model: torch.nn.Module) -> bool:
@@ -46,9 +61,10 @@ def supports_static_cache(model: torch.nn.Module) -> bool:
 
 
 class _SlotLayer(StaticLayer):
-    """One layer's keys and values in preallocated room, (slots, heads, length, head dim), seen through the
-    first ``slots`` rows of a larger buffer. Unlike ``StaticLayer`` it does not advance a counter of its own:
-    every layer writes at the column of ``position``, one tensor the decoder advances once per step."""
+    """One layer's keys and values in preallocated room, (slots, heads, columns, head dim), seen through the
+    first ``slots`` rows and ``columns`` columns of a larger buffer (attention and its mask span these columns).
+    Unlike ``StaticLayer`` it does not advance a counter of its own: every layer writes at the column of
+    ``position``, one tensor the decoder advances once per step."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> None:
         super().__init__(max_cache_len=keys.shape[2])
@@ -79,10 +95,11 @@ class SlotCache:
 
     def __init__(self, prefill: DynamicCache, capacity: int, halves: int, width: int, length: int) -> None:
         self.capacity, self.halves, self.width = capacity, halves, width
+        self.length = length
         self.keys = [self._room(layer.keys, length) for layer in prefill.layers]
         self.values = [self._room(layer.values, length) for layer in prefill.layers]
         self.position = torch.tensor(width, dtype=torch.long, device=self.keys[0].device)
-        self._caches: dict[int, Cache] = {}
+        self._caches: dict[tuple[int, int], Cache] = {}
 
     def _room(self, states: torch.Tensor, length: int) -> torch.Tensor:
         return states.new_zeros((self.halves * self.capacity, states.shape[1], length, states.shape[-1]))
@@ -101,17 +118,18 @@ class SlotCache:
                     room[half * bucket : half * bucket + len(rows), :, start : self.width] = rows
         self.position.fill_(self.width)
 
-    def cache(self, bucket: int) -> Cache:
-        """The cache a forward of bucket ``bucket`` reads and writes: views of the room's first model rows, built
-        once per bucket (a captured graph holds their tensors)."""
-        if bucket not in self._caches:
+    def cache(self, bucket: int, columns: int) -> Cache:
+        """The cache a forward of bucket ``bucket`` reads and writes while ``position`` < ``columns``: views of
+        the room's first model rows and columns, built once per bucket and columns (a captured graph holds their
+        tensors)."""
+        if (bucket, columns) not in self._caches:
             rows = self.halves * bucket
             layers = [
-                _SlotLayer(keys[:rows], values[:rows], self.position)
+                _SlotLayer(keys[:rows, :, :columns], values[:rows, :, :columns], self.position)
                 for keys, values in zip(self.keys, self.values, strict=True)
             ]
-            self._caches[bucket] = Cache(layers=layers)
-        return self._caches[bucket]
+            self._caches[bucket, columns] = Cache(layers=layers)
+        return self._caches[bucket, columns]
 
     def compact(self, model_rows: torch.Tensor) -> None:
         """Move the model rows ``model_rows`` (indices into the current bucket's rows) to the front, in order."""
@@ -125,37 +143,51 @@ def move_to_front(buffers: tuple[torch.Tensor, ...], rows: torch.Tensor) -> None
 
 
 class GraphedSteps:
-    """Runs a decode step per bucket: eagerly, or (``use_graphs``) captured as a CUDA graph the first time a
-    bucket runs and replayed after, for every chunk of a ``sample`` call (the step reads and writes the same
-    tensors for each). Each call of ``run`` performs exactly one step: the first of a bucket runs eagerly on the
-    capture's own stream (lazy initialisations, such as a library's workspace for that stream, happen outside the
-    capture), and the capture that follows only records (a captured graph does nothing until replayed). The graphs
-    share one memory pool: a step keeps nothing it allocates (it writes its results into the room), and graphs
-    replay one at a time."""
+    """Runs a decode step per shape (a bucket and the columns read): eagerly, or (``use_graphs``) captured as a
+    CUDA graph the first time a shape runs and replayed after, for every chunk of a ``sample`` call (the step
+    reads and writes the same tensors for each). Each call of ``run`` performs exactly one step: the first of a
+    shape runs eagerly on the capture's own stream (lazy initialisations, such as a library's workspace for that
+    stream, happen outside the capture), and the capture that follows only records (a captured graph does nothing
+    until replayed), so a capture that fails loses no step: that shape then runs eagerly, with a warning. The
+    graphs share one memory pool: a step keeps nothing it allocates (it writes its results into the room), and
+    graphs replay one at a time."""
 
     def __init__(self, use_graphs: bool, device: torch.device) -> None:
         self.use_graphs, self.device = use_graphs, device
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph | None] = {}  # None: the capture failed
         if use_graphs:
             with torch.cuda.device(device):
                 self.pool = torch.cuda.graph_pool_handle()
                 self.capture_stream = torch.cuda.Stream(device)
 
-    def run(self, bucket: int, step: Callable[[], None]) -> None:
+    def run(self, shape: tuple[int, int], step: Callable[[], None]) -> None:
         if not self.use_graphs:
             step()
             return
         with torch.cuda.device(self.device):  # streams and captures on the model's device, not the current one
-            graph = self.graphs.get(bucket)
-            if graph is not None:
-                graph.replay()
+            if shape in self.graphs:
+                graph = self.graphs[shape]
+                if graph is None:
+                    step()
+                else:
+                    graph.replay()
                 return
             self.capture_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.capture_stream):
                 step()
             torch.cuda.current_stream().wait_stream(self.capture_stream)
             graph = torch.cuda.CUDAGraph()
-            # thread_local: CUDA calls of other threads (e.g. NCCL's watchdog under DDP) do not void the capture.
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.capture_stream, capture_error_mode="thread_local"):
-                step()
-            self.graphs[bucket] = graph
+            try:
+                # thread_local: CUDA calls of other threads (e.g. NCCL's watchdog) do not void the capture.
+                with torch.cuda.graph(
+                    graph, pool=self.pool, stream=self.capture_stream, capture_error_mode="thread_local"
+                ):
+                    step()
+            except RuntimeError as error:  # e.g. an operation a capture cannot record, or no memory for the graph
+                warnings.warn(
+                    f"decoding: cuda_graph could not capture the step of {shape[0]} rows reading {shape[1]} columns "
+                    f"({error}); it runs eagerly, as decoding: static does",
+                    stacklevel=2,
+                )
+                graph = None
+            self.graphs[shape] = graph

@@ -89,6 +89,20 @@ def test_a_question_evaluated_twice_keeps_the_first_outcome_in_its_record_as_in_
     assert records[0]["greedy"] == "#### 1" and records[0]["outcomes"]["maj@1"] == 1.0
 
 
+def test_with_one_sample_maj_at_1_stays_the_greedy_answer_and_no_metric_is_listed_twice():
+    """At K = 1 the sampled maj@K is named maj@1 too: it replaced the greedy maj@1, so the predictions file
+    (which paired comparisons and the study read) recorded the sampled answer's outcome as maj@1."""
+    problem = [Problem(id=0, question="q", solution="", answer=1.0)]
+    greedy = SampleBatch.from_token_lists([[1]], [[2]], ["#### 1"], pad_token_id=0)
+    sampled = SampleBatch.from_token_lists([[1]], [[2]], ["#### 2"], pad_token_id=0)
+    evaluator = Evaluator(num_samples=1, rerank=False)
+    evaluator.update(problem, greedy, sampled, None)
+    values, records = evaluator.compute()
+    assert sorted(evaluator.metrics) == ["distinct_correct@1", "maj@1", "pass@1"]
+    assert values["maj@1"].item() == 1.0 and values["pass@1"].item() == 0.0
+    assert records[0]["outcomes"] == {"maj@1": 1.0, "pass@1": 0.0, "distinct_correct@1": 0.0}
+
+
 def test_text_answers_vote_by_their_normalized_form_and_records_keep_what_was_stated():
     problems = [
         Problem(id=0, question="Band?", solution="", answer="The Beatles"),

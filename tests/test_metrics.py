@@ -64,7 +64,7 @@ def test_repeated_question_ids_count_once():
 def test_majority_tie_rule_tolerance_and_missing():
     assert majority_answer([3.0, 5.0, 5.0, 3.0]) == 3.0  # tie: the answer seen first wins
     assert majority_answer([None, 2.0, float("nan"), 4.0, 4.0]) == 4.0  # missing answers do not vote
-    assert majority_answer([1.0, 1.00000001, 2.0]) == 1.0  # within tolerance counts as equal
+    assert majority_answer([2.0, 1.0, 1.00000001]) == 1.0  # within tolerance counts as equal (else 2.0 wins the tie)
     assert majority_answer([None, float("nan")]) is None
     assert majority_answer([10_000.0, 10_001.0, 10_001.0]) == 10_001.0  # a near miss is another answer
     near_misses = MajorityAtK()

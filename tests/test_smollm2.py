@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback
+from transformers import AutoModelForCausalLM
 
 import lit_reason.rl.losses as ppo_losses
 import tools.fetch_smollm2 as fetcher
@@ -350,6 +351,11 @@ def test_expert_iteration_round(smollm2: SmolLM2, svamp: SVAMP, monkeypatch, tmp
     assert (example.input_ids.gather(1, last[:, None]) == smollm2.tokenizer.eos_token_id).all()
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert changed_parameters(module.policy, smollm2.model) > 0
+    # The trained policy exports as plain weights (it was loaded, dequantized, from a GGUF file: transformers
+    # marks such a model quantized and refuses to save it) that load back as they were.
+    module.export_policy(tmp_path / "export")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert changed_parameters(exported, module.policy) == 0
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def test_the_room_repeats_each_prompt_keeps_twins_apart_and_compacts_in_order():
     assert keys[0, 0, :, 0].tolist() == [0, 0, 1, 2, 3, 0, 0]  # the prompt's columns end at the room's width
     assert int(slots.position) == 5
     # A step writes every model row's new key at the shared position; the bucket's views share the room.
-    cache = slots.cache(8)
+    cache = slots.cache(8, 7)
     new = torch.full((16, 2, 1, 3), 7.0)
     cache.update(new, -new, 0)
     assert (keys[:, :, 5] == 7).all() and (slots.values[0][:, :, 5] == -7).all()
@@ -64,12 +64,26 @@ def test_the_room_repeats_each_prompt_keeps_twins_apart_and_compacts_in_order():
     # Slots 4 and 1 stay, as a bucket of 2: sampled rows 4, 1 then their twins 12, 9.
     slots.compact(torch.tensor([4, 1, 12, 9]))
     assert keys[:4, 0, 1, 0].tolist() == [100, 0, 300, 200]
-    bucket = slots.cache(2)
+    bucket = slots.cache(2, 7)
     assert bucket.layers[0].keys.shape[0] == 4 and bucket.layers[0].keys.data_ptr() == keys.data_ptr()
-    assert slots.cache(2) is bucket, "a bucket's cache is built once (a captured graph holds its tensors)"
+    assert slots.cache(2, 7) is bucket, "a bucket's cache is built once (a captured graph holds its tensors)"
     # The next chunk: one prompt of width 2 (twins right after its 2 rows, in a bucket of 2), the same tensors.
     slots.load(_prefill_cache(rows=2, width=2), repeats=2, bucket=2)
     assert keys[:4, 0, 3:5, 0].tolist() == [[0, 1], [0, 1], [100, 101], [100, 101]] and int(slots.position) == 5
+    # Attention over the first 6 columns: views of the room, which a step writes through, and masks that wide.
+    narrow = slots.cache(2, 6)
+    assert narrow.layers[0].keys.shape == (4, 2, 6, 3) and narrow.layers[0].keys.data_ptr() == keys.data_ptr()
+    assert narrow.get_mask_sizes(torch.tensor([5]), 0)[0] == 6
+    narrow.update(torch.full((4, 2, 1, 3), 9.0), torch.zeros(4, 2, 1, 3), 0)
+    assert (keys[:4, :, 5] == 9).all()
+
+
+@pytest.mark.parametrize(
+    ("written", "length", "columns"), [(1, 300, 64), (64, 300, 64), (65, 300, 128), (290, 300, 300)]
+)
+def test_steps_read_the_columns_written_in_whole_blocks(written, length, columns):
+    assert static_decoding.COLUMN_BLOCK == 64
+    assert static_decoding.columns_for(written, length) == columns
 
 
 GUIDED = Conditioning("[G]", guidance=Guidance(negative_prefix="[B]", scale=1.5), suppressed_token_ids=(5,))
@@ -153,8 +167,11 @@ def test_steps_replayed_as_captured_sample_what_dynamic_decoding_does(
     bucket's step recorded once and replayed for every later step of every chunk."""
     dynamic = _sample(micro_model, char_tokenizer, "dynamic", conditioning, 0.8, every=2)
     replayed = emulate_graphs(monkeypatch)
+    monkeypatch.setattr(static_decoding, "COLUMN_BLOCK", 4)  # steps read more columns as they go: several graphs
     static = _sample(micro_model, char_tokenizer, "static", conditioning, 0.8, every=2)
-    assert len(set(replayed)) > 1, "the test needs several buckets replayed"
+    buckets, columns = ({shape[i] for shape in replayed} for i in (0, 1))
+    assert len(buckets) > 1 and len(columns) > 2, "the test needs several buckets and column blocks replayed"
+    assert all(c % 4 == 0 or c == max(columns) for c in columns)
     assert static.texts == dynamic.texts and torch.equal(static.input_ids, dynamic.input_ids)
     assert torch.allclose(static.logprobs, dynamic.logprobs, atol=1e-5, rtol=0)
 

@@ -3,9 +3,11 @@
 Both generate K samples for each of N prompts of the built-in task, in batches of the same number of rows.
 Generated tokens are counted up to and including EOS (tokens a finished row keeps producing in a padded
 batch are not work anyone wanted). Each side runs once to warm up, then ``--repeats`` times; the median is
-reported. Greedy decoding of both must give identical text. ``--decoding`` measures each of the sampler's
-decoding paths (``dynamic``, ``static``, ``cuda_graph``; comma-separated) against the same ``generate`` run;
-in float32 their samples must be the same (99% of them).
+reported. In float32, greedy decoding of both must give identical text (for 99% of the prompts: a near-tie
+may round either way in matmuls of other shapes). ``--decoding`` measures each of the sampler's decoding paths
+(``dynamic``, ``static``, ``cuda_graph``; comma-separated) against the same ``generate`` run; in float32 their
+samples must be the same (99% of them), and ``cuda_graph``'s must be ``static``'s in any dtype. A path that
+fails prints its error and the others still run.
 
     python tools/bench_rollout.py                               # tiny preset, random weights
     python tools/bench_rollout.py --policy runs/sft/version_0/policy --device cuda
@@ -70,11 +72,12 @@ def hf_generate(model, tokenizer, prompts, config: SamplingConfig, eos_ids, devi
             pad_token_id=tokenizer.pad_token_id,
             **sampling,
         )
+        kept = []
         for row in output[:, width:].tolist():
             ends = [i for i, token in enumerate(row) if token in eos_ids]
-            kept = row[: ends[0] + 1] if ends else row
-            tokens += len(kept)
-            texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+            kept.append(row[: ends[0] + 1] if ends else row)
+            tokens += len(kept[-1])
+        texts += tokenizer.batch_decode(kept, skip_special_tokens=True)  # as the sampler decodes its rows
     return texts, tokens
 
 
@@ -194,40 +197,61 @@ def main() -> None:
     )
 
     with eval_mode(model):
-        hf_greedy, _ = hf_generate(model, tokenizer, prompts, greedy, eos_ids, args.device)
+        generate_greedy, _ = hf_generate(model, tokenizer, prompts, greedy, eos_ids, args.device)
         hf_rate, hf_texts = timed(
             lambda: hf_generate(model, tokenizer, prompts, config, eos_ids, args.device), args.repeats
         )
     print(f"model.generate: {hf_rate:,.0f} tokens/s, mean response {mean_length(hf_texts):.1f} chars")
-    failures, first_samples = [], None
+    failures, samples = [], {}
     for decoding in decodings:
-        ours_config, ours_greedy = (replace(c, decoding=decoding) for c in (config, greedy))
-        with eval_mode(model):
-            texts, _ = ours(model, tokenizer, prompts, ours_greedy, eos_ids)
-            mismatches = sum(a != b for a, b in zip(texts, hf_greedy, strict=True))
-            sampled = functools.partial(ours, model, tokenizer, prompts, ours_config, eos_ids)
-            our_rate, our_texts = timed(sampled, args.repeats)
-            # A few prompts: a forward's logits over the whole vocabulary are large.
-            check = prompts[: max(1, LOGPROB_CHECK_ROWS // args.num_samples)]
-            gap = logprob_gap(model, tokenizer, check, ours_config, eos_ids)
-        # The samples do not depend on the decoding path: a step replayed with a value frozen at capture (the
-        # step counter, the seeds) would draw others, though its greedy outputs and log-probs would still agree.
-        first_samples = first_samples or (decodings[0], our_texts)
-        same = sum(a == b for a, b in zip(our_texts, first_samples[1], strict=True))
+        try:
+            rate, texts, mismatches, gap = measure_ours(
+                model, tokenizer, prompts, replace(config, decoding=decoding), replace(greedy, decoding=decoding),
+                eos_ids, generate_greedy, args.repeats,
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - one path's failure must not cost the others' figures
+            print(f"lit-reason sampler ({decoding}): Error {type(error).__name__}: {error}")
+            failures.append(f"{decoding}: {type(error).__name__}")
+            continue
+        samples[decoding] = texts
+        first = next(iter(samples))
+        same = sum(a == b for a, b in zip(texts, samples[first], strict=True))
         print(
-            f"lit-reason sampler ({decoding}): {our_rate:,.0f} tokens/s, ratio {our_rate / hf_rate:.2f}x, "
-            f"mean response {mean_length(our_texts):.1f} chars, "
+            f"lit-reason sampler ({decoding}): {rate:,.0f} tokens/s, ratio {rate / hf_rate:.2f}x, "
+            f"mean response {mean_length(texts):.1f} chars, "
             f"greedy outputs identical {len(prompts) - mismatches}/{len(prompts)}, "
-            f"samples identical to {first_samples[0]}'s {same}/{len(our_texts)}, "
+            f"samples identical to {first}'s {same}/{len(texts)}, "
             f"sampled log-probs vs a training forward's: largest difference {gap:.2e} ({args.dtype})"
         )
         if args.dtype == "float32":  # in half precision near-ties may round either way
-            if mismatches:
+            if mismatches > 0.01 * len(prompts):
                 failures.append(f"{decoding}: {mismatches} greedy outputs differ from model.generate")
-            if same < 0.99 * len(our_texts):  # (other matmul shapes may round a draw at a boundary otherwise)
-                failures.append(f"{decoding}: only {same}/{len(our_texts)} samples equal {first_samples[0]}'s")
+            if same < 0.99 * len(texts):  # (other matmul shapes may round a draw at a boundary otherwise)
+                failures.append(f"{decoding}: only {same}/{len(texts)} samples equal {first}'s")
+    # A replayed graph runs the static step's kernels at its shapes: in any dtype its samples are static's. A
+    # value frozen at capture (the step counter, the seeds) would draw others, though greedy outputs and
+    # log-probs would still agree.
+    if "cuda_graph" in samples and "static" in samples:
+        same = sum(a == b for a, b in zip(samples["cuda_graph"], samples["static"], strict=True))
+        print(f"cuda_graph samples identical to static's: {same}/{len(samples['static'])}")
+        if same < 0.99 * len(samples["static"]):
+            failures.append(f"cuda_graph: only {same}/{len(samples['static'])} samples equal static's")
     if failures:
         raise SystemExit("; ".join(failures))
+
+
+def measure_ours(model, tokenizer, prompts, config, greedy, eos_ids, generate_greedy, repeats: int):
+    """One decoding path (``config.decoding``): its median tokens/s, its last sampled texts, how many of its
+    greedy outputs differ from ``model.generate``'s (``generate_greedy``) and the largest gap between its
+    sampled log-probs and a training forward's."""
+    with eval_mode(model):
+        texts, _ = ours(model, tokenizer, prompts, greedy, eos_ids)
+        mismatches = sum(a != b for a, b in zip(texts, generate_greedy, strict=True))
+        rate, sampled_texts = timed(functools.partial(ours, model, tokenizer, prompts, config, eos_ids), repeats)
+        # A few prompts: a forward's logits over the whole vocabulary are large.
+        check = prompts[: max(1, LOGPROB_CHECK_ROWS // config.num_samples)]
+        gap = logprob_gap(model, tokenizer, check, config, eos_ids)
+    return rate, sampled_texts, mismatches, gap
 
 
 def mean_length(texts: list[str]) -> float:

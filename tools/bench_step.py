@@ -41,6 +41,14 @@ from lit_reason.sampling import Decoding, SamplingConfig
 from lit_reason.tasks import Arithmetic
 
 
+def now() -> float:
+    """The time once the accelerator's queued work is done: work still queued at a clock read would be charged
+    to whatever part of the round ran next."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class RoundClock(Callback):
     """Seconds of each round: in all, making its data, sampling within that, and its optimizer steps."""
 
@@ -54,25 +62,25 @@ class RoundClock(Callback):
         function = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            started = time.perf_counter()
+            started = now()
             try:
                 return function(*args, **kwargs)
             finally:
-                self.current[bucket] += time.perf_counter() - started
+                self.current[bucket] += now() - started
 
         setattr(owner, name, timed)
 
     def round_started(self) -> None:
-        self.current = defaultdict(float, started=time.perf_counter())
+        self.current = defaultdict(float, started=now())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._step_started = time.perf_counter()
+        self._step_started = now()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.current["update"] += time.perf_counter() - self._step_started
+        self.current["update"] += now() - self._step_started
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        total = time.perf_counter() - self.current.pop("started")
+        total = now() - self.current.pop("started")
         data = self.current.pop("data")
         sampling = self.current.pop("sampling")
         update = self.current.pop("update", 0.0)
@@ -155,7 +163,7 @@ def bench_trl(policy: str, rollout: SamplingConfig, questions: int, rounds: int,
             clock.round_started()
 
         def on_step_end(self, args, state, control, **kwargs):
-            total = time.perf_counter() - clock.current.pop("started")
+            total = now() - clock.current.pop("started")
             data, sampling = clock.current["data"], clock.current["sampling"]
             clock.rounds.append(
                 {

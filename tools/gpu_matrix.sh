@@ -4,7 +4,10 @@
 # A GPU machine lent through the `device` tool has torch, transformers and lightning but no network and no
 # room for SmolLM2's 92 MB GGUF, so what it needs travels in .gpu/ (ignored by git, carried by the call):
 # SmolLM2-135M-Instruct's config and tokenizer (speed does not depend on the weights: the matrix builds the
-# architectures with random weights) and a trained tiny policy.
+# architectures with random weights), a trained tiny policy, and the wheel of the transformers this project is
+# developed and tested with (the machine's image has an older one, 5.17, whose sdpa attention copies the keys
+# and values of grouped-query models once per query head whenever a mask is passed; the run unpacks the wheel
+# into /tmp/site and records which version ran).
 #
 #   bash tools/gpu_matrix.sh prepare [TINY_POLICY_DIR]   # here: fills .gpu/ (default policy: the tests' cached
 #                                                         # SFT policy, 2 layers; the README's CPU row uses the
@@ -48,6 +51,8 @@ prepare() {
     smollm2=$($PY tools/fetch_smollm2.py | tail -1)  # its own line: a failed fetch stops here
     rm -rf "$GPU_DIR" && mkdir -p "$GPU_DIR"
     cp -r "$tiny" "$GPU_DIR/tiny-policy"
+    $PY -m pip download -q --no-deps --only-binary=:all: -d "$GPU_DIR/wheels" \
+        "transformers==$($PY -c 'import transformers; print(transformers.__version__)')"
     $PY - "$GPU_DIR/smollm2-135m" "$smollm2" <<'EOF'
 import sys
 
@@ -66,30 +71,40 @@ run() {
     # The device tool brings back at most 8 files from $OUT, so the logs are written outside it and archived into
     # $OUT/logs.tgz after each benchmark (a job killed at its limit still returns what finished); matrix.md
     # gathers the figures. Each benchmark has its own time limit, so that one that hangs or overruns cannot take
-    # the others' device time: the limits and their 5 s grace add up to 525 s, the two probes at most 40 s more.
+    # the others' device time: the limits and their 5 s grace add up to 460 s, the two probes and the wheel's
+    # unpacking about 60 s more.
     # The 135M row, the issue's main target, runs first.
     local out=${OUT:-/tmp/gpu_matrix}
     local logs=/tmp/gpu_matrix_logs/logs
+    [[ -d $GPU_DIR/tiny-policy ]] || {
+        echo "no $GPU_DIR/tiny-policy: run 'bash tools/gpu_matrix.sh prepare' first and carry $GPU_DIR" >&2
+        exit 2
+    }
     rm -rf "$logs" && mkdir -p "$logs" "$out"
-    export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+    (timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+    if compgen -G "$GPU_DIR/wheels/*.whl" >/dev/null && [[ -z "${SMALL:-}" ]]; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$GPU_DIR"/wheels/*.whl && PYTHONPATH=$PYTHONPATH:/tmp/site ||
+            echo "the carried wheels did not install: the image's own transformers runs" | tee -a "$out/machine.txt"
+    fi
     local device=cuda step_device=gpu scale=1 step_questions=64 big_layers=24 decoding=cuda_graph,static,dynamic
-    local step_decodings="cuda_graph dynamic" stretch=1
+    local step_decodings="cuda_graph" stretch=1
     if [[ -n "${SMALL:-}" ]]; then
         device=cpu step_device=cpu scale=64 step_questions=8 big_layers=2 decoding=static,dynamic
         step_decodings="static dynamic" stretch=3  # a CPU is slower: the limits stretch
     fi
     local smol=$GPU_DIR/smollm2-135m
     local big="{\"hidden_size\": 2048, \"intermediate_size\": 8192, \"num_hidden_layers\": $big_layers, \"num_attention_heads\": 32, \"num_key_value_heads\": 32}"
-    (timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
     (timeout 20 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" ||
         true) | tee -a "$out/machine.txt"
-    archive() { tar -czf "$out/logs.tgz" -C "$(dirname "$logs")" logs; }
+    archive() { tar -czf "$out/logs.tgz" -C "$(dirname "$logs")" logs || true; }  # a lost archive stops nothing
     bench() {  # name, seconds allowed, then bench_rollout's options
         local name=$1 seconds=$(($2 * stretch))
         shift 2
         echo "== $name: $*" | tee -a "$out/matrix.md"
         timeout -k 5 "$seconds" $PY tools/bench_rollout.py --device "$device" --decoding "$decoding" "$@" 2>&1 |
-            tee "$logs/$name.log" | grep -E "^(model|lit-reason)|differ|only|Error" | tee -a "$out/matrix.md" ||
+            tee "$logs/$name.log" | grep -E "^(model|lit-reason|cuda_graph)|differ|only|Error" | tee -a "$out/matrix.md" ||
             echo "FAILED or over ${seconds}s: $name (see logs/$name.log in logs.tgz)" | tee -a "$out/matrix.md"
         archive
     }

@@ -205,11 +205,14 @@ def _combine(parts: list[Outcome]) -> Outcome:
     return "supported" if all(part == "supported" for part in parts) else "inconclusive"
 
 
-def converged_warm_start(results: StudyResults) -> Difference | None:
-    """More SFT's maj@1 gain over the warm start (the warm start counts as converged when it is at most the
-    study's equivalence margin)."""
+def converged_warm_start(results: StudyResults) -> tuple[Difference, Outcome] | None:
+    """More SFT's maj@1 gain over the warm start, and whether the warm start converged: ``supported`` when the
+    gain's interval lies at most the study's equivalence margin above 0, ``refuted`` when it lies above 0."""
     more_sft = results.study.claims.more_sft
-    return results.difference(more_sft, "maj@1") if _finished(results, more_sft) else None
+    gain = results.difference(more_sft, "maj@1") if _finished(results, more_sft) else None
+    if gain is None:
+        return None
+    return gain, _decide(gain.high <= results.study.equivalence_margin, gain.low > 0)
 
 
 CLAIMS: tuple[Callable[[StudyResults], Verdict], ...] = (

@@ -115,10 +115,14 @@ def checks(results: StudyResults) -> list[str]:
             if not differing
             else f"Evaluation DIFFERS from the warm start's in: {', '.join(differing)}"
         )
-    gain, margin = converged_warm_start(results), results.study.equivalence_margin
-    if gain is not None:
-        state = "converged" if gain.mean <= margin else "NOT converged"
-        lines.append(f"Warm start {state}: more SFT changes maj@1 by {gain} (converged: at most +{margin})")
+    convergence, margin = converged_warm_start(results), results.study.equivalence_margin
+    if convergence is not None:
+        gain, outcome = convergence
+        state = {"supported": "converged", "refuted": "NOT converged", "inconclusive": "convergence UNDECIDED"}
+        lines.append(
+            f"Warm start {state[outcome]}: more SFT changes maj@1 by {gain} (converged: the interval at most "
+            f"+{margin}; not converged: the interval above 0)"
+        )
     selection = _warm_start_selection(results)
     if selection:
         lines.append(selection)

@@ -130,7 +130,7 @@ class StudyResults:
 
     def metric_names(self) -> list[str]:
         """The table's metrics, those the evaluations recorded."""
-        names = ["maj@1", f"maj@{self.k}", f"rerank@{self.k}", f"pass@{self.k}", "pass@1"]
+        names = dict.fromkeys(["maj@1", f"maj@{self.k}", f"rerank@{self.k}", f"pass@{self.k}", "pass@1"])  # K = 1
         recorded = {m for run in [self.baseline, *self.runs.values()] for s in run.seeds for m in run.final(s).metrics}
         return [name for name in names if name in recorded]
 

@@ -35,11 +35,13 @@ _DIGITS = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
 _MINUS = "[-\u2212]"  # the hyphen-minus or the Unicode minus sign
 NUMBER_RE = re.compile(_MINUS + r"?\$?\s?(?:" + _DIGITS + ")")
 # A stated answer: the same number where a "\s*" precedes it (the space it may hold must follow a sign or dollar
-# sign, so that "\s*" and the number cannot split one whitespace run between them), a fraction "a/b" included,
-# and whole: not followed by more digits, a fraction or a time ("3/4" is 0.75; "1,0000", "3/4/5" and "2:30" are
-# no answer rather than 1, 3 or 2).
+# sign, so that "\s*" and the number cannot split one whitespace run between them; "+5", "$-5" and "-$5" all
+# count), a fraction "a/b" included, and whole: not followed by more digits, a fraction, a time or digits after
+# a space ("3/4" is 0.75; "1,0000", "3/4/5", "2:30", "1 000" and "3 1/2" are no answer rather than 1, 3, 2, 1
+# and 3).
 # Each check looks one or two characters ahead, so backing off a long digit run stays linear.
-_SPACED_NUMBER = r"(?:(?:" + _MINUS + r"\$?|\$)\s?)?(?:" + _DIGITS + r")(?: ?/ ?\d+)?(?!\d|,\d|\.\d| ?[/:] ?\d)"
+_SIGN_AND_DOLLAR = r"(?:(?:[-+\u2212]\$?|\$[-\u2212]?)\s?)?"
+_SPACED_NUMBER = _SIGN_AND_DOLLAR + "(?:" + _DIGITS + r")(?: ?/ ?\d+)?(?!\d|,\d|\.\d| ?[/:] ?\d| \d)"
 # GSM8K's marker; "#### **17**" (a chat model's bold) counts.
 _FINAL_MARK_RE = re.compile(r"####\s*(?:\*\*)?(" + _SPACED_NUMBER + ")")
 # "answer is: \boxed{N}": the colon and the box each bring their own leading "\s*" rather than
@@ -49,7 +51,7 @@ _ANSWER_IS_RE = re.compile(_ANSWER_IS + "(" + _SPACED_NUMBER + ")", re.IGNORECAS
 _BOXED = r"\\boxed\{\s*"
 _BOXED_RE = re.compile(_BOXED + "(" + _SPACED_NUMBER + r")\s*\}")
 # Where a number is stated, whole or not ("answer is 2:30"): one that is not whole states no answer.
-_STATEMENT_RE = re.compile(f"(?:{_ANSWER_IS}|{_BOXED})" + r"(?=[-\u2212$]|\.?\d)", re.IGNORECASE)
+_STATEMENT_RE = re.compile(f"(?:{_ANSWER_IS}|{_BOXED})" + r"(?=[-+\u2212$]|\.?\d)", re.IGNORECASE)
 _ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
 # The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12"). The "\s*"
 # after a dollar sign sits in the dollar's optional group, so a whitespace run has one way to match

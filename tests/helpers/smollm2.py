@@ -74,7 +74,7 @@ class _FromMemory:
     def from_pretrained(self, name_or_path, *args, **kwargs):
         if Path(name_or_path) != self.smollm2.directory or kwargs.get("gguf_file") != GGUF_NAME:
             return self.real.from_pretrained(name_or_path, *args, **kwargs)
-        unexpected = set(kwargs) - {"gguf_file", "trust_remote_code", "dtype"}
+        unexpected = set(kwargs) - {"gguf_file", "trust_remote_code", "dtype", "quantization_config"}
         if args or unexpected or kwargs.get("trust_remote_code") or kwargs.get("dtype", torch.float32) != torch.float32:
             raise AssertionError(f"load_from_memory only serves the fixture's own load, got {args}, {kwargs}")
         self.smollm2.copies_served[self.kind] += 1

@@ -1,5 +1,6 @@
 """A study's report and the paper's claims, on runs written to disk with known per-question outcomes."""
 
+import dataclasses
 import json
 
 import pytest
@@ -134,13 +135,28 @@ def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path
     assert "| ei | Expert Iteration | sparse | 0.600 | 0.600 | 0.800 | 0.400 | 300 | 2 | 1.0 |" in text
     assert "| ei | +0.200 [" in text  # the paired difference from the warm start
     assert "- **RL (Expert Iteration) beats more SFT for the same time**: SUPPORTED." in text
-    assert "Warm start converged: more SFT changes maj@1 by +0.010" in text
+    assert "Warm start convergence UNDECIDED: more SFT changes maj@1 by +0.010 [-0.007, +0.027]" in text
     assert "ei: its 2 seeds' final evaluations DO NOT differ" in text  # the fake seeds are copies
     assert "Evaluation identical for every run" in text
     write_run(run_dir(study, "ei", 1), [(3, 300, outcomes(0.6, 0.8))], evaluation={"num_samples": 4})
     assert "Evaluation DIFFERS from the warm start's in: ei" in write_report(read_results(study)).read_text()
     for plot in ("curves.png", "sft.png"):
         assert (path.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("more_sft_maj", "state"),
+    [
+        (0.40, "converged: more SFT changes maj@1 by +0.000 [-0.010, +0.010]"),
+        (0.5, "NOT converged"),
+        (0.41, "convergence UNDECIDED"),
+    ],
+)
+def test_the_warm_start_s_convergence_is_decided_on_the_interval_of_more_sft_s_gain(tmp_path, more_sft_maj, state):
+    """+0.010 [-0.007, +0.027] passed as converged on its middle, though the interval reaches past the 0.02
+    margin."""
+    study = make_study(tmp_path, {"sft_more": (more_sft_maj, 0.7)})
+    assert f"Warm start {state}" in write_report(read_results(study)).read_text()
 
 
 def test_a_warm_start_exported_at_its_best_epoch_rather_than_its_last_is_named_as_selected(tmp_path):
@@ -221,3 +237,9 @@ def test_rl_that_wins_in_more_time_than_more_sft_does_not_win_for_the_same_time(
     assert read_results(study).runs["ei"].seeds == [0]  # finished: its results count
     assert "| ei | Expert Iteration | sparse |" in (text := write_report(read_results(study)).read_text())
     assert "unknown (launched)" in text and "ei seed 0" not in text  # not listed as unfinished
+
+
+def test_a_study_evaluated_with_one_sample_lists_each_metric_once(tmp_path):
+    """At K = 1, maj@K and pass@K are maj@1 and pass@1: the table listed them twice."""
+    results = dataclasses.replace(read_results(make_study(tmp_path, {"ei": (0.6, 0.8)})), k=1)
+    assert results.metric_names() == ["maj@1", "pass@1"]

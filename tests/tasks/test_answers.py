@@ -59,6 +59,12 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("#### 3/4/5", None),
         ("#### 5, 6 or 7", 5.0),
         ("#### 3/0", None),
+        ("#### +5", 5.0),
+        ("#### $-5", -5.0),
+        ("The answer is -$5.", -5.0),
+        ("The answer is +12", 12.0),
+        ("#### 1 000", None),  # digits after a space: not 1
+        ("The answer is 3 1/2 cups.", None),  # a mixed number: not 3
         ("The answer is 2:30 pm.", None),  # a stated number that is not whole is no answer, not the 30 after it
         ("So the answer is 1,0000.", None),
         ("The answer is 3/4/5 of it.", None),
