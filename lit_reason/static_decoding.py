@@ -17,7 +17,7 @@ Rows that finish are dropped by copying the live rows to the front of this room 
 in the smallest bucket that holds it). Slots of a bucket beyond its live rows compute tokens that are recorded
 into a sink row and never kept. Attention reads only the room's first *columns*: those written so far, rounded
 up to a block of ``COLUMN_BLOCK`` (the columns past the last one written are masked, so reading them changes
-nothing but the time: at the first of 256 new tokens, the whole room is nearly twice what is needed). Each
+nothing but the time: after a 40-token prompt, the first of 256 new tokens reads 64 of the room's 296). Each
 (bucket, columns) step is captured once, the first time it runs (after one eager run of it, which lets
 libraries initialise outside the capture), and replayed for every later step of every chunk that runs it; the
 host only looks at the rows every few steps (``finished_check_every``).
@@ -25,7 +25,6 @@ host only looks at the rows every few steps (``finished_check_every``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -148,13 +147,12 @@ class GraphedSteps:
     reads and writes the same tensors for each). Each call of ``run`` performs exactly one step: the first of a
     shape runs eagerly on the capture's own stream (lazy initialisations, such as a library's workspace for that
     stream, happen outside the capture), and the capture that follows only records (a captured graph does nothing
-    until replayed), so a capture that fails loses no step: that shape then runs eagerly, with a warning. The
-    graphs share one memory pool: a step keeps nothing it allocates (it writes its results into the room), and
-    graphs replay one at a time."""
+    until replayed). The graphs share one memory pool: a step keeps nothing it allocates (it writes its results
+    into the room), and graphs replay one at a time."""
 
     def __init__(self, use_graphs: bool, device: torch.device) -> None:
         self.use_graphs, self.device = use_graphs, device
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph | None] = {}  # None: the capture failed
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         if use_graphs:
             with torch.cuda.device(device):
                 self.pool = torch.cuda.graph_pool_handle()
@@ -165,29 +163,29 @@ class GraphedSteps:
             step()
             return
         with torch.cuda.device(self.device):  # streams and captures on the model's device, not the current one
-            if shape in self.graphs:
-                graph = self.graphs[shape]
-                if graph is None:
-                    step()
-                else:
-                    graph.replay()
+            graph = self.graphs.get(shape)
+            if graph is not None:
+                graph.replay()
                 return
             self.capture_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.capture_stream):
                 step()
             torch.cuda.current_stream().wait_stream(self.capture_stream)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                # thread_local: CUDA calls of other threads (e.g. NCCL's watchdog) do not void the capture.
-                with torch.cuda.graph(
-                    graph, pool=self.pool, stream=self.capture_stream, capture_error_mode="thread_local"
-                ):
-                    step()
-            except RuntimeError as error:  # e.g. an operation a capture cannot record, or no memory for the graph
-                warnings.warn(
-                    f"decoding: cuda_graph could not capture the step of {shape[0]} rows reading {shape[1]} columns "
-                    f"({error}); it runs eagerly, as decoding: static does",
-                    stacklevel=2,
-                )
-                graph = None
-            self.graphs[shape] = graph
+            self.graphs[shape] = self._capture(shape, step)
+
+    def _capture(self, shape: tuple[int, int], step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
+        try:
+            # thread_local: CUDA calls of other threads (e.g. NCCL's watchdog) do not void the capture.
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.capture_stream, capture_error_mode="thread_local"):
+                step()
+        except RuntimeError as error:
+            # A step the capture refused voids it, and then ending the capture fails too, before torch.cuda.graph
+            # puts the current stream back: put it back, and name the first error, not the second.
+            torch.cuda.set_stream(stream)
+            cause = error.__context__ or error
+            raise RuntimeError(
+                f"decoding: cuda_graph could not capture the step of {shape[0]} rows reading {shape[1]} columns "
+                f"({type(cause).__name__}: {cause}): use decoding: static"
+            ) from cause
+        return graph

@@ -276,3 +276,34 @@ def test_a_row_can_end_at_its_first_token(micro_model, char_tokenizer, decoding)
     every_token = list(range(len(char_tokenizer)))
     batch = sample(micro_model, char_tokenizer, PROMPTS, config, [1, 2, 3], eos_token_ids=every_token)
     assert batch.response_lengths.tolist() == [1] * 6 and not batch.truncated.any()
+
+
+def test_a_step_a_capture_refuses_names_its_first_error_and_gives_the_stream_back(monkeypatch):
+    """On a GPU, a step the capture refuses voids it; ending the capture then fails too, inside
+    ``torch.cuda.graph``'s exit, which never gives the current stream back. Emulated on the CPU: the stream is
+    restored and the error names the refused operation and what to use instead."""
+    current = {"stream": "default"}
+
+    class Capture:  # torch.cuda.graph: capture on its stream; on exit, ending the voided capture raises
+        def __init__(self, graph, pool, stream, capture_error_mode):
+            self.stream = stream
+
+        def __enter__(self):
+            current["stream"] = self.stream
+
+        def __exit__(self, *error):
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: current["stream"])
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: current.update(stream=stream))
+    steps = static_decoding.GraphedSteps(use_graphs=False, device=torch.device("cpu"))
+    steps.pool, steps.capture_stream = None, "capture"
+
+    def refused_step():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match=r"could not capture the step of 8 rows reading 64 columns .*not permitted"):
+        steps._capture((8, 64), refused_step)
+    assert current["stream"] == "default"

@@ -38,6 +38,7 @@ from typing import get_args
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from lit_reason import static_decoding
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import Decoding, SamplingConfig, encode_prompt, sample
 from lit_reason.tasks import Arithmetic
@@ -151,7 +152,17 @@ def main() -> None:
         default="dynamic",
         help="the sampler's decoding paths to measure, comma-separated: " + ", ".join(get_args(Decoding)),
     )
+    parser.add_argument(
+        "--column-block",
+        type=int,
+        default=static_decoding.COLUMN_BLOCK,
+        help="columns the static paths' attention reads at a time (a number past prompt + max new tokens: the "
+        "whole KV room at every step)",
+    )
     args = parser.parse_args()
+    if args.column_block < 1:
+        parser.error("--column-block: at least 1")
+    static_decoding.COLUMN_BLOCK = args.column_block
     decodings = args.decoding.split(",")
     if unknown := set(decodings) - set(get_args(Decoding)):
         parser.error(f"--decoding: unknown {', '.join(sorted(unknown))}; choose from {', '.join(get_args(Decoding))}")
@@ -193,7 +204,7 @@ def main() -> None:
         f"model={args.policy}{' (random weights)' if args.random_weights else ''} ({parameters:.1f}M parameters) "
         f"device={args.device} dtype={args.dtype} "
         f"prompts={args.prompts} K={args.num_samples} T={args.temperature} top_p={args.top_p} "
-        f"max_new_tokens={args.max_new_tokens} rows/batch={args.batch_size}"
+        f"max_new_tokens={args.max_new_tokens} rows/batch={args.batch_size} column_block={args.column_block}"
     )
 
     with eval_mode(model):

@@ -51,8 +51,6 @@ prepare() {
     smollm2=$($PY tools/fetch_smollm2.py | tail -1)  # its own line: a failed fetch stops here
     rm -rf "$GPU_DIR" && mkdir -p "$GPU_DIR"
     cp -r "$tiny" "$GPU_DIR/tiny-policy"
-    $PY -m pip download -q --no-deps --only-binary=:all: -d "$GPU_DIR/wheels" \
-        "transformers==$($PY -c 'import transformers; print(transformers.__version__)')"
     $PY - "$GPU_DIR/smollm2-135m" "$smollm2" <<'EOF'
 import sys
 
@@ -63,6 +61,9 @@ options = {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 AutoConfig.from_pretrained(source, **options).save_pretrained(target)  # the architecture, no weights
 AutoTokenizer.from_pretrained(source, **options).save_pretrained(target)
 EOF
+    $PY -m pip download -q --no-deps --only-binary=:all: -d "$GPU_DIR/wheels" \
+        "transformers==$($PY -c 'import transformers; print(transformers.__version__)')" ||
+        echo "no transformers wheel fetched: the GPU machine will run its image's own transformers" >&2
     du -sh "$GPU_DIR"
     echo "carry $GPU_DIR in the device call: run(command='bash tools/gpu_matrix.sh run', carry=['$GPU_DIR'])"
 }
@@ -76,17 +77,22 @@ run() {
     # The 135M row, the issue's main target, runs first.
     local out=${OUT:-/tmp/gpu_matrix}
     local logs=/tmp/gpu_matrix_logs/logs
-    [[ -d $GPU_DIR/tiny-policy ]] || {
-        echo "no $GPU_DIR/tiny-policy: run 'bash tools/gpu_matrix.sh prepare' first and carry $GPU_DIR" >&2
+    [[ -d $GPU_DIR/tiny-policy && -d $GPU_DIR/smollm2-135m ]] || {
+        echo "no $GPU_DIR/tiny-policy or $GPU_DIR/smollm2-135m:" \
+            "run 'bash tools/gpu_matrix.sh prepare' first and carry $GPU_DIR" >&2
         exit 2
     }
     rm -rf "$logs" && mkdir -p "$logs" "$out"
     (timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$out/machine.txt"
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+    # The carried transformers only where it installs and imports with the image's own packages (peft too).
     if compgen -G "$GPU_DIR/wheels/*.whl" >/dev/null && [[ -z "${SMALL:-}" ]]; then
-        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            "$GPU_DIR"/wheels/*.whl && PYTHONPATH=$PYTHONPATH:/tmp/site ||
-            echo "the carried wheels did not install: the image's own transformers runs" | tee -a "$out/machine.txt"
+        if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$GPU_DIR"/wheels/*.whl && PYTHONPATH=$PYTHONPATH:/tmp/site $PY -c "import transformers, peft"; then
+            PYTHONPATH=$PYTHONPATH:/tmp/site
+        else
+            echo "the carried transformers did not install or import: the image's own runs" | tee -a "$out/machine.txt"
+        fi
     fi
     local device=cuda step_device=gpu scale=1 step_questions=64 big_layers=24 decoding=cuda_graph,static,dynamic
     local step_decodings="cuda_graph" stretch=1

@@ -36,12 +36,12 @@ _MINUS = "[-\u2212]"  # the hyphen-minus or the Unicode minus sign
 NUMBER_RE = re.compile(_MINUS + r"?\$?\s?(?:" + _DIGITS + ")")
 # A stated answer: the same number where a "\s*" precedes it (the space it may hold must follow a sign or dollar
 # sign, so that "\s*" and the number cannot split one whitespace run between them; "+5", "$-5" and "-$5" all
-# count), a fraction "a/b" included, and whole: not followed by more digits, a fraction, a time or digits after
-# a space ("3/4" is 0.75; "1,0000", "3/4/5", "2:30", "1 000" and "3 1/2" are no answer rather than 1, 3, 2, 1
-# and 3).
-# Each check looks one or two characters ahead, so backing off a long digit run stays linear.
+# count), a fraction "a/b" included, and whole: not followed by more digits, a fraction, a time, digits after
+# a space or an exponent it left out ("3/4" is 0.75; "1,0000", "3/4/5", "2:30", "1 000", "3 1/2" and
+# "2e5 3" are no answer rather than 1, 3, 2, 1, 3 and 2).
+# Each check looks a few characters ahead, so backing off a long digit run stays linear.
 _SIGN_AND_DOLLAR = r"(?:(?:[-+\u2212]\$?|\$[-\u2212]?)\s?)?"
-_SPACED_NUMBER = _SIGN_AND_DOLLAR + "(?:" + _DIGITS + r")(?: ?/ ?\d+)?(?!\d|,\d|\.\d| ?[/:] ?\d| \d)"
+_SPACED_NUMBER = _SIGN_AND_DOLLAR + "(?:" + _DIGITS + r")(?: ?/ ?\d+)?(?!\d|,\d|\.\d| ?[/:] ?\d| \d|[eE][-+]?\d)"
 # GSM8K's marker; "#### **17**" (a chat model's bold) counts.
 _FINAL_MARK_RE = re.compile(r"####\s*(?:\*\*)?(" + _SPACED_NUMBER + ")")
 # "answer is: \boxed{N}": the colon and the box each bring their own leading "\s*" rather than

@@ -65,6 +65,8 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("The answer is +12", 12.0),
         ("#### 1 000", None),  # digits after a space: not 1
         ("The answer is 3 1/2 cups.", None),  # a mixed number: not 3
+        ("#### 2e5 3", None),  # not the 2 before an exponent left out
+        ("The answer is 4e2:30", None),
         ("The answer is 2:30 pm.", None),  # a stated number that is not whole is no answer, not the 30 after it
         ("So the answer is 1,0000.", None),
         ("The answer is 3/4/5 of it.", None),
