@@ -67,10 +67,9 @@ class Evaluator(torch.nn.Module):
         super().__init__()
         k = self.num_samples = num_samples
         # maj@1 is the greedy answer's; at K = 1 the one sample's majority is pass@1, not a second maj@1.
-        sampled_majority = {f"maj@{k}": MajorityAtK(k=k)} if k > 1 else {}
-        pass_at = {f"pass@{k}": PassAtK(k=k), "pass@1": PassAtK(k=1)} if k > 1 else {"pass@1": PassAtK(k=1)}
+        of_k = {f"maj@{k}": MajorityAtK(k=k), f"pass@{k}": PassAtK(k=k)} if k > 1 else {}
         self.metrics = torch.nn.ModuleDict(
-            {"maj@1": MajorityAtK(k=1), **sampled_majority, **pass_at, f"distinct_correct@{k}": DistinctCorrect(k=k)}
+            {"maj@1": MajorityAtK(k=1), **of_k, "pass@1": PassAtK(k=1), f"distinct_correct@{k}": DistinctCorrect(k=k)}
         )
         if rerank:
             self.metrics[f"rerank@{k}"] = RerankAtK(k=k)
