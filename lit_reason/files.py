@@ -22,6 +22,16 @@ def hub_location(load_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in load_kwargs.items() if key in HUB_LOCATION_KEYS}
 
 
+def with_adapter_location(load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``from_pretrained`` options whose search for a PEFT adapter config looks where the weights are looked
+    for: transformers (5.24) passes it neither ``cache_dir`` nor ``local_files_only``, so an offline load of a
+    hub id asked the hub for ``adapter_config.json`` anyway (retrying for about 20 s) or read another cache."""
+    location = {key: load_kwargs[key] for key in ("cache_dir", "local_files_only") if key in load_kwargs}
+    if not location:
+        return load_kwargs
+    return {**load_kwargs, "adapter_kwargs": {**location, **load_kwargs.get("adapter_kwargs", {})}}
+
+
 def find_model_file(path_or_id: str | Path, filename: str, **location: Any) -> Path | None:
     """``filename`` of the checkpoint at ``path_or_id`` (a directory, or a hub id with ``hub_location``'s
     options), found as ``from_pretrained`` finds the weights; None where it has none. Offline, a file the cache

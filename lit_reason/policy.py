@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from lit_reason.adapters import AdapterExport, save_adapted
-from lit_reason.files import hub_location
+from lit_reason.files import hub_location, with_adapter_location
 from lit_reason.seeds import run_seed
 from lit_reason.warm_start import is_exported, resolve_policy_path
 
@@ -186,7 +186,9 @@ def load_model(
         keep = dtype_given or _saved_quantized(spec)
         load_kwargs = spec.load_kwargs if keep else {"dtype": torch.float32, **spec.load_kwargs}
         model = AutoModelForCausalLM.from_pretrained(
-            spec.resolved(), trust_remote_code=spec.trust_remote_code, **_dequantizing_gguf(load_kwargs)
+            spec.resolved(),
+            trust_remote_code=spec.trust_remote_code,
+            **with_adapter_location(_dequantizing_gguf(load_kwargs)),
         )
     old_rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_rows:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_reason.files import find_model_file, hub_location
+from lit_reason.files import find_model_file, hub_location, with_adapter_location
 from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs
 
 HEAD_FILE = "value_head.safetensors"
@@ -140,7 +140,7 @@ class ValueModel(torch.nn.Module):
         config_file = find_model_file(path, CONFIG_FILE, **location)
         config = json.loads(config_file.read_text()) if config_file is not None else {}
         model = cls(
-            AutoModelForCausalLM.from_pretrained(str(path), **load_kwargs),
+            AutoModelForCausalLM.from_pretrained(str(path), **with_adapter_location(load_kwargs)),
             likelihood_features=config.get("likelihood_features", False),
         )
         head = load_file(head_file)

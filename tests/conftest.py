@@ -34,6 +34,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """Any request to the Hugging Face hub fails the test: an offline load (``local_files_only``) must not ask
+    it anything (transformers' adapter lookup did, retrying for about 20 s before giving up)."""
+    import huggingface_hub.file_download
+
+    def asked(url, *args, **kwargs):
+        raise AssertionError(f"the hub was asked for {url} by an offline load")
+
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", asked)
+
+
 @pytest.fixture(scope="session")
 def char_tokenizer():
     return build_char_tokenizer()

@@ -127,7 +127,7 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
         ValueModel.load(stale)
 
 
-def test_an_orm_is_loaded_by_hub_id_as_from_pretrained_finds_it(tmp_path, char_tokenizer):
+def test_an_orm_is_loaded_by_hub_id_as_from_pretrained_finds_it(tmp_path, char_tokenizer, hub_unreachable):
     from lit_reason.policy import load_model
 
     network = ValueModel(load_model(PolicySpec(name_or_path="micro"), char_tokenizer), head_std=0.1)

@@ -61,7 +61,7 @@ def test_return_tokens_are_added_resized_saved_and_reloaded(tmp_path):
     assert again.conditioning("rollout").response_prefix == "[GOOD]"
 
 
-def test_an_export_loaded_by_hub_id_keeps_its_conditioning(tmp_path):
+def test_an_export_loaded_by_hub_id_keeps_its_conditioning(tmp_path, hub_unreachable):
     # The export as the hub serves it: a snapshot in huggingface_hub's cache layout, read offline.
     plain = SFT(policy=PolicySpec(name_or_path="micro"))
     plain.configure_model()
