@@ -94,11 +94,15 @@ class SlotCache:
 
     def __init__(self, prefill: DynamicCache, capacity: int, halves: int, width: int, length: int) -> None:
         self.capacity, self.halves, self.width = capacity, halves, width
-        self.length = length
         self.keys = [self._room(layer.keys, length) for layer in prefill.layers]
         self.values = [self._room(layer.values, length) for layer in prefill.layers]
         self.position = torch.tensor(width, dtype=torch.long, device=self.keys[0].device)
         self._caches: dict[tuple[int, int], Cache] = {}
+
+    @property
+    def length(self) -> int:
+        """Columns of the room: the prompts' width plus the most new tokens."""
+        return self.keys[0].shape[2]
 
     def _room(self, states: torch.Tensor, length: int) -> torch.Tensor:
         return states.new_zeros((self.halves * self.capacity, states.shape[1], length, states.shape[-1]))

@@ -226,7 +226,7 @@ def main() -> None:
             continue
         samples[decoding] = texts
         first = next(iter(samples))
-        same = sum(a == b for a, b in zip(texts, samples[first], strict=True))
+        same = identical(texts, samples[first])
         print(
             f"lit-reason sampler ({decoding}): {rate:,.0f} tokens/s, ratio {rate / hf_rate:.2f}x, "
             f"mean response {mean_length(texts):.1f} chars, "
@@ -243,7 +243,7 @@ def main() -> None:
     # value frozen at capture (the step counter, the seeds) would draw others, though greedy outputs and
     # log-probs would still agree.
     if "cuda_graph" in samples and "static" in samples:
-        same = sum(a == b for a, b in zip(samples["cuda_graph"], samples["static"], strict=True))
+        same = identical(samples["cuda_graph"], samples["static"])
         print(f"cuda_graph samples identical to static's: {same}/{len(samples['static'])}")
         if same < 0.99 * len(samples["static"]):
             failures.append(f"cuda_graph: only {same}/{len(samples['static'])} samples equal static's")
@@ -257,12 +257,17 @@ def measure_ours(model, tokenizer, prompts, config, greedy, eos_ids, generate_gr
     sampled log-probs and a training forward's."""
     with eval_mode(model):
         texts, _ = ours(model, tokenizer, prompts, greedy, eos_ids)
-        mismatches = sum(a != b for a, b in zip(texts, generate_greedy, strict=True))
+        mismatches = len(texts) - identical(texts, generate_greedy)
         rate, sampled_texts = timed(functools.partial(ours, model, tokenizer, prompts, config, eos_ids), repeats)
         # A few prompts: a forward's logits over the whole vocabulary are large.
         check = prompts[: max(1, LOGPROB_CHECK_ROWS // config.num_samples)]
         gap = logprob_gap(model, tokenizer, check, config, eos_ids)
     return rate, sampled_texts, mismatches, gap
+
+
+def identical(texts: list[str], others: list[str]) -> int:
+    """How many of two runs' texts, row by row, are the same."""
+    return sum(a == b for a, b in zip(texts, others, strict=True))
 
 
 def mean_length(texts: list[str]) -> float:
