@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import torch
 
 Z_95 = 1.959964  # the standard normal's 97.5% quantile
 
 
+def normal_quantile(confidence: float) -> float:
+    """The standard normal's quantile that bounds a two-sided interval of ``confidence`` (1.96 at 0.95)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie between 0 and 1, got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
 def paired_interval(
-    baseline: torch.Tensor, candidate: torch.Tensor, resamples: int = 10_000, seed: int = 0
+    baseline: torch.Tensor, candidate: torch.Tensor, resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
 ) -> tuple[float, float, float]:
-    """Mean of ``candidate - baseline`` over the questions and its 95% interval.
+    """Mean of ``candidate - baseline`` over the questions and its interval of ``confidence`` (95% by default).
 
     Both are per-question outcomes of the same Q questions, (Q,) or (seeds, Q) (one row per training seed; the two
     sides may have different numbers of seeds). Near 100% accuracy only a few questions differ, and there the
@@ -33,29 +41,31 @@ def paired_interval(
         for side, whole in zip((baseline, candidate), rounded, strict=True)
     )
     if not binary:
-        return paired_bootstrap(baseline, candidate, resamples, seed)
+        return paired_bootstrap(baseline, candidate, resamples, seed, confidence)
     baseline, candidate = rounded[0].bool()[:, None], rounded[1].bool()[None, :]  # (S_b, 1, Q), (1, S_c, Q)
     # The 2x2 table of every (baseline seed, candidate seed) pair, averaged.
     both, candidate_only, baseline_only = (
         cell.sum(-1).double().mean().item()
         for cell in (baseline & candidate, candidate & ~baseline, baseline & ~candidate)
     )
-    mean, low, high = newcombe_from_cells(both, candidate_only, baseline_only, baseline.shape[-1])
+    mean, low, high = newcombe_from_cells(both, candidate_only, baseline_only, baseline.shape[-1], confidence)
     if baseline.shape[0] == candidate.shape[1] == 1:
         return mean, low, high
-    _, bootstrap_low, bootstrap_high = paired_bootstrap(rounded[0], rounded[1], resamples, seed)
+    _, bootstrap_low, bootstrap_high = paired_bootstrap(rounded[0], rounded[1], resamples, seed, confidence)
     return mean, min(low, bootstrap_low), max(high, bootstrap_high)
 
 
-def newcombe_from_cells(both: float, candidate_only: float, baseline_only: float, n: int) -> tuple[float, float, float]:
+def newcombe_from_cells(
+    both: float, candidate_only: float, baseline_only: float, n: int, confidence: float = 0.95
+) -> tuple[float, float, float]:
     """Newcombe's hybrid score interval (1998, method 10: each rate's Wilson interval, combined with the pairs'
     correlation, continuity-corrected as in Altman et al.'s *Statistics with Confidence*) for the difference of
     paired proportions, from the 2x2 table's cells (counts of questions; a mean table's may be fractional):
     (difference, low, high)."""
     neither = n - both - candidate_only - baseline_only
     p1, p2 = (both + candidate_only) / n, (both + baseline_only) / n
-    low1, high1 = wilson_interval(both + candidate_only, n)
-    low2, high2 = wilson_interval(both + baseline_only, n)
+    low1, high1 = wilson_interval(both + candidate_only, n, confidence)
+    low2, high2 = wilson_interval(both + baseline_only, n, confidence)
     margins = (both + candidate_only) * (baseline_only + neither) * (both + baseline_only) * (candidate_only + neither)
     cross = both * neither - candidate_only * baseline_only
     corrected = cross - n / 2 if cross > n / 2 else min(cross, 0)
@@ -66,17 +76,19 @@ def newcombe_from_cells(both: float, candidate_only: float, baseline_only: float
     return difference, difference - below, difference + above
 
 
-def wilson_interval(successes: float, n: int) -> tuple[float, float]:
-    """Wilson's 95% score interval of a proportion ``successes / n``."""
-    centre = (successes + Z_95**2 / 2) / (n + Z_95**2)
-    half = Z_95 * math.sqrt(successes * (n - successes) / n + Z_95**2 / 4) / (n + Z_95**2)
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of ``confidence`` of a proportion ``successes / n``."""
+    z = normal_quantile(confidence)
+    centre = (successes + z**2 / 2) / (n + z**2)
+    half = z * math.sqrt(successes * (n - successes) / n + z**2 / 4) / (n + z**2)
     return centre - half, centre + half
 
 
 def paired_bootstrap(
-    baseline: torch.Tensor, candidate: torch.Tensor, resamples: int = 10_000, seed: int = 0
+    baseline: torch.Tensor, candidate: torch.Tensor, resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
 ) -> tuple[float, float, float]:
-    """Mean of ``candidate - baseline`` and its 2.5% / 97.5% two-level paired-bootstrap quantiles.
+    """Mean of ``candidate - baseline`` and the two-level paired bootstrap's interval of ``confidence`` (its 2.5% /
+    97.5% quantiles at 0.95).
 
     Both are per-question outcomes of the same Q questions, (Q,) or (seeds, Q) (0/1 correctness, or a share of
     correct samples). Each resample draws each side's seeds with replacement and averages their outcomes per
@@ -104,7 +116,8 @@ def paired_bootstrap(
     differences = resampled_seeds(candidate) - resampled_seeds(baseline)
     questions = torch.randint(differences.shape[-1], differences.shape, generator=generator)
     means = differences.gather(1, questions).mean(-1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return (candidate.mean(0) - baseline.mean(0)).mean().item(), low, high
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lit_reason.statistics import paired_bootstrap, paired_interval, seed_interval
+from lit_reason.statistics import paired_bootstrap, paired_interval, seed_interval, wilson_interval
 
 
 def four_better_of_400() -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +26,13 @@ def test_newcombe_by_hand():
     mean, low, high = paired_interval(baseline.float(), candidate.float())
     assert mean == pytest.approx(0.01) and low == pytest.approx(0.01 - 0.012327, abs=2e-6)
     assert high == pytest.approx(0.01 + 0.015773, abs=2e-6)
+
+
+def test_wilson_at_99_percent_by_hand():
+    # z = 2.575829: 394/400 -> centre (394 + z^2 / 2) / (400 + z^2) = 0.977086, half z sqrt(394 * 6 / 400 +
+    # z^2 / 4) / (400 + z^2) = 0.017427.
+    assert wilson_interval(394, 400, confidence=0.99) == pytest.approx((0.959659, 0.994513), abs=2e-6)
+    assert wilson_interval(394, 400) == pytest.approx((0.967665, 0.993107), abs=2e-6)
 
 
 def test_a_few_one_sided_questions_are_not_significant():
@@ -105,16 +112,21 @@ def test_two_questions_resample_to_the_exact_bootstrap_distribution():
     assert paired_bootstrap(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])) == (0.5, 0.0, 1.0)
 
 
-def test_interval_matches_the_normal_approximation_on_many_questions():
+@pytest.mark.parametrize(("confidence", "z"), [(0.95, 1.96), (1 - 0.05 / 4, 2.498)])
+def test_interval_matches_the_normal_approximation_on_many_questions(confidence, z):
     # 2,000 questions, differences -1 / 0 / +1 with probabilities 0.2 / 0.5 / 0.3: the interval of the mean
-    # is about mean +- 1.96 sd / sqrt(Q) (the bootstrap's own noise is far below the 10% margin), and so is
-    # Newcombe's with this many discordant questions.
+    # is about mean +- z sd / sqrt(Q) (the bootstrap's own noise is far below the 10% margin), and so is
+    # Newcombe's with this many discordant questions. At 98.75%, one of four Bonferroni intervals, z = 2.498.
     generator = torch.Generator().manual_seed(0)
     draws = torch.multinomial(torch.tensor([0.2, 0.5, 0.3]), 2000, replacement=True, generator=generator)
     baseline, candidate = (draws == 0).float(), (draws == 2).float()
     difference = candidate - baseline
-    half_width = 1.96 * difference.std().item() / math.sqrt(len(difference))
-    for mean, low, high in (paired_bootstrap(baseline, candidate), paired_interval(baseline, candidate)):
+    half_width = z * difference.std().item() / math.sqrt(len(difference))
+    intervals = (
+        paired_bootstrap(baseline, candidate, confidence=confidence),
+        paired_interval(baseline, candidate, confidence=confidence),
+    )
+    for mean, low, high in intervals:
         assert mean == pytest.approx(difference.mean().item())
         assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
         assert (low + high) / 2 == pytest.approx(mean, abs=0.1 * half_width)

@@ -4,8 +4,13 @@ Every comparison is a difference of per-question outcomes (means over seeds) wit
 (``StudyResults.difference``). A difference is *significant* when its interval excludes 0, and two runs are
 *equivalent* when the interval lies within the study's ``equivalence_margin`` of 0. Verdicts: ``supported`` and
 ``refuted`` when the intervals decide, ``inconclusive`` when they do not (more seeds or questions would), ``not
-tested`` when the study lacks the finished runs or the metrics a claim needs. Intervals are not corrected for the
-number of comparisons a claim makes.
+tested`` when the study lacks the finished runs or the metrics a claim needs.
+
+A decision that any one of several comparisons makes (Expert Iteration is worse when *any* other run beats it) reads
+their Bonferroni intervals, which hold jointly with 95% confidence: ten separate 95% intervals would call one of ten
+runs as good as Expert Iteration better in about one study in five. A decision that needs *every* comparison (best
+or equal: every other run within the margin) reads the 95% intervals: an intersection of tests at level 5% is a
+test at level 5% (Berger 1982).
 """
 
 from __future__ import annotations
@@ -51,14 +56,16 @@ def expert_iteration_best_or_equal(results: StudyResults) -> Verdict:
         differences = {name: d for name, d in differences.items() if d is not None}
         if not differences:
             continue
+        jointly = {name: results.difference(name, metric, ei, len(differences)) for name in differences}
         best_name, best = max(differences.items(), key=lambda item: item[1].mean)
-        if any(d.low > 0 for d in differences.values()):
+        if any(d.low > 0 for d in jointly.values()):
             decided.append("worse")
         elif all(d.high <= margin for d in differences.values()):
             decided.append("best or equal")
         else:
             decided.append("undecided")
-        lines.append(f"{metric}: {decided[-1]} (strongest other: {best_name} {best} against Expert Iteration)")
+        strongest = _with_joint(best, jointly[best_name])
+        lines.append(f"{metric}: {decided[-1]} (strongest other: {best_name} {strongest} against Expert Iteration)")
     most = len(decided) // 2 + 1
     if decided.count("best or equal") >= most:
         verdict: Outcome = "supported"
@@ -76,15 +83,19 @@ def rl_lifts_both_while_sft_trades(results: StudyResults) -> Verdict:
     if not rl_runs or not _finished(results, roles.more_sft):
         return Verdict(claim, "not tested", "needs the more-SFT run and the Expert Iteration or PPO run")
     pass_k, lines, holds = f"pass@{results.k}", [], []
-    for name in [*rl_runs, roles.more_sft]:
+    parts = [*rl_runs, roles.more_sft]
+    # Any part refutes the claim, each by either of its two metrics: those intervals hold jointly.
+    comparisons = 2 * len(parts)
+    for name in parts:
         maj, passed = results.difference(name, "maj@1"), results.difference(name, pass_k)
         if maj is None or passed is None:
             return Verdict(claim, "not tested", f"{name}'s or the warm start's evaluation lacks maj@1 or {pass_k}")
-        lines.append(f"{name}: maj@1 {maj}, {pass_k} {passed}")
+        maj_jointly, passed_jointly = (results.difference(name, m, comparisons=comparisons) for m in ("maj@1", pass_k))
+        lines.append(f"{name}: maj@1 {_with_joint(maj, maj_jointly)}, {pass_k} {_with_joint(passed, passed_jointly)}")
         if name != roles.more_sft:
-            holds.append(_decide(maj.low > 0 and passed.low > 0, maj.high < 0 or passed.high < 0))
+            holds.append(_decide(maj.low > 0 and passed.low > 0, maj_jointly.high < 0 or passed_jointly.high < 0))
     # A trade: pass@K falls and maj@1 does not (its estimate does not fall, nor does it fall significantly).
-    holds.append(_decide(passed.high < 0 and maj.mean >= 0, passed.low > 0 or maj.high < 0))
+    holds.append(_decide(passed.high < 0 and maj.mean >= 0, passed_jointly.low > 0 or maj_jointly.high < 0))
     return Verdict(claim, _combine(holds), "; ".join(lines) + " (each against the warm start)")
 
 
@@ -139,9 +150,10 @@ def dense_rewards_do_not_help(results: StudyResults) -> Verdict:
     differences = {name: results.difference(name, "maj@1", baseline=roles.ppo) for name in dense}
     if None in differences.values():
         return Verdict(claim, "not tested", "an evaluation of these runs lacks maj@1")
-    lines = [f"{name} - {roles.ppo}: maj@1 {d}" for name, d in differences.items()]
+    jointly = {name: results.difference(name, "maj@1", roles.ppo, len(dense)) for name in dense}
+    lines = [f"{name} - {roles.ppo}: maj@1 {_with_joint(d, jointly[name])}" for name, d in differences.items()]
     margin = results.study.equivalence_margin
-    verdict = _decide(all(d.high <= margin for d in differences.values()), any(d.low > 0 for d in differences.values()))
+    verdict = _decide(all(d.high <= margin for d in differences.values()), any(d.low > 0 for d in jointly.values()))
     return Verdict(claim, verdict, "; ".join(lines) + f" (no lift: every interval below +{margin})")
 
 
@@ -192,6 +204,11 @@ def _mean_wall_time(results: StudyResults, name: str) -> float:
 
 def _minutes(seconds: float) -> str:
     return "unknown (resumed or launched)" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
+
+
+def _with_joint(alone: Difference, jointly: Difference) -> str:
+    """A difference's 95% interval, and the one it holds jointly with the claim's other comparisons."""
+    return str(alone) if jointly.confidence == alone.confidence else f"{alone}, jointly {jointly}"
 
 
 def _decide(supported: bool, refuted: bool) -> Outcome:

@@ -98,15 +98,17 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Difference:
-    """``candidate - baseline`` of a metric over the questions both answered, with its paired 95% interval
-    (``paired_interval``)."""
+    """``candidate - baseline`` of a metric over the questions both answered, with its paired interval
+    (``paired_interval``) of ``confidence``."""
 
     mean: float
     low: float
     high: float
+    confidence: float = 0.95
 
     def __str__(self) -> str:
-        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        interval = f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        return interval if self.confidence == 0.95 else f"{interval} ({self.confidence:.1%})"
 
 
 @dataclass
@@ -137,18 +139,25 @@ class StudyResults:
     def result(self, name: str) -> RunResult:
         return self.baseline if name == "warm_start" else self.runs[name]
 
-    def difference(self, candidate: str, metric: str, baseline: str = "warm_start") -> Difference | None:
-        """Paired difference of two finished runs (``warm_start``: the warm start's evaluation) on ``metric``."""
+    def difference(
+        self, candidate: str, metric: str, baseline: str = "warm_start", comparisons: int = 1
+    ) -> Difference | None:
+        """Paired difference of two finished runs (``warm_start``: the warm start's evaluation) on ``metric``, with
+        its 95% interval, or, as one of ``comparisons`` that hold jointly, its Bonferroni interval (of confidence
+        1 - 0.05 / ``comparisons``)."""
         first, second = self._run_outcomes(baseline).get(metric), self._run_outcomes(candidate).get(metric)
         if not first or not second:
             return None
         shared = sorted(first.keys() & second.keys())
         if not shared:
             return None
+        confidence = 1 - 0.05 / comparisons
         mean, low, high = paired_interval(
-            torch.tensor([first[q] for q in shared]).T, torch.tensor([second[q] for q in shared]).T
-        )  # each (seeds, questions)
-        return Difference(mean, low, high)
+            torch.tensor([first[q] for q in shared]).T,  # (seeds, questions)
+            torch.tensor([second[q] for q in shared]).T,
+            confidence=confidence,
+        )
+        return Difference(mean, low, high, confidence)
 
     def _run_outcomes(self, name: str) -> dict[str, dict[int, list[float]]]:
         if name not in self._outcomes:

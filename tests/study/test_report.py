@@ -95,6 +95,19 @@ def test_claims_the_numbers_refute(tmp_path):
     )
 
 
+def test_expert_iteration_is_worse_only_where_the_joint_intervals_say_so(tmp_path):
+    # PPO answers 5 more of 200 questions than Expert Iteration (and none fewer): Newcombe's 95% interval
+    # [+0.001, +0.048] excludes 0, the Bonferroni interval of one of its two comparisons does not. maj@8 follows
+    # maj@1; pass@8 is equal everywhere.
+    finals = {"ei": (0.5, 0.8), "ppo": (0.525, 0.8), "ppo_dense": (0.5, 0.8), "ei_hot": (0.5, 0.8)}
+    results = read_results(make_study(tmp_path, finals))
+    assert results.difference("ppo", "maj@1", baseline="ei").low > 0
+    verdict = assess_claims(results)[0]
+    assert verdict.verdict == "inconclusive"  # maj@1 and maj@8 undecided, pass@8 best or equal: was refuted
+    joint = "ppo +0.025 [+0.001, +0.048], jointly +0.025 [-0.002, +0.052] (97.5%) against"
+    assert f"maj@1: undecided (strongest other: {joint}" in verdict.evidence
+
+
 def test_more_sft_that_loses_maj_at_1_too_trades_nothing(tmp_path):
     # Both fall, maj@1 less than pass@8: counted as a trade before; the claim is that maj@1 does not fall.
     study = make_study(tmp_path, {"ei": (0.6, 0.8), "ppo": (0.6, 0.8), "sft_more": (0.35, 0.6)})
