@@ -11,10 +11,13 @@ question's K samples are always on one rank, so group statistics need no communi
 
 The KL penalty to the reference is a loss term by default (``reward.kl_in: loss``, GRPO's k3), or a reward
 term as in PPO, RLOO and REINFORCE++ (``reward.kl_in: reward``, k1: a group estimator sums it into the
-response's reward). Dr. GRPO is ``estimator: dr_grpo`` with ``loss.aggregation: max_length_mean`` (token sums
-over a constant instead of each response's length). ``reinforce_pp`` is REINFORCE++ as its paper defines it,
-whose baseline is the batch's whitening alone; the later "REINFORCE++-baseline" (the group's mean subtracted
-first, for K > 1) is not built.
+response's reward). ``grpo`` refuses the reward term: its division by the group's spread would scale the KL's
+noise up to advantages of about 1 where a question's samples all score the same. Each method's loss
+aggregation is an option: Dr. GRPO is ``estimator: dr_grpo`` with ``loss.aggregation: max_length_mean``
+(token sums over a constant instead of each response's length), and so is RLOO's whole-response log-likelihood
+(a sum over its tokens). ``reinforce_pp`` is REINFORCE++ as its paper defines it, whose baseline is the
+batch's whitening alone; the later "REINFORCE++-baseline" (the group's mean subtracted first, for K > 1) is
+not built.
 """
 
 from __future__ import annotations
@@ -55,14 +58,16 @@ class GRPO(PolicyGradient):
     ) -> None:
         if estimator != "reinforce_pp" and rollout.num_samples < 2:
             raise ValueError(f"estimator {estimator} compares a question's samples: rollout.num_samples must be >= 2")
+        if estimator == "grpo" and reward.reward_kl_coef:
+            raise ValueError(
+                "estimator grpo divides each question's total rewards by their spread, so a KL term in the reward "
+                "would be too: where a question's samples are all right or all wrong, the KL's noise alone would "
+                "become advantages of about +-1. Use reward.kl_in: loss (GRPO's), or estimator dr_grpo or rloo"
+            )
         super().__init__(rollout=rollout, loss=loss, reward=reward, **kwargs)
         self.estimator = estimator
 
     def advantages(
         self, rewards: torch.Tensor, values: None, mask: torch.Tensor
     ) -> tuple[torch.Tensor, None, dict[str, float]]:
-        advantages = critic_free_advantages(rewards, mask, self.rollout.num_samples, self.estimator, self.device)
-        scores = (rewards * mask).sum(-1).view(-1, self.rollout.num_samples)
-        # Questions whose samples all score the same teach nothing (zero advantage) under a group estimator.
-        stats = {"uniform_group_fraction": (scores.max(-1).values == scores.min(-1).values).float().mean().item()}
-        return advantages, None, stats
+        return critic_free_advantages(rewards, mask, self.rollout.num_samples, self.estimator, self.device), None, {}

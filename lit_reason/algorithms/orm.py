@@ -47,6 +47,7 @@ from lit_reason.distributed import (
     gather_to_rank_zero,
     rank_and_world_size,
     this_ranks_share,
+    token_mean_over_ranks,
 )
 from lit_reason.evaluation import GradedQuestions, markdown_table
 from lit_reason.files import jsonl_records
@@ -60,9 +61,12 @@ from lit_reason.tensors import next_token_nll, take_rows
 from lit_reason.value_model import ValueModel, freeze_unused_output_head
 
 
-def orm_loss(values: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of every response token's value against its sample's label, averaged over all
-    response tokens of the batch.
+def orm_loss(
+    values: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary cross-entropy of every response token's value against its sample's label, summed over the
+    response tokens of the batch, and how many there are (as ``next_token_nll``: ``token_mean_over_ranks``
+    makes the mean over every rank's tokens).
 
     Args:
         values: (B, L) logits.
@@ -70,11 +74,11 @@ def orm_loss(values: torch.Tensor, labels: torch.Tensor, response_mask: torch.Te
         response_mask: (B, L) bool.
 
     Returns:
-        scalar.
+        (scalar sum, scalar count).
     """
     targets = labels[:, None].expand_as(values).float()
     losses = torch.nn.functional.binary_cross_entropy_with_logits(values.float(), targets, reduction="none")
-    return (losses * response_mask).sum() / response_mask.sum().clamp(min=1)
+    return (losses * response_mask).sum(), response_mask.sum()
 
 
 class OutcomeRewardModel(ReasoningModule):
@@ -315,19 +319,20 @@ class OutcomeRewardModel(ReasoningModule):
             lm_logits=self.lm_loss_coef > 0,
             detach_trunk=self.trunk_training == "language_model",
         )
-        loss = orm_loss(values, batch.labels, batch.response_mask)
-        self.log("train/orm_loss", loss, prog_bar=True, batch_size=len(batch))
+        # Each term is a mean over every rank's tokens (``token_mean_over_ranks``); logged averaged over ranks.
+        loss = token_mean_over_ranks(*orm_loss(values, batch.labels, batch.response_mask), self.device)
+        self.log("train/orm_loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         if self.lm_loss_coef > 0:
-            nll, count = next_token_nll(logits, batch.input_ids, batch.response_mask)
-            lm_loss = nll / count.clamp(min=1)
-            self.log("train/lm_loss", lm_loss, batch_size=len(batch))
+            nll = next_token_nll(logits, batch.input_ids, batch.response_mask)
+            lm_loss = token_mean_over_ranks(*nll, self.device)
+            self.log("train/lm_loss", lm_loss, batch_size=len(batch), sync_dist=True)
             loss = loss + self.lm_loss_coef * lm_loss
         if self.reference_lm_coef > 0:
             references = batch.references
             _, logits = self.network(references.input_ids, references.attention_mask, lm_logits=True)
-            nll, count = next_token_nll(logits, references.input_ids, references.loss_mask)
-            reference_loss = nll / count.clamp(min=1)
-            self.log("train/reference_lm_loss", reference_loss, batch_size=len(references))
+            nll = next_token_nll(logits, references.input_ids, references.loss_mask)
+            reference_loss = token_mean_over_ranks(*nll, self.device)
+            self.log("train/reference_lm_loss", reference_loss, batch_size=len(references), sync_dist=True)
             loss = loss + self.reference_lm_coef * reference_loss
         return loss
 

@@ -50,6 +50,7 @@ from lit_reason.rewards import (
     orm_step_rewards,
     reward_on_last_token,
 )
+from lit_reason.rl.advantages import uniform_group_fraction
 from lit_reason.rl.losses import PPOLoss
 from lit_reason.run_logs import run_log
 from lit_reason.sampling import SampleBatch, SamplingConfig
@@ -151,6 +152,10 @@ class PolicyGradient(ReasoningModule):
         without a critic."""
         return response_logits(self.policy, input_ids, attention_mask, prompt_length), None
 
+    def held_parameter_groups(self) -> tuple[int, ...]:
+        """The optimizer's parameter groups this step leaves as they are (their gradients dropped): none."""
+        return ()
+
     def sampled_distribution(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits of the distribution rollouts draw from: the policy's conditioning's suppressed tokens (an
         RCRL policy's return tokens) at -inf, so that log-probs, ratios, KL and entropy are of the softmax
@@ -204,6 +209,9 @@ class PolicyGradient(ReasoningModule):
             "truncated_fraction": sampled.truncated.float().mean().item(),
             **advantage_stats,
         }
+        if self.rollout.num_samples > 1:  # on the task's reward: a KL reward term never ties
+            task_scores = final + reward.dense_coef * dense.sum(-1)
+            stats["uniform_group_fraction"] = uniform_group_fraction(task_scores, sampled.prompt_index)
         if not reuse_sampled_logprobs:
             # Sampler and training forward should agree; a gap means mismatched numerics (e.g. precision).
             stats["logprob_gap_to_sampler"] = ((logprobs - sampled.logprobs).abs() * mask).max().item()
@@ -343,6 +351,9 @@ class PolicyGradient(ReasoningModule):
             kl_estimator=self.reward.kl_estimator,
         )
         self.manual_backward(output.loss)
+        for group in self.held_parameter_groups():  # no step, no optimizer state, no share of the clipped norm
+            for parameter in optimizer.param_groups[group]["params"]:
+                parameter.grad = None
         if self.max_grad_norm > 0:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()

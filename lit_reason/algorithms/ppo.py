@@ -105,6 +105,12 @@ class PPO(PolicyGradient):
             return 0.0
         return super().group_lr_factor(group, step)
 
+    def held_parameter_groups(self) -> tuple[int, ...]:
+        """The policy (group 0) during the critic's warm-up rounds: a learning rate of 0 alone would still let
+        AdamW's moments gather the policy's gradients (steered by the untrained critic) and spend them on the
+        first steps after the warm-up, and the joint gradient clipping shrink the critic's steps by them."""
+        return (0,) if self.current_epoch < self.critic.warmup_rounds else ()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # lit-reason 0.1.0 named the value network "critic" (now the critic's options). Under FSDP2 Lightning
         # loads the weights itself and passes no state dict: a 0.1.0 checkpoint resumes under DDP or one device.

@@ -72,10 +72,11 @@ def global_mean_var(
     """Mean and unbiased variance of the masked entries of ``values`` on all ranks together.
 
     (B, T), (B, T) -> (scalar, scalar); one all-reduce of (sum, sum of squares, count) when distributed, on
-    ``device`` (the module's; default: that of ``values``).
+    ``device`` (the module's; default: that of ``values``). The sums are float64: the variance is their
+    difference, which float32 loses where the spread is small against the mean.
     """
-    mask = mask.to(values.dtype)
-    stats = torch.stack([(values * mask).sum(), (values**2 * mask).sum(), mask.sum()]).double()
+    wide, mask = values.double(), mask.double()
+    stats = torch.stack([(wide * mask).sum(), (wide**2 * mask).sum(), mask.sum()])
     total, squares, count = all_reduce(stats, device or values.device)
     mean = total / count.clamp(min=1)
     variance = (squares / count.clamp(min=1) - mean**2) * count / (count - 1).clamp(min=1)
@@ -99,6 +100,16 @@ def explained_variance(
     _, residual = global_mean_var(returns - values, mask, device)
     _, total = global_mean_var(returns, mask, device)
     return float(1 - residual / total) if total > 0 else float("nan")
+
+
+def uniform_group_fraction(scores: torch.Tensor, groups: torch.Tensor) -> float:
+    """The share of groups (a question's samples) whose scores are all equal: under a group estimator they teach
+    nothing. (R,) scores, (R,) group index of each -> float."""
+    count = int(groups.max()) + 1
+    lowest = torch.full((count,), float("inf"), dtype=scores.dtype).scatter_reduce(0, groups, scores, "amin")
+    highest = torch.full((count,), float("-inf"), dtype=scores.dtype).scatter_reduce(0, groups, scores, "amax")
+    present = lowest.isfinite()
+    return (lowest[present] == highest[present]).float().mean().item()
 
 
 CriticFreeEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"]

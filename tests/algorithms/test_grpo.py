@@ -40,9 +40,10 @@ def make_grpo(estimator: str, max_epochs: int, **kwargs):
     return module, trainer, data
 
 
-@pytest.mark.parametrize("kl_in", ["loss", "reward"])
-def test_no_critic_and_the_first_ratio_is_one(kl_in):
-    module, trainer, data = make_grpo("grpo", 1, reward=RewardConfig(kl_coef=0.04, kl_estimator="k3", kl_in=kl_in))
+@pytest.mark.parametrize(("estimator", "kl_in"), [("grpo", "loss"), ("rloo", "reward")])
+def test_no_critic_and_the_first_ratio_is_one(estimator, kl_in):
+    reward = RewardConfig(kl_coef=0.04, kl_estimator="k3", kl_in=kl_in)
+    module, trainer, data = make_grpo(estimator, 1, reward=reward)
     ratios = []
     original = GRPO.training_step
 
@@ -67,7 +68,7 @@ def test_a_policy_that_suppresses_tokens_is_trained_on_the_distribution_it_sampl
     """A starting policy whose export suppresses tokens (an RCRL policy's return tokens) samples from the
     softmax without them: scoring, the reference and the loss must use that distribution too (the full
     softmax's log-probs were off by log(1 - suppressed mass), here about log 2)."""
-    module, trainer, data = make_grpo("grpo", 1, reward=RewardConfig(kl_coef=0.04, kl_estimator="k3"))
+    module, trainer, data = make_grpo("grpo", 1, reward=RewardConfig(kl_coef=0.04, kl_estimator="k3", kl_in="loss"))
     configure_model = module.configure_model
 
     def suppressing_half_the_vocabulary():
@@ -144,3 +145,24 @@ def flat_weights(model: torch.nn.Module) -> torch.Tensor:
 def test_group_estimators_need_groups():
     with pytest.raises(ValueError, match="num_samples must be >= 2"):
         GRPO(estimator="rloo", rollout=SamplingConfig(num_samples=1))
+
+
+def test_grpo_refuses_a_kl_reward_term_its_group_spread_would_scale_up():
+    with pytest.raises(ValueError, match=r"estimator grpo divides .* Use reward\.kl_in: loss"):
+        GRPO(estimator="grpo", reward=RewardConfig(kl_in="reward"))
+    GRPO(estimator="grpo", reward=RewardConfig(kl_in="reward", kl_coef=0.0))  # no KL term: nothing to scale
+
+
+def test_the_uniform_group_share_reads_the_task_reward_which_a_kl_reward_term_never_ties():
+    # The first round teaches the rewarded first token, so the second round's policy is away from the reference:
+    # with every task reward 0 there, each response's KL reward still differs.
+    module, trainer, data = make_grpo("rloo", 2, reward=RewardConfig(kl_coef=0.04, kl_in="reward"))
+
+    def nothing_right_after_the_first_round(problems, sampled, correct):
+        rewarded = FirstTokenGRPO.outcome_rewards(module, problems, sampled, correct)
+        return rewarded if module.current_epoch == 0 else torch.zeros_like(rewarded)
+
+    module.outcome_rewards = nothing_right_after_the_first_round
+    trainer.fit(module, data)
+    assert data.round_data.stats["kl_to_reference"] > 1e-3
+    assert data.round_data.stats["uniform_group_fraction"] == 1.0

@@ -11,6 +11,7 @@ from lit_reason import SFT, OutcomeRewardModel, PolicySpec, RolloutDataModule, S
 from lit_reason.algorithms.orm import orm_loss, reliability_table
 from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
 from lit_reason.sampling import encode_prompt
+from lit_reason.tensors import next_token_nll
 from lit_reason.value_model import HEAD_FILE, ValueModel, likelihood_features, load_frozen_orm
 from tests.conftest import sft_fixture_task
 from tests.helpers.quantization import FOUR_BIT, QUANTIZABLE_MICRO
@@ -54,7 +55,34 @@ def test_orm_loss_by_hand():
         + torch.log1p(torch.exp(torch.tensor(-2.0)))
         + torch.log1p(torch.exp(torch.tensor(-1.0)))
     ) / 3
-    assert orm_loss(values, labels, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+    total, count = orm_loss(values, labels, mask)
+    assert count.item() == 3 and (total / 3).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _orm_training_loss_on_rank(rank: int, world_size: int) -> tuple[float, float, int]:
+    from lit_reason.batches import LabelledBatch
+
+    module = OutcomeRewardModel(policy=PolicySpec(name_or_path="micro"), lm_loss_coef=1.0)
+    module.configure_model()
+    tokens = 1 if rank == 0 else 9  # response tokens on this rank
+    input_ids = torch.randint(4, 60, (1, 3 + tokens), generator=torch.Generator().manual_seed(rank))
+    response_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    response_mask[:, 3:] = True
+    batch = LabelledBatch(input_ids, torch.ones_like(input_ids), response_mask, labels=torch.tensor([float(rank)]))
+    loss = module.training_step(batch, 0)
+    values, logits = module.network(input_ids, batch.attention_mask, response_mask, lm_logits=True)
+    total = orm_loss(values, batch.labels, response_mask)[0] + next_token_nll(logits, input_ids, response_mask)[0]
+    return loss.item(), total.item(), tokens
+
+
+@pytest.mark.slow
+def test_the_orm_s_losses_weigh_every_rank_s_tokens_the_same():
+    # Rank 0 holds 1 response token, rank 1 nine: the ranks' losses, averaged as DDP averages their gradients,
+    # must be the mean over all ten tokens (each rank's mean weighed rank 0's token nine times as much).
+    from tests.helpers.distributed import run_in_processes
+
+    (loss_0, total_0, tokens_0), (loss_1, total_1, tokens_1) = run_in_processes(_orm_training_loss_on_rank, timeout=120)
+    assert (loss_0 + loss_1) / 2 == pytest.approx((total_0 + total_1) / (tokens_0 + tokens_1), rel=1e-5)
 
 
 def test_within_question_auroc_by_hand():
@@ -190,7 +218,7 @@ def test_detach_trunk_trains_the_head_alone(char_tokenizer):
     for detach, trunk_learns in ((False, True), (True, False)):
         network.zero_grad(set_to_none=True)
         values, _ = network(ids, mask, detach_trunk=detach)
-        orm_loss(values, torch.ones(1), mask.bool()).backward()
+        orm_loss(values, torch.ones(1), mask.bool())[0].backward()
         trunk_grads = [p.grad for p in network.trunk.parameters() if p.grad is not None]
         assert any(g.abs().sum() > 0 for g in trunk_grads) == trunk_learns
         assert network.head.weight.grad.abs().sum() > 0

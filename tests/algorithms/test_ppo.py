@@ -121,6 +121,27 @@ def test_critic_warmup_holds_the_policy_for_exactly_its_rounds():
     assert all(critic > 0 for _, (_, critic) in rates.steps)
 
 
+def test_the_critic_warmup_leaves_the_policy_no_optimizer_state_and_clips_the_critic_alone():
+    # A learning rate of 0 alone let AdamW gather the held policy's gradients into its moments (spent on the
+    # steps after the warm-up) and let them shrink the critic's clipped steps.
+    module, trainer, data = make_ppo(critic=CriticConfig(warmup_rounds=1), max_grad_norm=1e-3)
+    trainer.fit_loop.max_epochs = 1
+    clipped = []
+    original = module.clip_gradients
+
+    def record(optimizer, gradient_clip_val, gradient_clip_algorithm):
+        policy, critic = (optimizer.param_groups[i]["params"] for i in (0, 1))
+        clipped.append((all(p.grad is None for p in policy), any(p.grad is not None for p in critic)))
+        original(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
+    module.clip_gradients = record
+    trainer.fit(module, data)
+    optimizer = trainer.optimizers[0]
+    assert clipped == [(True, True)] * 8
+    assert all(p not in optimizer.state for p in optimizer.param_groups[0]["params"])
+    assert all("exp_avg" in optimizer.state[p] for p in optimizer.param_groups[1]["params"])
+
+
 def test_every_trainable_weight_of_a_separate_critic_gets_a_gradient_with_an_untied_head():
     # DDP stops at the second step when a trained weight got no gradient: a plain critic never reads the LM head.
     module = PPO(policy=PolicySpec(name_or_path="micro", preset_overrides={"tie_word_embeddings": False}))
