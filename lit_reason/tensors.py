@@ -25,6 +25,28 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
     return torch.nn.functional.pad(chosen, (1, 0))
 
 
+def token_logprobs_by_rows(
+    hidden: torch.Tensor,
+    output_layer: torch.nn.Module,
+    input_ids: torch.Tensor,
+    temperature: float,
+    max_logits: int = 1 << 27,
+) -> torch.Tensor:
+    """``token_logprobs`` of the logits ``output_layer(hidden)``, a few rows at a time: at most about
+    ``max_logits`` logits exist at once (with their float32 copies), where the (B, L, V) logits of a real
+    vocabulary would take gigabytes (256 rows of 1,200 tokens over 49,152: 60 GB in float32).
+
+    (B, L, D) hidden states of positions, (B, L) ids -> (B, L), column 0 (never predicted) 0.
+    """
+    rows = max(1, max_logits // (input_ids.shape[1] * output_layer.out_features))
+    return torch.cat(
+        [
+            token_logprobs(output_layer(hidden[first : first + rows]), input_ids[first : first + rows], temperature)
+            for first in range(0, len(input_ids), rows)
+        ]
+    )
+
+
 def next_token_nll(
     logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

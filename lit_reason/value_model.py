@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_reason.files import find_model_file, hub_location, with_adapter_location
-from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs
+from lit_reason.tensors import eval_mode, position_ids_from_mask, token_logprobs, token_logprobs_by_rows
 
 HEAD_FILE = "value_head.safetensors"
 CONFIG_FILE = "value_model.json"
@@ -83,11 +83,20 @@ class ValueModel(torch.nn.Module):
         hidden = self.trunk.base_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
         ).last_hidden_state
-        logits = self.trunk.get_output_embeddings()(hidden) if lm_logits or self.likelihood_features else None
-        hidden = hidden.to(self.head.weight.dtype)  # a trunk loaded in half precision or quantized
+        output_layer = self.trunk.get_output_embeddings()
+        logits = output_layer(hidden) if lm_logits else None
         if self.likelihood_features:
             mask = attention_mask.bool() if response_mask is None else response_mask
-            hidden = torch.cat([hidden, likelihood_features(logits, input_ids, mask).to(hidden.dtype)], dim=-1)
+            # Scoring needs no logits: they are made a few rows at a time, never (B, L, V) at once.
+            logprobs = (
+                token_logprobs(logits, input_ids, temperature=1.0)
+                if logits is not None
+                else token_logprobs_by_rows(hidden, output_layer, input_ids, temperature=1.0)
+            )
+            features = likelihood_features(logprobs, mask)
+        hidden = hidden.to(self.head.weight.dtype)  # a trunk loaded in half precision or quantized
+        if self.likelihood_features:
+            hidden = torch.cat([hidden, features.to(hidden.dtype)], dim=-1)
         values = self.head(hidden.detach() if detach_trunk else hidden).squeeze(-1).float()
         return values, (logits if lm_logits else None)
 
@@ -178,20 +187,19 @@ def load_frozen_orm(path: str, tokenizer, load_kwargs: dict[str, Any] | None = N
     return network.eval()
 
 
-def likelihood_features(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def likelihood_features(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per position: the log-prob of its token under the previous position's logits, the running mean,
     minimum and sum of those over the masked tokens so far, and how many masked tokens there were so far;
     zeros before the first masked token.
 
     Args:
-        logits: (B, L, V).
-        input_ids: (B, L) long.
+        token_logprobs: (B, L) each token's log-prob (``lit_reason.tensors.token_logprobs`` at temperature 1).
         mask: (B, L) bool, the tokens to summarise.
 
     Returns:
         (B, L, 5) float32.
     """
-    logprobs = token_logprobs(logits, input_ids, temperature=1.0) * mask
+    logprobs = token_logprobs.float() * mask
     running_sum = logprobs.cumsum(-1)
     count = mask.cumsum(-1).float()
     running_mean = running_sum / count.clamp(min=1)

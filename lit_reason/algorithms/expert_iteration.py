@@ -30,7 +30,7 @@ import torch
 from lit_reason.adapters import with_adapter
 from lit_reason.algorithms.sft import SFT
 from lit_reason.batches import Example, TokenBatch, batch_examples
-from lit_reason.data import TrainData
+from lit_reason.data import TrainData, shard_evenly
 from lit_reason.distributed import full_state_dict, gather_objects, load_full_state_dict, rank_and_world_size
 from lit_reason.policy import PolicySpec
 from lit_reason.rewards import RewardFunction, successes
@@ -164,11 +164,10 @@ class ExpertIteration(SFT):
             )
             samples += [KeptSample(i, self.task.target(by_id[i])) for i in chosen]
         random.Random(f"{self.seed}-{round_index}-shard").shuffle(samples)
-        rank, world_size = rank_and_world_size()
-        share = len(samples) // world_size  # equal shares, so every rank runs the same number of steps
-        return [
-            (self.encode_sample(by_id[s.problem_id], s), s.correct) for s in samples[rank * share : (rank + 1) * share]
-        ]
+        # Equal shares, so that every rank runs the same number of steps: a few samples repeat rather than
+        # any being left out (with fewer samples than ranks, the rounded-down share was none at all).
+        mine = shard_evenly(samples, *rank_and_world_size())
+        return [(self.encode_sample(by_id[s.problem_id], s), s.correct) for s in mine]
 
     def encode_sample(self, problem: Problem, sample: KeptSample) -> Example:
         """The fine-tuning example of a kept sample: its prompt, then its text and EOS as the target."""

@@ -263,7 +263,12 @@ class OutcomeRewardModel(ReasoningModule):
         """``count`` (prompt ids, solution ids) pairs of training questions that fit the context, drawn
         without replacement while they last, differently on every rank and round."""
         if self._reference_pool is None:  # the training split is encoded once, not every round
-            examples = [self.encode_example(p, self.task.target(p)) for p in self.task.problems("train") if p.solution]
+            # Without the policy's response prefix (an RCRL policy's return token), as the ORM reads responses.
+            examples = [
+                self.encode_example(p, self.task.target(p), response_prefix="")
+                for p in self.task.problems("train")
+                if p.solution
+            ]
             self._reference_pool = [e for e in examples if fits_context(e, self.max_length)]
         if not self._reference_pool:
             raise ValueError(

@@ -170,6 +170,19 @@ def test_a_round_with_nothing_to_train_on_says_what_to_do(tmp_path, monkeypatch)
         run_ei(tmp_path, rounds=1)
 
 
+def test_every_rank_trains_on_kept_samples_even_when_there_are_fewer_than_ranks(tmp_path, monkeypatch):
+    # Two kept samples on four ranks: the rounded-down share of each rank was none, and the round stopped with
+    # "no correct sample has been kept yet". Every rank gets one, and none is left out.
+    module, _ = run_ei(tmp_path, rounds=1)
+    kept = [sample.text for sample in module.kept.values()]
+    shares = []
+    for rank in range(4):
+        monkeypatch.setattr("lit_reason.algorithms.expert_iteration.rank_and_world_size", lambda rank=rank: (rank, 4))
+        shares.append([module.tokenizer.decode(target) for (_, target), _ in module.round_examples(1)])
+    assert [len(share) for share in shares] == [1, 1, 1, 1]
+    assert all(any(text in target for target in sum(shares, [])) for text in kept)
+
+
 def test_reference_solutions_are_mixed_in(tmp_path):
     module, recorder = run_ei(tmp_path, reference_solutions=6, rounds=1)
     assert recorder.rounds[0]["stats"]["train_examples"] == 2 + 6

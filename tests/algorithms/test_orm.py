@@ -11,7 +11,7 @@ from lit_reason import SFT, OutcomeRewardModel, PolicySpec, RolloutDataModule, S
 from lit_reason.algorithms.orm import orm_loss, reliability_table
 from lit_reason.metrics import WithinQuestionAUROC, concordant_pairs
 from lit_reason.sampling import encode_prompt
-from lit_reason.tensors import next_token_nll
+from lit_reason.tensors import next_token_nll, token_logprobs, token_logprobs_by_rows
 from lit_reason.value_model import HEAD_FILE, ValueModel, likelihood_features, load_frozen_orm
 from tests.conftest import sft_fixture_task
 from tests.helpers.quantization import FOUR_BIT, QUANTIZABLE_MICRO
@@ -85,6 +85,21 @@ def test_the_orm_s_losses_weigh_every_rank_s_tokens_the_same():
     assert (loss_0 + loss_1) / 2 == pytest.approx((total_0 + total_1) / (tokens_0 + tokens_1), rel=1e-5)
 
 
+def test_reference_solutions_are_read_without_the_policy_s_response_prefix(monkeypatch):
+    # The ORM reads sampled responses without the policy's response prefix (an RCRL policy's [GOOD]); its
+    # trunk's language-modelling loss on reference solutions learned them behind that prefix.
+    from lit_reason.conditioning import Conditioning
+    from lit_reason.tasks import Arithmetic
+
+    task = Arithmetic(train_size=8, validation_size=2, test_size=2)
+    monkeypatch.setattr(OutcomeRewardModel, "task", property(lambda self: task))
+    module = OutcomeRewardModel(policy=PolicySpec(name_or_path="micro"), reference_lm_coef=1.0)
+    module.configure_model()
+    module.recorded_conditioning = Conditioning(response_prefix="@@")
+    plain = [module.encode_example(p, task.target(p), response_prefix="") for p in task.problems("train")]
+    assert sorted(module._reference_examples(8, round_index=0)) == sorted(plain)
+
+
 def test_within_question_auroc_by_hand():
     assert concordant_pairs([0.9, 0.2, 0.5], [True, False, False]) == (2.0, 2)
     assert concordant_pairs([0.5, 0.5], [True, False]) == (0.5, 1)
@@ -116,7 +131,28 @@ def test_likelihood_features_by_hand():
             [b, (a + 2 * b) / 3, b, a + 2 * b, 3.0],
         ]
     )
-    assert torch.allclose(likelihood_features(logits, input_ids, mask)[0], expected, atol=1e-6)
+    logprobs = token_logprobs(logits, input_ids, temperature=1.0)
+    assert torch.allclose(likelihood_features(logprobs, mask)[0], expected, atol=1e-6)
+
+
+def test_scoring_makes_the_logits_a_few_rows_at_a_time_and_scores_as_a_training_forward(monkeypatch, char_tokenizer):
+    from lit_reason.policy import load_model
+
+    # Scoring read the likelihood features from (B, L, V) logits, 60 GB in float32 for 256 rows of 1,200 tokens
+    # of a 49,152-token vocabulary; now the output layer sees at most about 2^27 logits at once (here 2 rows).
+    trunk = load_model(PolicySpec(name_or_path="micro"), char_tokenizer)
+    network = ValueModel(trunk, head_std=0.1, likelihood_features=True).eval()
+    input_ids = torch.randint(4, 100, (5, 12), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    vocabulary = network.trunk.get_output_embeddings().out_features
+    monkeypatch.setattr(token_logprobs_by_rows, "__defaults__", (2 * 12 * vocabulary,))
+    rows_seen = []
+    network.trunk.get_output_embeddings().register_forward_hook(lambda _, args, __: rows_seen.append(len(args[0])))
+    with torch.no_grad():
+        scored, _ = network(input_ids, attention_mask)
+        trained, logits = network(input_ids, attention_mask, lm_logits=True)
+    assert rows_seen == [2, 2, 1, 5] and logits.shape == (5, 12, vocabulary)
+    torch.testing.assert_close(scored, trained)
 
 
 def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
