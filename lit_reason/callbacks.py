@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+from itertools import count
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -41,6 +43,16 @@ class ExportPolicy(Callback):
 
     def target(self, trainer: Trainer) -> Path:
         return Path(self.dirpath or Path(trainer.log_dir or ".") / "policy")
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # An export replaces its folder whole: one that holds anything but an earlier export (or nothing) would
+        # be lost, the user's files with it. Checked before training, on every rank (log_dir is a broadcast).
+        target = self.target(trainer)
+        if stage == "fit" and trainer.strategy.broadcast(trainer.is_global_zero and not _replaceable(target)):
+            raise ValueError(
+                f"export.dirpath: {target} holds files that are not an exported policy, and the export would "
+                "replace the folder with them; pick another --export.dirpath or remove the folder"
+            )
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
@@ -87,6 +99,50 @@ class ExportPolicy(Callback):
         # An earlier lit-reason kept a NaN (undefined) first value as the best, which no later value beat.
         self.best = None if best is not None and math.isnan(best) else best
         self.exported = state_dict["exported"]
+
+
+def _replaceable(target: Path) -> bool:
+    """Whether an export may replace ``target``: missing, an empty folder, or an export (an earlier one)."""
+    return not target.exists() or (target.is_dir() and (is_exported(target) or not any(target.iterdir())))
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Lightning's ``SaveConfigCallback`` (the command's config as ``config.yaml`` in its log directory), except
+    that a fit resumed from a checkpoint in a directory that has one writes its config beside it, as
+    ``config-resume-<n>.yaml``: the run's own ``config.yaml`` (which the study and ``validate --config`` read)
+    stays as the run was started, whether the resumed attempt is refused (other seeds, another algorithm) or
+    goes on."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir and stage == "fit" and self.config.get("ckpt_path"):
+            log_dir = Path(trainer.log_dir)  # every rank: a broadcast
+            name = _free_resume_config_name(log_dir) if trainer.is_global_zero else None
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+
+def _free_resume_config_name(log_dir: Path) -> str:
+    if not (log_dir / "config.yaml").exists():
+        return "config.yaml"  # resumed into a new directory: the config of the run there
+    return next(name for n in count(1) if not (log_dir / (name := f"config-resume-{n}.yaml")).exists())
+
+
+class RefuseOtherAlgorithmsCheckpoint(Callback):
+    """A fit resumed from a checkpoint of another algorithm (an SFT ``last.ckpt`` given to Expert Iteration's
+    config) stops, naming both: the weights may load, but the optimizer, the rounds and the run it goes on are
+    another's. The CLI records the algorithm in the checkpoint (``hyper_parameters["_class_path"]``); evaluating
+    a checkpoint's weights with another config stays possible."""
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+        building = type(pl_module)
+        # By class name: a config names a class by any module that exports it (lit_reason.SFT, ...algorithms.SFT).
+        if trainer.state.fn == TrainerFn.FITTING and saved and saved.rsplit(".", 1)[-1] != building.__name__:
+            raise ValueError(
+                f"--ckpt_path is a checkpoint of {saved}, and this fit trains {building.__module__}."
+                f"{building.__qualname__}: resume with the config of the run that saved it (its config.yaml), or "
+                "start this fit without --ckpt_path (a trained policy is --model.init_args.policy.name_or_path)"
+            )
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -1,10 +1,10 @@
 """The ``lit-reason`` command: Lightning's CLI (``fit``, ``validate``, ``test``) with the project's defaults.
 
-Every run gets a TensorBoard logger, the resolved config saved beside it (``config.yaml``), checkpoints
-of the best ``val/maj@1`` and of the latest epoch (``last.ckpt``, to resume from), and an exported Hugging
-Face policy. ``fit`` validates
-once before the first update, so curves start at the initial policy (Lightning's sanity check logs
-nothing); resuming with ``--ckpt_path`` skips that.
+Every run gets a TensorBoard logger, the resolved config saved beside it (``config.yaml``; a fit resumed in
+its run's directory keeps the run's and writes its own as ``config-resume-<n>.yaml``), checkpoints of the best
+``val/maj@1`` and of the latest epoch (``last.ckpt``, to resume from), and an exported Hugging Face policy.
+``fit`` validates once before the first update, so curves start at the initial policy (Lightning's sanity
+check logs nothing); resuming with ``--ckpt_path`` skips that.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from lit_reason.algorithms.base import ReasoningModule
-from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint, LastCheckpoint
+from lit_reason.callbacks import (
+    ExportPolicy,
+    FailFast,
+    ForgetOutputsAfterCheckpoint,
+    LastCheckpoint,
+    RefuseOtherAlgorithmsCheckpoint,
+    SaveRunConfig,
+)
 from lit_reason.data import RolloutDataModule
 from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached, locate_config
 
@@ -107,12 +114,29 @@ def _section_options(args: list[str], section: str) -> list[tuple[str, dict[str,
             continue
         else:
             continue
-        node = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        node = _read_config(path) if Path(path).is_file() else None
         for part in section.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             sources.append((path, node.get("init_args", node) or {}))
     return sources
+
+
+def _read_config(path: str) -> Any:
+    """The content of a ``--config`` file; a ``ValueError`` naming the file (and the line) when it is not UTF-8
+    text or not YAML."""
+    raw = Path(path).read_bytes()
+    try:
+        return yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"--config {path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save it as UTF-8"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"--config {where}: not valid YAML ({problem})") from None
 
 
 class LitReasonCLI(LightningCLI):
@@ -123,6 +147,7 @@ class LitReasonCLI(LightningCLI):
             ReasoningModule,
             RolloutDataModule,
             subclass_mode_model=True,
+            save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
             auto_configure_optimizers=False,
@@ -135,13 +160,22 @@ class LitReasonCLI(LightningCLI):
         # No ``predict``: a run's predictions come from validate / test (``<log_dir>/predictions/``).
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Unset, Lightning loads a --ckpt_path URL with weights_only=False: a remote checkpoint could run code.
+        # lit-reason's checkpoints hold only tensors and plain values; --weights_only=false still loads others.
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            parser.set_defaults(weights_only=True)
+        return parser
+
     def instantiate_trainer(self, **kwargs: Any):
         # The checkpoint callbacks this CLI adds give way to --trainer.enable_checkpointing=false.
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return self._instantiate_trainer(trainer_config, [*callbacks, ForgetOutputsAfterCheckpoint(), FailFast()])
+        ours = [ForgetOutputsAfterCheckpoint(), RefuseOtherAlgorithmsCheckpoint(), FailFast()]
+        return self._instantiate_trainer(trainer_config, [*callbacks, *ours])
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would lay the hyperparameters saved in --ckpt_path over the parsed config: evaluating a
@@ -151,7 +185,10 @@ class LitReasonCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         if args is None or isinstance(args, list):
-            renamed = renamed_options(sys.argv[1:] if args is None else [str(a) for a in args])
+            try:
+                renamed = renamed_options(sys.argv[1:] if args is None else [str(a) for a in args])
+            except ValueError as unreadable:  # a config file that is not YAML text
+                parser.error(str(unreadable))
             if renamed:
                 parser.error("renamed options:\n  " + "\n  ".join(renamed))
         super().parse_arguments(parser, args)

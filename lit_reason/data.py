@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from lightning import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
@@ -34,6 +34,8 @@ from lit_reason.distributed import (
 )
 from lit_reason.seeds import run_seed
 from lit_reason.tasks import Arithmetic, Problem, Task
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,6 +96,9 @@ class RolloutDataModule(LightningDataModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        for option, limit in (("validation_questions", validation_questions), ("test_questions", test_questions)):
+            if limit is not None and limit < 0:  # a negative slice end would leave out the last questions
+                raise ValueError(f"data.{option} must be at least 0 (or null: all), got {limit}")
         self.task = task if task is not None else Arithmetic()
         self.questions_per_round = questions_per_round
         self.validation_questions = validation_questions
@@ -251,19 +256,33 @@ class RolloutDataModule(LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved, now = state_dict.get("seeds", {}), self.seeds()  # no seeds in earlier checkpoints
-        changed = {option: seed for option, seed in saved.items() if now.get(option, seed) != seed}
-        if changed and self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            raise ValueError(
-                f"the checkpoint's run was seeded with {saved} and this one with {now}: the question order and the "
-                "rollouts follow them, so it would not go on as it was; resume with "
-                + " ".join(f"{option}={seed}" for option, seed in changed.items())
-            )
+        saved = state_dict.get("seeds")  # not in earlier checkpoints
+        if saved and self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self._check_seeded_as(saved)
         self.samples_drawn = int(state_dict["samples_drawn"])
         self.rounds_built = int(state_dict["rounds_built"])
         self.round_batches = int(state_dict.get("round_batches", 0))  # not in earlier checkpoints
         # Kept as saved: only a fit that resumes the round needs this rank's batches (testing a checkpoint none).
         self._round_in_progress = state_dict.get("round_in_progress")
+
+    def _check_seeded_as(self, saved: dict[str, int]) -> None:
+        """Refuse to go on from a checkpoint whose run drew other rollouts or asked the questions in another
+        order. The order is compared as seeded, whichever option seeded it: a ``--data.seed`` left out (or added)
+        changes it as much as another value does."""
+        now = self.seeds()
+        fixes = {}
+        if saved["--seed_everything"] != now["--seed_everything"]:
+            fixes["--seed_everything"] = saved["--seed_everything"]
+        saved_order = saved.get("--data.seed", saved["--seed_everything"])
+        # The order once --seed_everything is as the checkpoint's: a data.seed given now, else that seed.
+        if (self.seed if self.seed is not None else saved["--seed_everything"]) != saved_order:
+            fixes["--data.seed"] = saved_order
+        if fixes:
+            raise ValueError(
+                f"the checkpoint's run was seeded with {saved} and this one with {now}: the question order and the "
+                "rollouts follow them, so it would not go on as it was; resume with "
+                + " ".join(f"{option}={seed}" for option, seed in fixes.items())
+            )
 
     def setup(self, stage: str) -> None:
         _, world_size = rank_and_world_size()
@@ -284,6 +303,12 @@ class RolloutDataModule(LightningDataModule):
                 "RolloutDataModule shards questions itself: run with Trainer(use_distributed_sampler=False) "
                 "(the lit-reason CLI sets it)"
             )
+        if stage == "fit" and self.trainer is not None and self.trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError(
+                "RolloutDataModule makes every round's data from the policy as it is then: run with "
+                "Trainer(reload_dataloaders_every_n_epochs=1) (the lit-reason CLI sets it); without it, every "
+                "round would train on the first round's samples"
+            )
 
 
 # The one "batch" served for a round made before the checkpoint a run resumes from (and not in it). Lightning
@@ -295,13 +320,13 @@ COMPLETED_ROUND = "completed-round"
 EMPTY_ROUND = "empty-round"
 
 
-def shard_evenly(problems: list[Problem], rank: int, world_size: int) -> list[Problem]:
-    """Rank ``rank``'s share of the problems: every ``world_size``-th one, with the list first padded by
-    repeating it from its start (as often as it takes: fewer problems than ranks too) so that all ranks get
-    the same count."""
-    if not problems:
+def shard_evenly(items: list[T], rank: int, world_size: int) -> list[T]:
+    """Rank ``rank``'s share of the items (problems, kept samples): every ``world_size``-th one, with the list
+    first padded by repeating it from its start (as often as it takes: fewer items than ranks too) so that all
+    ranks get the same count and none is left out."""
+    if not items:
         return []
-    padded = [problems[i % len(problems)] for i in range(-(-len(problems) // world_size) * world_size)]
+    padded = [items[i % len(items)] for i in range(-(-len(items) // world_size) * world_size)]
     return padded[rank::world_size]
 
 

@@ -18,12 +18,19 @@ class LRSchedule:
         warmup_steps: optimizer steps of linear warm-up from 0.
         decay: shape after warm-up, down to ``min_lr_ratio`` x the optimizer's learning rate at the end of the
             window.
-        min_lr_ratio: final learning rate as a fraction of the peak.
+        min_lr_ratio: final learning rate as a fraction of the peak, from 0 to 1.
     """
 
     warmup_steps: int = 0
     decay: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        # Out of range, the rate would go below zero (training uphill) or grow as the window ends.
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"lr_schedule.min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"lr_schedule.warmup_steps must be at least 0, got {self.warmup_steps}")
 
     def factor(self, step: int, total: int) -> float:
         """Multiplier of the peak learning rate at optimizer step ``step`` (0-based) of a ``total``-step window.

@@ -5,6 +5,7 @@ that follows its step."""
 import json
 import pickle
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,14 @@ from lightning import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_reason.algorithms import GRPO, SFT
-from lit_reason.callbacks import ExportPolicy, FailFast, ForgetOutputsAfterCheckpoint, LastCheckpoint
+from lit_reason.callbacks import (
+    ExportPolicy,
+    FailFast,
+    ForgetOutputsAfterCheckpoint,
+    LastCheckpoint,
+    RefuseOtherAlgorithmsCheckpoint,
+    SaveRunConfig,
+)
 from lit_reason.conditioning import Conditioning
 from lit_reason.data import RolloutDataModule
 from lit_reason.policy import PolicySpec
@@ -81,6 +89,23 @@ def test_a_run_resumed_into_a_new_directory_still_leaves_a_policy(tmp_path):
     assert (tmp_path / "version_1" / "policy" / "model.safetensors").read_text() == "resumed"
 
 
+def test_an_export_never_replaces_a_folder_that_holds_something_else(tmp_path):
+    # --export.dirpath=DIR (or ./policy without a logger) renamed DIR aside and deleted it, the user's files too.
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    callback, trainer = ExportPolicy(dirpath=str(target)), fake_trainer(tmp_path)
+    with pytest.raises(ValueError, match=rf"export\.dirpath: {target} holds files that are not an exported policy.*"
+                       "pick another --export.dirpath or remove the folder"):  # fmt: skip
+        callback.setup(trainer, FakeModule("first"), "fit")
+    assert (target / "notes.txt").read_text() == "mine"
+    (target / "notes.txt").unlink()  # an empty folder, then an earlier export (a resumed run's): replaced
+    for version in ("first", "second"):
+        callback.setup(trainer, FakeModule(version), "fit")
+        callback._export(trainer, FakeModule(version), "test")
+        assert (target / "model.safetensors").read_text() == version
+
+
 def test_the_card_of_a_task_without_validation_questions_shows_a_training_prompt(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text('{"question": "What is 1 + 1?", "answer": 2}\n')
@@ -146,6 +171,36 @@ def test_a_fit_resumed_mid_round_forgets_the_round_s_later_evaluations(tmp_path)
     ForgetOutputsAfterCheckpoint().on_load_checkpoint(trainer, None, {"epoch": 0, "global_step": 3})
     assert json.loads((tmp_path / "metrics.json").read_text()) == entries[:1]
     assert [p.name for p in (tmp_path / "predictions").iterdir()] == ["val-step0.jsonl"]
+
+
+def test_a_fit_resumed_from_another_algorithm_s_checkpoint_is_refused(tmp_path):
+    # An SFT last.ckpt given to another algorithm's config loaded its weights and went on as that algorithm.
+    sft_checkpoint = {"hyper_parameters": {"_class_path": "lit_reason.SFT"}}
+    trainer = fake_trainer(tmp_path)
+    with pytest.raises(ValueError, match=r"a checkpoint of lit_reason\.SFT, and this fit trains .*\.GRPO: resume"):
+        RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, GRPO(), sft_checkpoint)
+    RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, SFT(), sft_checkpoint)
+    RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, GRPO(), {"hyper_parameters": {}})  # not the CLI's
+    trainer.state.fn = TrainerFn.VALIDATING  # evaluating its weights with another config: allowed
+    RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, GRPO(), sft_checkpoint)
+
+
+def test_a_run_s_config_is_kept_when_a_fit_resumes_in_its_directory(tmp_path):
+    # A resumed attempt (refused or not) overwrote config.yaml, which the study and validate --config read.
+    (tmp_path / "config.yaml").write_text("the run's\n")
+    saved = []
+
+    class Parser:
+        def save(self, config, path, **kwargs):
+            saved.append(Path(path).name)
+            Path(path).write_text(str(config))
+
+    for _ in range(2):
+        SaveRunConfig(Parser(), {"ckpt_path": "last.ckpt"}, overwrite=True).setup(fake_trainer(tmp_path), None, "fit")
+    assert saved == ["config-resume-1.yaml", "config-resume-2.yaml"]
+    assert (tmp_path / "config.yaml").read_text() == "the run's\n"
+    SaveRunConfig(Parser(), {"ckpt_path": None}, overwrite=True).setup(fake_trainer(tmp_path), None, "fit")
+    assert saved[-1] == "config.yaml"  # a fit started afresh in the directory: its own config
 
 
 def test_the_fail_fast_callback_can_be_pickled_before_setup():

@@ -35,6 +35,13 @@ class ParseOnly(LitReasonCLI):
         pass
 
 
+class ParseAndStop(ParseOnly):
+    """Parses a subcommand's arguments (``ParseOnly`` with ``run=False`` knows no subcommands) and runs nothing."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_parses_and_says_how_it_was_run(config):
     first_line = config.read_text().splitlines()[0]
@@ -197,6 +204,19 @@ def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
     assert f"{config}: model option kl_coef is now reward.kl_coef" in capsys.readouterr().err
 
 
+def test_a_config_file_that_is_no_yaml_text_is_an_error_naming_the_file(tmp_path, capsys):
+    # Both were raw tracebacks from the renamed-options scan, naming no file.
+    config = tmp_path / "bad.yaml"
+    config.write_text("trainer:\n  max_epochs: 1\n bad: [\n")
+    with pytest.raises(SystemExit):
+        LitReasonCLI(args=["fit", "--config", str(config)], run=False)
+    assert f"--config {config}:3:2: not valid YAML (expected <block end>" in capsys.readouterr().err
+    config.write_bytes("trainer: {max_epochs: 1}\n".encode("utf-16"))
+    with pytest.raises(SystemExit):
+        LitReasonCLI(args=["fit", f"--config={config}"], run=False)
+    assert f"--config {config}: not UTF-8 text (byte 0xff at offset 0); save it as UTF-8" in capsys.readouterr().err
+
+
 def test_evaluating_an_untrained_warm_start_stops_instead_of_training_it(tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_REASON_CACHE", str(tmp_path))  # nothing cached
     monkeypatch.chdir(CONFIGS[0].parents[1])
@@ -268,12 +288,39 @@ def test_a_checkpoints_saved_options_do_not_override_the_command_line(tmp_path):
     checkpoint = tmp_path / "saved.ckpt"
     torch.save({"hyper_parameters": {"evaluation": {"num_samples": 8}, "text_samples": 1}}, checkpoint)
 
-    class ParseAndStop(ParseOnly):
-        def _run_subcommand(self, subcommand: str) -> None:
-            pass
-
     sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
     options = ["--model.init_args.evaluation.num_samples=96", f"--ckpt_path={checkpoint}"]
     cli = ParseAndStop(args=["validate", "--config", sft, *options])
     model = cli.config["validate"]["model"]["init_args"]
     assert model["evaluation"]["num_samples"] == 96 and model["text_samples"] == 4
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
+def test_checkpoints_load_weights_only_unless_asked_otherwise(subcommand):
+    # Lightning loads a --ckpt_path URL with weights_only=False when the option is left unset: a checkpoint
+    # from the network could run code on loading.
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+    remote = "--ckpt_path=https://example.com/last.ckpt"
+    assert ParseAndStop(args=[subcommand, "--config", sft, remote]).config[subcommand].weights_only is True
+    trusted = ParseAndStop(args=[subcommand, "--config", sft, remote, "--weights_only=false"])
+    assert trusted.config[subcommand].weights_only is False
+
+
+@pytest.mark.slow
+def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpoint_is_refused(tmp_path):
+    # A resumed attempt overwrote the run's config.yaml before its checkpoint was checked (the study and validate
+    # --config read it); and an SFT checkpoint given to Expert Iteration's config resumed silently.
+    sft, ei = (str(CONFIGS[[c.name for c in CONFIGS].index(name)]) for name in ("sft.yaml", "ei.yaml"))
+    logger = [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=run"]
+    run = [*TINY_RUN, "--trainer.max_steps=1", "--validate_before_fit=false", "--seed_everything=0", *logger]
+    main(["fit", "--config", sft, *run])
+    run_dir = tmp_path / "run" / "version_0"
+    config = (run_dir / "config.yaml").read_text()
+    resume = [*run, f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
+    with pytest.raises(ValueError, match="resume with --seed_everything=0$"):
+        main(["fit", "--config", sft, *resume, "--seed_everything=1"])
+    with pytest.raises(ValueError, match=r"a checkpoint of lit_reason\.SFT, and this fit trains .*\.ExpertIteration"):
+        main(["fit", "--config", ei, *resume])
+    assert (run_dir / "config.yaml").read_text() == config
+    assert "seed_everything: 1" in (run_dir / "config-resume-1.yaml").read_text()
+    assert "lit_reason.ExpertIteration" in (run_dir / "config-resume-2.yaml").read_text()

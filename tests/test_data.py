@@ -40,6 +40,13 @@ def test_no_round_asks_a_question_twice_and_every_pass_asks_each_once(size, per_
     assert all(sorted(one_pass) == sorted(p.id for p in task.problems("train")) for one_pass in passes)
 
 
+def test_a_trainer_that_would_keep_the_first_round_s_data_is_refused():
+    trainer = quiet_trainer(max_epochs=2, reload_dataloaders_every_n_epochs=0)
+    data = RolloutDataModule(task=Arithmetic(train_size=40, validation_size=4, test_size=4), questions_per_round=8)
+    with pytest.raises(ValueError, match=r"Trainer\(reload_dataloaders_every_n_epochs=1\)"):
+        trainer.fit(SFT(policy=PolicySpec(name_or_path="micro"), batch_size=4), data)
+
+
 def test_shard_evenly_pads_with_repeats(small_task):
     problems = small_task.problems("validation")[:5]
     shards = [shard_evenly(problems, rank, 2) for rank in range(2)]
@@ -95,6 +102,13 @@ def test_eval_dataloader_limits_and_batches(small_task):
     assert [p.id for b in batches for p in b] == [p.id for p in small_task.problems("validation")[:10]]
 
 
+@pytest.mark.parametrize("option", ["validation_questions", "test_questions"])
+def test_a_negative_number_of_evaluation_questions_is_an_error_naming_the_option(small_task, option):
+    # Used as a slice end, -3 silently left out the last three questions.
+    with pytest.raises(ValueError, match=rf"data\.{option} must be at least 0 \(or null: all\), got -3"):
+        RolloutDataModule(task=small_task, **{option: -3})
+
+
 def test_task_defaults_to_the_built_in_arithmetic():
     from lit_reason.tasks import Arithmetic
 
@@ -112,6 +126,26 @@ def test_fewer_questions_a_round_than_ranks_is_an_error_saying_what_to_set(small
     data = RolloutDataModule(task=small_task, questions_per_round=3)
     with pytest.raises(ValueError, match=r"questions_per_round is 3 but the run has 4 ranks.*at least 4"):
         data.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("saved_data_seed", "resumed_data_seed", "fix"),
+    [(7, None, "--data.seed=7"), (None, 7, "--data.seed=3")],  # the order followed --seed_everything=3
+)
+def test_a_fit_resumed_with_data_seed_left_out_or_added_is_refused(
+    small_task, monkeypatch, saved_data_seed, resumed_data_seed, fix
+):
+    # Only the options given were compared: a data.seed left out (or added) reordered the questions unnoticed.
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    state = RolloutDataModule(task=small_task, seed=saved_data_seed).state_dict()
+    data = RolloutDataModule(task=small_task, seed=resumed_data_seed)
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    with pytest.raises(ValueError, match=rf"the question order and the rollouts follow them.*resume with {fix}$"):
+        data.load_state_dict(state)
+    data.seed = 3 if saved_data_seed is None else saved_data_seed  # the same order: resumed
+    data.load_state_dict(state)
 
 
 class CheckpointThenCrash(Callback):

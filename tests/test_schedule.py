@@ -16,3 +16,17 @@ def test_lr_schedule_by_hand():
     # Step 0 of a window has the same factor whatever the window's length (Expert Iteration relies on it).
     for schedule in (LRSchedule(warmup_steps=3), LRSchedule(), LRSchedule(decay="linear")):
         assert len({schedule.factor(0, total) for total in (1, 2, 10, 1000)}) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_lr_ratio": -0.1}, r"lr_schedule\.min_lr_ratio must be between 0 and 1, got -0\.1"),
+        ({"min_lr_ratio": 1.5}, r"lr_schedule\.min_lr_ratio must be between 0 and 1, got 1\.5"),
+        ({"warmup_steps": -2}, r"lr_schedule\.warmup_steps must be at least 0, got -2"),
+    ],
+)
+def test_a_schedule_that_would_give_a_negative_or_growing_rate_is_refused(options, message):
+    # A negative ratio drove the learning rate below zero at the end of the window: training went uphill.
+    with pytest.raises(ValueError, match=message):
+        LRSchedule(**options)

@@ -139,6 +139,8 @@ class OutcomeRewardModel(ReasoningModule):
                 "trunk_training: language_model trains the trunk on language-modelling losses only, but "
                 "lm_loss_coef and reference_lm_coef are both 0; set one, or use trunk_training: frozen"
             )
+        if batch_size < 1:
+            raise ValueError(f"model.init_args.batch_size must be at least 1, got {batch_size}")
         super().__init__(**kwargs)
         self.trunk_spec = trunk
         self.rollout = rollout
@@ -325,18 +327,18 @@ class OutcomeRewardModel(ReasoningModule):
             detach_trunk=self.trunk_training == "language_model",
         )
         # Each term is a mean over every rank's tokens (``token_mean_over_ranks``); logged averaged over ranks.
-        loss = token_mean_over_ranks(*orm_loss(values, batch.labels, batch.response_mask), self.device)
+        loss = token_mean_over_ranks(*orm_loss(values, batch.labels, batch.response_mask), device=self.device)
         self.log("train/orm_loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         if self.lm_loss_coef > 0:
             nll = next_token_nll(logits, batch.input_ids, batch.response_mask)
-            lm_loss = token_mean_over_ranks(*nll, self.device)
+            lm_loss = token_mean_over_ranks(*nll, device=self.device)
             self.log("train/lm_loss", lm_loss, batch_size=len(batch), sync_dist=True)
             loss = loss + self.lm_loss_coef * lm_loss
         if self.reference_lm_coef > 0:
             references = batch.references
             _, logits = self.network(references.input_ids, references.attention_mask, lm_logits=True)
             nll = next_token_nll(logits, references.input_ids, references.loss_mask)
-            reference_loss = token_mean_over_ranks(*nll, self.device)
+            reference_loss = token_mean_over_ranks(*nll, device=self.device)
             self.log("train/reference_lm_loss", reference_loss, batch_size=len(references), sync_dist=True)
             loss = loss + self.reference_lm_coef * reference_loss
         return loss

@@ -106,6 +106,11 @@ class PolicyGradient(ReasoningModule):
                 f"{type(self).__name__}'s rollout must sample the full softmax (temperature > 0, top_k 0, top_p 1): "
                 "its log-probs are that distribution's"
             )
+        if minibatch_size < 1 or ppo_epochs < 1:
+            raise ValueError(
+                f"model.init_args.minibatch_size and ppo_epochs must be at least 1, got {minibatch_size} and "
+                f"{ppo_epochs}"
+            )
         self.automatic_optimization = False
         self.rollout = rollout
         self.ppo_epochs = ppo_epochs

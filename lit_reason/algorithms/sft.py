@@ -29,6 +29,8 @@ class SFT(ReasoningModule):
     """
 
     def __init__(self, batch_size: int = 32, **kwargs) -> None:
+        if batch_size < 1:
+            raise ValueError(f"model.init_args.batch_size must be at least 1, got {batch_size}")
         super().__init__(**kwargs)
         self.batch_size = batch_size
 

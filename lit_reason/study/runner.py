@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lit_reason.study.spec import StageSpec, StudySpec
+from lit_reason.study.spec import SHARED_STEPS, StageSpec, StudySpec
 from lit_reason.warm_start import single_process_environment
 
 DONE_FILE = "study.json"
-SHARED_STEPS = frozenset({"warm_start", "orm", "warm_start_eval"})
 POLICY_OPTION = "--model.init_args.policy.name_or_path="
 LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
 

@@ -29,6 +29,8 @@ import yaml
 from lit_reason.warm_start import locate_config
 
 Family = Literal["rl", "sft"]
+# The steps every study runs besides its rows (``runner``): no row may take one's name, and so its directory.
+SHARED_STEPS = frozenset({"warm_start", "orm", "warm_start_eval"})
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -127,9 +129,9 @@ def load_study(path: str | Path) -> StudySpec:
     where.no_unknown(raw, allowed, "")
     runs = tuple(_run(where, item, f"runs[{i}]") for i, item in enumerate(where.required(raw, "runs", list)))
     names = [run.name for run in runs]
-    duplicates = sorted({name for name in names if names.count(name) > 1} | ({"warm_start", "orm"} & set(names)))
+    duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"{path}: runs: names must be unique and not warm_start / orm, got {duplicates} twice")
+        raise ValueError(f"{path}: runs: names must be unique, got {duplicates} twice")
     seeds = tuple(where.integer(seed, f"seeds[{i}]") for i, seed in enumerate(where.required(raw, "seeds", list)))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds: give at least one seed, each once; got {list(seeds)}")
@@ -170,11 +172,17 @@ def _run(where: _Where, raw: Any, field_name: str) -> RunSpec:
     if not isinstance(raw, dict):
         raise ValueError(f"{where.path}: {field_name}: expected a mapping (name, algorithm, reward, family, config)")
     where.no_unknown(raw, {f.name for f in fields(RunSpec)}, field_name)
+    name = where.name(where.required(raw, "name", str, field_name), f"{field_name}.name")
+    if name in SHARED_STEPS:  # the row would share the step's directory, which counts as done once it is
+        raise ValueError(
+            f"{where.path}: {field_name}.name: {name} is the study's own step of that name (its steps: "
+            f"{', '.join(sorted(SHARED_STEPS))}); rename the run"
+        )
     family = where.required(raw, "family", str, field_name)
     if family not in ("rl", "sft"):
         raise ValueError(f"{where.path}: {field_name}.family: expected rl or sft, got {family!r}")
     return RunSpec(
-        name=where.name(where.required(raw, "name", str, field_name), f"{field_name}.name"),
+        name=name,
         algorithm=where.required(raw, "algorithm", str, field_name),
         reward=str(raw.get("reward", "-")),
         family=family,

@@ -141,18 +141,24 @@ def question_key(question: str) -> str:
     return " ".join(question.split()).casefold()
 
 
-def split_off(problems: list[Problem], size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+def split_off(
+    problems: list[Problem], size: int, seed: int, option: str, source: str
+) -> tuple[list[Problem], list[Problem]]:
     """Split ``size`` questions off a list by a seeded shuffle: (the rest in their order, the split-off part).
 
     Repeats of a question (one per reference solution, say) stay on one side: the split-off part asks each of
     its questions once (the chosen question's other copies are left out) and the rest keeps every copy of the
-    others. Without repeats, this is a seeded sample of ``size`` problems."""
+    others. Without repeats, this is a seeded sample of ``size`` problems. A size the problems cannot spare is
+    an error naming ``option`` (the task's, e.g. ``validation_size``) and ``source`` (where they come from)."""
     copies: dict[str, list[int]] = {}
     for index, problem in enumerate(problems):
         copies.setdefault(question_key(problem.question), []).append(index)
     firsts = [indices[0] for indices in copies.values()]
     if not 0 <= size < len(firsts):
-        raise ValueError(f"cannot split {size} questions off a set of {len(firsts)} distinct ones")
+        raise ValueError(
+            f"{option} is {size}, but {source} holds {len(firsts)} distinct questions and at least one must stay: "
+            f"set {option} between 0 and {len(firsts) - 1}"
+        )
     chosen = {firsts[i] for i in random.Random(seed).sample(range(len(firsts)), size)}
     chosen_keys = {question_key(problems[i].question) for i in chosen}
     rest = [p for p in problems if question_key(p.question) not in chosen_keys]

@@ -61,23 +61,27 @@ class DatasetTask(RecordTask):
             import datasets
         except ImportError:
             raise ImportError('DatasetTask loads with `datasets`: pip install "lit-reason[hub]"') from None
-        label = self.path if self.name is None else f"{self.path}/{self.name}"
         try:
             rows = datasets.load_dataset(
                 self.path, self.name, data_files=self.data_files, revision=self.revision, split=split_name
             )
         except ValueError as error:  # e.g. an unknown split: the message names the ones there are
-            raise ValueError(f"DatasetTask {label}, {split}_split {split_name!r}: {error}") from None
+            raise ValueError(f"DatasetTask {self._label}, {split}_split {split_name!r}: {error}") from None
         if len(rows) == 0:
-            raise ValueError(f"DatasetTask {label}: split {split_name!r} ({split}_split) holds no rows")
-        source = self._source(label, split_name)
+            raise ValueError(f"DatasetTask {self._label}: split {split_name!r} ({split}_split) holds no rows")
+        source = self.source(split)
         return ((f"{source} row {index}", row) for index, row in enumerate(rows))
 
-    def _source(self, label: str, split_name: str) -> str:
+    @property
+    def _label(self) -> str:
+        return self.path if self.name is None else f"{self.path}/{self.name}"
+
+    def source(self, split: Split) -> str:
         """Where a split's rows come from, for error messages: its local file(s), else the dataset and split."""
+        split_name = self.splits[split]
         files = self.data_files.get(split_name) if self.data_files else None
         if isinstance(files, str) or (isinstance(files, list) and len(files) == 1):
             return files if isinstance(files, str) else files[0]
         if files:
             return f"{', '.join(files)} (rows counted across the files)"
-        return f"{label}[{split_name}]"
+        return f"{self._label}[{split_name}]"

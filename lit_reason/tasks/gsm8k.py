@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_reason.files import jsonl_records
-from lit_reason.tasks.answers import parse_number
+from lit_reason.tasks.answers import MAX_NUMBER_DIGITS, parse_reference_answer
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Task, split_off
 
 HUB_NAME = "openai/gsm8k"
@@ -47,12 +47,14 @@ class GSM8K(Task):
     def load(self) -> dict[str, list[Problem]]:
         if self.path is None:
             train_rows, test_rows = _from_hub()
+            train_source = f"{HUB_NAME}[train]"
         else:
-            train_rows = _read_jsonl(Path(self.path) / "train.jsonl")
+            train_source = Path(self.path) / "train.jsonl"
+            train_rows = _read_jsonl(train_source)
             test_rows = _read_jsonl(Path(self.path) / "test.jsonl")
         train = [_problem(TRAIN_ID_OFFSET + i, row, where) for i, (row, where) in enumerate(train_rows)]
         test = [_problem(i, row, where) for i, (row, where) in enumerate(test_rows)]
-        train, validation = split_off(train, self.validation_size, self.seed)
+        train, validation = split_off(train, self.validation_size, self.seed, "validation_size", str(train_source))
         return {"train": train, "validation": validation, "test": test}
 
 
@@ -84,9 +86,16 @@ def _from_hub() -> tuple[list[tuple[dict, str]], list[tuple[dict, str]]]:
 def _problem(problem_id: int, row: dict, where: str) -> Problem:
     if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
         raise ValueError(f"{where}: expected an object with string fields 'question' and 'answer'")
+    question = row["question"].strip()
+    if not question:
+        raise ValueError(f"{where}: the question is empty")
     if "####" not in row["answer"]:
         raise ValueError(f"{where}: the answer has no final '#### N' line")
-    answer = parse_number(row["answer"].rsplit("####", 1)[1].strip())
+    final = row["answer"].rsplit("####", 1)[1]
+    answer = parse_reference_answer(final)
     if answer is None:
-        raise ValueError(f"{where}: the text after '####' is not a number: {row['answer'].rsplit('####', 1)[1]!r}")
-    return Problem(id=problem_id, question=row["question"].strip(), solution=row["answer"].strip(), answer=answer)
+        raise ValueError(
+            f"{where}: the text after '####' is not a number that responses are graded against: {final!r:.80}; "
+            f"write one number of at most {MAX_NUMBER_DIGITS} digits"
+        )
+    return Problem(id=problem_id, question=question, solution=row["answer"].strip(), answer=answer)

@@ -47,6 +47,9 @@ class JSONLTask(RecordTask):
         super().__init__(fields or RecordFields(), validation_size, seed, prompt_style, num_shots, instruction)
         self.paths = {"train": train_path, "validation": validation_path, "test": test_path}
 
+    def source(self, split: Split) -> str:
+        return str(self.paths[split])
+
     def records(self, split: Split) -> Iterable[tuple[str, Any]] | None:
         path = self.paths[split]
         if path is None:

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lit_reason.tasks.answers import (
+    MAX_NUMBER_DIGITS,
     MAX_TEXT_ANSWER_CHARS,
     TextNormalization,
     format_number,
+    is_gradable_reference,
     normalize_text_answer,
-    parse_number,
+    parse_reference_answer,
 )
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Split, Task, split_off
 
@@ -116,8 +118,14 @@ class RecordTask(Task):
             splits[split] = problems
             first_id += len(problems)
         if carve:
-            splits["train"], splits["validation"] = split_off(splits["train"], self.validation_size, self.seed)
+            splits["train"], splits["validation"] = split_off(
+                splits["train"], self.validation_size, self.seed, "validation_size", self.source("train")
+            )
         return splits
+
+    def source(self, split: Split) -> str:
+        """Where a split's records come from (a file, a dataset), for error messages."""
+        return f"the {split} split of {type(self).__name__}"
 
 
 def _field(row: dict, name: str, kinds: type | tuple[type, ...], where: str) -> Any:
@@ -132,11 +140,20 @@ def _field(row: dict, name: str, kinds: type | tuple[type, ...], where: str) -> 
 
 def _number(value: str | int | float, field: str, where: str) -> float:
     if isinstance(value, str):
-        number = parse_number(value.rsplit("####", 1)[-1].strip())
+        number = parse_reference_answer(value.rsplit("####", 1)[-1])
         if number is None:
-            raise ValueError(f"{where}: field {field!r} holds no number: {value!r}")
+            raise ValueError(
+                f"{where}: field {field!r} holds no number that responses are graded against: {value!r:.80}; write "
+                f'one number of at most {MAX_NUMBER_DIGITS} digits (42, -3.5, 3/4, "$1,234", "... #### 42")'
+            )
         return number
-    return _finite(value, field, where)
+    number = _finite(value, field, where)
+    if not is_gradable_reference(number):
+        raise ValueError(
+            f"{where}: field {field!r} is {str(value)[:40]}: written out, it has more than {MAX_NUMBER_DIGITS} "
+            "digits, and a response's answer that long is not read; use smaller units or fields.answer_type: text"
+        )
+    return number
 
 
 def _finite(value: int | float, field: str, where: str) -> float:

@@ -7,7 +7,14 @@ import math
 import warnings
 from pathlib import Path
 
-from lit_reason.tasks.answers import evaluate_steps, format_number, parse_number
+from lit_reason.tasks.answers import (
+    MAX_NUMBER_DIGITS,
+    evaluate_steps,
+    format_number,
+    is_gradable_reference,
+    parse_number,
+    parse_reference_answer,
+)
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Task, split_off
 
 
@@ -59,8 +66,9 @@ class SVAMP(Task):
         if not isinstance(rows, list) or not rows:
             raise ValueError(f"{path}: expected a non-empty JSON list of problems")
         problems = [_problem(i, row, f"{path}[{i}]") for i, row in enumerate(rows)]
-        rest, test = split_off(problems, self.test_size, self.seed)
-        train, validation = split_off(rest, self.validation_size, self.seed + 1)
+        rest, test = split_off(problems, self.test_size, self.seed, "test_size", str(path))
+        after_test = f"{path}, once test_size's are held out,"
+        train, validation = split_off(rest, self.validation_size, self.seed + 1, "validation_size", after_test)
         splits = {"train": train, "validation": validation, "test": test}
         # Rows whose Answer contradicts their Equation are left out after splitting, so the others keep their
         # split; which answer is right cannot be told.
@@ -81,6 +89,30 @@ def _contradiction(row: dict, answer: float) -> str | None:
     return f"Answer {row['Answer']!r} contradicts Equation {row['Equation']!r}, which gives {shown}"
 
 
+def _answer(value: object, where: str) -> float:
+    """A row's Answer (a number, or a number written as text) as a float; an error naming the row otherwise."""
+    if isinstance(value, str):
+        answer = parse_reference_answer(value)
+        if answer is None:
+            raise ValueError(
+                f"{where}: Answer is not a number that responses are graded against: {value!r:.80}; write one "
+                f"number of at most {MAX_NUMBER_DIGITS} digits"
+            )
+        return answer
+    try:
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an integer past float's range
+        finite = False
+    if not finite:
+        raise ValueError(f"{where}: Answer is not a finite number: {value!r:.80}")
+    if not is_gradable_reference(float(value)):
+        raise ValueError(
+            f"{where}: Answer is {value!r:.40}: written out, it has more than {MAX_NUMBER_DIGITS} digits, and a "
+            "response's answer that long is not read"
+        )
+    return float(value)
+
+
 def _problem(problem_id: int, row: dict, where: str) -> Problem:
     fields = ("Body", "Question", "Equation", "Answer")
     if not isinstance(row, dict) or any(field not in row for field in fields):
@@ -88,16 +120,7 @@ def _problem(problem_id: int, row: dict, where: str) -> Problem:
     for field in fields[:3]:
         if not isinstance(row[field], str):
             raise ValueError(f"{where}: {field} is not a string: {row[field]!r:.80}")
-    answer = row["Answer"]
-    if isinstance(answer, str):
-        answer = parse_number(answer)
-    try:
-        finite = not isinstance(answer, bool) and isinstance(answer, (int, float)) and math.isfinite(answer)
-    except OverflowError:  # an integer past float's range
-        finite = False
-    if not finite:
-        raise ValueError(f"{where}: Answer is not a finite number: {row['Answer']!r:.80}")
-    answer = float(answer)
+    answer = _answer(row["Answer"], where)
     steps = evaluate_steps(row["Equation"])
     if steps is None:
         raise ValueError(f"{where}: cannot read Equation {row['Equation']!r}")
@@ -105,5 +128,7 @@ def _problem(problem_id: int, row: dict, where: str) -> Problem:
         f"{expression}=<<{expression}={format_number(value)}>>{format_number(value)}" for expression, value in steps
     ]
     solution = "\n".join([*lines, f"#### {format_number(answer)}"])
-    question = f"{row['Body'].strip()} {row['Question'].strip()}"
+    question = f"{row['Body'].strip()} {row['Question'].strip()}".strip()
+    if not question:
+        raise ValueError(f"{where}: the question (Body and Question) is empty")
     return Problem(id=problem_id, question=question, solution=solution, answer=answer)

@@ -142,6 +142,16 @@ def flat_weights(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([parameter.detach().flatten() for parameter in model.parameters()])
 
 
+def test_batch_sizes_below_one_are_errors_naming_the_option():
+    from lit_reason import SFT, ExpertIteration, OutcomeRewardModel
+
+    for algorithm in (SFT, ExpertIteration, OutcomeRewardModel):
+        with pytest.raises(ValueError, match=r"model\.init_args\.batch_size must be at least 1, got 0"):
+            algorithm(batch_size=0)  # was range()'s "arg 3 must not be zero" when the first round was cut
+    with pytest.raises(ValueError, match=r"minibatch_size and ppo_epochs must be at least 1, got 0 and 2"):
+        GRPO(minibatch_size=0)
+
+
 def test_group_estimators_need_groups():
     with pytest.raises(ValueError, match="num_samples must be >= 2"):
         GRPO(estimator="rloo", rollout=SamplingConfig(num_samples=1))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_reason.study.spec import load_study
+from lit_reason.study.spec import SHARED_STEPS, load_study
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_bad_runs_are_errors_naming_the_run(tmp_path, config):
     run = {"name": "ei", "algorithm": "EI", "family": "rl", "config": str(config)}
     with pytest.raises(ValueError, match=r"runs\[1\]\.family: expected rl or sft, got 'ppo'"):
         load_study(write_study(tmp_path, config, runs=[run, {**run, "name": "b", "family": "ppo"}], claims={}))
-    with pytest.raises(ValueError, match=r"runs: names must be unique .* \['ei'\]"):
+    with pytest.raises(ValueError, match=r"runs: names must be unique, got \['ei'\] twice"):
         load_study(write_study(tmp_path, config, runs=[run, run], claims={}))
     with pytest.raises(ValueError, match=r"runs\[0\]\.algorithm is required"):
         load_study(write_study(tmp_path, config, runs=[{k: v for k, v in run.items() if k != "algorithm"}], claims={}))
@@ -94,3 +94,11 @@ def test_the_command_line_names_runs_the_study_lacks_and_results_that_are_not_th
     with pytest.raises(SystemExit):
         study_main(["--config", str(path), "--report-only"])  # was a FileNotFoundError traceback
     assert "the warm start has not been evaluated yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reserved", sorted(SHARED_STEPS))
+def test_a_run_named_after_a_shared_step_is_refused(tmp_path, config, reserved):
+    # A row named warm_start_eval shared that step's directory and was never run.
+    run = {"name": reserved, "algorithm": "EI", "family": "rl", "config": str(config)}
+    with pytest.raises(ValueError, match=rf"study\.yaml: runs\[0\]\.name: {reserved} is the study's own step.*rename"):
+        load_study(write_study(tmp_path, config, runs=[run], claims={}))

@@ -18,10 +18,12 @@ from lit_reason.tasks.answers import (
     extract_answer,
     extract_text_answer,
     intermediate_results,
+    is_gradable_reference,
     normalize_expression,
     normalize_text_answer,
     operation_signature,
     parse_number,
+    parse_reference_answer,
     text_answers_match,
 )
 
@@ -100,6 +102,16 @@ def test_parse_number_forms():
     assert parse_number("-7") == -7.0
     assert parse_number("1e400") is None  # no digits-only overflow to inf
     assert parse_number("abc") is None
+
+
+def test_reference_answers_are_read_by_the_rules_that_grade_responses():
+    # parse_number drops spaces and takes Python's float syntax: "3 1/2" was 15.5, "4 2" 42, "1_000" 1000.
+    assert [parse_reference_answer(text) for text in ("$1,234", " -3 ", "3/4", "2e5")] == [1234, -3, 0.75, 2e5]
+    for text in ("3 1/2", "4 2", "1_000", "42 apples", "1,0000", "1e35", "9" * 31):
+        assert parse_reference_answer(text) is None, text
+    # A reference "#### N" of more than MAX_NUMBER_DIGITS digits is read as no answer: it would grade wrong.
+    assert not is_gradable_reference(1e35) and not is_gradable_reference(float(10**32))
+    assert is_gradable_reference(0.1234567) and is_gradable_reference(-2.5e29)
 
 
 def test_calculator_arithmetic_and_refusals():

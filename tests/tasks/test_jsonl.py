@@ -130,3 +130,27 @@ def test_bad_text_answers_name_the_line_and_field(tmp_path, answer, message):
     train.write_text(json.dumps({"q": "?", "a": answer}) + "\n")
     with pytest.raises(ValueError, match=rf"bad.jsonl:1: field 'a' {message}"):
         JSONLTask(str(train), fields=RecordFields("q", "a", answer_type="text"), validation_size=0).problems("train")
+
+
+def test_a_validation_size_too_large_names_the_option_and_the_file(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"question": f"q{i}?", "answer": i} for i in range(3)])
+    with pytest.raises(ValueError, match=r"validation_size is 200, but .*train\.jsonl holds 3 distinct questions"):
+        JSONLTask(train).problems("train")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("3 1/2", "holds no number that responses are graded against"),  # was 31/2 = 15.5
+        ("4 2", "holds no number that responses are graded against"),  # was 42
+        ("1_000", "holds no number that responses are graded against"),  # was 1000, Python's digit grouping
+        ("1e35", "holds no number that responses are graded against"),
+        (10**32, r"is 1000.*: written out, it has more than 30 digits"),  # its reference "#### 1000...0" graded wrong
+        (1e35, r"is 1e\+35: written out, it has more than 30 digits"),
+    ],
+)
+def test_numeric_answers_are_read_as_responses_are_graded(tmp_path, answer, message):
+    rows = [{"question": "fine?", "answer": 1}, {"question": "q?", "answer": answer}]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"train\.jsonl:2: field 'answer' {message}"):
+        JSONLTask(train, validation_size=0).problems("train")

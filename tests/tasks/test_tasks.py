@@ -140,7 +140,7 @@ def test_svamp_reference_solution_from_equation(tmp_path):
     ("answer", "message"),
     [
         (float("nan"), r"Answer is not a finite number: nan"),
-        ("inf", r"Answer is not a finite number: 'inf'"),
+        ("inf", r"Answer is not a number that responses are graded against: 'inf'"),
         (True, r"Answer is not a finite number: True"),
         pytest.param(10**400, r"Answer is not a finite number: 1000", id="huge-int"),  # was an OverflowError
     ],
@@ -193,3 +193,50 @@ def test_the_readme_task_subclass_works_as_written():
     problem = task.problems("test")[0]
     assert problem.is_correct(problem.solution) and problem.intermediate_results == (problem.answer,)
     assert task.prompt(problem) == "What is twice 950?\n"
+
+
+def write_gsm8k(folder: Path, train: list[tuple[str, str]]) -> str:
+    """A GSM8K folder of ``train`` (question, answer) rows and a one-question test set."""
+    (folder / "train.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in train))
+    (folder / "test.jsonl").write_text('{"question": "t", "answer": "#### 1"}\n')
+    return str(folder)
+
+
+def test_held_out_sizes_too_large_name_the_option_and_the_file(tmp_path):
+    # Was "cannot split 200 questions off a set of 3 distinct ones": neither the option nor the file.
+    gsm8k = write_gsm8k(tmp_path, [(f"q{i}", f"#### {i}") for i in range(3)])
+    with pytest.raises(ValueError, match=r"validation_size is 200, but .*train\.jsonl holds 3 distinct questions.*"
+                       r"set validation_size between 0 and 2"):  # fmt: skip
+        GSM8K(path=gsm8k, validation_size=200).problems("train")
+    rows = [{"Body": "b", "Question": f"q{i}", "Equation": "( 1.0 + 1.0 )", "Answer": 2} for i in range(5)]
+    (tmp_path / "svamp.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"test_size is 300, but .*svamp\.json holds 5 distinct questions"):
+        SVAMP(path=str(tmp_path / "svamp.json")).problems("train")
+    with pytest.raises(ValueError, match=r"validation_size is 4, but .*svamp\.json, once test_size's are held out"):
+        SVAMP(path=str(tmp_path / "svamp.json"), validation_size=4, test_size=1).problems("train")
+
+
+def test_empty_questions_are_errors_naming_the_file_and_line(tmp_path):
+    # JSONLTask refused them; GSM8K and SVAMP trained on a prompt with no question.
+    gsm8k = write_gsm8k(tmp_path, [("q", "#### 2"), (" ", "#### 2")])
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: the question is empty"):
+        GSM8K(path=gsm8k, validation_size=0).problems("train")
+    rows = [{"Body": "b", "Question": "q", "Equation": "( 1.0 + 1.0 )", "Answer": 2}]
+    (tmp_path / "svamp.json").write_text(json.dumps(rows + [{**rows[0], "Body": "", "Question": "  "}]))
+    with pytest.raises(ValueError, match=r"svamp\.json\[1\]: the question \(Body and Question\) is empty"):
+        SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
+
+
+@pytest.mark.parametrize("answer", ["4 2", "3 1/2", "1e35"])
+def test_gsm8k_and_svamp_answers_are_read_as_responses_are_graded(tmp_path, answer):
+    # GSM8K read "4 2" as 42 and "3 1/2" as 15.5; 1e35's reference "#### 1000...0" graded wrong.
+    gsm8k = write_gsm8k(tmp_path, [("q", "#### 2"), ("r", f"#### {answer}")])
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: the text after '####' is not a number that responses"):
+        GSM8K(path=gsm8k, validation_size=0).problems("train")
+    row = {"Body": "b", "Question": "q", "Equation": "( 1.0 + 1.0 )", "Answer": answer}
+    (tmp_path / "svamp.json").write_text(json.dumps([row]))
+    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer is not a number that responses are graded"):
+        SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
+    (tmp_path / "svamp.json").write_text(json.dumps([{**row, "Answer": 1e35}]))
+    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer is 1e\+35: written out, it has more than 30 dig"):
+        SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
