@@ -127,24 +127,6 @@ def _free_resume_config_name(log_dir: Path) -> str:
     return next(name for n in count(1) if not (log_dir / (name := f"config-resume-{n}.yaml")).exists())
 
 
-class RefuseOtherAlgorithmsCheckpoint(Callback):
-    """A fit resumed from a checkpoint of another algorithm (an SFT ``last.ckpt`` given to Expert Iteration's
-    config) stops, naming both: the weights may load, but the optimizer, the rounds and the run it goes on are
-    another's. The CLI records the algorithm in the checkpoint (``hyper_parameters["_class_path"]``); evaluating
-    a checkpoint's weights with another config stays possible."""
-
-    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
-        building = type(pl_module)
-        # By class name: a config names a class by any module that exports it (lit_reason.SFT, ...algorithms.SFT).
-        if trainer.state.fn == TrainerFn.FITTING and saved and saved.rsplit(".", 1)[-1] != building.__name__:
-            raise ValueError(
-                f"--ckpt_path is a checkpoint of {saved}, and this fit trains {building.__module__}."
-                f"{building.__qualname__}: resume with the config of the run that saved it (its config.yaml), or "
-                "start this fit without --ckpt_path (a trained policy is --model.init_args.policy.name_or_path)"
-            )
-
-
 class LastCheckpoint(ModelCheckpoint):
     """The ``ModelCheckpoint`` that keeps ``last.ckpt``, the state a crashed run resumes from. A step save
     (``every_n_train_steps``) due on a batch that a validation follows waits until that validation has run (on a

@@ -24,7 +24,6 @@ from lit_reason.callbacks import (
     FailFast,
     ForgetOutputsAfterCheckpoint,
     LastCheckpoint,
-    RefuseOtherAlgorithmsCheckpoint,
     SaveRunConfig,
 )
 from lit_reason.data import RolloutDataModule
@@ -139,6 +138,21 @@ def _read_config(path: str) -> Any:
         raise ValueError(f"--config {where}: not valid YAML ({problem})") from None
 
 
+def refuse_another_algorithms_checkpoint(ckpt_path: str, class_path: str) -> None:
+    """Stop a fit resumed from a checkpoint of another algorithm than ``class_path`` (an SFT ``last.ckpt`` given
+    to Expert Iteration's config): its weights would fail to load with a list of keys, or load and go on with
+    another run's optimizer and rounds. The algorithm is the ``_class_path`` this CLI saves among the
+    checkpoint's hyperparameters, compared by class name (``lit_reason.SFT`` is ``lit_reason.algorithms.SFT``)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # tensors left on disk
+    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if saved and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} is a checkpoint of {saved}, and this fit trains {class_path}: resume with the "
+            "config of the run that saved it (its config.yaml), or start this fit without --ckpt_path (a trained "
+            "policy is --model.init_args.policy.name_or_path)"
+        )
+
+
 class LitReasonCLI(LightningCLI):
     """LightningCLI for lit-reason's algorithms (``--model`` picks one, e.g. ``SFT``, by class path)."""
 
@@ -174,14 +188,17 @@ class LitReasonCLI(LightningCLI):
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        ours = [ForgetOutputsAfterCheckpoint(), RefuseOtherAlgorithmsCheckpoint(), FailFast()]
-        return self._instantiate_trainer(trainer_config, [*callbacks, *ours])
+        return self._instantiate_trainer(trainer_config, [*callbacks, ForgetOutputsAfterCheckpoint(), FailFast()])
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would lay the hyperparameters saved in --ckpt_path over the parsed config: evaluating a
         # checkpoint with other settings (K = 96) or resuming with a changed option would silently use the
-        # training run's. Here the command line and config files decide; the checkpoint restores state.
-        return
+        # training run's. Here the command line and config files decide; the checkpoint restores state, and
+        # only a fit's checkpoint is read here, before anything is built or restored, for its algorithm.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
+        if ckpt_path and Path(ckpt_path).is_file():  # a sharded checkpoint (a folder) or a URL: not read here
+            refuse_another_algorithms_checkpoint(ckpt_path, self.config[subcommand]["model"]["class_path"])
 
     def parse_arguments(self, parser, args) -> None:
         if args is None or isinstance(args, list):

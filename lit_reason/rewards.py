@@ -168,7 +168,8 @@ class RewardConfig:
         if self.kl_in == "loss" and self.kl_estimator == "k1" and self.kl_coef > 0:
             raise ValueError(
                 "reward.kl_in: loss with reward.kl_estimator: k1 regularises nothing (k1's gradient, the score "
-                "function, is zero in expectation): use k2 (the KL's own gradient) or k3 (GRPO's), or kl_in: reward"
+                "function, is zero in expectation): use k2 (the KL's own gradient) or k3 (GRPO's), or kl_in: reward "
+                "(PPO, or GRPO's estimators dr_grpo, rloo and reinforce_pp)"
             )
         if self.dense != "none" and self.dense_coef == 0:
             raise ValueError(

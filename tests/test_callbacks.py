@@ -19,7 +19,6 @@ from lit_reason.callbacks import (
     FailFast,
     ForgetOutputsAfterCheckpoint,
     LastCheckpoint,
-    RefuseOtherAlgorithmsCheckpoint,
     SaveRunConfig,
 )
 from lit_reason.conditioning import Conditioning
@@ -171,18 +170,6 @@ def test_a_fit_resumed_mid_round_forgets_the_round_s_later_evaluations(tmp_path)
     ForgetOutputsAfterCheckpoint().on_load_checkpoint(trainer, None, {"epoch": 0, "global_step": 3})
     assert json.loads((tmp_path / "metrics.json").read_text()) == entries[:1]
     assert [p.name for p in (tmp_path / "predictions").iterdir()] == ["val-step0.jsonl"]
-
-
-def test_a_fit_resumed_from_another_algorithm_s_checkpoint_is_refused(tmp_path):
-    # An SFT last.ckpt given to another algorithm's config loaded its weights and went on as that algorithm.
-    sft_checkpoint = {"hyper_parameters": {"_class_path": "lit_reason.SFT"}}
-    trainer = fake_trainer(tmp_path)
-    with pytest.raises(ValueError, match=r"a checkpoint of lit_reason\.SFT, and this fit trains .*\.GRPO: resume"):
-        RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, GRPO(), sft_checkpoint)
-    RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, SFT(), sft_checkpoint)
-    RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, GRPO(), {"hyper_parameters": {}})  # not the CLI's
-    trainer.state.fn = TrainerFn.VALIDATING  # evaluating its weights with another config: allowed
-    RefuseOtherAlgorithmsCheckpoint().on_load_checkpoint(trainer, GRPO(), sft_checkpoint)
 
 
 def test_a_run_s_config_is_kept_when_a_fit_resumes_in_its_directory(tmp_path):

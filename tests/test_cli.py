@@ -9,7 +9,7 @@ import yaml
 from jsonargparse import Namespace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_reason.cli import LitReasonCLI, main, resume_in_place
+from lit_reason.cli import LitReasonCLI, main, refuse_another_algorithms_checkpoint, resume_in_place
 from lit_reason.evaluation import PREDICTION_FIELDS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -295,6 +295,16 @@ def test_a_checkpoints_saved_options_do_not_override_the_command_line(tmp_path):
     assert model["evaluation"]["num_samples"] == 96 and model["text_samples"] == 4
 
 
+def test_a_checkpoint_of_another_algorithm_is_refused_by_class_name(tmp_path):
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": {"_class_path": "lit_reason.SFT"}, "state_dict": {"w": torch.ones(2)}}, checkpoint)
+    with pytest.raises(ValueError, match=r"is a checkpoint of lit_reason\.SFT, and this fit trains lit_reason\.GRPO"):
+        refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.GRPO")
+    refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.algorithms.SFT")  # the same class
+    torch.save({"hyper_parameters": {}}, checkpoint)  # not saved by this CLI: nothing to compare
+    refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.GRPO")
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
 def test_checkpoints_load_weights_only_unless_asked_otherwise(subcommand):
     # Lightning loads a --ckpt_path URL with weights_only=False when the option is left unset: a checkpoint
@@ -310,7 +320,7 @@ def test_checkpoints_load_weights_only_unless_asked_otherwise(subcommand):
 def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpoint_is_refused(tmp_path):
     # A resumed attempt overwrote the run's config.yaml before its checkpoint was checked (the study and validate
     # --config read it); and an SFT checkpoint given to Expert Iteration's config resumed silently.
-    sft, ei = (str(CONFIGS[[c.name for c in CONFIGS].index(name)]) for name in ("sft.yaml", "ei.yaml"))
+    sft, ei, grpo = (str(CONFIGS[[c.name for c in CONFIGS].index(n)]) for n in ("sft.yaml", "ei.yaml", "grpo.yaml"))
     logger = [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=run"]
     run = [*TINY_RUN, "--trainer.max_steps=1", "--validate_before_fit=false", "--seed_everything=0", *logger]
     main(["fit", "--config", sft, *run])
@@ -319,8 +329,10 @@ def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpo
     resume = [*run, f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
     with pytest.raises(ValueError, match="resume with --seed_everything=0$"):
         main(["fit", "--config", sft, *resume, "--seed_everything=1"])
-    with pytest.raises(ValueError, match=r"a checkpoint of lit_reason\.SFT, and this fit trains .*\.ExpertIteration"):
-        main(["fit", "--config", ei, *resume])
+    # Refused before anything is built: with GRPO's reference, Lightning's own error listed missing weights.
+    for config_file, algorithm in ((ei, "ExpertIteration"), (grpo, "GRPO")):
+        with pytest.raises(ValueError, match=rf"a checkpoint of lit_reason\.SFT, and this fit trains .*\.{algorithm}"):
+            main(["fit", "--config", config_file, *resume, "--seed_everything=1"])
     assert (run_dir / "config.yaml").read_text() == config
     assert "seed_everything: 1" in (run_dir / "config-resume-1.yaml").read_text()
-    assert "lit_reason.ExpertIteration" in (run_dir / "config-resume-2.yaml").read_text()
+    assert not (run_dir / "config-resume-2.yaml").exists()

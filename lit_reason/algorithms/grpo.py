@@ -62,7 +62,8 @@ class GRPO(PolicyGradient):
             raise ValueError(
                 "estimator grpo divides each question's total rewards by their spread, so a KL term in the reward "
                 "would be too: where a question's samples are all right or all wrong, the KL's noise alone would "
-                "become advantages of about +-1. Use reward.kl_in: loss (GRPO's), or estimator dr_grpo or rloo"
+                "become advantages of about +-1. Use reward.kl_in: loss (GRPO's), or estimator dr_grpo, rloo or "
+                "reinforce_pp"
             )
         super().__init__(rollout=rollout, loss=loss, reward=reward, **kwargs)
         self.estimator = estimator

@@ -42,7 +42,7 @@ NUMBER_RE = re.compile(_MINUS + r"?\$?\s?(?:" + _DIGITS + ")")
 # Each check looks a few characters ahead, so backing off a long digit run stays linear.
 _SIGN_AND_DOLLAR = r"(?:(?:[-+\u2212]\$?|\$[-\u2212]?)\s?)?"
 _SPACED_NUMBER = _SIGN_AND_DOLLAR + "(?:" + _DIGITS + r")(?: ?/ ?\d+)?(?!\d|,\d|\.\d| ?[/:] ?\d| \d|[eE][-+]?\d)"
-_WHOLE_NUMBER_RE = re.compile(_SPACED_NUMBER)
+_WHOLE_NUMBER_RE = re.compile(_SPACED_NUMBER + r"\.?")  # a sentence's full stop after it, as "#### 42." reads
 # GSM8K's marker; "#### **17**" (a chat model's bold) counts.
 _FINAL_MARK_RE = re.compile(r"####\s*(?:\*\*)?(" + _SPACED_NUMBER + ")")
 # "answer is: \boxed{N}": the colon and the box each bring their own leading "\s*" rather than
@@ -79,11 +79,12 @@ def parse_number(text: str) -> float | None:
 
 def parse_reference_answer(text: str) -> float | None:
     """The number a data file gives as a problem's answer, read by the rules that grade a response's final
-    ``#### N``: one whole number ("1,234", "$5", "-3", "3/4", "2e5"; not "3 1/2", "4 2", "1_000" or "42 apples")
+    ``#### N``: one whole number ("1,234", "$5", "-3", "3/4", "2e5", "42."; not "3 1/2", "4 2", "1_000" or "42 apples")
     that ``is_gradable_reference``; ``None`` otherwise."""
-    if not _WHOLE_NUMBER_RE.fullmatch(text.strip()):
+    text = text.strip()
+    if not _WHOLE_NUMBER_RE.fullmatch(text):
         return None
-    number = parse_number(text)
+    number = parse_number(text.removesuffix("."))
     return number if number is not None and is_gradable_reference(number) else None
 
 

@@ -106,8 +106,10 @@ def test_parse_number_forms():
 
 def test_reference_answers_are_read_by_the_rules_that_grade_responses():
     # parse_number drops spaces and takes Python's float syntax: "3 1/2" was 15.5, "4 2" 42, "1_000" 1000.
-    assert [parse_reference_answer(text) for text in ("$1,234", " -3 ", "3/4", "2e5")] == [1234, -3, 0.75, 2e5]
-    for text in ("3 1/2", "4 2", "1_000", "42 apples", "1,0000", "1e35", "9" * 31):
+    readable = ("$1,234", " -3 ", "3/4", "2e5", "42.", "4.2.")  # "#### 4.2." in a response reads as 4.2 too
+    assert [parse_reference_answer(text) for text in readable] == [1234, -3, 0.75, 2e5, 42, 4.2]
+    assert [extract_answer(f"#### {text}") for text in readable[-2:]] == [42, 4.2]
+    for text in ("3 1/2", "4 2", "1_000", "42 apples", "1,0000", "1e35", "9" * 31, "42.."):
         assert parse_reference_answer(text) is None, text
     # A reference "#### N" of more than MAX_NUMBER_DIGITS digits is read as no answer: it would grade wrong.
     assert not is_gradable_reference(1e35) and not is_gradable_reference(float(10**32))
