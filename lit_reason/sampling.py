@@ -10,9 +10,13 @@ Design points:
   ratio is 1.
 * **Reproducible per question**: every row draws each token by inverting the cumulative distribution at one
   uniform number, a counter-based hash of (row seed, step), so a question's samples do not depend on the
-  batch it lands in, the rank, the batch size or the device, wherever its logits are the same (float32 on a
-  CPU; in bf16, and on a GPU, kernels for other batch shapes and devices can round them differently, so samples
-  can part at near-ties); and the noise costs one number per row, not one per vocabulary entry. A token whose
+  batch it lands in, the rank, the batch size or the device wherever its logits are the same; and the noise
+  costs one number per row, not one per vocabulary entry. With the micro models of the tests the logits are
+  bitwise the same. With a real model they are not: a prompt's logits move in their last bits when its batch
+  holds other prompts, is padded wider or runs another decoding path (about 1e-5 for SmolLM2 in float32 on a
+  CPU; more in bf16 and on a GPU), and the draw turns such a move into another token about once in a thousand
+  draws (4 of 64 SmolLM2 samples of 96 tokens parted between batch sizes 64 and 8). A resumed or redone round
+  and a paired evaluation draw in the same batches, and stay exact. A token whose
   logit is -inf (filtered, suppressed) has no cumulative mass and is never drawn. The draw counts probabilities
   in units of 2**-30 (``draw_from_probabilities``): each step's distribution is the softmax's to within a total
   variation of V * 2**-30 (5e-5 at V = 49,152; about 2e-5 measured on random logits), and a whole response's
@@ -84,10 +88,11 @@ class SamplingConfig:
             the run's ``seed_everything``, evaluation uses a fixed seed (runs stay paired on its noise).
         finished_check_every: decoding steps between checks for finished rows, each of which waits for the
             device (and, distributed, for every rank) and may drop finished rows from the batch; rows that
-            finish in between keep stepping, their tokens not kept. The samples do not depend on it. Unset:
-            every step on a CPU (waiting costs nothing there), every 8 on an accelerator.
-        decoding: how the decoding steps run; in float32 the samples do not depend on it (log-probs only up to
-            rounding; in bf16 the paths' kernels round differently, so a sample can part at a near-tie).
+            finish in between keep stepping, their tokens not kept. The draws do not depend on it (the logits
+            can, in their last bits: see the module's notes). Unset: every step on a CPU (waiting costs nothing
+            there), every 8 on an accelerator.
+        decoding: how the decoding steps run; the draws do not depend on it, the logits only in their last bits
+            (the paths' kernels round differently, more in bf16), so a sample can part at a near-tie.
             ``dynamic``: a KV cache that grows with the steps and is copied smaller once a quarter of the rows
             are done (fastest on a CPU). ``static``: a KV cache preallocated once per call, the live rows
             compacted into batch buckets (the largest chunk's row count, then powers of two), attention over
@@ -371,17 +376,18 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     """Logits with every token outside the top-k / top-p (nucleus) set at -inf. (R, V) -> (R, V).
 
     The most likely token always survives; top-p keeps the smallest prefix of the sorted distribution whose
-    mass reaches ``top_p``.
+    mass reaches ``top_p``. Both keep every token tied with the last one kept: which of equal logits a sort puts
+    first can change with the batch's shape or the device, and the set kept must not.
     """
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        sorted_logits = torch.sort(logits, dim=-1, descending=True).values
+        probabilities = sorted_logits.softmax(-1)
+        kept = (probabilities.cumsum(-1) - probabilities < top_p).sum(-1, keepdim=True)  # mass before < top_p
+        last_kept = sorted_logits.gather(-1, kept - 1)
+        logits = logits.masked_fill(logits < last_kept, float("-inf"))
     return logits
 
 

@@ -186,6 +186,15 @@ def test_filter_logits_top_k_and_top_p_by_hand():
     assert torch.isinf(filter_logits(logits, top_k=0, top_p=0.1)).tolist() == [[False, True, True, True]]
 
 
+def test_top_p_keeps_every_token_tied_with_the_last_one_kept():
+    # Probabilities 0.646 and four of 0.087: the first three of the equal ones in sorted order reach top-p 0.9, but
+    # which three a sort puts first can change with the batch's shape or the device. All four are kept, as top-k
+    # keeps ties.
+    tied = torch.tensor([[1.0, 3.0, 1.0, 1.0, 1.0, -2.0]])
+    assert torch.isinf(filter_logits(tied, top_k=0, top_p=0.9)).tolist() == [[False, False, False, False, False, True]]
+    assert torch.isinf(filter_logits(tied, top_k=2, top_p=1.0)).tolist() == [[False, False, False, False, False, True]]
+
+
 def test_sampled_frequencies_follow_the_temperature_scaled_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
     seeds = torch.tensor([row_seed(0, i) for i in range(20000)])
