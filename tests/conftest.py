@@ -34,6 +34,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def no_global_seed_from_earlier_tests(monkeypatch):
+    """Every test starts without ``PL_GLOBAL_SEED`` and leaves it as it found it: a run that calls
+    ``seed_everything`` (the CLI's) sets it for the process, and ``run_seed`` would read it in later tests."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
+
 @pytest.fixture
 def hub_unreachable(monkeypatch):
     """Any request to the Hugging Face hub fails the test: an offline load (``local_files_only``) must not ask
