@@ -67,7 +67,10 @@ class RecordFields:
             answer = _text(value, self.answer, self.normalization, where)
             final_line = f"#### {answer}"
         else:
-            answer = _number(_field(row, self.answer, (str, int, float), where), self.answer, where)
+            value = _field(row, self.answer, (str, int, float), where)
+            answer = number_answer(
+                value, f"field {self.answer!r}", where, "use smaller units or fields.answer_type: text"
+            )
             final_line = f"#### {format_number(answer)}"
         solution = final_line
         if self.solution is not None:
@@ -138,33 +141,36 @@ def _field(row: dict, name: str, kinds: type | tuple[type, ...], where: str) -> 
     return value
 
 
-def _number(value: str | int | float, field: str, where: str) -> float:
+def number_answer(value: object, name: str, where: str, too_long: str = "use smaller units") -> float:
+    """A data file's numeric answer (a number, or text such as "$1,234" or "... #### 42") as a float, read by the
+    rules that grade a response (``parse_reference_answer``); otherwise an error naming ``where`` (the file and
+    line) and ``name`` (the field), with ``too_long`` the advice for a number too long to grade."""
     if isinstance(value, str):
         number = parse_reference_answer(value.rsplit("####", 1)[-1])
         if number is None:
             raise ValueError(
-                f"{where}: field {field!r} holds no number that responses are graded against: {value!r:.80}; write "
-                f'one number of at most {MAX_NUMBER_DIGITS} digits (42, -3.5, 3/4, "$1,234", "... #### 42")'
+                f"{where}: {name} holds no number that responses are graded against: {value!r:.80}; write one "
+                f'number of at most {MAX_NUMBER_DIGITS} digits (42, -3.5, 3/4, "$1,234", "... #### 42")'
             )
         return number
-    number = _finite(value, field, where)
+    number = _finite(value, name, where)
     if not is_gradable_reference(number):
         raise ValueError(
-            f"{where}: field {field!r} is {str(value)[:40]}: written out, it has more than {MAX_NUMBER_DIGITS} "
-            "digits, and a response's answer that long is not read; use smaller units or fields.answer_type: text"
+            f"{where}: {name} is {str(value)[:40]}: written out, it has more than {MAX_NUMBER_DIGITS} digits, and a "
+            f"response's answer that long is not read; {too_long}"
         )
     return number
 
 
-def _finite(value: int | float, field: str, where: str) -> float:
-    """``value`` as a float; an error naming the field where it is NaN, infinite or an integer too large for a
-    float (JSON's integers have no bound)."""
+def _finite(value: object, name: str, where: str) -> float:
+    """``value`` as a float; an error naming the field where it is not a number (a bool), NaN, infinite or an
+    integer too large for a float (JSON's integers have no bound)."""
     try:
-        number = float(value)
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise ValueError(f"{where}: field {field!r} is not a finite number: {str(value)[:40]!r}")
+        raise ValueError(f"{where}: {name} is not a finite number: {str(value)[:40]!r}")
     return number
 
 
@@ -174,7 +180,7 @@ def _text(value: str | int | float | bool, field: str, normalization: TextNormal
     if isinstance(value, str):
         text = value.rsplit("####", 1)[-1].strip()
     else:  # an integer as written (a float would round one past 2**53)
-        text = str(value) if isinstance(value, int) else format_number(_finite(value, field, where))
+        text = str(value) if isinstance(value, int) else format_number(_finite(value, f"field {field!r}", where))
     if not text or "\n" in text or len(text) > MAX_TEXT_ANSWER_CHARS:
         raise ValueError(f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r}")
     if not normalize_text_answer(text, normalization):

@@ -7,15 +7,9 @@ import math
 import warnings
 from pathlib import Path
 
-from lit_reason.tasks.answers import (
-    MAX_NUMBER_DIGITS,
-    evaluate_steps,
-    format_number,
-    is_gradable_reference,
-    parse_number,
-    parse_reference_answer,
-)
+from lit_reason.tasks.answers import evaluate_steps, format_number, parse_number
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Task, split_off
+from lit_reason.tasks.records import number_answer
 
 
 class SVAMP(Task):
@@ -89,30 +83,6 @@ def _contradiction(row: dict, answer: float) -> str | None:
     return f"Answer {row['Answer']!r} contradicts Equation {row['Equation']!r}, which gives {shown}"
 
 
-def _answer(value: object, where: str) -> float:
-    """A row's Answer (a number, or a number written as text) as a float; an error naming the row otherwise."""
-    if isinstance(value, str):
-        answer = parse_reference_answer(value)
-        if answer is None:
-            raise ValueError(
-                f"{where}: Answer is not a number that responses are graded against: {value!r:.80}; write one "
-                f"number of at most {MAX_NUMBER_DIGITS} digits"
-            )
-        return answer
-    try:
-        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    except OverflowError:  # an integer past float's range
-        finite = False
-    if not finite:
-        raise ValueError(f"{where}: Answer is not a finite number: {value!r:.80}")
-    if not is_gradable_reference(float(value)):
-        raise ValueError(
-            f"{where}: Answer is {value!r:.40}: written out, it has more than {MAX_NUMBER_DIGITS} digits, and a "
-            "response's answer that long is not read"
-        )
-    return float(value)
-
-
 def _problem(problem_id: int, row: dict, where: str) -> Problem:
     fields = ("Body", "Question", "Equation", "Answer")
     if not isinstance(row, dict) or any(field not in row for field in fields):
@@ -120,7 +90,7 @@ def _problem(problem_id: int, row: dict, where: str) -> Problem:
     for field in fields[:3]:
         if not isinstance(row[field], str):
             raise ValueError(f"{where}: {field} is not a string: {row[field]!r:.80}")
-    answer = _answer(row["Answer"], where)
+    answer = number_answer(row["Answer"], "Answer", where)
     steps = evaluate_steps(row["Equation"])
     if steps is None:
         raise ValueError(f"{where}: cannot read Equation {row['Equation']!r}")

@@ -139,10 +139,10 @@ def test_svamp_reference_solution_from_equation(tmp_path):
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (float("nan"), r"Answer is not a finite number: nan"),
-        ("inf", r"Answer is not a number that responses are graded against: 'inf'"),
-        (True, r"Answer is not a finite number: True"),
-        pytest.param(10**400, r"Answer is not a finite number: 1000", id="huge-int"),  # was an OverflowError
+        (float("nan"), r"Answer is not a finite number: 'nan'"),
+        ("inf", r"Answer holds no number that responses are graded against: 'inf'"),
+        (True, r"Answer is not a finite number: 'True'"),
+        pytest.param(10**400, r"Answer is not a finite number: '1000", id="huge-int"),  # was an OverflowError
     ],
 )
 def test_svamp_answers_must_be_finite_numbers_that_agree_with_the_equation(tmp_path, answer, message):
@@ -235,7 +235,7 @@ def test_gsm8k_and_svamp_answers_are_read_as_responses_are_graded(tmp_path, answ
         GSM8K(path=gsm8k, validation_size=0).problems("train")
     row = {"Body": "b", "Question": "q", "Equation": "( 1.0 + 1.0 )", "Answer": answer}
     (tmp_path / "svamp.json").write_text(json.dumps([row]))
-    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer is not a number that responses are graded"):
+    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer holds no number that responses are graded"):
         SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
     (tmp_path / "svamp.json").write_text(json.dumps([{**row, "Answer": 1e35}]))
     with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer is 1e\+35: written out, it has more than 30 dig"):
