@@ -108,23 +108,44 @@ def _replaceable(target: Path) -> bool:
 
 class SaveRunConfig(SaveConfigCallback):
     """Lightning's ``SaveConfigCallback`` (the command's config as ``config.yaml`` in its log directory), except
-    that a fit resumed from a checkpoint in a directory that has one writes its config beside it, as
-    ``config-resume-<n>.yaml``: the run's own ``config.yaml`` (which the study and ``validate --config`` read)
-    stays as the run was started, whether the resumed attempt is refused (other seeds, another algorithm) or
-    goes on."""
+    that it never overwrites another command's ``config.yaml`` (which the study and ``validate --config`` read):
+    a fit resumed from a checkpoint in a directory that has one, and a validate or test logged into one, write
+    theirs beside it as ``config-<resume|validate|test>-<n>.yaml`` (a resumed attempt's whether it is refused, by
+    other seeds or another algorithm, or goes on). A fresh fit into a directory that holds a run is refused: it
+    would write over that run's checkpoints and add its results to that run's ``metrics.json``.
+
+    Args:
+        subcommand: the ``lit-reason`` command whose config this is (``fit``, ``validate``, ``test``).
+        *args, **kwargs: ``SaveConfigCallback``'s.
+    """
+
+    def __init__(self, *args: Any, subcommand: str = "fit", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subcommand = subcommand
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not self.already_saved and self.save_to_log_dir and stage == "fit" and self.config.get("ckpt_path"):
+        if not self.already_saved and self.save_to_log_dir:
             log_dir = Path(trainer.log_dir)  # every rank: a broadcast
-            name = _free_resume_config_name(log_dir) if trainer.is_global_zero else None
-            self.config_filename = trainer.strategy.broadcast(name)
+            name_or_error = self._config_name(log_dir) if trainer.is_global_zero else None
+            name_or_error = trainer.strategy.broadcast(name_or_error)
+            if not name_or_error.endswith(".yaml"):
+                raise FileExistsError(name_or_error)
+            self.config_filename = name_or_error
         super().setup(trainer, pl_module, stage)
 
-
-def _free_resume_config_name(log_dir: Path) -> str:
-    if not (log_dir / "config.yaml").exists():
-        return "config.yaml"  # resumed into a new directory: the config of the run there
-    return next(name for n in count(1) if not (log_dir / (name := f"config-resume-{n}.yaml")).exists())
+    def _config_name(self, log_dir: Path) -> str:
+        """The file name this command's config is saved as in ``log_dir``, or why it must not log there."""
+        if not (log_dir / "config.yaml").exists():
+            return "config.yaml"
+        if self.subcommand == "fit" and not self.config.get("ckpt_path"):
+            return (
+                f"{log_dir} holds the run of its config.yaml; a fresh fit there would write over its checkpoints and "
+                f"mix their results in its metrics.json. Resume that run with --ckpt_path="
+                f"{log_dir / 'checkpoints' / 'last.ckpt'}, leave --trainer.logger.init_args.version unset (a new "
+                "version directory), or remove the directory"
+            )
+        kind = "resume" if self.subcommand == "fit" else self.subcommand
+        return next(name for n in count(1) if not (log_dir / (name := f"config-{kind}-{n}.yaml")).exists())
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -188,6 +188,7 @@ class LitReasonCLI(LightningCLI):
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        self.save_config_kwargs = {**self.save_config_kwargs, "subcommand": self.subcommand or "fit"}
         return self._instantiate_trainer(trainer_config, [*callbacks, ForgetOutputsAfterCheckpoint(), FailFast()])
 
     def _parse_ckpt_path(self) -> None:

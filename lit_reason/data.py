@@ -110,7 +110,11 @@ class RolloutDataModule(LightningDataModule):
         self.round_batches = 0  # training batches of the last round made (checkpointed: those its epoch runs)
         self.batches_started = 0  # of them, those training has started on (``ReasoningModule.on_train_batch_start``)
         self.round_first_step = 0  # the global step the last round made started at
+        # (round, optimizer step) of the checkpoint restored, which a validate or test of it is recorded at:
+        # Lightning restores no loop state there, so the trainer's counters read 0.
+        self.restored_progress: tuple[int, int] | None = None
         self._round_in_progress: dict[str, Any] | None = None  # a mid-round checkpoint's, as it holds it
+        self.resumed_mid_round = False  # the round's rest was restored, and its first batch has not started yet
         self.round_data: TrainData | None = None
 
     # ----------------------------------------------------------------------------------------- training
@@ -173,6 +177,7 @@ class RolloutDataModule(LightningDataModule):
             batches = [batch_from_state(state) for state in mine["batches"]]
             self.round_data = TrainData(batches, samples_drawn=int(mine["samples_drawn"]), stats=dict(mine["stats"]))
             self.batches_started, self.round_first_step = int(progress["batches_started"]), int(progress["first_step"])
+            self.resumed_mid_round = True
             total = len(batches)
             rank_zero_info(f"round {round_index}: resuming after {self.batches_started} of its {total} batches")
             # As long as the whole round: Lightning counts the batches on from where the checkpoint left off.
@@ -217,6 +222,8 @@ class RolloutDataModule(LightningDataModule):
         moved), so a resumed run trains on the rest of them. Every rank calls this when a checkpoint is saved
         (their batches are gathered; only rank 0 writes)."""
         state: dict[str, Any] = {"samples_drawn": self.samples_drawn, "rounds_built": self.rounds_built}
+        if self.trainer is not None:
+            state["progress"] = (self.trainer.current_epoch, self.trainer.global_step)
         state["seeds"] = self.seeds()
         state["round_batches"] = self._batches_this_epoch()
         if self._mid_round():  # the same on every rank
@@ -262,6 +269,8 @@ class RolloutDataModule(LightningDataModule):
         self.samples_drawn = int(state_dict["samples_drawn"])
         self.rounds_built = int(state_dict["rounds_built"])
         self.round_batches = int(state_dict.get("round_batches", 0))  # not in earlier checkpoints
+        progress = state_dict.get("progress")  # not in earlier checkpoints
+        self.restored_progress = (int(progress[0]), int(progress[1])) if progress is not None else None
         # Kept as saved: only a fit that resumes the round needs this rank's batches (testing a checkpoint none).
         self._round_in_progress = state_dict.get("round_in_progress")
 

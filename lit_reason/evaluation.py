@@ -185,11 +185,11 @@ def write_outputs(
     log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
     if rank_and_world_size()[0] != 0:
         return
-    step, samples_drawn = trainer.global_step, int(getattr(trainer.datamodule, "samples_drawn", 0))
+    (epoch, step), samples_drawn = trained_to(trainer), int(getattr(trainer.datamodule, "samples_drawn", 0))
     if log_dir is not None:
         write_predictions(Path(log_dir) / "predictions" / f"{stage}-step{step}.jsonl", records)
         metrics = {name.split("/", 1)[-1]: _finite_or_none(float(value)) for name, value in values.items()}
-        entry = {"stage": stage, "step": step, "epoch": trainer.current_epoch, "samples_drawn": samples_drawn}
+        entry = {"stage": stage, "step": step, "epoch": epoch, "samples_drawn": samples_drawn}
         entry["metrics"] = metrics
         append_json(Path(log_dir) / "metrics.json", entry)
     log = run_log(trainer.loggers)
@@ -197,6 +197,16 @@ def write_outputs(
         log_samples_and_curves(
             log, stage, values, records, step=step, samples_drawn=samples_drawn, text_samples=text_samples
         )
+
+
+def trained_to(trainer) -> tuple[int, int]:
+    """(round, optimizer step) of the policy a ``trainer`` evaluates: the trainer's own while it fits; for a
+    validate or test of a checkpoint, the checkpoint's (its ``RolloutDataModule`` restores them; Lightning restores
+    no loop state there, so the trainer's counters read 0)."""
+    restored = getattr(trainer.datamodule, "restored_progress", None)
+    if trainer.state.fn == "fit" or restored is None:
+        return trainer.current_epoch, trainer.global_step
+    return restored
 
 
 def drop_outputs_after(trainer, epoch: int, step: int) -> None:

@@ -172,8 +172,10 @@ def test_a_fit_resumed_mid_round_forgets_the_round_s_later_evaluations(tmp_path)
     assert [p.name for p in (tmp_path / "predictions").iterdir()] == ["val-step0.jsonl"]
 
 
-def test_a_run_s_config_is_kept_when_a_fit_resumes_in_its_directory(tmp_path):
-    # A resumed attempt (refused or not) overwrote config.yaml, which the study and validate --config read.
+def test_a_run_s_config_is_kept_when_another_command_logs_into_its_directory(tmp_path):
+    # A resumed attempt (refused or not), a validate or test logged into the run's directory, and a fresh fit
+    # there all overwrote config.yaml, which the study and validate --config read; the fresh fit also wrote over
+    # the run's checkpoints and added its results to the run's metrics.json.
     (tmp_path / "config.yaml").write_text("the run's\n")
     saved = []
 
@@ -182,12 +184,22 @@ def test_a_run_s_config_is_kept_when_a_fit_resumes_in_its_directory(tmp_path):
             saved.append(Path(path).name)
             Path(path).write_text(str(config))
 
+    def save(subcommand: str, ckpt_path: str | None) -> None:
+        callback = SaveRunConfig(Parser(), {"ckpt_path": ckpt_path}, overwrite=True, subcommand=subcommand)
+        callback.setup(fake_trainer(tmp_path), None, "fit" if subcommand == "fit" else "validate")
+
     for _ in range(2):
-        SaveRunConfig(Parser(), {"ckpt_path": "last.ckpt"}, overwrite=True).setup(fake_trainer(tmp_path), None, "fit")
-    assert saved == ["config-resume-1.yaml", "config-resume-2.yaml"]
+        save("fit", "last.ckpt")
+    save("test", "last.ckpt")
+    save("validate", None)
+    assert saved == ["config-resume-1.yaml", "config-resume-2.yaml", "config-test-1.yaml", "config-validate-1.yaml"]
     assert (tmp_path / "config.yaml").read_text() == "the run's\n"
-    SaveRunConfig(Parser(), {"ckpt_path": None}, overwrite=True).setup(fake_trainer(tmp_path), None, "fit")
-    assert saved[-1] == "config.yaml"  # a fit started afresh in the directory: its own config
+    with pytest.raises(FileExistsError, match=rf"{tmp_path} holds the run of its config.yaml; a fresh fit there"):
+        save("fit", None)
+    assert len(saved) == 4
+    (tmp_path / "config.yaml").unlink()
+    save("fit", None)
+    assert saved[-1] == "config.yaml"  # a directory without a run's config: its own
 
 
 def test_the_fail_fast_callback_can_be_pickled_before_setup():

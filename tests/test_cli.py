@@ -336,3 +336,14 @@ def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpo
     assert (run_dir / "config.yaml").read_text() == config
     assert "seed_everything: 1" in (run_dir / "config-resume-1.yaml").read_text()
     assert not (run_dir / "config-resume-2.yaml").exists()
+
+    # A test of the checkpoint logged into the run's directory is recorded at the checkpoint's step (Lightning
+    # restores no loop state outside a fit: it was step 0), its config beside the run's.
+    in_run_dir = "--trainer.logger.init_args.version=version_0"
+    main(["test", "--config", sft, *resume, in_run_dir])
+    (*_, tested) = json.loads((run_dir / "metrics.json").read_text())
+    assert (tested["stage"], tested["step"]) == ("test", 1) and (run_dir / "predictions" / "test-step1.jsonl").is_file()
+    assert (run_dir / "config-test-1.yaml").is_file() and (run_dir / "config.yaml").read_text() == config
+    # A fresh fit there would write over the run's checkpoints and add to its metrics.json.
+    with pytest.raises(FileExistsError, match="holds the run of its config.yaml; a fresh fit there"):
+        main(["fit", "--config", sft, *run, in_run_dir])

@@ -169,6 +169,17 @@ class CheckpointThenCrash(Callback):
             raise RuntimeError("crash")
 
 
+class RecordRoundStatistics(Callback):
+    """The round statistics and samples drawn that each round logged."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        logged = trainer.callback_metrics.items()
+        self.rounds.append({k: float(v) for k, v in logged if k.startswith("round/") or k == "samples_drawn"})
+
+
 def mid_round_run(algorithm: str, tmp_path: Path, *callbacks: Callback, ckpt_path=None):
     """Two rounds of 4 batches each (16 questions a round), dropout on: (trainer, data, policy weights)."""
     policy = PolicySpec(name_or_path="micro", seed=1, preset_overrides={"attention_dropout": 0.5})
@@ -188,9 +199,11 @@ def mid_round_run(algorithm: str, tmp_path: Path, *callbacks: Callback, ckpt_pat
 def test_a_run_resumed_from_a_checkpoint_taken_mid_round_ends_as_an_uninterrupted_one(algorithm, during_step, tmp_path):
     """A mid-round checkpoint (every_n_train_steps, val_check_interval < 1, max_steps) holds every rank's batches
     of the round: the resumed run trains on the rest of them and ends bit for bit where an uninterrupted run
-    does. (Resuming served the done-round placeholder to ``training_step``: a crash.)"""
+    does, having logged the same round statistics. (Resuming served the done-round placeholder to
+    ``training_step``: a crash; and the resumed round's statistics were never logged: it has no epoch start.)"""
     torch.manual_seed(0)
-    trainer, data, uninterrupted = mid_round_run(algorithm, tmp_path / "whole")
+    whole_rounds = RecordRoundStatistics()
+    trainer, data, uninterrupted = mid_round_run(algorithm, tmp_path / "whole", whole_rounds)
     assert trainer.global_step == 8
     checkpoint = tmp_path / "mid-round.ckpt"
     with pytest.raises(RuntimeError, match="crash"):
@@ -198,9 +211,13 @@ def test_a_run_resumed_from_a_checkpoint_taken_mid_round_ends_as_an_uninterrupte
     saved = torch.load(checkpoint, weights_only=True)["RolloutDataModule"]["round_in_progress"]
     assert saved["batches_started"] == 2 and len(saved["by_rank"]) == 1 and len(saved["by_rank"][0]["batches"]) == 4
     torch.manual_seed(1)  # where a new process's generator happens to be
-    resumed_trainer, resumed_data, resumed = mid_round_run(algorithm, tmp_path / "resumed", ckpt_path=checkpoint)
+    resumed_rounds = RecordRoundStatistics()
+    resumed_trainer, resumed_data, resumed = mid_round_run(
+        algorithm, tmp_path / "resumed", resumed_rounds, ckpt_path=checkpoint
+    )
     assert resumed_trainer.global_step == 8 and resumed_data.samples_drawn == data.samples_drawn
     assert torch.equal(resumed, uninterrupted)
+    assert resumed_rounds.rounds == whole_rounds.rounds and whole_rounds.rounds[0]["round/index"] == 0
 
 
 def _round_saved_and_resumed(rank: int, world_size: int) -> tuple[list[list[int]], int, int]:

@@ -158,3 +158,32 @@ def test_a_crash_while_writing_predictions_leaves_the_previous_file_whole(tmp_pa
         write_predictions(path, records(False))
     monkeypatch.undo()
     assert path.read_text() == before and len(read_predictions(path)) == 3
+
+
+def test_a_validate_or_test_of_a_checkpoint_is_recorded_at_the_checkpoint_s_step(tmp_path):
+    # Lightning restores no loop state outside a fit: a test of a step-40 checkpoint was written as
+    # test-step0.jsonl and step 0 in metrics.json. The data module's checkpointed progress says where it is.
+    from types import SimpleNamespace
+
+    from lit_reason.data import RolloutDataModule
+    from lit_reason.evaluation import PREDICTION_FIELDS, write_outputs
+
+    fitting = SimpleNamespace(current_epoch=2, global_step=40, state=SimpleNamespace(fn="fit"))
+    data = RolloutDataModule()
+    data.trainer = fitting
+    state = data.state_dict()
+    restored = RolloutDataModule()
+    restored.load_state_dict(state)
+    trainer = SimpleNamespace(
+        loggers=["a logger"],  # not TensorBoard's: metrics.json and the predictions only
+        log_dir=str(tmp_path),
+        datamodule=restored,
+        current_epoch=0,
+        global_step=0,
+        state=SimpleNamespace(fn="test"),
+    )
+    records = {1: {field: None for field in PREDICTION_FIELDS} | {"id": 1}}
+    write_outputs(trainer, "test", {"test/maj@1": torch.tensor(0.5)}, records, text_samples=0)
+    (entry,) = json.loads((tmp_path / "metrics.json").read_text())
+    assert (entry["stage"], entry["epoch"], entry["step"]) == ("test", 2, 40)
+    assert (tmp_path / "predictions" / "test-step40.jsonl").is_file()

@@ -22,7 +22,7 @@ from lit_reason.batches import Example
 from lit_reason.conditioning import Conditioning, Stage
 from lit_reason.data import COMPLETED_ROUND, EMPTY_ROUND, TrainData
 from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_models
-from lit_reason.evaluation import Evaluator, GradedQuestions, write_outputs
+from lit_reason.evaluation import Evaluator, GradedQuestions, trained_to, write_outputs
 from lit_reason.hyperparameters import plain_data
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, save_policy
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_example, encode_response_prefix, row_seed, sample
@@ -224,13 +224,16 @@ class ReasoningModule(LightningModule):
             stats = {f"round/{n}": float(v) for n, v in data.stats.items()} | {"round/index": float(self.current_epoch)}
             self.log_dict(stats, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         # Identical on every rank: a mean keeps it so (batch_size: an empty round's placeholder has none).
-        samples = float(self._samples_drawn())
+        samples = float(self.trainer.datamodule.samples_drawn)
         self.log("samples_drawn", samples, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         if isinstance(batch, str) and batch in (EMPTY_ROUND, COMPLETED_ROUND):
             return -1  # Lightning: skip the rest of this epoch (a round with nothing (more) to train on)
-        self.steps.count_round(self.trainer)  # a round resumed mid-way has no epoch start
+        if self.trainer.datamodule.resumed_mid_round:  # Lightning starts no epoch there: its first batch does
+            self.trainer.datamodule.resumed_mid_round = False
+            self.on_train_epoch_start()  # count the round, log its statistics
+        self.steps.count_round(self.trainer)
         self.trainer.datamodule.batches_started += 1  # a checkpoint from here on has trained on this batch
         # Dropout's generator, seeded per batch and rank: checkpoints do not hold it, so a resumed run reseeds it.
         torch.manual_seed(row_seed(self.seed, "dropout", self.current_epoch, batch_idx, rank_and_world_size()[0]))
@@ -270,18 +273,14 @@ class ReasoningModule(LightningModule):
         per-question predictions, and TensorBoard's samples and figures."""
         metrics, records = self.evaluator.compute()
         values = {f"{stage}/{name}": value for name, value in metrics.items()} | (extra or {})
-        values[f"{stage}/samples_drawn"] = torch.tensor(float(self._samples_drawn()))
+        values[f"{stage}/samples_drawn"] = torch.tensor(float(self.trainer.datamodule.samples_drawn))
         # Identical on every rank (gathered); the mean keeps them so. NCCL reduces only on the rank's GPU.
         self.log_dict({name: value.float().to(self.device) for name, value in values.items()}, sync_dist=True)
         rank_zero_info(
-            f"{stage} step {self.global_step} ({self.evaluator.seconds_since_start():.0f}s): "
+            f"{stage} step {trained_to(self.trainer)[1]} ({self.evaluator.seconds_since_start():.0f}s): "
             + ", ".join(f"{n.split('/', 1)[1]}={v.item():.4f}" for n, v in values.items())
         )
-        if self._trainer is not None:
-            write_outputs(self.trainer, stage, values, records, text_samples=self.text_samples)
-
-    def _samples_drawn(self) -> int:
-        return int(getattr(getattr(self.trainer, "datamodule", None), "samples_drawn", 0))
+        write_outputs(self.trainer, stage, values, records, text_samples=self.text_samples)
 
     # ------------------------------------------------------------------------------------------ export
     def export_conditioning(self) -> Conditioning:

@@ -34,7 +34,7 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -91,7 +91,9 @@ class OutcomeRewardModel(ReasoningModule):
         resample_every_round: sample afresh for every round's questions; if false, keep training on the
             first round's samples.
         rollout_file: train on responses from this JSONL file (one ``{"question_id": int, "response": str}``
-            a line, ids of the task's training split; correctness is graded here) instead of sampling.
+            a line, ids of the task's training split, and optionally ``"truncated": true`` for a response cut off
+            by the token limit, which gets no EOS; correctness is graded here) instead of sampling. Each run
+            writes its rollouts in this format under ``<log_dir>/rollouts/``.
         lm_loss_coef: weight of the language-modelling loss on the training responses, added to the
             cross-entropy (0: off; Cobbe et al. found the joint objective better).
         reference_lm_coef: weight of a language-modelling loss on reference solutions of training questions,
@@ -286,16 +288,22 @@ class OutcomeRewardModel(ReasoningModule):
     def _save_rollout(
         self, problems: list[Problem], sampled: SampleBatch, labels: torch.Tensor, round_index: int
     ) -> None:
-        """Write this rank's samples where ``rollout_file`` can read them again (beside the run's logs)."""
-        log_dir = self.trainer.log_dir if self._trainer is not None else None
+        """Write this rank's samples where ``rollout_file`` can read them again (beside the run's logs; a
+        Trainer without a logger has none: its ``log_dir`` is the working directory)."""
+        if self._trainer is None or not self.trainer.loggers:
+            return
+        log_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank asks
         if log_dir is None:
             return
         rank, _ = rank_and_world_size()
         path = Path(log_dir) / "rollouts" / f"round{round_index}-rank{rank}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as file:
-            for p, text, label in zip(sampled.prompt_index.tolist(), sampled.texts, labels.tolist(), strict=True):
-                file.write(json.dumps({"question_id": problems[p].id, "response": text, "correct": bool(label)}) + "\n")
+            for p, text, label, truncated in zip(
+                sampled.prompt_index.tolist(), sampled.texts, labels.tolist(), sampled.truncated.tolist(), strict=True
+            ):
+                row = {"question_id": problems[p].id, "response": text, "correct": bool(label), "truncated": truncated}
+                file.write(json.dumps(row) + "\n")
 
     def _batches_from_file(self, round_index: int) -> list[LabelledBatch]:
         problems = {p.id: p for p in self.task.problems("train")}
@@ -303,18 +311,22 @@ class OutcomeRewardModel(ReasoningModule):
         rank, world_size = rank_and_world_size()
         rows = rows[rank::world_size]
         rows = rows[: len(rows) - len(rows) % max(1, self.batch_size)] or rows  # equal steps on every rank
-        sampled = self._encode_responses([problems[i] for i, _ in rows], [text for _, text in rows])
-        return self._labelled_batches(sampled, grade([problems[i] for i, _ in rows], sampled).float())
+        sampled = self._encode_responses([problems[row.question_id] for row in rows], rows)
+        return self._labelled_batches(sampled, grade([problems[row.question_id] for row in rows], sampled).float())
 
-    def _encode_responses(self, problems: list[Problem], texts: list[str]) -> SampleBatch:
-        """Responses given as text, laid out like the sampler's output (an empty response is just EOS)."""
+    def _encode_responses(self, problems: list[Problem], rows: list[RolloutRow]) -> SampleBatch:
+        """Responses given as text, laid out like the sampler's output: EOS behind each, except those cut off by
+        the token limit (an empty response is just EOS)."""
         # The ORM judges responses without a policy's response prefix (as reward_scores masks it out).
-        examples = [self.encode_example(p, t, response_prefix="") for p, t in zip(problems, texts, strict=True)]
+        examples = [
+            self.encode_example(p, row.response, response_prefix="") for p, row in zip(problems, rows, strict=True)
+        ]
         return SampleBatch.from_token_lists(
             [prompt for prompt, _ in examples],
-            [response for _, response in examples],
-            texts,
+            [response[:-1] if row.truncated else response for (_, response), row in zip(examples, rows, strict=True)],
+            [row.response for row in rows],
             pad_token_id=self.tokenizer.pad_token_id,
+            truncated=[row.truncated for row in rows],
         )
 
     # ----------------------------------------------------------------------------------------- training
@@ -401,7 +413,15 @@ def reliability_table(scores: torch.Tensor, labels: torch.Tensor, bins: int = 10
     return markdown_table(["scores", "mean score", "fraction correct", "samples"], rows)
 
 
-def _read_rollout_file(path: Path, problems: dict[int, Problem]) -> list[tuple[int, str]]:
+class RolloutRow(NamedTuple):
+    """A line of a ``rollout_file``."""
+
+    question_id: int
+    response: str
+    truncated: bool
+
+
+def _read_rollout_file(path: Path, problems: dict[int, Problem]) -> list[RolloutRow]:
     if not path.is_file():
         raise FileNotFoundError(f"rollout_file {path} does not exist")
     rows = []
@@ -411,11 +431,15 @@ def _read_rollout_file(path: Path, problems: dict[int, Problem]) -> list[tuple[i
             isinstance(question_id, bool)
             or not isinstance(question_id, int)
             or not isinstance(row.get("response"), str)
+            or not isinstance(row.get("truncated", False), bool)
         ):
-            raise ValueError(f'{where}: expected {{"question_id": int, "response": str}}, got {row!r:.200}')
+            raise ValueError(
+                f'{where}: expected {{"question_id": int, "response": str}} (and optionally "truncated": bool), got '
+                f"{row!r:.200}"
+            )
         if question_id not in problems:
             raise ValueError(f"{where}: question_id {question_id} is not in the task's training split")
-        rows.append((question_id, row["response"]))
+        rows.append(RolloutRow(question_id, row["response"], row.get("truncated", False)))
     if not rows:
         raise ValueError(f"{path} holds no responses")
     return rows

@@ -2,6 +2,7 @@
 
 import json
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -387,6 +388,47 @@ def test_rollout_file_errors_name_the_line(tmp_path, sft_policy_dir):
     path.write_text('{"question_id": 1.7, "response": "#### 1"}\n')  # not truncated to question 1
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected .*question_id.: 1\.7"):
         train_orm(tmp_path, path, sft_policy_dir, steps=1)
+    path.write_text('{"question_id": 1, "response": "#### 1", "truncated": "no"}\n')  # a string is truthy
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected .*optionally .truncated.: bool"):
+        train_orm(tmp_path, path, sft_policy_dir, steps=1)
+
+
+def test_rollouts_written_beside_a_run_read_back_with_eos_only_where_the_policy_ended(tmp_path, monkeypatch):
+    # The rollouts a run writes dropped the truncated flag, and every response of a rollout_file got an EOS: a
+    # response the token limit cut off was judged as one the policy had ended. And a run without a logger wrote
+    # them into the working directory.
+    from lightning.pytorch.loggers import CSVLogger
+
+    def fit(rollout_file=None, logged=True):
+        module = OutcomeRewardModel(
+            policy=PolicySpec(name_or_path="micro"),
+            rollout=SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=6),
+            rollout_file=rollout_file,
+            batch_size=64,
+        )
+        data = RolloutDataModule(task=sft_fixture_task(), questions_per_round=16, validation_questions=0)
+        logger = CSVLogger(tmp_path, name="from_file" if rollout_file else "sampled") if logged else False
+        quiet_trainer(max_steps=1, inference_mode=False, logger=logger, limit_val_batches=0).fit(module, data)
+        return module, Path(logger.log_dir) if logged else None
+
+    monkeypatch.chdir(tmp_path)
+    fit(logged=False)
+    assert not (tmp_path / "rollouts").exists()
+    module, log_dir = fit()
+    rollouts = log_dir / "rollouts" / "round0-rank0.jsonl"
+    rows = [json.loads(line) for line in rollouts.read_text().splitlines()]
+    assert 0 < sum(row["truncated"] for row in rows) < len(rows)  # both kinds, at 6 new tokens
+    reread, _ = fit(str(rollouts))
+    batches = reread._first_round
+    eos = reread.tokenizer.eos_token_id
+    ends_with_eos = {}
+    for batch in batches:
+        for ids, mask in zip(batch.input_ids, batch.response_mask, strict=True):
+            response = ids[mask].tolist()
+            text = reread.tokenizer.decode(response, skip_special_tokens=True)
+            ends_with_eos.setdefault(text, set()).add(response[-1:] == [eos])
+    for row in rows:
+        assert ends_with_eos[row["response"]] == {not row["truncated"]}, row
 
 
 def test_orm_takes_no_other_orm():
