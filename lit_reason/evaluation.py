@@ -76,8 +76,13 @@ class Evaluator(torch.nn.Module):
         self.records: list[dict[str, Any]] = []
         self._started = time.perf_counter()
 
+    def start_batch(self) -> None:
+        """Call before a batch's responses are generated: the pass's clock starts at its first batch."""
+        if not self.records:
+            self._started = time.perf_counter()
+
     def seconds_since_start(self) -> float:
-        """Seconds since this evaluation pass's first update."""
+        """Seconds since this evaluation pass's first batch started (``start_batch``)."""
         return time.perf_counter() - self._started
 
     def update(
@@ -86,8 +91,6 @@ class Evaluator(torch.nn.Module):
         """Grade one greedy and K sampled responses per problem (``scores``: (Q * K,) reward-model scores of
         the sampled ones, or None), update the metrics and keep the questions' records."""
         k, device = self.num_samples, self.metrics["maj@1"].device
-        if not self.records:
-            self._started = time.perf_counter()
         ids = torch.tensor([p.id for p in problems], device=device)
         greedy_stated = [[p.stated_answer(text)] for p, text in zip(problems, greedy.texts, strict=True)]
         stated = [
@@ -175,11 +178,18 @@ def answer_values(problems: Sequence[Problem], stated: Sequence[Sequence[float |
 
 
 def write_outputs(
-    trainer, stage: str, values: dict[str, torch.Tensor], records: dict[int, dict[str, Any]], *, text_samples: int
+    trainer,
+    stage: str,
+    values: dict[str, torch.Tensor],
+    records: dict[int, dict[str, Any]],
+    *,
+    seconds: float | None = None,
+    text_samples: int,
 ) -> None:
     """What an evaluation leaves beside a run with a logger (call on every rank; rank 0 writes): its metrics
-    appended to ``<log_dir>/metrics.json``, the per-question predictions ``<log_dir>/predictions/<stage>-step<N>
-    .jsonl`` and text samples, a histogram and curves against the samples drawn (``run_logs``)."""
+    (and the ``seconds`` it took: what a study takes off a run's wall time to compare training times) appended
+    to ``<log_dir>/metrics.json``, the per-question predictions ``<log_dir>/predictions/<stage>-step<N>.jsonl``
+    and text samples, a histogram and curves against the samples drawn (``run_logs``)."""
     if not trainer.loggers or not records:
         return
     log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
@@ -190,6 +200,7 @@ def write_outputs(
         write_predictions(Path(log_dir) / "predictions" / f"{stage}-step{step}.jsonl", records)
         metrics = {name.split("/", 1)[-1]: _finite_or_none(float(value)) for name, value in values.items()}
         entry = {"stage": stage, "step": step, "epoch": epoch, "samples_drawn": samples_drawn}
+        entry |= {"seconds": round(seconds, 1)} if seconds is not None else {}
         entry["metrics"] = metrics
         append_json(Path(log_dir) / "metrics.json", entry)
     log = run_log(trainer.loggers)

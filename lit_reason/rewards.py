@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -37,9 +38,11 @@ class RewardFunction:
         path: ``module.function`` (or ``module:function``), importable where lit-reason runs (installed, on
             ``PYTHONPATH``, or a module in the working directory): ``function(problem, response) -> float``,
             with ``problem`` a ``lit_reason.tasks.Problem`` (``question``, ``solution``, ``answer``,
-            ``is_correct(text)``) and ``response`` the sampled text.
+            ``is_correct(text)``) and ``response`` the sampled text. A reward is a finite real number: a Python
+            or NumPy number (``np.float32``), or a tensor or array of one element.
         batched: the function scores a whole round in one call instead: ``function(problems, responses) ->
-            list of floats``, the i-th response answering ``problems[i]`` (e.g. to batch a reward model).
+            rewards`` (a list, a NumPy array or a tensor), the i-th response answering ``problems[i]`` (e.g. to
+            batch a reward model).
         threshold: Expert Iteration keeps, and RCRL conditions on ``[GOOD]``, the samples whose reward is at
             least this (PPO and GRPO use the reward itself).
     """
@@ -82,14 +85,35 @@ class RewardFunction:
         )
 
     def _checked(self, value: Any, index: int, problem: Problem, text: str) -> float:
-        if isinstance(value, bool | int | float) or (isinstance(value, torch.Tensor) and value.numel() == 1):
-            number = float(value)
-            if math.isfinite(number):
-                return number
+        number = _real_number(value)
+        if number is not None and math.isfinite(number):
+            return number
         raise ValueError(
             f"reward_fn {self.path} returned {value!r} on {_describe_sample(index, problem, text)}: a reward is a "
             "finite number"
         )
+
+
+def _real_number(value: Any) -> float | None:
+    """A reward as a float: a real number (Python's, NumPy's float32 or int64, a bool as 1 or 0), or a tensor or
+    NumPy array of one real element (a row of a batched reward's (N, 1) array); None for anything else."""
+    # NumPy is not a dependency of its own: its arrays (and its bool, not a numbers.Real) are known by the array
+    # protocol they share. Its float and integer scalars are numbers.Real already.
+    is_array = isinstance(value, torch.Tensor) or (hasattr(value, "__array__") and hasattr(value, "dtype"))
+    if is_array and not isinstance(value, numbers.Real):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):  # strings, objects: no tensor, so no reward
+            return None
+        if value.numel() != 1 or value.is_complex():
+            return None
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer past float's range
+        return math.inf
 
 
 def _describe_sample(index: int, problem: Problem, text: str) -> str:

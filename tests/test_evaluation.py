@@ -183,7 +183,22 @@ def test_a_validate_or_test_of_a_checkpoint_is_recorded_at_the_checkpoint_s_step
         state=SimpleNamespace(fn="test"),
     )
     records = {1: {field: None for field in PREDICTION_FIELDS} | {"id": 1}}
-    write_outputs(trainer, "test", {"test/maj@1": torch.tensor(0.5)}, records, text_samples=0)
+    write_outputs(trainer, "test", {"test/maj@1": torch.tensor(0.5)}, records, seconds=12.34, text_samples=0)
     (entry,) = json.loads((tmp_path / "metrics.json").read_text())
-    assert (entry["stage"], entry["epoch"], entry["step"]) == ("test", 2, 40)
+    assert (entry["stage"], entry["epoch"], entry["step"], entry["seconds"]) == ("test", 2, 40, 12.3)
     assert (tmp_path / "predictions" / "test-step40.jsonl").is_file()
+
+
+def test_an_evaluation_pass_is_timed_from_its_first_batch_s_generation():
+    # The clock started at the first grading, after the first batch's responses were generated: a study that
+    # takes validations off a run's wall time would have counted that generation as training.
+    import time
+
+    problem = Problem(id=0, question="q", solution="", answer=1.0)
+    batch = SampleBatch.from_token_lists([[1]], [[2]], ["#### 1"], pad_token_id=0)
+    evaluator = Evaluator(num_samples=1, rerank=False)
+    evaluator.start_batch()
+    time.sleep(0.05)  # generating the batch's responses
+    evaluator.update([problem], batch, batch, None)
+    evaluator.start_batch()  # the next batch: the pass's clock goes on
+    assert evaluator.seconds_since_start() >= 0.05

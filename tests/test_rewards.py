@@ -168,6 +168,55 @@ def test_errors_in_a_reward_function_name_it_and_the_sample(body, message, tmp_p
         RewardFunction(path="rewards_under_test.reward")(PROBLEMS, samples("first", "second"))
 
 
+NUMPY_REWARDS = """
+import numpy as np
+import torch
+
+def float32(problem, response):
+    return np.float32(0.5)
+
+def int64(problem, response):
+    return np.int64(2)
+
+def one_element_array(problem, response):
+    return np.array([0.25])
+
+def batched_float32(problems, responses):
+    return np.arange(len(responses), dtype=np.float32)
+
+def batched_column(problems, responses):
+    return torch.ones(len(responses), 1)
+
+def nan_float32(problem, response):
+    return np.float32("nan")
+
+def two_elements(problem, response):
+    return np.array([1.0, 2.0])
+"""
+
+
+def test_numpy_numbers_and_arrays_are_rewards(tmp_path, monkeypatch):
+    (tmp_path / "numpy_rewards_under_test.py").write_text(NUMPY_REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("numpy_rewards_under_test", None)
+    batch = samples("first", "second")
+    for name, batched, expected in [
+        ("float32", False, [0.5, 0.5]),
+        ("int64", False, [2.0, 2.0]),
+        ("one_element_array", False, [0.25, 0.25]),
+        ("batched_float32", True, [0.0, 1.0]),
+        ("batched_column", True, [1.0, 1.0]),
+    ]:
+        reward = RewardFunction(path=f"numpy_rewards_under_test.{name}", batched=batched)
+        assert reward(PROBLEMS, batch).tolist() == expected, name
+    # Still a finite number, and one: NaN in any dress, or two numbers for one response, is refused.
+    for name in ("nan_float32", "two_elements"):
+        with pytest.raises(
+            ValueError, match=rf"numpy_rewards_under_test.{name} returned .*a reward is a finite number"
+        ):
+            RewardFunction(path=f"numpy_rewards_under_test.{name}")(PROBLEMS, batch)
+
+
 def test_a_batched_reward_must_score_every_response():
     wrong_length = RewardFunction(path="tests.helpers.rewards.shortness", batched=True)
     with pytest.raises(ValueError, match=r"reward_fn tests.helpers.rewards.shortness \(batched\) returned 1 rewards"):

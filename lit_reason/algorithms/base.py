@@ -251,13 +251,13 @@ class ReasoningModule(LightningModule):
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        self.log_evaluation("val")
+        self.log_evaluation("test" if self.trainer.testing else "val")
 
-    def on_test_epoch_end(self) -> None:
-        self.log_evaluation("test")
+    on_test_epoch_end = on_validation_epoch_end
 
     def evaluate_problems(self, problems: list[Problem]) -> None:
         """Greedy and K sampled responses for each problem, graded into the evaluation metrics."""
+        self.evaluator.start_batch()
         greedy_config = replace(self.evaluation, num_samples=1, temperature=0.0)
         greedy = self.generate(problems, greedy_config, ("eval",), "evaluation")
         sampled = self.generate(problems, self.evaluation, ("eval",), "evaluation")
@@ -276,11 +276,12 @@ class ReasoningModule(LightningModule):
         values[f"{stage}/samples_drawn"] = torch.tensor(float(self.trainer.datamodule.samples_drawn))
         # Identical on every rank (gathered); the mean keeps them so. NCCL reduces only on the rank's GPU.
         self.log_dict({name: value.float().to(self.device) for name, value in values.items()}, sync_dist=True)
+        seconds = self.evaluator.seconds_since_start()
         rank_zero_info(
-            f"{stage} step {trained_to(self.trainer)[1]} ({self.evaluator.seconds_since_start():.0f}s): "
+            f"{stage} step {trained_to(self.trainer)[1]} ({seconds:.0f}s): "
             + ", ".join(f"{n.split('/', 1)[1]}={v.item():.4f}" for n, v in values.items())
         )
-        write_outputs(self.trainer, stage, values, records, text_samples=self.text_samples)
+        write_outputs(self.trainer, stage, values, records, seconds=seconds, text_samples=self.text_samples)
 
     # ------------------------------------------------------------------------------------------ export
     def export_conditioning(self) -> Conditioning:

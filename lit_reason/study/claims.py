@@ -178,11 +178,11 @@ def rl_beats_more_sft(results: StudyResults) -> Verdict:
     difference = results.difference(roles.expert_iteration, "maj@1", baseline=roles.more_sft)
     if difference is None:
         return Verdict(claim, "not tested", "an evaluation of these runs lacks maj@1")
-    rl_time, sft_time = (_mean_wall_time(results, name) for name in (roles.expert_iteration, roles.more_sft))
+    rl_time, sft_time = (_mean_training_time(results, name) for name in (roles.expert_iteration, roles.more_sft))
     evidence = (
-        f"{roles.expert_iteration} - {roles.more_sft}: maj@1 {difference}; wall time {roles.expert_iteration} "
-        f"{_minutes(rl_time)}, {roles.more_sft} {_minutes(sft_time)} (the same time: RL took at most "
-        f"{SAME_TIME:g}x longer to win, or at least 1/{SAME_TIME:g} as long to lose)"
+        f"{roles.expert_iteration} - {roles.more_sft}: maj@1 {difference}; time outside validation "
+        f"{roles.expert_iteration} {_minutes(rl_time)}, {roles.more_sft} {_minutes(sft_time)} (the same time: RL "
+        f"took at most {SAME_TIME:g}x longer to win, or at least 1/{SAME_TIME:g} as long to lose)"
     )
     won = difference.low > 0 and rl_time <= SAME_TIME * sft_time
     lost = difference.high < 0 and rl_time >= sft_time / SAME_TIME
@@ -193,17 +193,25 @@ def rl_beats_more_sft(results: StudyResults) -> Verdict:
 SAME_TIME = 1.25
 
 
-def _mean_wall_time(results: StudyResults, name: str) -> float:
-    """Mean seconds per seed, NaN (compares false) where unknown: a resumed run records its last attempt's, a
-    launched one none."""
+def _mean_training_time(results: StudyResults, name: str) -> float:
+    """Mean seconds per seed outside validation (the run's wall time less its validations': rows validated a
+    different number of times are compared on what they trained), NaN (compares false) where unknown: a resumed
+    run records its last attempt's wall time, a launched one none, and an earlier lit-reason's validations no
+    time."""
     run = results.runs[name]
-    times = [run.wall_seconds[seed] for seed in run.seeds]
-    known = times and None not in times and not run.resumed & set(run.seeds)
-    return sum(times) / len(times) if known else float("nan")
+    times = []
+    for seed in run.seeds:
+        validations = [evaluation.seconds for evaluation in run.evaluations[seed]]
+        if run.wall_seconds[seed] is None or seed in run.resumed or None in validations:
+            return float("nan")
+        times.append(run.wall_seconds[seed] - sum(validations))
+    return sum(times) / len(times) if times else float("nan")
 
 
 def _minutes(seconds: float) -> str:
-    return "unknown (resumed or launched)" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
+    if math.isnan(seconds):
+        return "unknown (resumed, launched, or its validations untimed)"
+    return f"{seconds / 60:.1f} min"
 
 
 def _with_joint(alone: Difference, jointly: Difference) -> str:

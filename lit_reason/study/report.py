@@ -189,15 +189,15 @@ def plot_curves(results: StudyResults, path: Path) -> None:
 
 
 def plot_sft(results: StudyResults, path: Path) -> None:
-    """The warm start's validation maj@1 and pass@K after every SFT epoch (the paper: more SFT trades pass@K
-    for maj@1)."""
+    """The warm start's validation maj@1 and pass@K at each of its validations, against its optimizer steps
+    (the paper: more SFT trades pass@K for maj@1)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4.5))
     evaluations = results.warm_start.evaluations.get(results.study.shared_seed, [])
     for metric in ["maj@1", f"pass@{results.k}"]:
-        points = [(i, e.metrics[metric]) for i, e in enumerate(evaluations) if e.metrics.get(metric) is not None]
+        points = [(e.step, e.metrics[metric]) for e in evaluations if e.metrics.get(metric) is not None]
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=metric)
-    axis.set_xlabel("SFT epochs")
+    axis.set_xlabel("SFT optimizer steps")
     axis.set_ylabel("validation accuracy")
     axis.set_title("the warm start's SFT")
     axis.grid(alpha=0.3)

@@ -32,12 +32,14 @@ class Evaluation:
         samples_drawn: training samples drawn before it (all ranks).
         metrics: metric name (``maj@1``, ``pass@8``, ...) -> value.
         predictions: its per-question prediction file.
+        seconds: how long it took (None where its run did not record it: runs of an earlier lit-reason).
     """
 
     step: int
     samples_drawn: int
     metrics: dict[str, float]
     predictions: Path
+    seconds: float | None = None
 
 
 @dataclass
@@ -178,7 +180,9 @@ def read_evaluations(log_dir: Path) -> list[Evaluation]:
             continue
         step = int(entry["step"])
         predictions = log_dir / "predictions" / f"val-step{step}.jsonl"
-        by_step[step] = Evaluation(step, int(entry["samples_drawn"]), entry["metrics"], predictions)
+        by_step[step] = Evaluation(
+            step, int(entry["samples_drawn"]), entry["metrics"], predictions, seconds=entry.get("seconds")
+        )
     return [by_step[step] for step in sorted(by_step)]
 
 

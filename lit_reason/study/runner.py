@@ -1,10 +1,13 @@
 """Running a study: the shared warm start, the ORM and the warm start's evaluation, then every run once per seed.
 
 Each step is one ``lit-reason`` command logging to ``<study>/runs/<run>/seed<S>/`` (a TensorBoard run with its
-``metrics.json``, predictions, checkpoints and exported policy). A step that finished leaves ``study.json``
-there (its command and wall time) and is skipped when the study runs again; a step that was interrupted
-resumes from its ``checkpoints/last.ckpt`` (or starts afresh when it never saved one). ``--print-commands``
-prints the commands instead, in order, for a cluster launcher: each depends on the warm start (and ORM) above it.
+``metrics.json``, predictions, checkpoints and exported policy). A step records its declaration (its command,
+each config by its content, the warm start and ORM it starts from by the runs that trained them) in
+``study-started.json`` when it starts; one that finished leaves ``study.json`` there (that declaration and its
+wall time) and is skipped when the study runs again; one that was interrupted resumes from its
+``checkpoints/last.ckpt`` if the study still declares it so (or starts afresh when it never saved one).
+``--print-commands`` prints the commands instead, in order, for a cluster launcher: each depends on the warm
+start (and ORM) above it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,9 @@ from lit_reason.study.spec import SHARED_STEPS, StageSpec, StudySpec
 from lit_reason.warm_start import single_process_environment
 
 DONE_FILE = "study.json"
+STARTED_FILE = "study-started.json"
 POLICY_OPTION = "--model.init_args.policy.name_or_path="
+ORM_OPTION = "--model.init_args.orm="
 LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
@@ -81,7 +87,7 @@ def plan(study: StudySpec) -> list[Step]:
     shared = study.shared_seed
     policy = f"{POLICY_OPTION}{warm_start_policy(study)}"
     orm = orm_policy(study)
-    with_orm = (f"--model.init_args.orm={orm}",) if orm is not None else ()
+    with_orm = (f"{ORM_OPTION}{orm}",) if orm is not None else ()
     reused = reused_stages(study)
     steps = [step for run, step in _stage_steps(study).items() if run not in reused]
     # The warm start evaluated like every run (with the ORM for rerank@K): the baseline each run is paired with.
@@ -147,8 +153,11 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
         if resumed:
             command.append(f"--ckpt_path={step.checkpoint}")
             print(f"{label}: resuming from {step.checkpoint}", flush=True)
-        elif step.log_dir.exists():
-            shutil.rmtree(step.log_dir)  # an attempt that saved no checkpoint: start it afresh
+        else:
+            if step.log_dir.exists():
+                shutil.rmtree(step.log_dir)  # an attempt that saved no checkpoint: start it afresh
+            step.log_dir.mkdir(parents=True)
+            (step.log_dir / STARTED_FILE).write_text(json.dumps(declaration(study, step)))
         print(f"{label}: {shell_command(step)}", flush=True)
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "lit_reason", *command], env=single_process_environment())
@@ -171,7 +180,10 @@ def record_finished(study: StudySpec, step: Step, record: dict[str, Any], label:
             f"{label} exited without an error but recorded no validation in {step.log_dir / 'metrics.json'}, "
             f"so it has no result to report and is not marked finished. The command was:\n  {shell_command(step)}"
         )
-    record = {"command": shell_command(step), "declaration": declaration(study, step), **record}
+    started = step.log_dir / STARTED_FILE  # what it ran: the study file may have changed while it did
+    declared = json.loads(started.read_text()) if started.is_file() else declaration(study, step)
+    finished_at = datetime.now(timezone.utc).isoformat()  # a warm start trained again is new
+    record = {"command": shell_command(step), "declaration": declared, "finished_at": finished_at, **record}
     step.log_dir.mkdir(parents=True, exist_ok=True)
     (step.log_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
 
@@ -190,34 +202,46 @@ def record_launched(study: StudySpec, run_and_seed: str) -> None:
 
 
 def declaration(study: StudySpec, step: Step) -> list[str]:
-    """A step's command as compared with the one a finished step ran: each ``--config`` file by its content, and
-    the study's output directory by a placeholder, so that one file named from another directory (or installed
-    elsewhere) and one study named by another path are the same declaration."""
+    """A step's command as compared with the one a finished step ran: each ``--config`` file by its content, the
+    study's output directory by a placeholder, so that one file named from another directory (or installed
+    elsewhere) and one study named by another path are the same declaration; and the warm start and ORM it
+    starts from followed by the record of the run that trained them (``_trained_by``), so that a step started
+    from a warm start trained again is not taken for one of the new warm start."""
     tokens = [_without_output_dir(study, token) for token in step.command]
     for index in range(len(tokens) - 1):
         if tokens[index] == "--config":
             tokens[index + 1] = "sha256:" + hashlib.sha256(Path(step.command[index + 1]).read_bytes()).hexdigest()
-    return tokens
+    orm = orm_policy(study)
+    exports = {f"{POLICY_OPTION}{warm_start_policy(study)}", *([f"{ORM_OPTION}{orm}"] if orm else [])}
+    return [
+        f"{token} {_trained_by(Path(original.split('=', 1)[1]))}" if original in exports else token
+        for token, original in zip(tokens, step.command, strict=True)
+    ]
+
+
+def _trained_by(export: Path) -> str:
+    """Which training run an exported policy is: the digest of its run's ``study.json`` (its declaration, wall
+    time and when it finished), or ``(not trained)``. A run trained again records another time, so its export is
+    another policy even when it trained with the same declaration."""
+    done = export.parent / DONE_FILE
+    if not done.is_file():
+        return "(not trained)"
+    return f"(trained by run sha256:{hashlib.sha256(done.read_bytes()).hexdigest()[:16]})"
 
 
 def check_finished_steps(study: StudySpec) -> None:
     """Stop where a finished step ran another command than the study now declares (its config's content, its
-    arguments or the study's common arguments changed): its results would be reported as the new declaration's.
-    A reused warm start or ORM is checked too: the other study must have trained it with this study's common
-    arguments, config and arguments, or this study's runs would start from a model of another task or setup.
-    Steps finished by an earlier lit-reason, which recorded the command alone, are compared by it."""
+    arguments, the study's common arguments or the warm start or ORM it started from changed): its results
+    would be reported as the new declaration's. So for an interrupted step the study would resume: it would go
+    on under the new declaration from a checkpoint of the old. A reused warm start or ORM is checked too: the
+    other study must have trained it with this study's common arguments, config and arguments, or this study's
+    runs would start from a model of another task or setup. Steps finished by an earlier lit-reason, which
+    recorded the command alone, are compared by it."""
     reused = reused_stages(study)
     reused_steps = [step for run, step in _stage_steps(study).items() if run in reused]
     for step in [*reused_steps, *plan(study)]:
-        if not step.finished:
-            continue
-        record = json.loads((step.log_dir / DONE_FILE).read_text())
-        if "declaration" in record:
-            recorded, now = record["declaration"], declaration(study, step)
-        elif "command" in record:
-            recorded = shlex.split(_without_output_dir(study, record["command"]))
-            now = [_without_output_dir(study, token) for token in ["lit-reason", *step.command]]
-        else:
+        recorded, now = _recorded_and_declared(study, step)
+        if recorded is None:
             continue
         if step.run in reused:  # trained from its own study's warm start, which need not be this study's
             recorded, now = _without_policy(recorded), _without_policy(now)
@@ -229,11 +253,36 @@ def check_finished_steps(study: StudySpec) -> None:
                     f"it with another command than this study declares for it ({changed or 'other arguments'}): give "
                     f"this study the same common_args and {step.run} config and args as that one"
                 )
+            state = "finished before" if step.finished else "was interrupted after it started"
             raise RuntimeError(
-                f"study {study.name}: {step.run} seed {step.seed} finished before with another command than the "
-                f"study now declares ({changed or 'other arguments'}): restore the study file or its "
-                f"configs, or delete {step.log_dir} (and the runs that start from it) to run it again."
+                f"study {study.name}: {step.run} seed {step.seed} {state} with another command than the study now "
+                f"declares ({changed or 'other arguments'}): restore the study file or its configs, or delete "
+                f"{step.log_dir} to run it again (a warm start or ORM trained again is new: every step after it, "
+                "warm_start_eval included, must run again)."
             )
+
+
+def _recorded_and_declared(study: StudySpec, step: Step) -> tuple[list[str] | None, list[str]]:
+    """What ``step`` recorded that it ran (finished, or started and resumable; None otherwise), and its
+    declaration now, in the form of the record (an earlier lit-reason's: the command alone; or a declaration
+    without the runs that trained the warm start and ORM)."""
+    now = declaration(study, step)
+    if step.finished:
+        record = json.loads((step.log_dir / DONE_FILE).read_text())
+        if "declaration" in record:
+            recorded = record["declaration"]
+        elif "command" in record:
+            recorded = shlex.split(_without_output_dir(study, record["command"]))
+            now = [_without_output_dir(study, token) for token in ["lit-reason", *step.command]]
+        else:
+            return None, now
+    elif (step.log_dir / STARTED_FILE).is_file() and _complete_checkpoint(step.checkpoint):
+        recorded = json.loads((step.log_dir / STARTED_FILE).read_text())
+    else:
+        return None, now
+    if not any(" (trained by run " in token or token.endswith(" (not trained)") for token in recorded):
+        now = [token.split(" (trained by run ")[0].removesuffix(" (not trained)") for token in now]
+    return recorded, now
 
 
 def _without_policy(tokens: list[str]) -> list[str]:

@@ -127,12 +127,25 @@ def extract_answer(text: str) -> float | None:
     return parse_number(NUMBER_RE.findall(lines[-1])[-1])
 
 
+# About 4.5 units in the last place of a float64: the rounding of a short calculation, far below any digit
+# a person writes (a relative 1e-12 made 1000000000001 equal 1000000000000).
+_FLOAT_ROUNDING = 1e-15
+
+
 def answers_match(predicted: float | None, target: float) -> bool:
-    """Whether two answers are the same number up to float rounding: within 1e-6, or within 1e-12 of their
-    size (a calculation's rounding, never a near miss: 10001 is not 10000). A missing prediction is wrong."""
+    """Whether two answers are the same number up to float rounding, never a near miss (10001 is not 10000, nor
+    1000000000001 1000000000000): two whole numbers below 2**53 (where a float holds every integer) are equal,
+    others within 1e-6 (0.1 * 3 is 0.3) or a few units in the last place of their size. A missing prediction
+    is wrong."""
     if predicted is None:
         return False
-    return math.isclose(predicted, target, rel_tol=1e-12, abs_tol=1e-6)
+    if _is_exact_integer(predicted) and _is_exact_integer(target):
+        return predicted == target
+    return math.isclose(predicted, target, rel_tol=_FLOAT_ROUNDING, abs_tol=1e-6)
+
+
+def _is_exact_integer(value: float) -> bool:
+    return float(value).is_integer() and abs(value) < 2**53
 
 
 class _Calculator(ast.NodeVisitor):

@@ -134,30 +134,31 @@ class Arithmetic(Task):
                         f"Arithmetic task: could only make {len(problems)} distinct {split} problems of {size}; "
                         "widen max_operand, max_value, the steps or the operations, or ask for fewer problems"
                     )
-                start, steps = self._draw_computation(rng)
-                if (start, steps) in seen:
+                computation = self._draw_computation(rng)
+                if computation is None or computation in seen:
                     continue
-                seen.add((start, steps))
-                problems.append(self._write_problem(next_id, start, steps, rng))
+                seen.add(computation)
+                problems.append(self._write_problem(next_id, *computation, rng))
                 next_id += 1
             splits[split] = problems
         return splits
 
-    def _draw_computation(self, rng: random.Random) -> tuple[int, tuple[tuple[str, int], ...]]:
-        """A start value and operations whose every result stays in [0, max_value]."""
-        while True:
-            value = start = rng.randint(1, self.max_operand)
-            steps = []
-            for _ in range(rng.randint(self.min_steps, self.max_steps)):
-                options = [op for op in self.operations if self._applicable(op, value)]
-                if not options:
-                    break
-                op = rng.choice(options)
-                number = self._draw_number(op, value, rng)
-                value = _apply(op, value, number)
-                steps.append((op, number))
-            else:
-                return start, tuple(steps)
+    def _draw_computation(self, rng: random.Random) -> tuple[int, tuple[tuple[str, int], ...]] | None:
+        """A start value and operations whose every result stays in [0, max_value], or None when the draw
+        reaches a value no operation applies to. One draw, not a retry loop: ``load`` counts every draw against
+        its bound, so settings that never finish a computation (five halvings of at most 30) are an error, not
+        a hang."""
+        value = start = rng.randint(1, self.max_operand)
+        steps = []
+        for _ in range(rng.randint(self.min_steps, self.max_steps)):
+            options = [op for op in self.operations if self._applicable(op, value)]
+            if not options:
+                return None
+            op = rng.choice(options)
+            number = self._draw_number(op, value, rng)
+            value = _apply(op, value, number)
+            steps.append((op, number))
+        return start, tuple(steps)
 
     def _applicable(self, op: str, value: int) -> bool:
         if op == "+":

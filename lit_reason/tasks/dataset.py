@@ -9,6 +9,10 @@ from typing import Any
 from lit_reason.tasks.base import PromptStyle, Split
 from lit_reason.tasks.records import RecordFields, RecordTask
 
+# How an error's row number finds the row in a local file, by builder ("datasets" skips a JSONL file's blank
+# lines, so its row is not always its line).
+_ROW_COUNTING = {"csv": "1-based, after the header", "json": "1-based; in JSONL, blank lines not counted"}
+
 
 class DatasetTask(RecordTask):
     """Problems from ``datasets.load_dataset(path, name, data_files=..., revision=...)``, one row a problem.
@@ -69,8 +73,8 @@ class DatasetTask(RecordTask):
             raise ValueError(f"DatasetTask {self._label}, {split}_split {split_name!r}: {error}") from None
         if len(rows) == 0:
             raise ValueError(f"DatasetTask {self._label}: split {split_name!r} ({split}_split) holds no rows")
-        source = self.source(split)
-        return ((f"{source} row {index}", row) for index, row in enumerate(rows))
+        source, counted = self.source(split), _ROW_COUNTING.get(self.path, "1-based")
+        return ((f"{source} row {number} ({counted})", row) for number, row in enumerate(rows, start=1))
 
     @property
     def _label(self) -> str:

@@ -15,9 +15,9 @@ from lit_reason.tasks.records import RecordFields, RecordTask
 class JSONLTask(RecordTask):
     """Problems from JSONL files, one JSON object a line, e.g. ``{"question": "...", "answer": 42}``.
 
-    A reference solution (SFT's target) gets a final ``#### <answer>`` line when it has none; without a
-    solution field the target is that line alone, so SFT learns only the answer format (RL algorithms need
-    no solutions).
+    A reference solution (SFT's target) gets a final ``#### <answer>`` line when it has none, and one with its
+    own ``####`` line must grade correct against the answer; without a solution field the target is that line
+    alone, so SFT learns only the answer format (RL algorithms need no solutions).
 
     Args:
         train_path: the training questions (RL rounds and SFT examples).

@@ -13,6 +13,7 @@ from lit_reason.tasks.answers import (
     MAX_NUMBER_DIGITS,
     MAX_TEXT_ANSWER_CHARS,
     TextNormalization,
+    extract_text_answer,
     format_number,
     is_gradable_reference,
     normalize_text_answer,
@@ -32,7 +33,9 @@ class RecordFields:
     Args:
         question: the field holding the question text.
         answer: the field holding the final answer.
-        solution: the field holding a worked solution (SFT's target), or None.
+        solution: the field holding a worked solution (SFT's target), or None. Training records must have it;
+            validation and test records may leave it out (or null). A solution without a ``####`` line gets
+            ``#### <answer>``; one with its own must state the answer there (it is graded on loading).
         answer_type: ``number``: a number, or text whose number is read the way responses are graded
             (``"$1,234"``, ``"... #### 42"``: the number after the last ``####``), compared with a tolerance;
             ``text``: a word or phrase of at most 200 characters (a name, yes / no, a choice letter; a
@@ -55,29 +58,59 @@ class RecordFields:
         if self.normalization not in ("exact", "casefold", "squad"):
             raise ValueError(f"fields.normalization must be exact, casefold or squad, got {self.normalization!r}")
 
-    def problem(self, problem_id: int, row: Any, where: str) -> Problem:
-        """The problem a record holds; ``where`` (file and line, dataset and row) starts every error."""
+    def problem(self, problem_id: int, row: Any, where: str, solution_required: bool = True) -> Problem:
+        """The problem a record holds; ``where`` (file and line, dataset and row) starts every error. Without
+        ``solution_required`` (the splits that are never trained on), a record without the solution field, or
+        with a null one, has the final answer line alone as its solution."""
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
         question = _field(row, self.question, str, where).strip()
         if not question:
             raise ValueError(f"{where}: field {self.question!r} is empty")
+        answer, final_line = self._answer(row, where)
+        written = self._written_solution(row, where, solution_required)
+        # A solution without a '####' line gets the answer line; one with its own is kept as written, and checked
+        # below: its '####' may be a heading, or state another answer than the answer field's.
+        if written is not None and "####" not in written:
+            written = f"{written}\n{final_line}"
+        solution = final_line if written is None else written
+        problem = Problem(
+            id=problem_id, question=question, solution=solution, answer=answer, normalization=self.normalization
+        )
+        self._check_solution_grades_correct(problem, where, from_solution_field=written is not None)
+        return problem
+
+    def _written_solution(self, row: dict, where: str, solution_required: bool) -> str | None:
+        """The record's worked solution, or None where it has none to give."""
+        if self.solution is None or (not solution_required and row.get(self.solution) is None):
+            return None
+        return _field(row, self.solution, str, where).strip()
+
+    def _answer(self, row: dict, where: str) -> tuple[float | str, str]:
+        """A record's answer and the ``#### <answer>`` line that states it."""
         if self.answer_type == "text":
             value = _field(row, self.answer, (str, int, float, bool), where)
             answer = _text(value, self.answer, self.normalization, where)
-            final_line = f"#### {answer}"
-        else:
-            value = _field(row, self.answer, (str, int, float), where)
-            answer = number_answer(
-                value, f"field {self.answer!r}", where, "use smaller units or fields.answer_type: text"
+            return answer, f"#### {answer}"
+        value = _field(row, self.answer, (str, int, float), where)
+        answer = number_answer(value, f"field {self.answer!r}", where, "use smaller units or fields.answer_type: text")
+        return answer, f"#### {format_number(answer)}"
+
+    def _check_solution_grades_correct(self, problem: Problem, where: str, from_solution_field: bool) -> None:
+        """Refuse a problem whose own solution grades wrong: SFT would train on a wrong or missing final answer
+        (a written solution's "#### Step 1" heading, or a "#### 5" that is not the answer field's 4)."""
+        if problem.is_correct(problem.solution):
+            return
+        stated, answer = _shown(problem.stated_answer(problem.solution)), _shown(problem.answer)
+        if from_solution_field:
+            raise ValueError(
+                f"{where}: field {self.solution!r} does not grade correct against field {self.answer!r} ({answer}): "
+                f"graded as a response is, its final answer reads {stated}; end it with '#### <the answer>' and "
+                "write no other line starting with '####' (a heading)"
             )
-            final_line = f"#### {format_number(answer)}"
-        solution = final_line
-        if self.solution is not None:
-            written = _field(row, self.solution, str, where).strip()
-            solution = written if "####" in written else f"{written}\n{final_line}"
-        return Problem(
-            id=problem_id, question=question, solution=solution, answer=answer, normalization=self.normalization
+        raise ValueError(
+            f"{where}: field {self.answer!r} ({answer}) does not grade correct against itself: a response ending "
+            f"{problem.solution!r:.80} reads {stated}; write the answer without markup"
         )
 
 
@@ -115,7 +148,11 @@ class RecordTask(Task):
         for split in ("train", "validation", "test"):
             records = self.records(split)
             carve |= split == "validation" and records is None
-            problems = [self.fields.problem(first_id + i, row, where) for i, (where, row) in enumerate(records or [])]
+            # Only training trains on solutions: a validation or test record may leave its solution out.
+            problems = [
+                self.fields.problem(first_id + i, row, where, solution_required=split == "train")
+                for i, (where, row) in enumerate(records or [])
+            ]
             if records is not None and not problems:
                 raise ValueError(f"{type(self).__name__}: the {split} split holds no questions")
             splits[split] = problems
@@ -174,14 +211,24 @@ def _finite(value: object, name: str, where: str) -> float:
     return number
 
 
+def _shown(answer: float | str | None) -> str:
+    """An answer as error messages quote it: a number as written in a solution (4, not 4.0)."""
+    if answer is None:
+        return "no answer"
+    return repr(format_number(answer) if isinstance(answer, float) else answer)
+
+
 def _text(value: str | int | float | bool, field: str, normalization: TextNormalization, where: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, str):
-        text = value.rsplit("####", 1)[-1].strip()
+        # The one line after the last "####" (or the whole value), read as a response's "#### ..." line is:
+        # \boxed{B} is B and \text{Paris} Paris, or a response stating them would never match.
+        written = value.rsplit("####", 1)[-1].strip()
+        text = "" if "\n" in written else extract_text_answer(f"#### {written}") or ""
     else:  # an integer as written (a float would round one past 2**53)
         text = str(value) if isinstance(value, int) else format_number(_finite(value, f"field {field!r}", where))
-    if not text or "\n" in text or len(text) > MAX_TEXT_ANSWER_CHARS:
+    if not text or len(text) > MAX_TEXT_ANSWER_CHARS:
         raise ValueError(f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r}")
     if not normalize_text_answer(text, normalization):
         raise ValueError(f"{where}: field {field!r} is nothing once normalized ({normalization}): {value!r}")

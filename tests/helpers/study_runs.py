@@ -14,9 +14,10 @@ def write_run(
     evaluations: list[tuple[int, int, dict[str, list[float]]]],
     minutes: float = 1.0,
     evaluation: dict | None = None,
+    validation_seconds: float | None = 0.0,
 ) -> None:
-    """A finished run in ``log_dir``: each evaluation is (step, samples drawn, metric -> per-question outcomes
-    of questions 0..Q-1)."""
+    """A finished run in ``log_dir`` of ``minutes`` wall time: each evaluation is (step, samples drawn, metric ->
+    per-question outcomes of questions 0..Q-1), and took ``validation_seconds`` (None: not recorded)."""
     (log_dir / "predictions").mkdir(parents=True, exist_ok=True)
     entries = []
     for step, samples_drawn, outcomes in evaluations:
@@ -32,7 +33,8 @@ def write_run(
                 }
                 file.write(json.dumps(record) + "\n")
         metrics = {metric: sum(values) / len(values) for metric, values in outcomes.items()}
-        entries.append({"stage": "val", "step": step, "samples_drawn": samples_drawn, "metrics": metrics})
+        entry = {"stage": "val", "step": step, "samples_drawn": samples_drawn, "metrics": metrics}
+        entries.append(entry | ({"seconds": validation_seconds} if validation_seconds is not None else {}))
     (log_dir / "metrics.json").write_text(json.dumps(entries))
     config = {"model": {"init_args": {"evaluation": evaluation or {"num_samples": 8}}}, "data": {"task": "t"}}
     (log_dir / "config.yaml").write_text(json.dumps(config))

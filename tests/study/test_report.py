@@ -252,6 +252,20 @@ def test_rl_that_wins_in_more_time_than_more_sft_does_not_win_for_the_same_time(
     assert "unknown (launched)" in text and "ei seed 0" not in text  # not listed as unfinished
 
 
+def test_rl_and_more_sft_are_compared_on_their_time_outside_validation(tmp_path):
+    # The wall time counted each validation too: a row validated more often than more SFT looked slower.
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.4, 0.6)})
+    ei = run_dir(study, "ei", 0)
+    validated_twice = [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))]
+    write_run(ei, validated_twice, minutes=2.0, validation_seconds=30.0)  # 1 min of training, as more SFT
+    results = read_results(study)
+    assert verdicts(study)["rl_beats_more_sft"] == "supported"
+    assert "time outside validation ei 1.0 min, sft_more 1.0 min" in write_report(results).read_text()
+    write_run(ei, validated_twice, minutes=2.0, validation_seconds=None)  # a run of an earlier lit-reason
+    assert verdicts(study)["rl_beats_more_sft"] == "inconclusive"
+    assert "ei unknown (resumed, launched, or its validations untimed)" in write_report(read_results(study)).read_text()
+
+
 def test_a_study_evaluated_with_one_sample_lists_each_metric_once(tmp_path):
     """At K = 1, maj@K and pass@K are maj@1 and pass@1: the table listed them twice."""
     results = dataclasses.replace(read_results(make_study(tmp_path, {"ei": (0.6, 0.8)})), k=1)

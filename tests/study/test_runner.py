@@ -1,6 +1,7 @@
 """The study's commands (order, shared models, seeds, log directories) and how a study runs them."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -222,3 +223,62 @@ def test_steps_an_earlier_lit_reason_finished_are_checked_by_their_command(tmp_p
         RuntimeError, match=r"a seed 0 finished before .* \(--trainer.max_epochs=1 -> --trainer.max_epochs=3\)"
     ):
         check_finished_steps(changed)
+
+
+def test_an_interrupted_run_is_not_resumed_under_a_changed_declaration_and_records_what_it_started_with(
+    tmp_path, monkeypatch
+):
+    # An interrupted run resumed with whatever the study file declared now, and was recorded finished under the
+    # new declaration, its evaluations of the old one kept: the mix was never caught.
+    study, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=6"]}, seeds=[0])
+    a = plan(study)[-1]
+
+    def interrupted(command, **kwargs):
+        if f'"name": "{a.run}"' in next(arg for arg in command if arg.startswith("--trainer.logger=")):
+            a.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            a.checkpoint.write_bytes(b"checkpoint")
+            return subprocess.CompletedProcess(command, -9)  # killed after its first checkpoint
+        return validated(command)
+
+    monkeypatch.setattr(subprocess, "run", interrupted)
+    with pytest.raises(RuntimeError, match="a seed 0 failed"):
+        run_study(study)
+    changed, _ = make_study(tmp_path, {"a": ["--trainer.max_epochs=3"]}, seeds=[0])
+    with pytest.raises(
+        RuntimeError,
+        match=r"a seed 0 was interrupted after it started with another command .* "
+        r"\(--trainer.max_epochs=6 -> --trainer.max_epochs=3\)",
+    ):
+        run_study(changed)
+
+    # Resumed as declared, while the study file changes: its record is the declaration it ran with.
+    def resumed_while_the_study_changes(command, **kwargs):
+        make_study(tmp_path, {"a": ["--trainer.max_epochs=3"]}, seeds=[0])
+        return validated(command)
+
+    monkeypatch.setattr(subprocess, "run", resumed_while_the_study_changes)
+    run_study(study)
+    assert "--trainer.max_epochs=6" in json.loads((a.log_dir / "study.json").read_text())["declaration"]
+
+
+def test_steps_started_from_a_warm_start_trained_again_stop_the_study(tmp_path, monkeypatch):
+    # Steps declared the warm start by its path only: one trained again (its directory deleted, as the error
+    # for a changed warm start said) left the baseline and every run "finished", reported against the new one.
+    study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: validated(command))
+    run_study(study)
+    warm_start, baseline, a = plan(study)
+    assert any(
+        " (trained by run sha256:" in token
+        for token in json.loads((a.log_dir / "study.json").read_text())["declaration"]
+    )
+    record = (warm_start.log_dir / "study.json").read_text()
+    shutil.rmtree(warm_start.log_dir)
+    with pytest.raises(RuntimeError, match=r"warm_start_eval seed 0 finished before .*-> .*\(not trained\)"):
+        run_study(study)
+    warm_start.log_dir.mkdir(parents=True)
+    (warm_start.log_dir / "study.json").write_text(record.replace('"finished_at": "', '"finished_at": "again '))
+    with pytest.raises(RuntimeError, match=r"warm_start_eval seed 0 finished before .*trained by run sha256:"):
+        check_finished_steps(study)
+    (warm_start.log_dir / "study.json").write_text(record)  # the same run's record: the same warm start
+    check_finished_steps(study)

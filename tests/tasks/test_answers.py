@@ -97,6 +97,17 @@ def test_answers_match_tolerance():
     assert not answers_match(10_001, 10_000) and not answers_match(2_880_100, 2_880_000)
 
 
+def test_whole_numbers_match_exactly_however_large():
+    # A relative tolerance of 1e-12 passed these: one off in a trillion is a wrong answer, not float rounding.
+    assert not answers_match(1_000_000_000_001, 1_000_000_000_000)
+    assert not answers_match(extract_answer("#### 2,000,000,000,002"), 2_000_000_000_000)
+    assert answers_match(extract_answer("#### 2,000,000,000,000"), 2e12)
+    # Float rounding still matches, for decimals and for large results alike.
+    assert answers_match(0.1 * 3, 0.3) and answers_match(0.1 * 3 * 1e12, 3e11)
+    assert answers_match(1e20 + 2**14, 1e20)  # past 2**53: one unit in the last place
+    assert not answers_match(3.5, 3) and not answers_match(1e12 + 0.5, 1e12)
+
+
 def test_parse_number_forms():
     assert parse_number("$1,234.50") == 1234.5
     assert parse_number("-7") == -7.0

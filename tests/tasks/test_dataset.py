@@ -36,8 +36,14 @@ def test_errors_name_the_file_row_and_split(tmp_path):
     rows = [{"question": "fine?", "answer": "1"}, {"question": "q?", "answer": "x"}]
     train.write_text("".join(json.dumps(row) + "\n" for row in rows))
     task = DatasetTask("json", data_files={"train": str(train)}, test_split=None, validation_size=0)
-    with pytest.raises(ValueError, match=re.escape(f"{train} row 1: field 'answer' holds no number")):
+    # Rows count from 1, as a person finds them: the JSONL file's second line, the CSV file's second row.
+    row_two = f"{train} row 2 (1-based; in JSONL, blank lines not counted): field 'answer' holds no number"
+    with pytest.raises(ValueError, match=re.escape(row_two)):
         task.problems("train")
+    table = tmp_path / "train.csv"
+    table.write_text("question,answer\nfine?,1\nq?,x\n")
+    with pytest.raises(ValueError, match=re.escape(f"{table} row 2 (1-based, after the header): field 'answer'")):
+        DatasetTask("csv", data_files={"train": str(table)}, test_split=None, validation_size=0).problems("train")
     train.write_text(json.dumps(rows[0]) + "\n")
     missing = DatasetTask("json", data_files={"train": str(train)}, test_split="test", validation_size=0)
     with pytest.raises(ValueError, match=r"DatasetTask json, test_split 'test': .*split"):

@@ -154,3 +154,40 @@ def test_numeric_answers_are_read_as_responses_are_graded(tmp_path, answer, mess
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(ValueError, match=rf"train\.jsonl:2: field 'answer' {message}"):
         JSONLTask(train, validation_size=0).problems("train")
+
+
+def test_text_answers_in_markup_are_read_as_responses_are(tmp_path):
+    rows = [{"q": "Which choice?", "a": "\\boxed{B}"}, {"q": "Capital of France?", "a": "\\text{Paris}"}]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    problems = JSONLTask(train, fields=RecordFields("q", "a", answer_type="text"), validation_size=0).problems("train")
+    assert [p.answer for p in problems] == ["B", "Paris"]
+    assert all(p.is_correct(p.solution) for p in problems)  # the task's own reference solutions grade right
+    assert problems[0].is_correct("#### B") and problems[1].is_correct("so \\boxed{\\text{Paris}}")
+
+
+@pytest.mark.parametrize(
+    ("solution", "reads"),
+    [
+        ("#### Step 1\n2+2=4\n#### Answer\nSo 4.", "no answer"),  # markdown headings, no final answer line
+        ("2+2=4\n#### 5", "'5'"),  # a final line that disagrees with the answer field
+    ],
+    ids=["headings", "disagrees"],
+)
+def test_a_solution_that_grades_wrong_names_the_line_and_fields(tmp_path, solution, reads):
+    rows = [{"q": "What is 1+1?", "a": 2, "work": "1+1=2"}, {"q": "What is 2+2?", "a": "4", "work": solution}]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    message = rf"train\.jsonl:2: field 'work' does not grade correct against field 'a' \('4'\): .* reads {reads}"
+    with pytest.raises(ValueError, match=message):
+        JSONLTask(train, fields=RecordFields("q", "a", "work"), validation_size=0).problems("train")
+
+
+def test_validation_and_test_files_may_leave_the_solution_out(tmp_path):
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"q": f"What is {i} + 1?", "a": i + 1, "work": "..."} for i in range(3)]
+    )
+    validation = write_jsonl(tmp_path / "val.jsonl", [{"q": "Half of 5?", "a": 2.5}])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"q": "Cost?", "a": "$1,234", "work": None}, {"q": "Two?", "a": 2}])
+    task = JSONLTask(train, test, validation, fields=RecordFields("q", "a", "work"))
+    assert [p.solution for p in task.problems("validation")] == ["#### 2.5"]
+    assert [p.solution for p in task.problems("test")] == ["#### 1234", "#### 2"]
+    assert task.problems("train")[0].solution == "...\n#### 1"

@@ -1,4 +1,5 @@
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,25 @@ def test_arithmetic_knobs_are_validated():
         Arithmetic(min_steps=3, max_steps=2)
     with pytest.raises(ValueError, match="distinct"):
         Arithmetic(max_steps=1, max_operand=2, max_value=3, train_size=1000).problems("train")
+
+
+def test_arithmetic_settings_that_never_finish_a_computation_are_an_error_not_a_hang():
+    # Five halvings or thirdings of a start of at most 30 leave no whole number: every draw is a dead end.
+    # In a thread, so that a regression (an unbounded retry loop) fails this test instead of hanging the suite.
+    task = Arithmetic(operations=["/"], min_steps=5, max_steps=5, train_size=10, validation_size=10, test_size=10)
+    errors: list[Exception] = []
+
+    def load() -> None:
+        try:
+            task.problems("train")
+        except ValueError as error:
+            errors.append(error)
+
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+    loading.join(timeout=60)
+    assert not loading.is_alive(), "Arithmetic.load still running after 60 s: the draws are not bounded"
+    assert len(errors) == 1 and "could only make 0 distinct validation problems of 10" in str(errors[0])
 
 
 def test_prompt_styles():
