@@ -174,9 +174,13 @@ def save_adapted(
     """Save a network trained with ``adapter`` from its full state dict ``state``, into ``base``, a fresh copy
     of its base model (on rank 0's CPU: the trained network may be sharded): ``merged`` writes the base model
     with the adapter folded into its weights, ``adapter`` the adapter alone (with its config, naming the base
-    model). A critic's adapter in ``state`` is left out. ``generation_config``: the trained network's (its
-    suppressed tokens)."""
+    model: a local one by its absolute path). A critic's adapter in ``state`` is left out. ``generation_config``:
+    the trained network's (its suppressed tokens)."""
     peft_model = get_peft_model(base, copy.deepcopy(adapter))
+    recorded = peft_model.peft_config[POLICY_ADAPTER]
+    if recorded.base_model_name_or_path and Path(recorded.base_model_name_or_path).expanduser().is_dir():
+        # A relative path would be read from the loader's working directory (a warm start is loaded from any).
+        recorded.base_model_name_or_path = str(Path(recorded.base_model_name_or_path).expanduser().resolve())
     policy_state = {key: value for key, value in state.items() if not of_adapter(key, CRITIC_ADAPTER)}
     peft_model.get_base_model().load_state_dict(policy_state)
     if generation_config is not None:

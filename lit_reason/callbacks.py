@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import shutil
 import sys
@@ -27,7 +28,8 @@ class ExportPolicy(Callback):
     ``fit``, and at the end of ``fit`` if it never did, so every run leaves a loadable policy.
 
     Args:
-        monitor: the metric to watch; null exports the latest policy after every validation.
+        monitor: the metric to watch (a validation during ``fit`` that does not log it stops the run, naming
+            those it logs); null exports the latest policy after every validation.
         mode: ``max`` or ``min``.
         dirpath: where to write; default ``<log_dir>/policy``.
     """
@@ -61,14 +63,24 @@ class ExportPolicy(Callback):
             self._export(trainer, pl_module, f"latest policy at step {trainer.global_step}")
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
+        if value is None:  # a misspelt name: no export would ever be the best one, silently
+            raise self._monitor_not_logged(trainer)
         value = float(value)
         if math.isnan(value):  # undefined this time (an AUROC of one class): neither better nor worse
             return
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best = value
             self._export(trainer, pl_module, f"{self.monitor}={value:.4f} at step {trainer.global_step}")
+
+    def _monitor_not_logged(self, trainer: Trainer) -> ValueError:
+        logged = sorted(name for name in trainer.callback_metrics if name.startswith("val/"))
+        near = difflib.get_close_matches(self.monitor, logged, n=1)
+        return ValueError(
+            f"export.monitor {self.monitor!r}: the validation logged no such metric"
+            + (f" (did you mean {near[0]!r}?)" if near else "")
+            + f"; it logged {', '.join(logged) or 'no val/ metric'}. Set --export.monitor to one of them, or to null "
+            "to export the latest policy after every validation"
+        )
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A run resumed into a new log directory restores ``exported`` but finds no policy there.

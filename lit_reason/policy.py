@@ -8,6 +8,7 @@ special tokens can be added before anything else); ``load_model`` builds the wei
 from __future__ import annotations
 
 import difflib
+import json
 import string
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,19 +18,20 @@ from typing import Any
 
 import torch
 import transformers
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 
 from lit_reason.adapters import AdapterExport, save_adapted
-from lit_reason.files import hub_location, with_adapter_location
+from lit_reason.files import find_model_file, hub_location, with_adapter_location
 from lit_reason.seeds import run_seed
 from lit_reason.warm_start import is_exported, resolve_policy_path
 
@@ -68,7 +70,8 @@ class PolicySpec:
         peft: train a LoRA adapter instead of the whole model (``peft.LoraConfig``: ``r``, ``lora_alpha``,
             ``target_modules``, ...); PPO's and GRPO's reference is then the base model, the adapter disabled.
         adapter_export: with ``peft``, what an export writes: ``merged`` (the adapter folded into the base
-            weights: a plain model) or ``adapter`` (the adapter alone, for ``peft.PeftModel.from_pretrained``).
+            weights: a plain model) or ``adapter`` (the adapter alone, for ``peft.PeftModel.from_pretrained``;
+            lit-reason loads it as a policy, merged into its base; not for a tiny preset, which no file holds).
         trust_remote_code: run model code shipped with a checkpoint. Off: only enable it for code you trust.
         preset_overrides: LlamaConfig fields that override a tiny preset, e.g. ``{"num_hidden_layers": 6}``.
         max_length: longest prompt + response in tokens, for tiny presets (their position range).
@@ -91,6 +94,12 @@ class PolicySpec:
             raise ValueError(f"policy.name_or_path {self.name_or_path!r}: no such preset; did you mean {near[0]!r}?")
         if "trust_remote_code" in self.load_kwargs:
             raise ValueError("policy.load_kwargs: set trust_remote_code as policy.trust_remote_code, not a load kwarg")
+        if self.is_preset and self.peft is not None and self.adapter_export == "adapter":
+            raise ValueError(
+                f"policy.adapter_export=adapter: the tiny preset {self.name_or_path!r} is built from a seed, not "
+                "loaded, so an adapter exported alone would name no base model to load it onto; use "
+                "policy.adapter_export: merged, or start from a saved model (a directory or a hub id)"
+            )
         if self.is_preset:
             # LlamaConfig keeps any keyword as an attribute, so a misspelt field would change nothing, silently;
             # some real options (attn_implementation, rope_theta) are read by it without being fields.
@@ -180,16 +189,7 @@ def load_model(
             torch.manual_seed(run_seed(spec.seed))
             model = LlamaForCausalLM(config)
     else:
-        # float32 unless asked otherwise: transformers loads a checkpoint in the dtype it was saved in (bf16 for
-        # most hub models), where bf16-mixed precision would then keep bf16 weights and round small updates away.
-        dtype_given = {"dtype", "torch_dtype", "quantization_config"} & spec.load_kwargs.keys()
-        keep = dtype_given or _saved_quantized(spec)
-        load_kwargs = spec.load_kwargs if keep else {"dtype": torch.float32, **spec.load_kwargs}
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.resolved(),
-            trust_remote_code=spec.trust_remote_code,
-            **with_adapter_location(_dequantizing_gguf(load_kwargs)),
-        )
+        model = _load_pretrained(spec)
     old_rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -201,6 +201,48 @@ def load_model(
     if new_rows and new_row_spread > 0:
         spread_rows(model.get_input_embeddings().weight, new_rows, new_row_spread, run_seed(spec.seed))
     return model
+
+
+def _load_pretrained(spec: PolicySpec) -> torch.nn.Module:
+    """The saved model ``spec`` names (a directory or a hub id); an ``adapter_export: adapter`` export merged
+    into its base model."""
+    path = spec.resolved()
+    adapter = find_model_file(path, "adapter_config.json", **spec.location)
+    if adapter is not None and find_model_file(path, "config.json", **spec.location) is None:
+        return _merged_adapter_export(spec, path, json.loads(adapter.read_text()))
+    # float32 unless asked otherwise: transformers loads a checkpoint in the dtype it was saved in (bf16 for
+    # most hub models), where bf16-mixed precision would then keep bf16 weights and round small updates away.
+    dtype_given = {"dtype", "torch_dtype", "quantization_config"} & spec.load_kwargs.keys()
+    keep = dtype_given or _saved_quantized(spec)
+    load_kwargs = spec.load_kwargs if keep else {"dtype": torch.float32, **spec.load_kwargs}
+    return AutoModelForCausalLM.from_pretrained(
+        path, trust_remote_code=spec.trust_remote_code, **with_adapter_location(_dequantizing_gguf(load_kwargs))
+    )
+
+
+def _merged_adapter_export(spec: PolicySpec, path: str, adapter: dict[str, Any]) -> torch.nn.Module:
+    """An adapter exported alone (``path``, whose ``adapter_config.json`` is ``adapter``), folded into the base
+    model it names, which loads as a policy does (float32 unless ``load_kwargs`` ask otherwise; an adapter
+    export itself). The result is named after ``path``: an adapter trained on it and exported alone names it as
+    its base, not the model this one was merged into."""
+    base = adapter.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"policy {path}: this LoRA adapter names no base model (adapter_config.json's base_model_name_or_path "
+            "is null: exported from a tiny preset, which is built, not loaded). Set base_model_name_or_path to the "
+            "base model's directory or hub id, or export with policy.adapter_export: merged"
+        )
+    # revision and subfolder locate the adapter; the base is where the adapter says, at its recorded revision.
+    base_kwargs = {k: v for k, v in spec.load_kwargs.items() if k not in ("revision", "subfolder")}
+    if adapter.get("revision"):
+        base_kwargs["revision"] = adapter["revision"]
+    base_spec = PolicySpec(name_or_path=base, load_kwargs=base_kwargs, trust_remote_code=spec.trust_remote_code)
+    merged = PeftModel.from_pretrained(_load_pretrained(base_spec), path, **spec.location).merge_and_unload()
+    generation = find_model_file(path, "generation_config.json", **spec.location)
+    if generation is not None:  # the trained policy's (its suppressed tokens), not the base's
+        merged.generation_config = GenerationConfig.from_pretrained(generation.parent)
+    merged.name_or_path = merged.config.name_or_path = path
+    return merged
 
 
 def _dequantizing_gguf(load_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,10 @@
 configs/sft.yaml`` exports". The first run that asks for it trains it (a separate ``lit-reason fit`` process
 that logs to its own run) and caches the exported policy under ``$LIT_REASON_CACHE`` (default
 ``~/.cache/lit-reason``), keyed by what it trains (the config's parsed content, the configs it names in turn,
-the data files it reads) and lit-reason's source code; every later run, and every algorithm whose config names
-the same file, loads the cached policy. A relative ``PATH`` is looked up in the working directory, then among
-the configs shipped with lit-reason (``config:configs/sft.yaml`` works after a plain ``pip install``).
+the data files it reads, the source of the Python modules it names) and lit-reason's source code; every later
+run, and every algorithm whose config names the same file, loads the cached policy. A relative ``PATH`` is
+looked up in the working directory, then among the configs shipped with lit-reason
+(``config:configs/sft.yaml`` works after a plain ``pip install``).
 
 The training process is a single process of its own: it does not inherit a distributed launcher's rank
 variables (it would join or wait for the parent's job), and it stops when its parent dies.
@@ -15,6 +16,7 @@ variables (it would join or wait for the parent's job), and it stops when its pa
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from importlib.machinery import PathFinder
 from pathlib import Path
 
 import yaml
@@ -56,7 +59,8 @@ def cache_root() -> Path:
 def warm_start_dir(config: Path) -> Path:
     """Where the policy exported by ``config`` is cached: keyed by its parsed content (comments and layout
     do not count), the ``config:`` files it names, the size and time of every data file it names (a
-    ``path``), and lit-reason's version and source code."""
+    ``path``), the source of every module it names (a ``class_path``, a ``reward_fn`` path), and lit-reason's
+    version and source code."""
     digest = hashlib.sha256((__version__ + source_fingerprint()).encode())
     for part in _training_inputs(config, seen=set()):
         digest.update(part.encode())
@@ -73,9 +77,10 @@ def source_fingerprint() -> str:
 
 
 def _training_inputs(config: Path, seen: set[Path]) -> list[str]:
-    """The parsed content of ``config`` and of every config it names, and the size and time of every file it
-    names (data files, wherever they sit: ``path``, ``train_path``, a ``data_files`` entry) and of every file in
-    a directory named by a ``path`` or ``*_path`` option (a local base policy, a data folder)."""
+    """The parsed content of ``config`` and of every config it names, the size and time of every file it names
+    (data files, wherever they sit: ``path``, ``train_path``, a ``data_files`` entry) and of every file in a
+    directory named by a ``path`` or ``*_path`` option (a local base policy, a data folder), and the source of
+    every module a dotted name in it names (a task's ``class_path``, a ``reward_fn``'s ``module.function``)."""
     if config.resolve() in seen:
         return []
     seen.add(config.resolve())
@@ -86,7 +91,33 @@ def _training_inputs(config: Path, seen: set[Path]) -> list[str]:
             parts += _training_inputs(locate_config(value[len(CONFIG_PREFIX) :]), seen)
         elif isinstance(value, str) and value:
             parts += [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in _named_files(value, key)]
+            module = _module_source(value)
+            if module is not None:
+                parts.append(f"{value}:{hashlib.sha256(module.read_bytes()).hexdigest()}")
     return parts
+
+
+def _module_source(dotted: str) -> Path | None:
+    """The source file of the innermost module that ``dotted`` (``package.module.Class``, ``module:function``)
+    names, looked up as the training process (``python -m``, the working directory first on its path) imports
+    it, but without importing anything: a package's ``__init__`` may be slow or act. None where it names none."""
+    names = dotted.replace(":", ".").split(".")
+    if len(names) < 2 or not all(name.isidentifier() for name in names):
+        return None
+    source = None
+    try:
+        spec = PathFinder.find_spec(names[0], [os.getcwd()]) or importlib.util.find_spec(names[0])
+        depth = 1
+        while spec is not None:
+            if spec.has_location:  # not a namespace package or a built-in module
+                source = spec.origin
+            if depth == len(names) or not spec.submodule_search_locations:  # the last name, or not a package
+                break
+            depth += 1
+            spec = PathFinder.find_spec(".".join(names[:depth]), list(spec.submodule_search_locations))
+    except (ImportError, ValueError, OSError):  # a module without a spec, an unreadable path entry: none found
+        return None
+    return Path(source) if source and Path(source).is_file() else None
 
 
 def _named_files(value: str, key: str | None) -> list[Path]:

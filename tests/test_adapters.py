@@ -3,7 +3,9 @@ disabled, and exports load merged (without PEFT) or as an adapter."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_FILE
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from lit_reason import PPO, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
+from lit_reason import PPO, SFT, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
 from lit_reason.adapters import (
     CRITIC_ADAPTER,
     POLICY_ADAPTER,
@@ -27,9 +29,10 @@ from lit_reason.adapters import (
 )
 from lit_reason.algorithms.ppo import CriticConfig
 from lit_reason.cached_forward import final_hidden_states
-from lit_reason.policy import build_char_tokenizer, load_model
+from lit_reason.policy import build_char_tokenizer, load_model, load_tokenizer
 from lit_reason.rewards import RewardConfig, RewardFunction
 from lit_reason.tasks import Arithmetic
+from lit_reason.warm_start import warm_start_dir
 from tests.helpers.trainers import quiet_trainer
 
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], lora_dropout=0.0)
@@ -162,9 +165,63 @@ def test_the_value_head_reads_a_half_precision_policy():
     assert values.shape == (1, input_ids.shape[1] - 8)  # a float32 head over bfloat16 hidden states crashed
 
 
-def make_lora_ppo(adapter_export: str = "merged", critic: str = "separate") -> PPO:
+def saved_base(path: Path, seed: int = 1) -> Path:
+    """A micro preset saved as a model directory: a base an adapter exported alone can name (a preset cannot)."""
+    tokenizer = build_char_tokenizer()
+    load_model(PolicySpec(name_or_path="micro", seed=seed), tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def trained_lora_sft(base: str) -> SFT:
+    """An SFT module with a LoRA adapter on ``base`` that is not the identity (as after training)."""
+    module = SFT(policy=PolicySpec(name_or_path=base, peft=LORA, adapter_export="adapter"))
+    module.configure_model()
+    with torch.no_grad():
+        for name, parameter in module.policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(generator=torch.Generator().manual_seed(len(name)))
+    return module
+
+
+def test_an_adapter_exported_alone_loads_back_as_a_policy_merged_into_its_base(tmp_path, monkeypatch):
+    # Loading one read its config.json, which an adapter export lacks: "Unrecognized model ... model_type".
+    monkeypatch.chdir(tmp_path)
+    saved_base(tmp_path / "base")
+    module = trained_lora_sft("base")  # relative: the export names the base by its absolute path
+    module.policy.generation_config.max_new_tokens = 7
+    module.export_policy(tmp_path / "policy")
+    monkeypatch.chdir(tmp_path / "policy")
+    spec = PolicySpec(name_or_path=str(tmp_path / "policy"))
+    loaded = load_model(spec, load_tokenizer(spec))
+    assert not has_adapter(loaded) and {p.dtype for p in loaded.parameters()} == {torch.float32}
+    input_ids = torch.tensor([module.tokenizer("7 + 5 = ")["input_ids"]])
+    assert torch.allclose(logits(loaded.eval(), input_ids), logits(module.policy.eval(), input_ids), atol=1e-5)
+    with adapters_disabled(module.policy):  # the adapter is not the identity: the base alone gives other logits
+        assert not torch.allclose(logits(loaded, input_ids), logits(module.policy, input_ids), atol=1e-3)
+    assert loaded.generation_config.max_new_tokens == 7  # the trained policy's, not the base's
+    assert loaded.name_or_path == str(tmp_path / "policy")  # an adapter trained on it names it, not the base
+    adapter_config = tmp_path / "policy" / "adapter_config.json"  # as a preset's export (now refused) wrote it
+    adapter_config.write_text(json.dumps(json.loads(adapter_config.read_text()) | {"base_model_name_or_path": None}))
+    with pytest.raises(ValueError, match="names no base model.*or export with policy.adapter_export: merged"):
+        load_model(spec, load_tokenizer(spec))
+
+
+def test_an_adapter_exported_alone_is_a_warm_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_REASON_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"model: {{init_args: {{policy: {{name_or_path: {tmp_path / 'base'}}}}}}}\n")
+    module = trained_lora_sft(str(saved_base(tmp_path / "base")))
+    module.export_policy(warm_start_dir(config))  # as if the config's fit had trained it
+    spec = PolicySpec(name_or_path=f"config:{config}")
+    loaded = load_model(spec, load_tokenizer(spec))  # found cached, not trained again
+    input_ids = torch.tensor([module.tokenizer("7 + 5 = ")["input_ids"]])
+    assert torch.allclose(logits(loaded.eval(), input_ids), logits(module.policy.eval(), input_ids), atol=1e-5)
+
+
+def make_lora_ppo(adapter_export: str = "merged", critic: str = "separate", base: str = "micro") -> PPO:
     return PPO(
-        policy=PolicySpec(name_or_path="micro", seed=1, peft=LORA, adapter_export=adapter_export),
+        policy=PolicySpec(name_or_path=base, seed=1, peft=LORA, adapter_export=adapter_export),
         critic=CriticConfig(kind=critic),
         rollout=SamplingConfig(num_samples=4, temperature=1.0, max_new_tokens=6),
         minibatch_size=16,
@@ -177,7 +234,8 @@ def make_lora_ppo(adapter_export: str = "merged", critic: str = "separate") -> P
 @pytest.mark.slow
 @pytest.mark.parametrize(("adapter_export", "critic"), [("merged", "separate"), ("adapter", "lora")])
 def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(adapter_export, critic, tmp_path):
-    module = make_lora_ppo(adapter_export, critic)
+    base = "micro" if adapter_export == "merged" else str(saved_base(tmp_path / "base"))
+    module = make_lora_ppo(adapter_export, critic, base)
     data = RolloutDataModule(task=Arithmetic(train_size=64, validation_size=0), questions_per_round=8)
     module.configure_model()
     before = {name: value.clone() for name, value in module.policy.state_dict().items()}
@@ -200,8 +258,7 @@ def test_ppo_with_lora_trains_the_adapter_alone_against_the_base_as_reference(ad
         exported = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
         assert not has_adapter(exported)
     else:
-        base = load_model(PolicySpec(name_or_path="micro", seed=1), module.tokenizer)
-        exported = PeftModel.from_pretrained(base, tmp_path / "policy")
+        exported = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "policy")
     assert torch.allclose(logits(exported.eval(), input_ids), expected, atol=1e-5)
 
 
@@ -210,5 +267,7 @@ def test_what_lora_cannot_do_is_refused():
         PPO(policy=PolicySpec(name_or_path="micro", peft=LORA), reference_load_kwargs={"dtype": "bfloat16"})
     with pytest.raises(ValueError, match="critic.kind=lora puts a LoRA adapter"):
         PPO(policy=PolicySpec(name_or_path="micro"), critic=CriticConfig(kind="lora"))
+    with pytest.raises(ValueError, match="the tiny preset 'micro' is built.*use policy.adapter_export: merged"):
+        PolicySpec(name_or_path="micro", peft=LORA, adapter_export="adapter")  # its export named no base: unloadable
     with pytest.raises(ValueError, match="RCRL with policy.peft"):
         ReturnConditionedRL(policy=PolicySpec(name_or_path="micro", peft=LORA))

@@ -134,6 +134,27 @@ def test_an_undefined_metric_neither_improves_nor_blocks_later_improvements(tmp_
     assert callback.best is None
 
 
+def test_a_monitor_that_a_fitting_validation_does_not_log_stops_the_run_naming_the_logged_ones(tmp_path):
+    # A misspelt --export.monitor was ignored: no best export, and a card saying no validation improved.
+    callback, trainer = ExportPolicy(monitor="val/maj1"), fake_trainer(tmp_path)
+    trainer.sanity_checking = True  # Lightning's sanity check and a validate / test command export nothing
+    callback.on_validation_end(trainer, FakeModule("sanity check"))
+    trainer.sanity_checking, trainer.state.fn = False, TrainerFn.VALIDATING
+    callback.on_validation_end(trainer, FakeModule("validate"))
+    trainer.state.fn = TrainerFn.FITTING
+    with pytest.raises(ValueError, match=r"export.monitor 'val/maj1': .*did you mean 'val/maj@1'.*logged val/maj@1\. "
+                       "Set --export.monitor to one of them, or to null"):  # fmt: skip
+        callback.on_validation_end(trainer, FakeModule("fit"))
+    assert not (tmp_path / "policy").exists()
+
+
+def test_a_real_fit_stops_at_its_first_validation_when_the_monitor_is_not_logged(tmp_path):
+    export = ExportPolicy(monitor="val/rerank@2", dirpath=str(tmp_path / "policy"))  # only logged with an ORM
+    with pytest.raises(ValueError, match=r"'val/rerank@2': .*logged val/answered, .*val/maj@1, .*val/pass@2"):
+        fit_one_round("sft", tmp_path, export)
+    assert not (tmp_path / "policy").exists()
+
+
 def test_a_resumed_fit_forgets_the_evaluations_written_after_its_checkpoint(tmp_path):
     # Epoch 2's round had nothing to train on: it validated at epoch 1's step.
     steps = {0: 2, 1: 4, 2: 4, 3: 6}

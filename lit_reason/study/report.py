@@ -27,15 +27,16 @@ def write_report(results: StudyResults, command: list[str] | None = None) -> Pat
         f"# Study `{results.study.name}`",
         f"Made by `{shlex.join(command)}` on {machine()}; seeds {list(results.study.seeds)}. Every row starts "
         f"from the same warm start and is evaluated on the same {_question_count(results)} validation questions "
-        f"with the same sampling noise: greedy maj@1, and maj@{results.k} / rerank@{results.k} / "
-        f"pass@{results.k} from {results.k} samples.",
+        f"with the same sampling noise (the checks below say whether each was): greedy maj@1, and "
+        f"maj@{results.k} / rerank@{results.k} / pass@{results.k} from {results.k} samples.",
         "## Results",
         "Means over seeds of each run's last evaluation, with their 95% t-interval when there are several seeds. "
         "Minutes marked * are those of the last attempt of a run resumed after an interruption.",
         results_table(results),
         "## Against the warm start",
-        "Each run minus the warm start, per question (means over seeds), with the paired 95% interval: Newcombe's "
-        "score interval for one seed's 0/1 outcomes, else a paired bootstrap over seeds and questions.",
+        "Each run minus the warm start, per question (means over seeds), with the paired 95% interval: for 0/1 "
+        "outcomes, Newcombe's score interval (with several seeds, on the seed pairs' mean table, widened to hold "
+        "a paired bootstrap over seeds and questions too); for pass@1, a fraction of samples, that bootstrap.",
         differences_table(results),
         "## The paper's claims",
         "\n".join(f"- **{v.claim}**: {v.verdict.upper()}. {v.evidence}." for v in assess_claims(results)),

@@ -208,15 +208,21 @@ def declaration(study: StudySpec, step: Step) -> list[str]:
     starts from followed by the record of the run that trained them (``_trained_by``), so that a step started
     from a warm start trained again is not taken for one of the new warm start."""
     tokens = [_without_output_dir(study, token) for token in step.command]
-    for index in range(len(tokens) - 1):
-        if tokens[index] == "--config":
-            tokens[index + 1] = "sha256:" + hashlib.sha256(Path(step.command[index + 1]).read_bytes()).hexdigest()
+    for index, token in enumerate(step.command):
+        if token.startswith("--config="):
+            tokens[index] = f"--config={_content_digest(token.split('=', 1)[1])}"
+        elif token == "--config" and index + 1 < len(tokens):
+            tokens[index + 1] = _content_digest(step.command[index + 1])
     orm = orm_policy(study)
     exports = {f"{POLICY_OPTION}{warm_start_policy(study)}", *([f"{ORM_OPTION}{orm}"] if orm else [])}
     return [
         f"{token} {_trained_by(Path(original.split('=', 1)[1]))}" if original in exports else token
         for token, original in zip(tokens, step.command, strict=True)
     ]
+
+
+def _content_digest(path: str) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _trained_by(export: Path) -> str:

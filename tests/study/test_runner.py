@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_reason.study.runner import check_finished_steps, plan, print_commands, record_launched, run_study
+from lit_reason.study.runner import (
+    check_finished_steps,
+    declaration,
+    plan,
+    print_commands,
+    record_launched,
+    run_study,
+)
 from lit_reason.study.spec import StudySpec, load_study
 
 
@@ -208,6 +215,11 @@ def test_a_finished_run_declared_anew_with_other_arguments_stops_the_study(tmp_p
     Path(config).write_text("seed_everything: 1\n")
     with pytest.raises(RuntimeError, match=r"warm_start seed 0 finished before .* \(sha256:"):
         run_study(study)
+    # A config file given as --config=FILE among a run's arguments is declared by its content too.
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("trainer: {max_epochs: 1}\n")
+    with_extra, _ = make_study(tmp_path, {"b": [f"--config={extra}"]}, seeds=[0])
+    assert f"--config={extra}" not in declaration(with_extra, plan(with_extra)[-1])
 
 
 def test_steps_an_earlier_lit_reason_finished_are_checked_by_their_command(tmp_path, monkeypatch):
