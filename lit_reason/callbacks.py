@@ -28,8 +28,8 @@ class ExportPolicy(Callback):
     ``fit``, and at the end of ``fit`` if it never did, so every run leaves a loadable policy.
 
     Args:
-        monitor: the metric to watch (a validation during ``fit`` that does not log it stops the run, naming
-            those it logs); null exports the latest policy after every validation.
+        monitor: the metric to watch (a ``val/`` metric that a validation during ``fit`` does not log stops the
+            run, naming those it logs); null exports the latest policy after every validation.
         mode: ``max`` or ``min``.
         dirpath: where to write; default ``<log_dir>/policy``.
     """
@@ -63,8 +63,10 @@ class ExportPolicy(Callback):
             self._export(trainer, pl_module, f"latest policy at step {trainer.global_step}")
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:  # a misspelt name: no export would ever be the best one, silently
+        if value is None and self.monitor.startswith("val/"):  # misspelt: no export would ever be the best, silently
             raise self._monitor_not_logged(trainer)
+        if value is None:  # a training metric (round/*): logged at the round's end, after its validation
+            return
         value = float(value)
         if math.isnan(value):  # undefined this time (an AUROC of one class): neither better nor worse
             return
@@ -120,11 +122,18 @@ def _replaceable(target: Path) -> bool:
 
 class SaveRunConfig(SaveConfigCallback):
     """Lightning's ``SaveConfigCallback`` (the command's config as ``config.yaml`` in its log directory), except
-    that it never overwrites another command's ``config.yaml`` (which the study and ``validate --config`` read):
-    a fit resumed from a checkpoint in a directory that has one, and a validate or test logged into one, write
-    theirs beside it as ``config-<resume|validate|test>-<n>.yaml`` (a resumed attempt's whether it is refused, by
-    other seeds or another algorithm, or goes on). A fresh fit into a directory that holds a run is refused: it
-    would write over that run's checkpoints and add its results to that run's ``metrics.json``.
+    that it never overwrites another command's ``config.yaml`` (which the study and ``validate --config`` read).
+    In a directory that holds a run (its ``config.yaml``):
+
+    - a fit resumed from a checkpoint, or a test, writes its config beside the run's, as
+      ``config-<resume|test>-<n>.yaml`` (a resumed attempt's whether it is refused, by other seeds or another
+      algorithm, or goes on);
+    - a fresh fit is refused: it would write over the run's checkpoints and add its results to the run's
+      ``metrics.json``; so is a validate: it would replace the run's own validation records at the checkpoint's
+      step (``predictions/val-step<N>.jsonl``, the ``metrics.json`` entry the study reads).
+
+    Without a logger the directory is the working directory, which no run owns: a config there is kept and this
+    one written beside it (``config-<command>-<n>.yaml``).
 
     Args:
         subcommand: the ``lit-reason`` command whose config this is (``fit``, ``validate``, ``test``).
@@ -138,25 +147,31 @@ class SaveRunConfig(SaveConfigCallback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self.already_saved and self.save_to_log_dir:
             log_dir = Path(trainer.log_dir)  # every rank: a broadcast
-            name_or_error = self._config_name(log_dir) if trainer.is_global_zero else None
+            name_or_error = self._config_name(log_dir, bool(trainer.loggers)) if trainer.is_global_zero else None
             name_or_error = trainer.strategy.broadcast(name_or_error)
             if not name_or_error.endswith(".yaml"):
                 raise FileExistsError(name_or_error)
             self.config_filename = name_or_error
         super().setup(trainer, pl_module, stage)
 
-    def _config_name(self, log_dir: Path) -> str:
-        """The file name this command's config is saved as in ``log_dir``, or why it must not log there."""
+    def _config_name(self, log_dir: Path, logged: bool) -> str:
+        """The file name this command's config is saved as in ``log_dir`` (a logger's directory when
+        ``logged``, else the working directory), or why it must not log there."""
         if not (log_dir / "config.yaml").exists():
             return "config.yaml"
-        if self.subcommand == "fit" and not self.config.get("ckpt_path"):
-            return (
-                f"{log_dir} holds the run of its config.yaml; a fresh fit there would write over its checkpoints and "
-                f"mix their results in its metrics.json. Resume that run with --ckpt_path="
-                f"{log_dir / 'checkpoints' / 'last.ckpt'}, leave --trainer.logger.init_args.version unset (a new "
-                "version directory), or remove the directory"
+        resumed = self.subcommand == "fit" and self.config.get("ckpt_path")
+        if logged and self.subcommand in ("fit", "validate") and not resumed:
+            last = log_dir / "checkpoints" / "last.ckpt"
+            what = (
+                "a fresh fit there would write over its checkpoints and mix its results into its metrics.json"
+                if self.subcommand == "fit"
+                else "a validate there would replace the run's own validation records at the checkpoint's step"
             )
-        kind = "resume" if self.subcommand == "fit" else self.subcommand
+            choices = ["leave --trainer.logger.init_args.version unset (a new version directory)", "remove it"]
+            if self.subcommand == "fit" and last.exists():
+                choices.insert(0, f"resume the run with --ckpt_path={last}")
+            return f"{log_dir} holds a run (its config.yaml): {what}. Instead: {'; or '.join(choices)}"
+        kind = "resume" if resumed else self.subcommand
         return next(name for n in count(1) if not (log_dir / (name := f"config-{kind}-{n}.yaml")).exists())
 
 

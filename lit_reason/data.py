@@ -294,6 +294,7 @@ class RolloutDataModule(LightningDataModule):
             )
 
     def setup(self, stage: str) -> None:
+        self.restored_progress = None  # a checkpoint restored in an earlier call: Lightning restores after setup
         _, world_size = rank_and_world_size()
         seeds = gather_objects([self.seeds()])
         if any(rank_seeds != seeds[0] for rank_seeds in seeds):  # e.g. a launcher that seeded each process apart

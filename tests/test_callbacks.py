@@ -146,6 +146,9 @@ def test_a_monitor_that_a_fitting_validation_does_not_log_stops_the_run_naming_t
                        "Set --export.monitor to one of them, or to null"):  # fmt: skip
         callback.on_validation_end(trainer, FakeModule("fit"))
     assert not (tmp_path / "policy").exists()
+    # A training metric (round/*) is logged at the round's end, after the round's validation: not there yet.
+    ExportPolicy(monitor="round/correct_fraction").on_validation_end(trainer, FakeModule("fit"))
+    assert not (tmp_path / "policy").exists()
 
 
 def test_a_real_fit_stops_at_its_first_validation_when_the_monitor_is_not_logged(tmp_path):
@@ -196,7 +199,8 @@ def test_a_fit_resumed_mid_round_forgets_the_round_s_later_evaluations(tmp_path)
 def test_a_run_s_config_is_kept_when_another_command_logs_into_its_directory(tmp_path):
     # A resumed attempt (refused or not), a validate or test logged into the run's directory, and a fresh fit
     # there all overwrote config.yaml, which the study and validate --config read; the fresh fit also wrote over
-    # the run's checkpoints and added its results to the run's metrics.json.
+    # the run's checkpoints and added its results to the run's metrics.json, and the validate replaced the run's
+    # own validation records at the checkpoint's step.
     (tmp_path / "config.yaml").write_text("the run's\n")
     saved = []
 
@@ -205,19 +209,29 @@ def test_a_run_s_config_is_kept_when_another_command_logs_into_its_directory(tmp
             saved.append(Path(path).name)
             Path(path).write_text(str(config))
 
-    def save(subcommand: str, ckpt_path: str | None) -> None:
+    def save(subcommand: str, ckpt_path: str | None, logged: bool = True) -> None:
         callback = SaveRunConfig(Parser(), {"ckpt_path": ckpt_path}, overwrite=True, subcommand=subcommand)
-        callback.setup(fake_trainer(tmp_path), None, "fit" if subcommand == "fit" else "validate")
+        trainer = fake_trainer(tmp_path)
+        trainer.loggers = trainer.loggers if logged else []
+        callback.setup(trainer, None, "fit" if subcommand == "fit" else "validate")
 
     for _ in range(2):
         save("fit", "last.ckpt")
     save("test", "last.ckpt")
-    save("validate", None)
-    assert saved == ["config-resume-1.yaml", "config-resume-2.yaml", "config-test-1.yaml", "config-validate-1.yaml"]
+    assert saved == ["config-resume-1.yaml", "config-resume-2.yaml", "config-test-1.yaml"]
     assert (tmp_path / "config.yaml").read_text() == "the run's\n"
-    with pytest.raises(FileExistsError, match=rf"{tmp_path} holds the run of its config.yaml; a fresh fit there"):
+    with pytest.raises(FileExistsError, match=r"holds a run \(its config.yaml\): a fresh fit there .* Instead: leave"):
         save("fit", None)
-    assert len(saved) == 4
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match=r"Instead: resume the run with --ckpt_path=.*last\.ckpt; or leave"):
+        save("fit", None)
+    with pytest.raises(FileExistsError, match="a validate there would replace the run's own validation records"):
+        save("validate", "last.ckpt")
+    assert len(saved) == 3
+    save("fit", None, logged=False)  # no logger: the working directory, which no run owns
+    save("validate", None, logged=False)
+    assert saved[3:] == ["config-fit-1.yaml", "config-validate-1.yaml"]
     (tmp_path / "config.yaml").unlink()
     save("fit", None)
     assert saved[-1] == "config.yaml"  # a directory without a run's config: its own

@@ -345,5 +345,5 @@ def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpo
     assert (tested["stage"], tested["step"]) == ("test", 1) and (run_dir / "predictions" / "test-step1.jsonl").is_file()
     assert (run_dir / "config-test-1.yaml").is_file() and (run_dir / "config.yaml").read_text() == config
     # A fresh fit there would write over the run's checkpoints and add to its metrics.json.
-    with pytest.raises(FileExistsError, match="holds the run of its config.yaml; a fresh fit there"):
+    with pytest.raises(FileExistsError, match=r"holds a run \(its config.yaml\): a fresh fit there"):
         main(["fit", "--config", sft, *run, in_run_dir])

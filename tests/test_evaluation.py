@@ -187,6 +187,8 @@ def test_a_validate_or_test_of_a_checkpoint_is_recorded_at_the_checkpoint_s_step
     (entry,) = json.loads((tmp_path / "metrics.json").read_text())
     assert (entry["stage"], entry["epoch"], entry["step"], entry["seconds"]) == ("test", 2, 40, 12.3)
     assert (tmp_path / "predictions" / "test-step40.jsonl").is_file()
+    restored.setup("test")  # a later test without a checkpoint evaluates the weights as they are now
+    assert restored.restored_progress is None
 
 
 def test_an_evaluation_pass_is_timed_from_its_first_batch_s_generation():

@@ -94,7 +94,8 @@ def checkpoint_state(run_dir: Path) -> dict:
 
 
 def evaluations(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "metrics.json").read_text())
+    """The run's recorded evaluations, without the seconds each took (a timing, not a result)."""
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((run_dir / "metrics.json").read_text())]
 
 
 def assert_same(expected, actual, what: str) -> None:

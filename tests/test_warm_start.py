@@ -73,20 +73,22 @@ def test_the_key_covers_the_source_of_user_modules_the_config_names(tmp_path, mo
     # A task's class_path or a reward_fn outside lit-reason: editing it reused the stale warm start.
     monkeypatch.chdir(tmp_path)  # where the training process, run with python -m, imports them from
     (tmp_path / "my_task.py").write_text("class Doubling: pass\n")
-    (tmp_path / "my_rewards").mkdir()
-    (tmp_path / "my_rewards" / "__init__.py").write_text("raise RuntimeError('imported')\n")  # found, never run
-    (tmp_path / "my_rewards" / "format.py").write_text("def score(problem, response): return 1.0\n")
+    (tmp_path / "warm_start_key_rewards").mkdir()
+    (tmp_path / "warm_start_key_rewards" / "__init__.py").write_text(
+        "raise RuntimeError('imported')\n"
+    )  # found, never run
+    (tmp_path / "warm_start_key_rewards" / "format.py").write_text("def score(problem, response): return 1.0\n")
     config = tmp_path / "sft.yaml"
     config.write_text(
         "data: {task: {class_path: my_task.Doubling}}\n"
-        "model: {init_args: {reward_fn: {path: 'my_rewards.format:score'}, other: no_such_module.thing}}\n"
+        "model: {init_args: {reward_fn: {path: 'warm_start_key_rewards.format:score'}, other: no_such_module.thing}}\n"
     )
     keys = [warm_start_dir(config)]
     (tmp_path / "my_task.py").write_text("class Doubling: pass  # edited\n")
     keys.append(warm_start_dir(config))
-    (tmp_path / "my_rewards" / "format.py").write_text("def score(problem, response): return 0.5\n")
+    (tmp_path / "warm_start_key_rewards" / "format.py").write_text("def score(problem, response): return 0.5\n")
     keys.append(warm_start_dir(config))
-    assert len(set(keys)) == 3 and "my_rewards" not in sys.modules
+    assert len(set(keys)) == 3 and "warm_start_key_rewards" not in sys.modules
 
 
 def test_training_runs_alone_bound_to_its_parent_and_clears_stale_staging(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ from lit_reason.distributed import (
     this_ranks_share,
     token_mean_over_ranks,
 )
-from lit_reason.evaluation import GradedQuestions, markdown_table
+from lit_reason.evaluation import GradedQuestions, markdown_table, trained_to
 from lit_reason.files import jsonl_records
 from lit_reason.metrics import WithinQuestionAUROC, first_answered_samples, score_classification
 from lit_reason.policy import PolicySpec, load_model
@@ -369,10 +369,11 @@ class OutcomeRewardModel(ReasoningModule):
         values, scores, labels = self.reward_metric_values(stage)
         log = run_log(self.loggers)
         if len(scores) and log is not None:
+            step = trained_to(self.trainer)[1]
             for name, members in (("correct", scores[labels]), ("wrong", scores[~labels])):
                 if len(members):  # a weak policy may have no correct (or no wrong) sample at all
-                    log.histogram(f"{stage}/orm_score_{name}", members, self.global_step)
-            log.text(f"{stage}/orm_reliability", reliability_table(scores, labels), self.global_step)
+                    log.histogram(f"{stage}/orm_score_{name}", members, step)
+            log.text(f"{stage}/orm_reliability", reliability_table(scores, labels), step)
         super().log_evaluation(stage, {**values, **(extra or {})})
 
     def reward_metric_values(self, stage: str) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
