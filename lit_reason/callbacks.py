@@ -63,10 +63,10 @@ class ExportPolicy(Callback):
             self._export(trainer, pl_module, f"latest policy at step {trainer.global_step}")
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None and self.monitor.startswith("val/"):  # misspelt: no export would ever be the best, silently
-            raise self._monitor_not_logged(trainer)
-        if value is None:  # a training metric (round/*): logged at the round's end, after its validation
-            return
+        if value is None:
+            if self.monitor.startswith("val/"):  # misspelt: no export would ever be the best one, silently
+                raise self._monitor_not_logged(trainer)
+            return  # a training metric (round/*): logged at the round's end, after its validation
         value = float(value)
         if math.isnan(value):  # undefined this time (an AUROC of one class): neither better nor worse
             return
