@@ -311,8 +311,9 @@ class OutcomeRewardModel(ReasoningModule):
         rank, world_size = rank_and_world_size()
         rows = rows[rank::world_size]
         rows = rows[: len(rows) - len(rows) % max(1, self.batch_size)] or rows  # equal steps on every rank
-        sampled = self._encode_responses([problems[row.question_id] for row in rows], rows)
-        return self._labelled_batches(sampled, grade([problems[row.question_id] for row in rows], sampled).float())
+        answered = [problems[row.question_id] for row in rows]
+        sampled = self._encode_responses(answered, rows)
+        return self._labelled_batches(sampled, grade(answered, sampled).float())
 
     def _encode_responses(self, problems: list[Problem], rows: list[RolloutRow]) -> SampleBatch:
         """Responses given as text, laid out like the sampler's output: EOS behind each, except those cut off by
