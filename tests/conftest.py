@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from lightning import seed_everything
 
 from lit_reason import SFT, LRSchedule, PolicySpec, RolloutDataModule
@@ -21,7 +22,9 @@ from lit_reason.warm_start import source_fingerprint
 from tests.helpers.smollm2 import SmolLM2, load_smollm2
 from tests.helpers.trainers import quiet_trainer
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`-n N`) the workers share the cores: each gets its part, so that they do not oversubscribe.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 
 # Tests that use these fixtures train a policy or run the real model: they are slow whatever their marks.
@@ -30,8 +33,11 @@ SLOW_FIXTURES = {"sft_policy_dir", "smollm2"}
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if "smollm2" in fixtures:  # one pytest-xdist worker loads the real model (16 s), not each
+            item.add_marker(pytest.mark.xdist_group("smollm2"))
 
 
 @pytest.fixture(autouse=True)
@@ -101,8 +107,13 @@ def sft_policy_dir(request) -> Path:
     # Any change to the package may change what the recipe trains: every source file is part of the key.
     key = hashlib.sha256((recipe + source_fingerprint()).encode()).hexdigest()[:16]
     path = Path(request.config.cache.mkdir("lit-reason-sft-policy")) / key
-    if (path / "config.json").is_file():
-        return path
+    with FileLock(path.parent / f"{key}.lock"):  # pytest-xdist workers: one trains it, the others wait for it
+        if not (path / "config.json").is_file():
+            _train_sft_policy(path)
+    return path
+
+
+def _train_sft_policy(path: Path) -> None:
     trainer = quiet_trainer(
         max_steps=SFT_STEPS,
         limit_val_batches=0,
@@ -119,4 +130,3 @@ def sft_policy_dir(request) -> Path:
     staging = Path(tempfile.mkdtemp(dir=path.parent))
     module.export_policy(staging)
     staging.rename(path)  # atomic: a half-written policy is never found
-    return path
