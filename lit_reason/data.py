@@ -271,6 +271,9 @@ class RolloutDataModule(LightningDataModule):
         self.round_batches = int(state_dict.get("round_batches", 0))  # not in earlier checkpoints
         progress = state_dict.get("progress")  # not in earlier checkpoints
         self.restored_progress = (int(progress[0]), int(progress[1])) if progress is not None else None
+        evaluating = self.trainer is not None and self.trainer.state.fn != TrainerFn.FITTING
+        if self.restored_progress is not None and evaluating:
+            self._log_lightning_scalars_at(self.restored_progress[1])
         # Kept as saved: only a fit that resumes the round needs this rank's batches (testing a checkpoint none).
         self._round_in_progress = state_dict.get("round_in_progress")
 
@@ -293,7 +296,15 @@ class RolloutDataModule(LightningDataModule):
                 + " ".join(f"{option}={seed}" for option, seed in fixes.items())
             )
 
+    def _log_lightning_scalars_at(self, step: int) -> None:
+        """Lightning logs its scalars (``val/maj@1`` in TensorBoard) at the count of batches that stepped, which it
+        restores only in a fit: a validate or test of a checkpoint logged them at step 0, where ours (``metrics.json``,
+        predictions, text samples, figures) are at the checkpoint's step."""
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = step
+
     def setup(self, stage: str) -> None:
+        if self.restored_progress is not None and self.trainer is not None:  # restored in an earlier call
+            self._log_lightning_scalars_at(self.trainer.global_step)
         self.restored_progress = None  # a checkpoint restored in an earlier call: Lightning restores after setup
         _, world_size = rank_and_world_size()
         seeds = gather_objects([self.seeds()])

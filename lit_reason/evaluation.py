@@ -13,6 +13,7 @@ import json
 import math
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +209,30 @@ def write_outputs(
         log_samples_and_curves(
             log, stage, values, records, step=step, samples_drawn=samples_drawn, text_samples=text_samples
         )
+
+
+def record_training_end(trainer) -> None:
+    """Append where a fit ended (``{"stage": "fit_end", "step", "epoch", "samples_drawn"}``) to the run's
+    ``metrics.json`` (call on every rank; rank 0 writes), and warn when its last validation is of an earlier
+    policy: a ``check_val_every_n_epoch`` that does not divide ``max_epochs``, or a ``max_steps`` that ends a
+    round before its validation, leaves the final policy unevaluated (a study names such runs)."""
+    if not trainer.loggers:
+        return
+    log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
+    if rank_and_world_size()[0] != 0 or log_dir is None:
+        return
+    path, step = Path(log_dir) / "metrics.json", trainer.global_step
+    validated = [e["step"] for e in json.loads(path.read_text()) if e["stage"] == "val"] if path.is_file() else []
+    if validated and validated[-1] != step:
+        warnings.warn(
+            f"training ended at step {step}, its last validation was at step {validated[-1]}: the final policy "
+            f"is not evaluated (lit-reason validate --config {Path(log_dir) / 'config.yaml'} --ckpt_path "
+            "<its last.ckpt> evaluates it)",
+            stacklevel=2,
+        )
+    samples_drawn = int(getattr(trainer.datamodule, "samples_drawn", 0))
+    entry = {"stage": "fit_end", "step": step, "epoch": trainer.current_epoch, "samples_drawn": samples_drawn}
+    append_json(path, entry)
 
 
 def trained_to(trainer) -> tuple[int, int]:

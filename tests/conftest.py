@@ -126,7 +126,12 @@ def _train_sft_policy(path: Path) -> None:
         lr_schedule=LRSchedule(warmup_steps=20),
     )
     seed_everything(0)
-    trainer.fit(module, RolloutDataModule(task=sft_fixture_task()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the other pytest-xdist workers mostly wait for it
+    try:
+        trainer.fit(module, RolloutDataModule(task=sft_fixture_task()))
+    finally:
+        torch.set_num_threads(threads)
     staging = Path(tempfile.mkdtemp(dir=path.parent))
     module.export_policy(staging)
     staging.rename(path)  # atomic: a half-written policy is never found

@@ -74,8 +74,11 @@ def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
     assert yaml.safe_load((run / "hparams.yaml").read_text())["policy"]["name_or_path"] == "micro"
     events = list(run.glob("events.out.tfevents.*"))
     assert events
+    (*evaluations, fit_end) = json.loads((run / "metrics.json").read_text())
+    trained = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert (fit_end["stage"], fit_end["step"]) == ("fit_end", trained) and trained > 0
     if yaml.safe_load(config.read_text()).get("validate_before_fit", True):  # results of the first validation
-        (first, *_) = json.loads((run / "metrics.json").read_text())
+        first = evaluations[0]
         assert (first["stage"], first["step"]) == ("val", 0) and "maj@1" in first["metrics"]
         record = json.loads((run / "predictions" / "val-step0.jsonl").read_text().splitlines()[0])
         assert set(record) == set(PREDICTION_FIELDS) and len(record["sample_answers"]) == 2
@@ -316,6 +319,10 @@ def test_checkpoints_load_weights_only_unless_asked_otherwise(subcommand):
     assert trusted.config[subcommand].weights_only is False
 
 
+def scalar_tags(event_file: Path) -> list[str]:
+    return EventAccumulator(str(event_file)).Reload().Tags()["scalars"]
+
+
 @pytest.mark.slow
 def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpoint_is_refused(tmp_path):
     # A resumed attempt overwrote the run's config.yaml before its checkpoint was checked (the study and validate
@@ -341,8 +348,12 @@ def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpo
     # restores no loop state outside a fit: it was step 0), its config beside the run's.
     in_run_dir = "--trainer.logger.init_args.version=version_0"
     main(["test", "--config", sft, *resume, in_run_dir])
-    (*_, tested) = json.loads((run_dir / "metrics.json").read_text())
+    (*_, fit_end, tested) = json.loads((run_dir / "metrics.json").read_text())
+    assert (fit_end["stage"], fit_end["step"]) == ("fit_end", 1)  # where the fit ended: what the study checks
     assert (tested["stage"], tested["step"]) == ("test", 1) and (run_dir / "predictions" / "test-step1.jsonl").is_file()
+    # Lightning's own scalars too (it logged them at step 0).
+    (test_events,) = [e for e in run_dir.glob("events.out.tfevents.*") if "test/maj@1" in scalar_tags(e)]
+    assert [point.step for point in EventAccumulator(str(test_events)).Reload().Scalars("test/maj@1")] == [1]
     assert (run_dir / "config-test-1.yaml").is_file() and (run_dir / "config.yaml").read_text() == config
     # A fresh fit there would write over the run's checkpoints and add to its metrics.json.
     with pytest.raises(FileExistsError, match=r"holds a run \(its config.yaml\): a fresh fit there"):

@@ -204,3 +204,25 @@ def test_an_evaluation_pass_is_timed_from_its_first_batch_s_generation():
     evaluator.update([problem], batch, batch, None)
     evaluator.start_batch()  # the next batch: the pass's clock goes on
     assert evaluator.seconds_since_start() >= 0.05
+
+
+def test_a_fit_records_where_it_ended_and_warns_when_its_final_policy_was_not_validated(tmp_path, recwarn):
+    # With check_val_every_n_epoch=2 and max_epochs=3 (or a max_steps mid-round) the last validation is of an
+    # earlier policy, and nothing said so: a study reported it as the run's result.
+    from types import SimpleNamespace
+
+    from lit_reason.evaluation import record_training_end
+
+    validated = {"stage": "val", "step": 2, "epoch": 1, "samples_drawn": 16, "metrics": {}}
+    (tmp_path / "metrics.json").write_text(json.dumps([validated]))
+    trainer = SimpleNamespace(
+        loggers=["a logger"], log_dir=str(tmp_path), global_step=5, current_epoch=2, datamodule=None
+    )
+    with pytest.warns(UserWarning, match="training ended at step 5, its last validation was at step 2"):
+        record_training_end(trainer)
+    (_, ended) = json.loads((tmp_path / "metrics.json").read_text())
+    assert ended == {"stage": "fit_end", "step": 5, "epoch": 2, "samples_drawn": 0}
+    (tmp_path / "metrics.json").write_text(json.dumps([validated]))
+    trainer.global_step = 2
+    record_training_end(trainer)  # validated at its end: nothing to say
+    assert not [w for w in recwarn if "training ended" in str(w.message)]

@@ -7,6 +7,11 @@ between-question variance): Newcombe's score interval for 0/1 outcomes, a paired
     python tools/compare_policies.py --baseline ~/.cache/lit-reason/warm_start/sft-XXXX \\
         --candidate runs/ei/version_0/policy --split validation --questions 1000
 
+The questions are the built-in task's unless ``--config`` names a lit-reason config (a run's ``config.yaml``, or
+one of ``configs/``): then its ``data.task``, the first ``data.validation_questions`` / ``data.test_questions`` of
+the split (where ``--questions`` is not given) and its evaluation's ``max_new_tokens`` (where
+``--max-new-tokens`` is not given), as the run's own evaluations had them.
+
 Or, for any task and without sampling again, pair two evaluations' per-question files (every validate / test
 writes ``<log_dir>/predictions/<stage>-step<N>.jsonl``): maj@1, pass@1 and pass@K with their intervals.
 
@@ -17,15 +22,18 @@ writes ``<log_dir>/predictions/<stage>-step<N>.jsonl``): maj@1, pass@1 and pass@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
+import yaml
+from jsonargparse import ArgumentError, ArgumentParser
 
 from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.evaluation import paired_outcomes, read_predictions
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer
 from lit_reason.sampling import SamplingConfig, row_seed, sample
 from lit_reason.statistics import paired_interval
-from lit_reason.tasks import Arithmetic, Problem
+from lit_reason.tasks import Arithmetic, Problem, Task
 from lit_reason.tensors import eval_mode
 
 
@@ -77,6 +85,31 @@ def greedy_correct(
     return torch.tensor([p.is_correct(t) for p, t in zip(problems, batch.texts, strict=True)])
 
 
+def run_settings(path: str) -> tuple[Task, dict[str, int]]:
+    """The task a lit-reason config names (``data.task``; the built-in task where it names none) and the settings
+    of its evaluations that it sets: ``validation`` and ``test`` (its question counts), ``max_new_tokens``."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise SystemExit(f"--config {path}: {error}") from error
+    data = config.get("data") or {}
+    evaluation = ((config.get("model") or {}).get("init_args") or {}).get("evaluation") or {}
+    settings = {
+        "validation": data.get("validation_questions"),
+        "test": data.get("test_questions"),
+        "max_new_tokens": evaluation.get("max_new_tokens"),
+    }
+    settings = {name: value for name, value in settings.items() if value is not None}
+    if data.get("task") is None:
+        return Arithmetic(), settings
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--task", type=Task)
+    try:
+        return parser.instantiate_classes(parser.parse_object({"task": data["task"]})).task, settings
+    except (ArgumentError, OSError, TypeError, ValueError) as error:  # a class or its file: the option named
+        raise SystemExit(f"--config {path}: data.task: {error}") from error
+
+
 def compare_predictions(baseline_path: str, candidate_path: str) -> None:
     outcomes = paired_outcomes(read_predictions(baseline_path), read_predictions(candidate_path))
     print(f"{len(next(iter(outcomes.values()))[0])} questions in both files")
@@ -94,9 +127,19 @@ def main() -> None:
     parser.add_argument("--candidate", help="policy directory to compare")
     parser.add_argument("--baseline-predictions", help="a predictions .jsonl of an evaluation (instead of --baseline)")
     parser.add_argument("--candidate-predictions", help="a predictions .jsonl to compare with it")
+    parser.add_argument(
+        "--config",
+        help="a lit-reason config (a run's config.yaml): its task, question counts and max_new_tokens "
+        "(default: the built-in task)",
+    )
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
-    parser.add_argument("--questions", type=int, default=1000)
-    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument(
+        "--questions",
+        type=int,
+        default=None,
+        help="the first N questions of the split (default: the config's, or 1000)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="(default: the config's evaluation's, or 80)")
     parser.add_argument(
         "--candidate-prefix",
         default=None,
@@ -123,20 +166,25 @@ def main() -> None:
     if not (args.baseline and args.candidate):
         parser.error("give --baseline and --candidate policies, or two prediction files")
 
-    task = Arithmetic()  # the built-in task every CPU config uses
-    problems = task.problems(args.split)[: args.questions]
-    baseline = greedy_correct(args.baseline, problems, task, args.max_new_tokens)
+    task, settings = run_settings(args.config) if args.config else (Arithmetic(), {})
+    questions = args.questions if args.questions is not None else settings.get(args.split, 1000)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else settings.get("max_new_tokens", 80)
+    problems = task.problems(args.split)[:questions]
+    baseline = greedy_correct(args.baseline, problems, task, max_new_tokens)
     candidate = greedy_correct(
         args.candidate,
         problems,
         task,
-        args.max_new_tokens,
+        max_new_tokens,
         args.candidate_prefix,
         args.candidate_guidance_scale,
         args.candidate_negative_prefix,
     )
     mean, low, high = paired_interval(baseline.float(), candidate.float())
-    print(f"{len(problems)} {args.split} questions of the built-in task")
+    print(
+        f"{len(problems)} {args.split} questions of {type(task).__name__}"
+        + (f" ({args.config})" if args.config else "")
+    )
     print(f"maj@1 baseline {baseline.float().mean():.4f}  candidate {candidate.float().mean():.4f}")
     print(f"difference {mean:+.4f}, paired 95% interval [{low:+.4f}, {high:+.4f}]")
 

@@ -1,7 +1,6 @@
-"""What every algorithm shares: the policy and its tokenizer, how it is conditioned and sampled, the
-learning-rate schedule, the shared evaluation and the export. Algorithms subclass ``ReasoningModule`` and
-implement ``make_train_data`` (what a round trains on) and ``training_step``; evaluation
-(``lit_reason.evaluation``) is the same for all of them."""
+"""What every algorithm shares: the policy and its tokenizer, how it is conditioned and sampled, the learning-rate
+schedule, the evaluation (``lit_reason.evaluation``, the same for all of them) and the export. Algorithms subclass
+``ReasoningModule`` and implement ``make_train_data`` (what a round trains on) and ``training_step``."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from lit_reason.batches import Example
 from lit_reason.conditioning import Conditioning, Stage
 from lit_reason.data import COMPLETED_ROUND, EMPTY_ROUND, TrainData
 from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_models
-from lit_reason.evaluation import Evaluator, GradedQuestions, trained_to, write_outputs
+from lit_reason.evaluation import Evaluator, GradedQuestions, record_training_end, trained_to, write_outputs
 from lit_reason.hyperparameters import plain_data
 from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, save_policy
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_example, encode_response_prefix, row_seed, sample
@@ -139,9 +138,8 @@ class ReasoningModule(LightningModule):
     @property
     def max_length(self) -> int:
         """Longest prompt + response the policy takes."""
-        if self.policy_spec.is_preset:
-            return self.policy_spec.max_length
-        return int(getattr(self.policy.config, "max_position_embeddings", 1 << 30))
+        spec = self.policy_spec
+        return spec.max_length if spec.is_preset else int(getattr(self.policy.config, "max_position_embeddings", 2**30))
 
     # ------------------------------------------------------------------------------- task & conditioning
     @property
@@ -160,9 +158,8 @@ class ReasoningModule(LightningModule):
     def encode_example(self, problem: Problem, target: str, response_prefix: str | None = None) -> Example:
         """(prompt ids, target ids + EOS) of ``target`` as the response to ``problem``, behind
         ``response_prefix`` (default: the one rollouts sample behind), tokenized as the sampler does."""
-        if response_prefix is None:
-            response_prefix = self.conditioning("rollout").response_prefix
-        return encode_example(self.tokenizer, self.task.prompt(problem, self.tokenizer), response_prefix, target)
+        prefix = self.conditioning("rollout").response_prefix if response_prefix is None else response_prefix
+        return encode_example(self.tokenizer, self.task.prompt(problem, self.tokenizer), prefix, target)
 
     def generate(
         self, problems: Sequence[Problem], config: SamplingConfig, seed_parts: Sequence[Any], stage: Stage
@@ -282,6 +279,9 @@ class ReasoningModule(LightningModule):
             + ", ".join(f"{n.split('/', 1)[1]}={v.item():.4f}" for n, v in values.items())
         )
         write_outputs(self.trainer, stage, values, records, seconds=seconds, text_samples=self.text_samples)
+
+    def on_fit_end(self) -> None:
+        record_training_end(self.trainer)
 
     # ------------------------------------------------------------------------------------------ export
     def export_conditioning(self) -> Conditioning:

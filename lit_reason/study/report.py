@@ -102,9 +102,27 @@ def differences_table(results: StudyResults) -> str:
     return markdown_table(["run", *(f"Δ {m}" for m in metrics)], rows)
 
 
+def _final_evaluations_check(results: StudyResults) -> str | None:
+    """Whether each run's last evaluation is at the step its training ended (None where no fit recorded it)."""
+    ended = [(run, seed) for run in results.runs.values() for seed in run.seeds if seed in run.training_end]
+    early = [
+        f"{run.name} seed {seed} (step {run.final(seed).step} of {run.training_end[seed]})"
+        for run, seed in ended
+        if run.final(seed).step != run.training_end[seed]
+    ]
+    if not ended:
+        return None
+    if not early:
+        return "Final evaluations are of the trained policies: each at the step its training ended"
+    return (
+        f"Final evaluation BEFORE the end of training in: {', '.join(early)}: the table reports an earlier policy "
+        "(make check_val_every_n_epoch divide max_epochs)"
+    )
+
+
 def checks(results: StudyResults) -> list[str]:
-    """What makes the comparison fair, measured: the same evaluation everywhere, a converged warm start, equal
-    sample budgets, seeds that change the runs."""
+    """What makes the comparison fair, measured: the same evaluation everywhere, of each run's trained policy, a
+    converged warm start, equal sample budgets, seeds that change the runs."""
     lines = []
     reference = results.baseline.evaluation_settings.get(results.study.shared_seed)
     differing = sorted(
@@ -116,6 +134,9 @@ def checks(results: StudyResults) -> list[str]:
             if not differing
             else f"Evaluation DIFFERS from the warm start's in: {', '.join(differing)}"
         )
+    final_evaluations = _final_evaluations_check(results)
+    if final_evaluations:
+        lines.append(final_evaluations)
     convergence, margin = converged_warm_start(results), results.study.equivalence_margin
     if convergence is not None:
         gain, outcome = convergence

@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -45,8 +46,8 @@ class Evaluation:
 @dataclass
 class RunResult:
     """A run's evaluations with each seed, each finished seed's wall time (None where unknown: run by a
-    launcher; unfinished seeds have none) and the settings its evaluations used (None where no run recorded
-    them)."""
+    launcher; unfinished seeds have none), the settings its evaluations used (None where no run recorded
+    them) and the optimizer step each seed's training ended at (where its fit recorded it; earlier versions did not)."""
 
     name: str
     spec: RunSpec | None
@@ -54,6 +55,7 @@ class RunResult:
     wall_seconds: dict[int, float | None] = field(default_factory=dict)
     resumed: set[int] = field(default_factory=set)
     evaluation_settings: dict[int, str | None] = field(default_factory=dict)
+    training_end: dict[int, int] = field(default_factory=dict)
 
     @property
     def finished(self) -> set[int]:
@@ -190,13 +192,27 @@ def read_evaluations(log_dir: Path) -> list[Evaluation]:
 EVALUATION_OPTIONS = (("model", "init_args", "evaluation"), ("data", "task"), ("data", "validation_questions"))
 
 
+def read_training_end(log_dir: Path) -> int | None:
+    """The optimizer step a run's fit ended at (its last ``fit_end`` entry in ``metrics.json``), or None where
+    its fit recorded none (unfinished, or run by an earlier lit-reason)."""
+    path = log_dir / "metrics.json"
+    ends = [int(e["step"]) for e in json.loads(path.read_text()) if e["stage"] == "fit_end"] if path.is_file() else []
+    return ends[-1] if ends else None
+
+
 def read_evaluation_settings(log_dir: Path) -> str | None:
-    """The sampling settings, task and validation questions of a run's evaluations, from the ``config.yaml``
-    its run saved (as sorted JSON, to compare runs by), or None without one."""
-    path = log_dir / "config.yaml"
-    if not path.is_file():
+    """The sampling settings, task and validation questions of a run's evaluations (as sorted JSON, to compare
+    runs by), from the configs its fits saved: ``config.yaml`` and each resumed attempt's
+    ``config-resume-<n>.yaml`` (a resume may change them for the rest of the run; one whose settings differ
+    makes the run's a list of each). None without a config."""
+    paths = [log_dir / "config.yaml", *sorted(log_dir.glob("config-resume-*.yaml"))]
+    found = sorted({_evaluation_options(yaml.safe_load(path.read_text())) for path in paths if path.is_file()})
+    if not found:
         return None
-    config = yaml.safe_load(path.read_text())
+    return found[0] if len(found) == 1 else json.dumps(found)
+
+
+def _evaluation_options(config: dict[str, Any]) -> str:
     settings = {}
     for keys in EVALUATION_OPTIONS:
         node = config
@@ -212,6 +228,8 @@ def read_run(study: StudySpec, name: str, spec: RunSpec | None, seeds: tuple[int
         log_dir = run_dir(study, name, seed)
         result.evaluations[seed] = read_evaluations(log_dir)
         result.evaluation_settings[seed] = read_evaluation_settings(log_dir)
+        if (end := read_training_end(log_dir)) is not None:
+            result.training_end[seed] = end
         done = log_dir / DONE_FILE
         if not done.is_file():
             continue

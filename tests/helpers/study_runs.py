@@ -15,9 +15,11 @@ def write_run(
     minutes: float = 1.0,
     evaluation: dict | None = None,
     validation_seconds: float | None = 0.0,
+    training_end: int | bool = True,
 ) -> None:
     """A finished run in ``log_dir`` of ``minutes`` wall time: each evaluation is (step, samples drawn, metric ->
-    per-question outcomes of questions 0..Q-1), and took ``validation_seconds`` (None: not recorded)."""
+    per-question outcomes of questions 0..Q-1), and took ``validation_seconds`` (None: not recorded). Its fit
+    ended at step ``training_end`` (True: the last evaluation's; False: not recorded, as by earlier versions)."""
     (log_dir / "predictions").mkdir(parents=True, exist_ok=True)
     entries = []
     for step, samples_drawn, outcomes in evaluations:
@@ -35,6 +37,9 @@ def write_run(
         metrics = {metric: sum(values) / len(values) for metric, values in outcomes.items()}
         entry = {"stage": "val", "step": step, "samples_drawn": samples_drawn, "metrics": metrics}
         entries.append(entry | ({"seconds": validation_seconds} if validation_seconds is not None else {}))
+    if training_end is not False:
+        step = evaluations[-1][0] if training_end is True else training_end
+        entries.append({"stage": "fit_end", "step": step, "epoch": len(evaluations), "samples_drawn": 0})
     (log_dir / "metrics.json").write_text(json.dumps(entries))
     config = {"model": {"init_args": {"evaluation": evaluation or {"num_samples": 8}}}, "data": {"task": "t"}}
     (log_dir / "config.yaml").write_text(json.dumps(config))

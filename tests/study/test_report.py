@@ -151,6 +151,7 @@ def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path
     assert "Warm start convergence UNDECIDED: more SFT changes maj@1 by +0.010 [-0.007, +0.027]" in text
     assert "ei: its 2 seeds' final evaluations DO NOT differ" in text  # the fake seeds are copies
     assert "Evaluation identical for every run" in text
+    assert "Final evaluations are of the trained policies: each at the step its training ended" in text
     write_run(run_dir(study, "ei", 1), [(3, 300, outcomes(0.6, 0.8))], evaluation={"num_samples": 4})
     assert "Evaluation DIFFERS from the warm start's in: ei" in write_report(read_results(study)).read_text()
     for plot in ("curves.png", "sft.png"):
@@ -270,3 +271,28 @@ def test_a_study_evaluated_with_one_sample_lists_each_metric_once(tmp_path):
     """At K = 1, maj@K and pass@K are maj@1 and pass@1: the table listed them twice."""
     results = dataclasses.replace(read_results(make_study(tmp_path, {"ei": (0.6, 0.8)})), k=1)
     assert results.metric_names() == ["maj@1", "pass@1"]
+
+
+def test_a_run_whose_last_evaluation_is_before_the_end_of_its_training_is_named(tmp_path):
+    # With check_val_every_n_epoch=2 and max_epochs=3 a run's last validation is of its round-2 policy: the
+    # table reported it as the run's result.
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)})
+    write_run(run_dir(study, "ei", 0), [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))], training_end=5)
+    text = write_report(read_results(study)).read_text()
+    assert "Final evaluation BEFORE the end of training in: ei seed 0 (step 3 of 5)" in text
+    # Runs of an earlier lit-reason recorded no end: nothing is claimed either way.
+    for name in ("ei", "sft_more"):
+        write_run(run_dir(study, name, 0), [(3, 300, outcomes(0.6, 0.8))], training_end=False)
+    assert "Final evaluation" not in write_report(read_results(study)).read_text()
+
+
+def test_a_run_resumed_with_other_evaluation_settings_counts_as_evaluated_differently(tmp_path):
+    # Only config.yaml was read: a resume with other sampling settings evaluated the rest of the run unnoticed.
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)})
+    ei = run_dir(study, "ei", 0)
+    resumed = json.loads((ei / "config.yaml").read_text())
+    (ei / "config-resume-1.yaml").write_text(json.dumps(resumed))  # the same settings
+    assert "Evaluation identical for every run" in write_report(read_results(study)).read_text()
+    resumed["model"]["init_args"]["evaluation"]["temperature"] = 1.0
+    (ei / "config-resume-2.yaml").write_text(json.dumps(resumed))
+    assert "Evaluation DIFFERS from the warm start's in: ei" in write_report(read_results(study)).read_text()
