@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_reason.distributed import StopAllRanksOnFailure
 from lit_reason.evaluation import drop_outputs_after
-from lit_reason.files import replace_directory
+from lit_reason.files import RunDirectoryInUse, RunLock, replace_directory
 from lit_reason.model_card import CARD_FILE, ModelCard
 from lit_reason.warm_start import is_exported
 
@@ -133,7 +133,8 @@ class SaveRunConfig(SaveConfigCallback):
       step (``predictions/val-step<N>.jsonl``, the ``metrics.json`` entry the study reads).
 
     Without a logger the directory is the working directory, which no run owns: a config there is kept and this
-    one written beside it (``config-<command>-<n>.yaml``).
+    one written beside it (``config-<command>-<n>.yaml``). With one, the command holds the directory's
+    ``RunLock`` until it ends: a second command into a directory that another process is writing is refused.
 
     Args:
         subcommand: the ``lit-reason`` command whose config this is (``fit``, ``validate``, ``test``).
@@ -143,16 +144,41 @@ class SaveRunConfig(SaveConfigCallback):
     def __init__(self, *args: Any, subcommand: str = "fit", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.subcommand = subcommand
+        self.run_lock: RunLock | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self.already_saved and self.save_to_log_dir:
             log_dir = Path(trainer.log_dir)  # every rank: a broadcast
-            name_or_error = self._config_name(log_dir, bool(trainer.loggers)) if trainer.is_global_zero else None
+            name_or_error = self._claim(log_dir, bool(trainer.loggers)) if trainer.is_global_zero else None
             name_or_error = trainer.strategy.broadcast(name_or_error)
-            if not name_or_error.endswith(".yaml"):
-                raise FileExistsError(name_or_error)
+            if isinstance(name_or_error, Exception):
+                raise name_or_error
             self.config_filename = name_or_error
         super().setup(trainer, pl_module, stage)
+
+    def _claim(self, log_dir: Path, logged: bool) -> str | Exception:
+        """The file name this command's config is saved as, with a logger's directory locked for the command
+        (``RunLock``); or why it must not run there."""
+        lock = RunLock(log_dir) if logged else None
+        try:
+            if lock is not None:
+                lock.acquire()
+        except RunDirectoryInUse as error:
+            return error
+        name = self._config_name(log_dir, logged)
+        if not name.endswith(".yaml"):
+            if lock is not None:
+                lock.release()
+            return FileExistsError(name)
+        self.run_lock = lock
+        return name
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "")  # Lightning calls no teardown hook after an exception
 
     def _config_name(self, log_dir: Path, logged: bool) -> str:
         """The file name this command's config is saved as in ``log_dir`` (a logger's directory when

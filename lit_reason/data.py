@@ -299,7 +299,8 @@ class RolloutDataModule(LightningDataModule):
     def _log_lightning_scalars_at(self, step: int) -> None:
         """Lightning logs its scalars (``val/maj@1`` in TensorBoard) at the count of batches that stepped, which it
         restores only in a fit: a validate or test of a checkpoint logged them at step 0, where ours (``metrics.json``,
-        predictions, text samples, figures) are at the checkpoint's step."""
+        predictions, text samples, figures) are at the checkpoint's step. (In a fit, Lightning logs a round's
+        validation before counting its last batch: one step before ours.)"""
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = step
 
     def setup(self, stage: str) -> None:

@@ -226,8 +226,9 @@ def record_training_end(trainer) -> None:
     if validated and validated[-1] != step:
         warnings.warn(
             f"training ended at step {step}, its last validation was at step {validated[-1]}: the final policy "
-            f"is not evaluated (lit-reason validate --config {Path(log_dir) / 'config.yaml'} --ckpt_path "
-            "<its last.ckpt> evaluates it)",
+            "is not evaluated (the export and a study's tables are of an earlier one). Validation follows every "
+            "check_val_every_n_epoch-th round: pick one that divides max_epochs, and a max_steps that ends a "
+            "round; `lit-reason validate --ckpt_path` of the last checkpoint, logged elsewhere, evaluates it",
             stacklevel=2,
         )
     samples_drawn = int(getattr(trainer.datamodule, "samples_drawn", 0))

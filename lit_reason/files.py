@@ -1,10 +1,12 @@
 """Files: reading the JSON Lines files users hand lit-reason (data sets, rollouts, predictions), every error
 naming the file and the line; putting a finished directory (an export) in place without a half-written
-moment; and finding a model's own files where ``from_pretrained`` finds its weights (a directory or the hub)."""
+moment; a run directory's lock, held by the one process that writes the run; and finding a model's own files
+where ``from_pretrained`` finds its weights (a directory or the hub)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,13 @@ from typing import Any
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import cached_file
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked there
+    fcntl = None
+
+RUN_LOCK = ".run.lock"
 
 # The from_pretrained options that say where a checkpoint's files are, as opposed to how to load them.
 HUB_LOCATION_KEYS = ("revision", "subfolder", "token", "cache_dir", "local_files_only")
@@ -100,3 +109,53 @@ def replace_directory(staging: str | Path, target: str | Path) -> None:
         target.rename(previous)
     staging.rename(target)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+class RunDirectoryInUse(RuntimeError):
+    """Another process holds a run directory's lock: it is writing that run."""
+
+
+class RunLock:
+    """The lock of a run's directory (``<log_dir>/.run.lock``), held by the process that writes the run, so that
+    no second one writes or deletes its files meanwhile (a study resuming the step a launcher is running, a test
+    logged into the directory of a fit under way). An OS lock (``flock``): the OS releases it when its process
+    ends, killed or not, so a crashed run leaves no stale lock. Not held on systems without ``fcntl``.
+
+    Args:
+        log_dir: the run's directory (created if missing).
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.path = Path(log_dir) / RUN_LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Hold the lock (no-op when held); raise ``RunDirectoryInUse`` naming the holder's pid when another
+        process holds it."""
+        if self._fd is not None or fcntl is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's pid is in it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirectoryInUse(
+                f"{self.path.parent} is being written by another process (pid {holder}, which holds {self.path}): "
+                "wait for it to end, or stop it; two processes writing one run would lose its records"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def check_free(self) -> None:
+        """Raise ``RunDirectoryInUse`` when another process holds the lock (a directory without one is free)."""
+        if self.path.is_file() and self._fd is None:
+            self.acquire()
+            self.release()

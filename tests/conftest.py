@@ -33,11 +33,8 @@ SLOW_FIXTURES = {"sft_policy_dir", "smollm2"}
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if SLOW_FIXTURES & fixtures:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        if "smollm2" in fixtures:  # one pytest-xdist worker loads the real model (16 s), not each
-            item.add_marker(pytest.mark.xdist_group("smollm2"))
 
 
 @pytest.fixture(autouse=True)

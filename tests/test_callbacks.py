@@ -213,7 +213,9 @@ def test_a_run_s_config_is_kept_when_another_command_logs_into_its_directory(tmp
         callback = SaveRunConfig(Parser(), {"ckpt_path": ckpt_path}, overwrite=True, subcommand=subcommand)
         trainer = fake_trainer(tmp_path)
         trainer.loggers = trainer.loggers if logged else []
-        callback.setup(trainer, None, "fit" if subcommand == "fit" else "validate")
+        stage = "fit" if subcommand == "fit" else "validate"
+        callback.setup(trainer, None, stage)
+        callback.teardown(trainer, None, stage)  # the command's end: its lock on the directory released
 
     for _ in range(2):
         save("fit", "last.ckpt")

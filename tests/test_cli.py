@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lit_reason.cli import LitReasonCLI, main, refuse_another_algorithms_checkpoint, resume_in_place
 from lit_reason.evaluation import PREDICTION_FIELDS
+from lit_reason.files import RunDirectoryInUse, RunLock
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -355,6 +356,13 @@ def test_a_refused_resume_keeps_the_run_s_config_and_another_algorithm_s_checkpo
     (test_events,) = [e for e in run_dir.glob("events.out.tfevents.*") if "test/maj@1" in scalar_tags(e)]
     assert [point.step for point in EventAccumulator(str(test_events)).Reload().Scalars("test/maj@1")] == [1]
     assert (run_dir / "config-test-1.yaml").is_file() and (run_dir / "config.yaml").read_text() == config
+    # Nor while another process writes the run (a resumed fit under way): its records would be lost.
+    running = RunLock(run_dir)
+    running.acquire()
+    with pytest.raises(RunDirectoryInUse, match=f"{run_dir} is being written by another process"):
+        main(["test", "--config", sft, *resume, in_run_dir])
+    running.release()
+    assert not (run_dir / "config-test-2.yaml").exists()
     # A fresh fit there would write over the run's checkpoints and add to its metrics.json.
     with pytest.raises(FileExistsError, match=r"holds a run \(its config.yaml\): a fresh fit there"):
         main(["fit", "--config", sft, *run, in_run_dir])

@@ -1,8 +1,11 @@
 """Reading JSONL files: blank lines skipped, every error naming the file and the line."""
 
+import os
+
 import pytest
 
-from lit_reason.files import jsonl_records
+from lit_reason.files import RunDirectoryInUse, RunLock, jsonl_records
+from tests.helpers.run_lock import held_by_another_process
 
 
 def test_records_come_with_where_they_are(tmp_path):
@@ -30,3 +33,26 @@ def test_bad_lines_are_errors_naming_file_line_and_cause(tmp_path):
     path.write_text('{"a": 1}\n{"answer": ' + "9" * 5000 + "}\n")  # was Python's bare digit-limit ValueError
     with pytest.raises(ValueError, match=r"a\.jsonl:2: not readable JSON \(Exceeds the limit"):
         list(jsonl_records(path))
+
+
+@pytest.mark.slow  # starts a process
+def test_a_run_directory_is_locked_by_one_process_and_released_when_it_dies(tmp_path):
+    # Nothing stopped a second process from writing or deleting a run under way (a study resuming the step that a
+    # launcher runs; a test logged into a running fit's directory), which loses its records.
+    log_dir = tmp_path / "run"
+    with held_by_another_process(log_dir) as holder:
+        with pytest.raises(
+            RunDirectoryInUse, match=rf"{log_dir} is being written by another process \(pid {holder.pid}"
+        ):
+            RunLock(log_dir).acquire()
+        with pytest.raises(RunDirectoryInUse):
+            RunLock(log_dir).check_free()
+    lock = RunLock(log_dir)  # killed: the OS released it
+    lock.check_free()
+    lock.acquire()
+    lock.acquire()  # held already: nothing to do
+    with pytest.raises(RunDirectoryInUse, match=f"pid {os.getpid()}"):
+        RunLock(log_dir).acquire()  # one holder, even within a process
+    lock.release()
+    RunLock(tmp_path / "never locked").check_free()
+    assert not (tmp_path / "never locked").exists()

@@ -85,21 +85,20 @@ def greedy_correct(
     return torch.tensor([p.is_correct(t) for p, t in zip(problems, batch.texts, strict=True)])
 
 
-def run_settings(path: str) -> tuple[Task, dict[str, int]]:
+def run_settings(path: str) -> tuple[Task, dict[str, int | None]]:
     """The task a lit-reason config names (``data.task``; the built-in task where it names none) and the settings
-    of its evaluations that it sets: ``validation`` and ``test`` (its question counts), ``max_new_tokens``."""
+    of its evaluations that it sets: ``validation`` and ``test`` (its question counts; None: all), and
+    ``max_new_tokens``."""
     try:
         config = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise SystemExit(f"--config {path}: {error}") from error
     data = config.get("data") or {}
     evaluation = ((config.get("model") or {}).get("init_args") or {}).get("evaluation") or {}
-    settings = {
-        "validation": data.get("validation_questions"),
-        "test": data.get("test_questions"),
-        "max_new_tokens": evaluation.get("max_new_tokens"),
-    }
-    settings = {name: value for name, value in settings.items() if value is not None}
+    # A question count set to null is the whole split, as the data module reads it.
+    settings = {split: data[f"{split}_questions"] for split in ("validation", "test") if f"{split}_questions" in data}
+    if evaluation.get("max_new_tokens") is not None:
+        settings["max_new_tokens"] = evaluation["max_new_tokens"]
     if data.get("task") is None:
         return Arithmetic(), settings
     parser = ArgumentParser(exit_on_error=False)

@@ -105,18 +105,18 @@ def differences_table(results: StudyResults) -> str:
 def _final_evaluations_check(results: StudyResults) -> str | None:
     """Whether each run's last evaluation is at the step its training ended (None where no fit recorded it)."""
     ended = [(run, seed) for run in results.runs.values() for seed in run.seeds if seed in run.training_end]
-    early = [
-        f"{run.name} seed {seed} (step {run.final(seed).step} of {run.training_end[seed]})"
+    elsewhere = [
+        f"{run.name} seed {seed} (evaluated at step {run.final(seed).step}, trained to {run.training_end[seed]})"
         for run, seed in ended
         if run.final(seed).step != run.training_end[seed]
     ]
     if not ended:
         return None
-    if not early:
+    if not elsewhere:
         return "Final evaluations are of the trained policies: each at the step its training ended"
     return (
-        f"Final evaluation BEFORE the end of training in: {', '.join(early)}: the table reports an earlier policy "
-        "(make check_val_every_n_epoch divide max_epochs)"
+        f"Final evaluation NOT at the end of training in: {', '.join(elsewhere)}: the table reports another policy "
+        "than the trained one (make check_val_every_n_epoch divide max_epochs)"
     )
 
 

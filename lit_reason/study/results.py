@@ -204,7 +204,8 @@ def read_evaluation_settings(log_dir: Path) -> str | None:
     """The sampling settings, task and validation questions of a run's evaluations (as sorted JSON, to compare
     runs by), from the configs its fits saved: ``config.yaml`` and each resumed attempt's
     ``config-resume-<n>.yaml`` (a resume may change them for the rest of the run; one whose settings differ
-    makes the run's a list of each). None without a config."""
+    makes the run's a list of each). A resume that was refused wrote one too: the check errs toward reporting a
+    difference. None without a config."""
     paths = [log_dir / "config.yaml", *sorted(log_dir.glob("config-resume-*.yaml"))]
     found = sorted({_evaluation_options(yaml.safe_load(path.read_text())) for path in paths if path.is_file()})
     if not found:

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lit_reason.files import RunLock
 from lit_reason.study.spec import SHARED_STEPS, StageSpec, StudySpec
 from lit_reason.warm_start import single_process_environment
 
@@ -148,6 +149,7 @@ def run_study(study: StudySpec, only: set[str] | None = None) -> None:
         if step.finished:
             print(f"{label}: finished before, skipped", flush=True)
             continue
+        RunLock(step.log_dir).check_free()  # a launcher or another study runs it: resuming or deleting it loses it
         command = list(step.command)
         resumed = _complete_checkpoint(step.checkpoint) and step.command[0] == "fit"
         if resumed:

@@ -279,7 +279,7 @@ def test_a_run_whose_last_evaluation_is_before_the_end_of_its_training_is_named(
     study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)})
     write_run(run_dir(study, "ei", 0), [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))], training_end=5)
     text = write_report(read_results(study)).read_text()
-    assert "Final evaluation BEFORE the end of training in: ei seed 0 (step 3 of 5)" in text
+    assert "Final evaluation NOT at the end of training in: ei seed 0 (evaluated at step 3, trained to 5)" in text
     # Runs of an earlier lit-reason recorded no end: nothing is claimed either way.
     for name in ("ei", "sft_more"):
         write_run(run_dir(study, name, 0), [(3, 300, outcomes(0.6, 0.8))], training_end=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lit_reason.files import RunDirectoryInUse, RunLock
 from lit_reason.study.runner import (
     check_finished_steps,
     declaration,
@@ -294,3 +295,21 @@ def test_steps_started_from_a_warm_start_trained_again_stop_the_study(tmp_path, 
         check_finished_steps(study)
     (warm_start.log_dir / "study.json").write_text(record)  # the same run's record: the same warm start
     check_finished_steps(study)
+
+
+def test_a_step_another_process_is_running_is_neither_resumed_nor_deleted(tmp_path, monkeypatch):
+    # A study run while a launcher (or another study) ran one of its steps deleted that step's files (no
+    # checkpoint yet) or resumed it a second time beside the first.
+    study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
+    run = with_shared_steps_finished(study)
+    (run.log_dir / "predictions").mkdir(parents=True)  # under way, no checkpoint yet
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: pytest.fail("started the step again"))
+    running = RunLock(run.log_dir)  # the other process's (a lock conflicts with another descriptor's in-process too)
+    running.acquire()
+    with pytest.raises(RunDirectoryInUse, match=f"{run.log_dir} is being written by another process"):
+        run_study(study)
+    assert (run.log_dir / "predictions").is_dir()
+    running.release()
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: validated(command))
+    run_study(study)
+    assert (run.log_dir / "study.json").is_file()

@@ -25,7 +25,7 @@ def test_a_run_s_config_gives_its_task_question_count_and_response_length(tmp_pa
     )
     assert settings == {"validation": 5, "max_new_tokens": 24}
     default, settings = compare_policies.run_settings(write_config(tmp_path / "plain.yaml", None, None))
-    assert isinstance(default, Arithmetic) and settings == {"max_new_tokens": 24}
+    assert isinstance(default, Arithmetic) and settings == {"validation": None, "max_new_tokens": 24}  # None: all
 
 
 def test_a_config_naming_a_task_that_cannot_be_built_names_the_file_and_the_option(tmp_path):
