@@ -174,11 +174,17 @@ class SaveRunConfig(SaveConfigCallback):
         return name
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.run_lock is not None:
-            self.run_lock.release()
+        # Held for the whole command: a fit's validation of the initial policy is a trainer call of its own.
+        if stage == self.subcommand:
+            self._release()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.teardown(trainer, pl_module, "")  # Lightning calls no teardown hook after an exception
+        self._release()  # the command ends; Lightning calls no teardown hook after an exception
+
+    def _release(self) -> None:
+        if self.run_lock is not None:
+            self.run_lock.release()
+            self.run_lock = None
 
     def _config_name(self, log_dir: Path, logged: bool) -> str:
         """The file name this command's config is saved as in ``log_dir`` (a logger's directory when

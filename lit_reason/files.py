@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,29 @@ class RunLock:
 
     def acquire(self) -> None:
         """Hold the lock (no-op when held); raise ``RunDirectoryInUse`` naming the holder's pid when another
-        process holds it."""
-        if self._fd is not None or fcntl is None:
-            return
+        process holds it. On a filesystem without ``flock`` (Lustre mounted ``noflock``, some FUSE and NFS
+        mounts) it warns and the run goes on unlocked."""
+        if self._fd is None:
+            self._fd = self._lock()
+            if self._fd is not None:
+                os.ftruncate(self._fd, 0)
+                os.write(self._fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def check_free(self) -> None:
+        """Raise ``RunDirectoryInUse`` when another process holds the lock (a directory without one is free);
+        the holder's pid in the file is left as it is."""
+        if self.path.is_file() and self._fd is None and (fd := self._lock()) is not None:
+            os.close(fd)
+
+    def _lock(self) -> int | None:
+        """A descriptor of the lock file holding its flock, or None where there is no flock."""
+        if fcntl is None:
+            return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's pid is in it
         try:
@@ -145,17 +166,8 @@ class RunLock:
                 f"{self.path.parent} is being written by another process (pid {holder}, which holds {self.path}): "
                 "wait for it to end, or stop it; two processes writing one run would lose its records"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
-
-    def check_free(self) -> None:
-        """Raise ``RunDirectoryInUse`` when another process holds the lock (a directory without one is free)."""
-        if self.path.is_file() and self._fd is None:
-            self.acquire()
-            self.release()
+        except OSError as error:
+            os.close(fd)
+            warnings.warn(f"{self.path.parent} is not locked ({error}): this filesystem has no flock", stacklevel=3)
+            return None
+        return fd

@@ -23,6 +23,7 @@ from lit_reason.callbacks import (
 )
 from lit_reason.conditioning import Conditioning
 from lit_reason.data import RolloutDataModule
+from lit_reason.files import RunDirectoryInUse, RunLock
 from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SamplingConfig
 from lit_reason.tasks import Arithmetic, JSONLTask
@@ -213,9 +214,8 @@ def test_a_run_s_config_is_kept_when_another_command_logs_into_its_directory(tmp
         callback = SaveRunConfig(Parser(), {"ckpt_path": ckpt_path}, overwrite=True, subcommand=subcommand)
         trainer = fake_trainer(tmp_path)
         trainer.loggers = trainer.loggers if logged else []
-        stage = "fit" if subcommand == "fit" else "validate"
-        callback.setup(trainer, None, stage)
-        callback.teardown(trainer, None, stage)  # the command's end: its lock on the directory released
+        callback.setup(trainer, None, subcommand)
+        callback.teardown(trainer, None, subcommand)  # the command's end: its lock on the directory released
 
     for _ in range(2):
         save("fit", "last.ckpt")
@@ -326,3 +326,27 @@ def test_saving_by_time_under_manual_optimization_is_refused():
     last = LastCheckpoint(train_time_interval=timedelta(minutes=5))
     with pytest.raises(ValueError, match=r"train_time_interval: .* use last_checkpoint.every_n_train_steps"):
         last.setup(SimpleNamespace(), SimpleNamespace(automatic_optimization=False), "fit")
+
+
+def test_a_fit_holds_its_run_s_lock_from_its_first_validation_to_its_end(tmp_path):
+    # The lock was released when the validation of the initial policy (a trainer call of its own, before the fit's)
+    # ended: the whole training ran unlocked, and a study could delete the step under it.
+    class Parser:
+        def save(self, config, path, **kwargs):
+            Path(path).write_text(str(config))
+
+    callback = SaveRunConfig(Parser(), {"ckpt_path": None}, overwrite=True, subcommand="fit")
+    trainer = fake_trainer(tmp_path)
+    callback.setup(trainer, None, "validate")  # lit-reason fit validates the initial policy first
+    callback.teardown(trainer, None, "validate")
+    callback.setup(trainer, None, "fit")
+    with pytest.raises(RunDirectoryInUse):
+        RunLock(tmp_path).check_free()
+    callback.teardown(trainer, None, "fit")
+    RunLock(tmp_path).check_free()
+    refused = SaveRunConfig(Parser(), {"ckpt_path": None}, overwrite=True, subcommand="test")
+    running = RunLock(tmp_path)
+    running.acquire()
+    with pytest.raises(RunDirectoryInUse, match="being written by another process"):
+        refused.setup(trainer, None, "test")
+    running.release()

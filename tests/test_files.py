@@ -1,6 +1,7 @@
 """Reading JSONL files: blank lines skipped, every error naming the file and the line."""
 
 import os
+import sys
 
 import pytest
 
@@ -36,6 +37,7 @@ def test_bad_lines_are_errors_naming_file_line_and_cause(tmp_path):
 
 
 @pytest.mark.slow  # starts a process
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: runs are not locked there")
 def test_a_run_directory_is_locked_by_one_process_and_released_when_it_dies(tmp_path):
     # Nothing stopped a second process from writing or deleting a run under way (a study resuming the step that a
     # launcher runs; a test logged into a running fit's directory), which loses its records.
@@ -56,3 +58,15 @@ def test_a_run_directory_is_locked_by_one_process_and_released_when_it_dies(tmp_
     lock.release()
     RunLock(tmp_path / "never locked").check_free()
     assert not (tmp_path / "never locked").exists()
+
+
+def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
+    # Lustre mounted noflock, some FUSE and NFS mounts: flock fails with ENOSYS, and the run crashed on it.
+    from lit_reason import files
+
+    def no_flock(fd, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(files.fcntl, "flock", no_flock)
+    with pytest.warns(UserWarning, match="is not locked .*Function not implemented"):
+        RunLock(tmp_path).acquire()

@@ -200,6 +200,7 @@ def record_launched(study: StudySpec, run_and_seed: str) -> None:
     step = steps[run_and_seed]
     if step.finished:
         raise ValueError(f"--record {run_and_seed}: finished before ({step.log_dir / DONE_FILE}); nothing to record")
+    RunLock(step.log_dir).check_free()  # still running: its results are not all written yet
     record_finished(study, step, {"wall_seconds": None, "launched": True}, f"{run} seed {seed}")
 
 

@@ -187,6 +187,11 @@ def test_a_step_a_launcher_ran_is_marked_finished_by_record_with_its_time_unknow
     with pytest.raises(ValueError, match=r"no such step \(steps: \['a:0', 'warm_start:0', 'warm_start_eval:0'\]\)"):
         record_launched(study, "a:1")
     validated(list(a.command))
+    running = RunLock(a.log_dir)  # the launched fit, still going: its first validation is not its result
+    running.acquire()
+    with pytest.raises(RunDirectoryInUse):
+        record_launched(study, "a:0")
+    running.release()
     record_launched(study, "a:0")
     record = json.loads((a.log_dir / "study.json").read_text())
     assert record["wall_seconds"] is None and record["launched"] and record["command"].startswith("lit-reason fit")
