@@ -68,6 +68,7 @@ from lit_reason.static_decoding import (
 from lit_reason.tensors import position_ids_from_mask, without_tokens
 
 Decoding = Literal["dynamic", "static", "cuda_graph"]
+MIN_TEMPERATURE = 1e-6  # of a sampled (not greedy) decoding
 
 _HASH_MULTIPLIER = 0x45D9F3B  # small enough that 32-bit products never overflow int64
 _MASK32 = 0xFFFFFFFF
@@ -79,7 +80,7 @@ class SamplingConfig:
 
     Args:
         num_samples: responses per prompt (K).
-        temperature: softmax temperature; 0 means greedy decoding.
+        temperature: softmax temperature; 0 means greedy decoding (a sampled one needs at least 1e-6).
         top_k: sample only among the k most likely tokens (0: no limit).
         top_p: sample only from the smallest set of tokens whose probability reaches top_p (1: no limit).
         max_new_tokens: longest response; a response that reaches it without EOS is marked truncated.
@@ -119,6 +120,11 @@ class SamplingConfig:
             raise ValueError("finished_check_every must be at least 1 (or unset)")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / T overflow float32 as T nears 1e-37: NaN log-probs
+            raise ValueError(
+                f"temperature {self.temperature:g} draws the greedy token in all but name (below {MIN_TEMPERATURE:g}), "
+                "and as it nears 1e-37 the scaled logits overflow: use temperature 0 (greedy decoding)"
+            )
         if self.decoding not in get_args(Decoding):
             raise ValueError(f"decoding must be one of {', '.join(get_args(Decoding))}, not {self.decoding!r}")
 
@@ -507,6 +513,7 @@ def sample(
     """
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    eos_token_ids, stop_strings = _special_stops_as_end_tokens(tokenizer, eos_token_ids, stop_strings)
     decoder = _ChunkDecoder(
         runner=CausalLMWithCache(model),
         tokenizer=tokenizer,
@@ -533,6 +540,18 @@ def sample(
 def encode_response_prefix(tokenizer, prefix: str) -> list[int]:
     """Token ids of a response prefix (a return token), the same after every prompt."""
     return tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
+
+
+def _special_stops_as_end_tokens(
+    tokenizer, eos_token_ids: Sequence[int], stop_strings: Sequence[str]
+) -> tuple[list[int], list[str]]:
+    """(end tokens, stop strings): a stop string that is a special token (``<|eot_id|>``) ends a response as its
+    EOS does, since decoding drops special tokens and the text check would never see it."""
+    special = {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens}
+    special |= {token.content: index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    ends = list(eos_token_ids)
+    ends += [special[stop] for stop in stop_strings if stop in special and special[stop] not in ends]
+    return ends, [stop for stop in stop_strings if stop not in special]
 
 
 def _encode_prompts(

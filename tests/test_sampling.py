@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lit_reason.conditioning import Conditioning, Guidance
-from lit_reason.policy import PolicySpec, load_model
+from lit_reason.policy import UNK, PolicySpec, load_model
 from lit_reason.sampling import (
     SampleBatch,
     SamplingConfig,
@@ -313,6 +313,29 @@ def test_stop_strings_end_a_response(micro_model, char_tokenizer):
     assert not stopped.truncated[0]
 
 
+def test_a_stop_string_that_is_a_special_token_ends_a_response_as_its_eos_does(micro_model, char_tokenizer):
+    # Decoding drops special tokens, so the text check never saw one (a chat model's <|eot_id|>): responses ran on.
+    unk = char_tokenizer.convert_tokens_to_ids(UNK)
+    config = SamplingConfig(num_samples=32, temperature=1.0, max_new_tokens=30)
+
+    def responses(stop_strings):
+        batch = sample(
+            micro_model, char_tokenizer, PROMPTS[:1], config, [5], eos_token_ids=[2], stop_strings=stop_strings
+        )
+        return [
+            row[mask].tolist() for row, mask in zip(batch.input_ids, batch.response_mask, strict=True)
+        ], batch.truncated
+
+    free, _ = responses([])
+    assert any(unk in tokens[:-1] for tokens in free)  # the random policy draws it mid-response
+    stopped, truncated = responses([UNK])
+    for tokens, stopped_tokens, cut in zip(free, stopped, truncated, strict=True):
+        if unk in tokens:  # before any EOS: a response ends at its EOS
+            assert stopped_tokens == tokens[: tokens.index(unk) + 1] and not cut  # the same draws, ended there
+        else:
+            assert stopped_tokens == tokens
+
+
 def test_checking_for_finished_rows_every_few_steps_changes_no_sample(micro_model, char_tokenizer, monkeypatch):
     """Rows ended by EOS or by a stop string between two checks keep only what they sampled up to their end,
     and the host waits for the device only at the checks (what an accelerator needs)."""
@@ -374,6 +397,9 @@ def test_suppressed_tokens_are_never_generated(micro_model, char_tokenizer, temp
 def test_bad_arguments():
     with pytest.raises(ValueError):
         SamplingConfig(top_p=0.0)
+    # logits / 1e-38 overflow float32: NaN log-probs, and a draw from them.
+    with pytest.raises(ValueError, match="temperature 1e-38 draws the greedy token .* use temperature 0"):
+        SamplingConfig(temperature=1e-38)
     with pytest.raises(ValueError):
         SamplingConfig(num_samples=0)
     with pytest.raises(ValueError, match="guidance scale"):
