@@ -513,7 +513,7 @@ def sample(
     """
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-    eos_token_ids, stop_strings = _special_stops_as_end_tokens(tokenizer, eos_token_ids, stop_strings)
+    eos_token_ids = _special_stops_as_end_tokens(tokenizer, eos_token_ids, stop_strings)
     decoder = _ChunkDecoder(
         runner=CausalLMWithCache(model),
         tokenizer=tokenizer,
@@ -542,16 +542,15 @@ def encode_response_prefix(tokenizer, prefix: str) -> list[int]:
     return tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
 
 
-def _special_stops_as_end_tokens(
-    tokenizer, eos_token_ids: Sequence[int], stop_strings: Sequence[str]
-) -> tuple[list[int], list[str]]:
-    """(end tokens, stop strings): a stop string that is a special token (``<|eot_id|>``) ends a response as its
-    EOS does, since decoding drops special tokens and the text check would never see it."""
-    special = {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens}
-    special |= {token.content: index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+def _special_stops_as_end_tokens(tokenizer, eos_token_ids: Sequence[int], stop_strings: Sequence[str]) -> list[int]:
+    """The end tokens of a response: ``eos_token_ids`` and each stop string that is a special token
+    (``<|eot_id|>``), which decoding drops, so that the text check never sees it drawn (it still sees the string
+    spelled out in ordinary pieces)."""
     ends = list(eos_token_ids)
-    ends += [special[stop] for stop in stop_strings if stop in special and special[stop] not in ends]
-    return ends, [stop for stop in stop_strings if stop not in special]
+    if stop_strings:  # what decoding with skip_special_tokens drops: the added tokens marked special
+        special = {token.content: index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+        ends += [special[stop] for stop in dict.fromkeys(stop_strings) if stop in special and special[stop] not in ends]
+    return ends
 
 
 def _encode_prompts(

@@ -336,6 +336,16 @@ def test_a_stop_string_that_is_a_special_token_ends_a_response_as_its_eos_does(m
             assert stopped_tokens == tokens
 
 
+def test_only_the_special_tokens_that_decoding_drops_become_end_tokens(char_tokenizer):
+    from lit_reason.policy import build_char_tokenizer
+    from lit_reason.sampling import _special_stops_as_end_tokens
+
+    assert _special_stops_as_end_tokens(char_tokenizer, [2], [UNK, UNK, "x", "</s>"]) == [2, 3]
+    renamed = build_char_tokenizer()
+    renamed.pad_token = "<newpad>"  # named but in no vocabulary: convert_tokens_to_ids would have given <unk>'s id
+    assert _special_stops_as_end_tokens(renamed, [2], ["<newpad>"]) == [2]
+
+
 def test_checking_for_finished_rows_every_few_steps_changes_no_sample(micro_model, char_tokenizer, monkeypatch):
     """Rows ended by EOS or by a stop string between two checks keep only what they sampled up to their end,
     and the host waits for the device only at the checks (what an accelerator needs)."""
