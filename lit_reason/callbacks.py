@@ -160,11 +160,11 @@ class SaveRunConfig(SaveConfigCallback):
         """The file name this command's config is saved as, with a logger's directory locked for the command
         (``RunLock``); or why it must not run there."""
         lock = RunLock(log_dir) if logged else None
-        try:
-            if lock is not None:
+        if lock is not None:
+            try:
                 lock.acquire()
-        except RunDirectoryInUse as error:
-            return error
+            except RunDirectoryInUse as error:
+                return error
         name = self._config_name(log_dir, logged)
         if not name.endswith(".yaml"):
             if lock is not None:
