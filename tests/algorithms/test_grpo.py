@@ -13,8 +13,7 @@ from lit_reason.conditioning import Conditioning
 from lit_reason.rewards import RewardConfig
 from lit_reason.rl.losses import PPOLoss
 from lit_reason.tasks import Arithmetic
-from lit_reason.tensors import token_logprobs
-from tests.algorithms.test_ppo import FirstTokenPPO, assert_learns_the_first_token
+from tests.algorithms.test_ppo import FirstTokenPPO, assert_learns_the_first_token, first_loss_output
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -25,11 +24,11 @@ class FirstTokenGRPO(GRPO):
     target = FirstTokenPPO.target
 
 
-def make_grpo(estimator: str, max_epochs: int, **kwargs):
+def make_grpo(estimator: str, max_epochs: int, temperature: float = 1.0, **kwargs):
     module = FirstTokenGRPO(
         estimator=estimator,
         policy=PolicySpec(name_or_path="micro", seed=1),
-        rollout=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=3),
+        rollout=SamplingConfig(num_samples=8, temperature=temperature, max_new_tokens=3),
         minibatch_size=32,
         ppo_epochs=2,
         optimizer=partial(torch.optim.AdamW, lr=3e-2),
@@ -40,27 +39,26 @@ def make_grpo(estimator: str, max_epochs: int, **kwargs):
     return module, trainer, data
 
 
-@pytest.mark.parametrize(("estimator", "kl_in"), [("grpo", "loss"), ("rloo", "reward")])
-def test_no_critic_and_the_first_ratio_is_one(estimator, kl_in):
+@pytest.mark.parametrize(("estimator", "kl_in", "temperature"), [("grpo", "loss", 0.7), ("rloo", "reward", 1.0)])
+def test_no_critic_and_the_first_ratio_is_one(estimator, kl_in, temperature):
     reward = RewardConfig(kl_coef=0.04, kl_estimator="k3", kl_in=kl_in)
-    module, trainer, data = make_grpo(estimator, 1, reward=reward)
-    ratios = []
+    module, trainer, data = make_grpo(estimator, 1, temperature, reward=reward)
+    outputs = first_loss_output(module)
     original = GRPO.training_step
 
     def record(self, batch, batch_idx):
-        if not ratios:
-            logits, values = self.forward_policy_and_values(batch.input_ids, batch.attention_mask, batch.prompt_length)
-            assert values is None and batch.old_values is None and batch.returns is None
+        if not outputs:
+            assert batch.old_values is None and batch.returns is None
             assert (batch.ref_logprobs is not None) == (kl_in == "loss")
-            columns = batch.response_columns()
-            logprobs = token_logprobs(logits, columns.input_ids, self.rollout.temperature)
-            ratios.append(torch.exp(logprobs - columns.old_logprobs)[columns.response_mask])
         return original(self, batch, batch_idx)
 
     module.training_step = record.__get__(module)
     trainer.fit(module, data)
     assert module.networks_to_shard() == [module.policy, module.reference]  # no critic built
-    assert torch.allclose(ratios[0], torch.ones_like(ratios[0]), atol=1e-5)
+    first = outputs[0]
+    assert first.clip_fraction.item() == 0 and first.ratio_max.item() == pytest.approx(1, abs=1e-5)
+    assert first.approx_kl.item() == pytest.approx(0, abs=1e-9)
+    assert first.value_loss.item() == 0  # no values
     assert 0 <= data.round_data.stats["uniform_group_fraction"] <= 1
 
 

@@ -13,7 +13,7 @@ from lit_reason.algorithms.ppo import CriticConfig
 from lit_reason.rewards import RewardConfig
 from lit_reason.sampling import sample
 from lit_reason.tasks import Arithmetic
-from lit_reason.tensors import eval_mode, token_logprobs
+from lit_reason.tensors import eval_mode
 from tests.helpers.quantization import FOUR_BIT, QUANTIZABLE_MICRO
 from tests.helpers.trainers import quiet_trainer
 
@@ -44,10 +44,12 @@ def first_token_frequency(module, task: Arithmetic) -> float:
     return (first == module.tokenizer.convert_tokens_to_ids(FirstTokenPPO.target)).float().mean().item()
 
 
-def make_ppo(preset_overrides: dict | None = None, **kwargs) -> tuple[PPO, Trainer, RolloutDataModule]:
+def make_ppo(
+    preset_overrides: dict | None = None, temperature: float = 1.0, **kwargs
+) -> tuple[PPO, Trainer, RolloutDataModule]:
     module = FirstTokenPPO(
         policy=PolicySpec(name_or_path="micro", seed=1, preset_overrides=preset_overrides or {}),
-        rollout=SamplingConfig(num_samples=8, temperature=1.0, max_new_tokens=3),
+        rollout=SamplingConfig(num_samples=8, temperature=temperature, max_new_tokens=3),
         minibatch_size=32,
         ppo_epochs=2,
         reward=RewardConfig(kl_coef=0.0),
@@ -62,25 +64,30 @@ def make_ppo(preset_overrides: dict | None = None, **kwargs) -> tuple[PPO, Train
     return module, trainer, data
 
 
-@pytest.mark.parametrize("preset_overrides", [{}, {"attention_dropout": 0.5}])
-def test_first_ratio_is_one(preset_overrides):
-    # A checkpoint trained with attention dropout: the training forward must still reproduce the rollout.
-    module, trainer, data = make_ppo(preset_overrides)
-    ratios = []
-    original = PPO.training_step
+def first_loss_output(module: PPO):
+    """Record what the module's loss returns at its first training step (ratios, clip fraction, approx-KL)."""
+    outputs = []
+    loss = module.loss
 
-    def record(self, batch, batch_idx):
-        if not ratios:
-            logits, _ = self.forward_policy_and_values(batch.input_ids, batch.attention_mask, batch.prompt_length)
-            columns = batch.response_columns()
-            logprobs = token_logprobs(logits, columns.input_ids, self.rollout.temperature)
-            ratios.append(torch.exp(logprobs - columns.old_logprobs)[columns.response_mask])
-        return original(self, batch, batch_idx)
+    def recording(*args, **kwargs):
+        outputs.append(loss(*args, **kwargs))
+        return outputs[-1]
 
-    module.training_step = record.__get__(module)
+    module.loss = recording
+    return outputs
+
+
+@pytest.mark.parametrize(("preset_overrides", "temperature"), [({}, 1.0), ({}, 0.7), ({"attention_dropout": 0.5}, 1.0)])
+def test_first_ratio_is_one(preset_overrides, temperature):
+    """The training step's log-probs reproduce the rollout's: at a temperature other than 1 too (log-probs of
+    softmax(logits / T) on both sides), and for a checkpoint trained with attention dropout."""
+    module, trainer, data = make_ppo(preset_overrides, temperature)
+    outputs = first_loss_output(module)
     trainer.fit_loop.max_epochs = 1
     trainer.fit(module, data)
-    assert torch.allclose(ratios[0], torch.ones_like(ratios[0]), atol=1e-5)
+    first = outputs[0]
+    assert first.clip_fraction.item() == 0 and first.ratio_max.item() == pytest.approx(1, abs=1e-5)
+    assert first.approx_kl.item() == pytest.approx(0, abs=1e-9)
 
 
 def assert_learns_the_first_token(module, trainer: Trainer, data: RolloutDataModule) -> None:
