@@ -163,7 +163,8 @@ class RerankAtK(PerQuestionMetric):
     """
 
     def update(self, correct: torch.Tensor, scores: torch.Tensor, question_ids: torch.Tensor | None = None) -> None:
-        correct, scores = self._first_k(correct.bool()), self._first_k(scores.float())
+        # In float64: probabilities of confident samples that differ only past float32's 1 - 6e-8 stay apart.
+        correct, scores = self._first_k(correct.bool()), self._first_k(scores.double())
         best = scores.nan_to_num(nan=-torch.inf).argmax(-1, keepdim=True)
         self._record(correct.gather(-1, best)[:, 0].float(), question_ids)
 

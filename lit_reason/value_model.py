@@ -105,7 +105,9 @@ class ValueModel(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, *, batch_size: int
     ) -> torch.Tensor:
         """``sigmoid`` of the values of a batch of any size, ``batch_size`` rows at a time, in eval mode and
-        on this model's device: (R, L) ids, masks -> (R, L) float32 on the CPU."""
+        on this model's device: (R, L) ids, masks -> (R, L) float64 on the CPU. Float64 because float32's
+        sigmoid is exactly 1 for every value above about 17, which a confident ORM reaches: its best samples
+        would tie, and a rerank would take the first of them."""
         device = next(self.parameters()).device
         scores = []
         with eval_mode(self):
@@ -114,7 +116,7 @@ class ValueModel(torch.nn.Module):
                 values, _ = self(
                     input_ids[rows].to(device), attention_mask[rows].to(device), response_mask[rows].to(device)
                 )
-                scores.append(torch.sigmoid(values.float()).cpu())
+                scores.append(torch.sigmoid(values.double()).cpu())
         return torch.cat(scores)
 
     def save(self, path: str | Path, tokenizer, state: dict[str, torch.Tensor] | None = None) -> None:

@@ -91,6 +91,10 @@ def test_rerank_takes_the_top_scored_sample():
     diverged = RerankAtK()  # a NaN score (a diverged reward model) ranks last, not first as argmax has it
     diverged.update(torch.tensor([[True, False]]), torch.tensor([[0.9, float("nan")]]))
     assert diverged.compute().item() == 1.0
+    # A confident ORM's probabilities differ past float32's 1 - 6e-8: cast to float32, both were 1 and tied.
+    confident = RerankAtK()
+    confident.update(torch.tensor([[False, True]]), torch.tensor([[1 - 1e-10, 1 - 1e-12]], dtype=torch.float64))
+    assert confident.compute().item() == 1.0
 
 
 def test_distinct_correct_counts_unique_signatures_of_correct_samples():

@@ -273,7 +273,7 @@ class PolicyGradient(ReasoningModule):
         """(R,) reward of each whole response: 1/0 correctness, the ORM's score at its last token, or the
         user's ``reward_fn``."""
         if self.reward.final == "orm":
-            return self.orm_last_token_scores(sampled)
+            return self.orm_last_token_scores(sampled).float()
         if self.reward.final == "reward_fn":
             return self.reward.reward_fn(problems, sampled)
         return correct.float()
@@ -284,7 +284,7 @@ class PolicyGradient(ReasoningModule):
             return torch.zeros(sampled.input_ids.shape)
         steps = batch_steps(self.tokenizer, sampled.input_ids, sampled.response_mask, sampled.prompt_length)
         if self.reward.dense == "orm":
-            scores = self.reward_scores(sampled)
+            scores = self.reward_scores(sampled).float()
             return orm_step_rewards(scores, [[c for c, _ in row] for row in steps], sampled.prompt_length)
         references = [problems[int(p)].intermediate_results for p in sampled.prompt_index]
         return heuristic_step_rewards(steps, references, tuple(sampled.input_ids.shape))

@@ -49,15 +49,27 @@ _FINAL_MARK_RE = re.compile(r"####\s*(?:\*\*)?(" + _SPACED_NUMBER + ")")
 # "\s*:?\s*(?:\\boxed\{)?\s*", so no whitespace run is split between quantifiers (that was cubic).
 _ANSWER_IS = r"(?:answer|result)\s*(?:is|=|:|was|will be)(?:\s*:)?(?:\s*\\boxed\{)?\s*"
 _ANSWER_IS_RE = re.compile(_ANSWER_IS + "(" + _SPACED_NUMBER + ")", re.IGNORECASE)
-_BOXED = r"\\boxed\{\s*"
-_BOXED_RE = re.compile(_BOXED + "(" + _SPACED_NUMBER + r")\s*\}")
-# Where a number is stated, whole or not ("answer is 2:30"): one that is not whole states no answer.
-_STATEMENT_RE = re.compile(f"(?:{_ANSWER_IS}|{_BOXED})" + r"(?=[-+\u2212$]|\.?\d)", re.IGNORECASE)
+# Where an answer is stated, whole or not ("answer is 2:30"): one that is not whole states no answer.
+_STATEMENT_RE = re.compile(_ANSWER_IS + r"(?=[-+\u2212$]|\.?\d)", re.IGNORECASE)
+# The last number of a line is whole where no digit, "3/", "2:", "1," or "3 " stands right before it (the
+# denominator of "3/4", the minutes of "2:30", the tail of "1,0000" or "3 1/2"), each look-behind of fixed width.
+_NOT_AFTER_A_NUMBER = r"(?<!\d)(?<!\d[/:,. ])(?<!\d [/:])(?<!\d[/:] )(?<!\d [/:] )"
+_LAST_NUMBER_RE = re.compile(_NOT_AFTER_A_NUMBER + _SPACED_NUMBER)
+_TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")  # \text{Yes} inside a box
+_TEXT_COMMAND_DEPTH = 4  # nested commands unwrapped, a bounded number of passes
+_BOX = "\\boxed{"
+# LaTeX a boxed number may be written in: \frac{3}{4} (and \dfrac, \tfrac) is 3/4, "\$" a dollar sign, "{,}" a
+# thousands comma, thin spaces ("1\,000") nothing.
+_FRACTION_COMMAND_RE = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_LATEX_SYMBOLS = (("\\$", "$"), ("\\%", "%"), ("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", ""))
+# What may follow a boxed number: units and words ("5 \text{ apples}", "18\%"), not more mathematics.
+_MORE_MATHEMATICS_RE = re.compile(r"[\d=+*/^\\{}]")
 _ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
 # The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12"). The "\s*"
 # after a dollar sign sits in the dollar's optional group, so a whitespace run has one way to match
-# ("=\s*\$?\s*" tried every split of it: quadratic).
-_EQUATION_RESULT_RE = re.compile(r"=\s*(?:\$\s*)?(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+# ("=\s*\$?\s*" tried every split of it: quadratic). The result must be whole, as a stated answer: "= 3/4",
+# "= 2:30" or "= 1,0000" is no calculation of 3, 2 or 1.
+_EQUATION_RESULT_RE = re.compile(r"=\s*(?:\$\s*)?(-?" + _DIGITS + r")(?!\d|,\d|\.\d| ?[/:] ?\d| \d)")
 _EXPRESSION_CHARS = frozenset("0123456789 ,.$+-*/x×()")
 MAX_CALCULATIONS = 100
 
@@ -77,45 +89,62 @@ def parse_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def parse_reference_answer(text: str) -> float | None:
+def parse_reference_answer(text: str) -> float:
     """The number a data file gives as a problem's answer, read by the rules that grade a response's final
-    ``#### N``: one whole number ("1,234", "$5", "-3", "3/4", "2e5", "42."; not "3 1/2", "4 2", "1_000" or "42 apples")
-    that ``is_gradable_reference``; ``None`` otherwise."""
+    ``#### N``: one whole number ("1,234", "$5", "-3", "3/4", "2e5", "42."; not "3 1/2", "4 2", "1_000" or "42
+    apples") that ``check_gradable_reference`` accepts. Raises ``ValueError`` saying why ``text`` is none (the
+    caller adds the file, line and field)."""
     text = text.strip()
-    if not _WHOLE_NUMBER_RE.fullmatch(text):
-        return None
-    number = parse_number(text.removesuffix("."))
-    return number if number is not None and is_gradable_reference(number) else None
+    number = parse_number(text.removesuffix(".")) if _WHOLE_NUMBER_RE.fullmatch(text) else None
+    if number is None:
+        raise ValueError(
+            f'{text!r:.80} is not one number of at most {MAX_NUMBER_DIGITS} digits (42, -3.5, 3/4, "$1,234")'
+        )
+    check_gradable_reference(number)
+    return number
 
 
-def is_gradable_reference(number: float) -> bool:
-    """Whether a problem whose answer is ``number`` can be graded: its reference solution's ``#### N`` line
-    (``format_number``) reads back as ``number``, which a number of more than ``MAX_NUMBER_DIGITS`` digits
-    written out (1e35, a 33-digit integer), an infinity or NaN does not."""
-    return math.isfinite(number) and answers_match(parse_number(format_number(number)), number)
+def check_gradable_reference(number: float) -> None:
+    """Refuse (``ValueError``, saying why) an answer that grading cannot tell from a wrong one: not finite; past
+    2**53, where a float does not hold every whole number (12345678901234567890 is stored as ...7168, and answers
+    a thousand off grade correct); or not 0 but within the 1e-6 that answers are compared with of it (a response
+    of 0 grades correct)."""
+    if not math.isfinite(number):
+        raise ValueError(f"{number} is not a finite number")
+    if abs(number) >= 2**53:
+        raise ValueError(
+            f"{number!r} is too large to grade: past 2**53 (about 9.0e15) a float does not hold every whole "
+            "number, so answers near it would grade correct"
+        )
+    if number != 0 and answers_match(0.0, number):
+        raise ValueError(
+            f"{number!r} is within 1e-6 of 0, the tolerance answers are compared with: a response of 0 would "
+            "grade correct"
+        )
 
 
 def extract_answer(text: str) -> float | None:
     """The final numeric answer of a solution, or ``None`` if it states none.
 
-    In order of trust: the number after the last ``####`` (GSM8K's marker); the last stated one, "answer is N"
-    (also "answer: N", "result is N") or ``\\boxed{N}``, whichever comes later (an intermediate "the result is
-    12" does not outrank a final box; a last statement of no whole number, "2:30", "1,0000", is no answer);
-    failing those, the result of the last calculation on the last line with a number, or else that line's last
-    number.
+    In order of trust: the number after the last ``####`` (GSM8K's marker; "#### the answer is N" and
+    "#### \\boxed{N}" are read as below, and a last ``####`` of anything else is no answer); the last stated one,
+    "answer is N" (also "answer: N", "result is N") or ``\\boxed{...}``, whichever comes later (an intermediate
+    "the result is 12" does not outrank a final box; a box holds one number, in LaTeX or not: ``\\frac{3}{4}``,
+    ``\\$5``, ``18\\%``, ``5 \\text{ apples}``); failing those, the result of the last calculation on the last line
+    with a number, or else that line's last number. A stated number must be whole: "3/4" is 0.75, but a last
+    statement or number "2:30", "1,0000" or "3 1/2" is no answer (not 2, 1 or 3).
     """
     text = text[-MAX_TEXT_CHARS:]
-    marked = _FINAL_MARK_RE.findall(text)
-    if marked:
-        return parse_number(marked[-1])
-    statements = [match.start() for match in _STATEMENT_RE.finditer(text)]
-    if statements:
-        stated = [match for pattern in (_ANSWER_IS_RE, _BOXED_RE) for match in pattern.finditer(text)]
-        last = max(stated, key=lambda match: match.end(), default=None)
-        # The last statement's number is not a whole one ("the answer is 2:30"): no answer, not a number of it.
-        return None if last is None or max(statements) > last.start() else parse_number(last.group(1))
-    if "####" in text:  # an explicit final marker with no number after it: no answer
-        return None
+    mark = text.rfind("####")
+    if mark >= 0:
+        marked = _FINAL_MARK_RE.match(text, mark)
+        if marked:
+            return parse_number(marked.group(1))
+        stated = _stated_answer(text[mark + 4 :])
+        return None if stated is _NOT_STATED else stated
+    stated = _stated_answer(text)
+    if stated is not _NOT_STATED:
+        return stated
     lines = [line for line in text.splitlines() if NUMBER_RE.search(line)]
     if not lines:
         return None
@@ -124,7 +153,50 @@ def extract_answer(text: str) -> float | None:
     steps = calculations(lines[-1])
     if steps:
         return steps[-1][1]
-    return parse_number(NUMBER_RE.findall(lines[-1])[-1])
+    return _last_number(lines[-1])
+
+
+_NOT_STATED = object()  # ``_stated_answer``'s answer for a text that states none
+
+
+def _stated_answer(text: str) -> float | None | object:
+    """The number of the last "answer is N" or ``\\boxed{...}`` in ``text``, ``None`` where that statement holds no
+    whole number, ``_NOT_STATED`` where there is none."""
+    statement = max((match.start() for match in _STATEMENT_RE.finditer(text)), default=-1)
+    box = text.rfind(_BOX)
+    if box > statement:
+        return _boxed_number(_braced(text, box + len(_BOX)))
+    if statement < 0:
+        return _NOT_STATED
+    stated = _ANSWER_IS_RE.match(text, statement)
+    return parse_number(stated.group(1)) if stated else None
+
+
+def _boxed_number(content: str) -> float | None:
+    """The number a ``\\boxed{}`` holds, LaTeX read (``\\frac{3}{4}``, ``\\$5``, ``\\text{12}``, ``1{,}000``) and
+    units or words after it allowed, or ``None`` (no number first, or more mathematics after it: "5 + 3")."""
+    for _ in range(_TEXT_COMMAND_DEPTH):
+        content = _TEXT_COMMAND_RE.sub(r"\1", content)
+    content = _FRACTION_COMMAND_RE.sub(lambda match: f"{match.group(1).strip()}/{match.group(2).strip()}", content)
+    for latex, plain in _LATEX_SYMBOLS:
+        content = content.replace(latex, plain)
+    content = content.strip()
+    number = _WHOLE_NUMBER_RE.match(content)
+    if not number or _MORE_MATHEMATICS_RE.search(content, number.end()):
+        return None
+    return parse_number(number.group().removesuffix("."))
+
+
+def _last_number(line: str) -> float | None:
+    """The last number of a line, ``None`` where it is not whole (the "4" of "3/4" is part of 0.75; the "30" of
+    "2:30" no answer)."""
+    last = list(NUMBER_RE.finditer(line))[-1]
+    # Look-behinds and look-aheads see a few characters: a window around the number keeps this linear.
+    window_start, window_end = max(0, last.start() - 64), min(len(line), last.end() + 8)
+    for match in _LAST_NUMBER_RE.finditer(line, window_start, window_end):
+        if match.start() < last.end() <= match.end():
+            return parse_number(match.group())
+    return None
 
 
 # About 4.5 units in the last place of a float64: the rounding of a short calculation, far below any digit
@@ -239,7 +311,7 @@ def calculations(text: str) -> list[tuple[str, float]]:
     steps = []
     for expression, result in found[-MAX_CALCULATIONS:]:
         normalized = normalize_expression(expression)
-        value = parse_number(result)
+        value = parse_number(result) if _WHOLE_NUMBER_RE.fullmatch(result.strip()) else None  # "1,0000": none
         if normalized is not None and value is not None and re.search(r"\d\)?[+\-*/]", normalized):
             steps.append((normalized, value))
     return steps
@@ -320,9 +392,6 @@ def format_number(value: float) -> str:
 TextNormalization = Literal["exact", "casefold", "squad"]
 MAX_TEXT_ANSWER_CHARS = 200
 _ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
-_TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")  # \text{Yes} inside a box
-_TEXT_COMMAND_DEPTH = 4  # nested commands unwrapped, a bounded number of passes
-_BOX = "\\boxed{"
 _SQUAD_PUNCTUATION = frozenset(string.punctuation)  # SQuAD drops these ASCII symbols ($, +, =, ...) too
 
 

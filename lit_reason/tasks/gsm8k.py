@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_reason.files import jsonl_records
-from lit_reason.tasks.answers import MAX_NUMBER_DIGITS, parse_reference_answer
+from lit_reason.tasks.answers import parse_reference_answer
 from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Task, split_off
 
 HUB_NAME = "openai/gsm8k"
@@ -92,10 +92,10 @@ def _problem(problem_id: int, row: dict, where: str) -> Problem:
     if "####" not in row["answer"]:
         raise ValueError(f"{where}: the answer has no final '#### N' line")
     final = row["answer"].rsplit("####", 1)[1]
-    answer = parse_reference_answer(final)
-    if answer is None:
+    try:
+        answer = parse_reference_answer(final)
+    except ValueError as error:
         raise ValueError(
-            f"{where}: the text after '####' is not a number that responses are graded against: {final!r:.80}; "
-            f"write one number of at most {MAX_NUMBER_DIGITS} digits"
-        )
+            f"{where}: the text after '####' is not a number that responses are graded against: {error}"
+        ) from None
     return Problem(id=problem_id, question=question, solution=row["answer"].strip(), answer=answer)

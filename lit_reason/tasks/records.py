@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lit_reason.tasks.answers import (
-    MAX_NUMBER_DIGITS,
     MAX_TEXT_ANSWER_CHARS,
     TextNormalization,
+    check_gradable_reference,
     extract_text_answer,
     format_number,
-    is_gradable_reference,
     normalize_text_answer,
     parse_reference_answer,
 )
@@ -93,7 +92,7 @@ class RecordFields:
             answer = _text(value, self.answer, self.normalization, where)
             return answer, f"#### {answer}"
         value = _field(row, self.answer, (str, int, float), where)
-        answer = number_answer(value, f"field {self.answer!r}", where, "use smaller units or fields.answer_type: text")
+        answer = number_answer(value, f"field {self.answer!r}", where, "use other units or fields.answer_type: text")
         return answer, f"#### {format_number(answer)}"
 
     def _check_solution_grades_correct(self, problem: Problem, where: str, from_solution_field: bool) -> None:
@@ -178,25 +177,20 @@ def _field(row: dict, name: str, kinds: type | tuple[type, ...], where: str) -> 
     return value
 
 
-def number_answer(value: object, name: str, where: str, too_long: str = "use smaller units") -> float:
+def number_answer(value: object, name: str, where: str, advice: str = "use other units") -> float:
     """A data file's numeric answer (a number, or text such as "$1,234" or "... #### 42") as a float, read by the
     rules that grade a response (``parse_reference_answer``); otherwise an error naming ``where`` (the file and
-    line) and ``name`` (the field), with ``too_long`` the advice for a number too long to grade."""
-    if isinstance(value, str):
-        number = parse_reference_answer(value.rsplit("####", 1)[-1])
+    line) and ``name`` (the field), with ``advice`` on what to do instead."""
+    number = None if isinstance(value, str) else _finite(value, name, where)
+    try:
         if number is None:
-            raise ValueError(
-                f"{where}: {name} holds no number that responses are graded against: {value!r:.80}; write one "
-                f'number of at most {MAX_NUMBER_DIGITS} digits (42, -3.5, 3/4, "$1,234", "... #### 42")'
-            )
+            return parse_reference_answer(str(value).rsplit("####", 1)[-1])
+        check_gradable_reference(number)
         return number
-    number = _finite(value, name, where)
-    if not is_gradable_reference(number):
+    except ValueError as error:
         raise ValueError(
-            f"{where}: {name} is {str(value)[:40]}: written out, it has more than {MAX_NUMBER_DIGITS} digits, and a "
-            f"response's answer that long is not read; {too_long}"
-        )
-    return number
+            f"{where}: {name} holds no number that responses are graded against: {error}; {advice}"
+        ) from None
 
 
 def _finite(value: object, name: str, where: str) -> float:

@@ -192,6 +192,20 @@ def test_value_model_save_load_and_bad_inputs(tmp_path, char_tokenizer):
         ValueModel.load(stale)
 
 
+def test_scores_of_a_confident_orm_stay_apart(char_tokenizer):
+    """Float32's sigmoid is exactly 1 for every value above about 17: a rerank of confident samples took the first."""
+    from lit_reason.policy import load_model
+
+    network = ValueModel(load_model(PolicySpec(name_or_path="micro"), char_tokenizer))
+    ids = torch.tensor([char_tokenizer("Q\n12").input_ids])
+    scores = []
+    for value in (18.0, 20.0):
+        torch.nn.init.constant_(network.head.bias, value)  # the head's weights are 0: every value is the bias
+        scores.append(network.score(ids, torch.ones_like(ids), torch.ones_like(ids, dtype=torch.bool), batch_size=1))
+    assert scores[0].dtype == torch.float64
+    assert (scores[0] < scores[1]).all() and (scores[1] < 1).all()
+
+
 def test_an_orm_is_loaded_by_hub_id_as_from_pretrained_finds_it(tmp_path, char_tokenizer, hub_unreachable):
     from lit_reason.policy import load_model
 
@@ -375,6 +389,29 @@ def test_orm_learns_from_a_rollout_file_and_reranks(tmp_path, sft_policy_dir):
     assert "val/rerank@4" in result
     assert all(key.startswith(("policy.", "evaluator.")) for key in policy.state_dict())  # no ORM weights
     assert all(p.requires_grad is False for p in policy.reward_network().parameters())
+
+
+def test_a_rollout_file_gives_every_rank_as_many_batches(tmp_path, monkeypatch):
+    """15 responses on 2 ranks in batches of 4: the shares (8 and 7) were each floored to whole batches (2 and 1),
+    and the round ran the fewest, 1 a rank: 8 of the 15 responses trained on, the same 7 left out every round."""
+    task = sft_fixture_task()
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text(
+        "".join(json.dumps({"question_id": p.id, "response": p.solution}) + "\n" for p in task.problems("train")[:15])
+    )
+    module = OutcomeRewardModel(policy=PolicySpec(name_or_path="micro"), rollout_file=str(path), batch_size=4)
+    data = RolloutDataModule(task=task, validation_questions=0)
+    quiet_trainer(max_steps=1, inference_mode=False, limit_val_batches=0).fit(module, data)
+
+    def batch_sizes(rank: int, world_size: int) -> list[int]:
+        monkeypatch.setattr("lit_reason.algorithms.orm.rank_and_world_size", lambda: (rank, world_size))
+        return sorted((len(batch.labels) for batch in module._batches_from_file(0)), reverse=True)
+
+    assert batch_sizes(0, 1) == [4, 4, 4, 3]  # every response, the last batch partial
+    with pytest.warns(UserWarning, match="the last 1 of its 15 responses are left out"):
+        assert batch_sizes(0, 2) == batch_sizes(1, 2) == [4, 3]
+    with pytest.raises(ValueError, match="holds 15 responses, fewer than the 16 ranks"):
+        batch_sizes(0, 16)
 
 
 def test_rollout_file_errors_name_the_line(tmp_path, sft_policy_dir):

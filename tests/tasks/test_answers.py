@@ -14,11 +14,11 @@ from lit_reason.tasks.answers import (
     answers_match,
     calculate,
     calculations,
+    check_gradable_reference,
     evaluate_steps,
     extract_answer,
     extract_text_answer,
     intermediate_results,
-    is_gradable_reference,
     normalize_expression,
     normalize_text_answer,
     operation_signature,
@@ -80,6 +80,38 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("####", None),
         ("#### banana", None),
         ("#### " + "9" * 400, None),  # not a finite number of sane size
+        # A box holds one number, in LaTeX or not; an earlier statement or the denominator was read instead.
+        ("The result is 5 apples. So the answer is \\boxed{\\frac{3}{4}}", 0.75),
+        ("Half of 8 is 4, so \\boxed{\\dfrac{1}{2}}", 0.5),
+        ("\\boxed{\\frac{3}{4}}", 0.75),
+        ("\\boxed{-\\tfrac{ 1 }{ 2 }}", -0.5),
+        ("The result is 7.\nFinal answer: \\boxed{\\text{12}}", 12.0),
+        ("\\boxed{\\$18.50}", 18.5),
+        ("\\boxed{18\\%}", 18.0),
+        ("\\boxed{5 \\text{ apples}}", 5.0),
+        ("\\boxed{1{,}000}", 1000.0),
+        ("\\boxed{1\\,000}", 1000.0),
+        ("The answer is 7. \\boxed{5 + 3}", None),  # more mathematics after the number
+        ("The answer is 7. \\boxed{x = 7}", None),
+        ("The answer is 7. \\boxed{7", None),  # never closed
+        # The last "####" decides: a later one that is not a whole number was skipped for an earlier one.
+        ("#### 5\n#### 2:30", None),
+        ("#### 12\nWait, let me recheck.\n#### 1,0000", None),
+        ("#### 5\nActually no.\n#### 3 1/2", None),
+        ("Step: #### 12 apples\nSo the answer is 7\n#### The answer is 7", 7.0),
+        ("#### \\boxed{7}", 7.0),
+        ("#### Step 2\nThe answer is 7", 7.0),
+        # The last number of the last line must be whole too: "4" was read from "3/4", "30" from "2:30".
+        ("He ate 3/4", 0.75),
+        ("The time is 2:30", None),
+        ("x = 3 1/2", None),
+        ("So 5 + 5 = 1,0000", None),  # not a calculation of 1,000
+        ("So 5 + 5 = <<5+5=1,0000>>1,0000", None),
+        ("So 5+5 = <<5+5=1 0>>", None),
+        ("5 + 5 = 10e3", 10000.0),  # an exponent, not 10
+        ("The total is 5, and that is it", 5.0),
+        ("We have 3, 4", 4.0),
+        ("It costs -$5", -5.0),
     ],
 )
 def test_extract_answer_hand_labelled(text, expected):
@@ -121,10 +153,23 @@ def test_reference_answers_are_read_by_the_rules_that_grade_responses():
     assert [parse_reference_answer(text) for text in readable] == [1234, -3, 0.75, 2e5, 42, 4.2]
     assert [extract_answer(f"#### {text}") for text in readable[-2:]] == [42, 4.2]
     for text in ("3 1/2", "4 2", "1_000", "42 apples", "1,0000", "1e35", "9" * 31, "42.."):
-        assert parse_reference_answer(text) is None, text
-    # A reference "#### N" of more than MAX_NUMBER_DIGITS digits is read as no answer: it would grade wrong.
-    assert not is_gradable_reference(1e35) and not is_gradable_reference(float(10**32))
-    assert is_gradable_reference(0.1234567) and is_gradable_reference(-2.5e29)
+        with pytest.raises(ValueError, match="is not one number of at most 30 digits|too large to grade"):
+            parse_reference_answer(text)
+
+
+def test_references_that_grading_cannot_tell_from_a_wrong_answer_are_refused():
+    # 12345678901234567890 was stored as ...7168, and answers a thousand off graded correct against it; an
+    # answer of 4e-7 was written "#### 0", and a response of 0 graded correct.
+    for number in (12345678901234567890, 1e35, float(10**32), -2.5e29, 2.0**53):
+        with pytest.raises(ValueError, match="too large to grade: past 2\\*\\*53"):
+            check_gradable_reference(number)
+    for number in (4e-7, -1e-9):
+        with pytest.raises(ValueError, match="within 1e-6 of 0"):
+            check_gradable_reference(number)
+    with pytest.raises(ValueError, match="not a finite number"):
+        check_gradable_reference(math.nan)
+    for number in (0.0, 0.1234567, 2.0**53 - 1, -(2.0**53 - 1), 1e-5):
+        check_gradable_reference(number)
 
 
 def test_calculator_arithmetic_and_refusals():
@@ -287,6 +332,14 @@ def _line_credits(text: str) -> list[float]:
     return matched_result_credits(text.splitlines(keepends=True), [2.0, 3.0])
 
 
+def _reference_answer(text: str) -> float | str:
+    """A data file's answer read, or why it is none."""
+    try:
+        return parse_reference_answer(text)
+    except ValueError as error:
+        return str(error)
+
+
 @pytest.mark.parametrize("build", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
 def test_parsing_model_text_takes_linear_time(build):
     for call in (
@@ -294,6 +347,7 @@ def test_parsing_model_text_takes_linear_time(build):
         extract_text_answer,
         lambda text: normalize_text_answer(text, "squad"),
         calculations,
+        _reference_answer,
         intermediate_results,
         operation_signature,
         normalize_expression,

@@ -258,5 +258,5 @@ def test_gsm8k_and_svamp_answers_are_read_as_responses_are_graded(tmp_path, answ
     with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer holds no number that responses are graded"):
         SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
     (tmp_path / "svamp.json").write_text(json.dumps([{**row, "Answer": 1e35}]))
-    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer is 1e\+35: written out, it has more than 30 dig"):
+    with pytest.raises(ValueError, match=r"svamp\.json\[0\]: Answer holds no number .*: 1e\+35 is too large to grade"):
         SVAMP(path=str(tmp_path / "svamp.json"), validation_size=0, test_size=0).problems("train")
