@@ -9,6 +9,7 @@ import sys
 from itertools import count
 from pathlib import Path
 from typing import Any, Literal
+from weakref import proxy
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -18,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_reason.distributed import StopAllRanksOnFailure
 from lit_reason.evaluation import drop_outputs_after
-from lit_reason.files import RunDirectoryInUse, RunLock, replace_directory
+from lit_reason.files import RunDirectoryInUse, RunLock, remove_path, replace_path
 from lit_reason.model_card import CARD_FILE, ModelCard
 from lit_reason.warm_start import is_exported
 
@@ -101,7 +102,7 @@ class ExportPolicy(Callback):
         pl_module.export_policy(staging)  # every rank: sharded weights are gathered
         if trainer.is_global_zero:
             (staging / CARD_FILE).write_text(card, encoding="utf-8")
-            replace_directory(staging, path)
+            replace_path(staging, path)
         self.exported = True
         rank_zero_info(f"exported policy to {path}: {why}")
 
@@ -207,7 +208,34 @@ class SaveRunConfig(SaveConfigCallback):
         return next(name for n in count(1) if not (log_dir / (name := f"config-{kind}-{n}.yaml")).exists())
 
 
-class LastCheckpoint(ModelCheckpoint):
+class StagedCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that writes each checkpoint beside its place (``.<name>.partial``) and moves it in
+    when every rank has written it, so that a crash while saving leaves the previous checkpoint whole. Lightning
+    alone writes a file through the system's temporary folder and moves it in, which across filesystems (a local
+    ``/tmp``, a shared run directory) copies it over the previous one, and writes a sharded (FSDP2) checkpoint
+    into the previous one's folder: a kill meanwhile left neither. Remote paths (``s3://``) keep Lightning's."""
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if "://" in str(filepath):
+            super()._save_checkpoint(trainer, filepath)
+            return
+        target = Path(filepath)
+        staging = target.with_name(f".{target.name}.partial")
+        if trainer.is_global_zero:
+            remove_path(staging)  # a crashed save's: a sharded one would write into it
+        trainer.strategy.barrier("StagedCheckpoint: staging cleared")
+        trainer.save_checkpoint(staging, self.save_weights_only)  # every rank's part, then a barrier
+        if trainer.is_global_zero:
+            replace_path(staging, target)
+        trainer.strategy.barrier("StagedCheckpoint: moved in")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = str(target)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+class LastCheckpoint(StagedCheckpoint):
     """The ``ModelCheckpoint`` that keeps ``last.ckpt``, the state a crashed run resumes from. A step save
     (``every_n_train_steps``) due on a batch that a validation follows waits until that validation has run (on a
     round's last batch, until the round's end): Lightning validates after the batch, and a run resumed from a

@@ -25,9 +25,12 @@ from lit_reason.callbacks import (
     ForgetOutputsAfterCheckpoint,
     LastCheckpoint,
     SaveRunConfig,
+    StagedCheckpoint,
 )
 from lit_reason.data import RolloutDataModule
 from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached, locate_config
+
+SHARDED_CHECKPOINT_META = "meta.pt"  # where a sharded (FSDP2) checkpoint's folder keeps all but the weights
 
 TRAINER_DEFAULTS = {
     # RL rounds regenerate the training data from the current policy every epoch.
@@ -142,8 +145,13 @@ def refuse_another_algorithms_checkpoint(ckpt_path: str, class_path: str) -> Non
     """Stop a fit resumed from a checkpoint of another algorithm than ``class_path`` (an SFT ``last.ckpt`` given
     to Expert Iteration's config): its weights would fail to load with a list of keys, or load and go on with
     another run's optimizer and rounds. The algorithm is the ``_class_path`` this CLI saves among the
-    checkpoint's hyperparameters, compared by class name (``lit_reason.SFT`` is ``lit_reason.algorithms.SFT``)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # tensors left on disk
+    checkpoint's hyperparameters, compared by class name (``lit_reason.SFT`` is ``lit_reason.algorithms.SFT``);
+    a sharded (FSDP2) checkpoint, a folder, keeps them in its ``meta.pt``. A URL is not read here."""
+    path = Path(ckpt_path)
+    path = path / SHARDED_CHECKPOINT_META if path.is_dir() else path
+    if not path.is_file():
+        return
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors left on disk
     saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if saved and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
         raise ValueError(
@@ -198,7 +206,7 @@ class LitReasonCLI(LightningCLI):
         # only a fit's checkpoint is read here, before anything is built or restored, for its algorithm.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
-        if ckpt_path and Path(ckpt_path).is_file():  # a sharded checkpoint (a folder) or a URL: not read here
+        if ckpt_path:
             refuse_another_algorithms_checkpoint(ckpt_path, self.config[subcommand]["model"]["class_path"])
 
     def parse_arguments(self, parser, args) -> None:
@@ -218,13 +226,16 @@ class LitReasonCLI(LightningCLI):
             default=True,
             help="fit: validate the initial policy before the first update (skipped when resuming from --ckpt_path)",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(StagedCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/maj@1",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-epoch{epoch}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                # A run resumed after a crash that saves a best checkpoint again writes it over the one of the
+                # same name, rather than beside it as "-v1" (the first never deleted).
+                "checkpoint.enable_version_counter": False,
             }
         )
         # Lightning writes save_last only when the best checkpoint changes; resuming needs the latest state

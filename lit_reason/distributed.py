@@ -100,8 +100,17 @@ def shard_model(model: torch.nn.Module, mesh) -> None:
 
 def shard_models(models: list[torch.nn.Module], device_mesh) -> None:
     """FSDP2 (``shard_model``) of each of ``models`` over the data-parallel dimension of ``device_mesh`` (the
-    whole mesh when it names none)."""
-    mesh = device_mesh["data_parallel"] if "data_parallel" in device_mesh.mesh_dim_names else device_mesh
+    whole mesh when it names none). A tensor-parallel dimension of more than one rank is refused: lit-reason
+    applies no tensor parallelism, so the ranks along it would each train their own copy, never synchronised."""
+    names = device_mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and device_mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            f"ModelParallelStrategy's tensor_parallel_size is {device_mesh['tensor_parallel'].size()} (its default, "
+            "'auto', is the devices of a node), but lit-reason shards its models over data parallelism only (FSDP2) "
+            "and each rank would train a copy of its own: pass --trainer.strategy.tensor_parallel_size=1 and "
+            "--trainer.strategy.data_parallel_size=<the number of processes>"
+        )
+    mesh = device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
     for model in models:
         shard_model(model, mesh)
 

@@ -1,7 +1,7 @@
 """Files: reading the JSON Lines files users hand lit-reason (data sets, rollouts, predictions), every error
-naming the file and the line; putting a finished directory (an export) in place without a half-written
-moment; a run directory's lock, held by the one process that writes the run; and finding a model's own files
-where ``from_pretrained`` finds its weights (a directory or the hub)."""
+naming the file and the line; putting a finished file or directory (a checkpoint, an export) in place without
+a half-written moment; a run directory's lock, held by the one process that writes the run; and finding a
+model's own files where ``from_pretrained`` finds its weights (a directory or the hub)."""
 
 from __future__ import annotations
 
@@ -96,20 +96,51 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     path = Path(path)
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(text, encoding="utf-8")
-    staging.replace(path)
+    replace_path(staging, path)
 
 
-def replace_directory(staging: str | Path, target: str | Path) -> None:
-    """Put the fully written directory ``staging`` in place of ``target`` (replacing any earlier one): a reader
-    or a crash finds the earlier directory or the new one, never a half-written one (between the two renames
-    the earlier one waits beside it as ``.<name>.previous``)."""
+def replace_path(staging: str | Path, target: str | Path) -> None:
+    """Put the fully written file or directory ``staging`` in place of ``target`` (a file, a directory or
+    nothing), on the same filesystem: a reader or a crash finds the earlier one or the new one, never a
+    half-written one. A file over a file is one rename, its bytes flushed to disk first (a power cut after the
+    rename finds them); otherwise the earlier one waits beside it as ``.<name>.previous`` between two renames."""
     staging, target = Path(staging), Path(target)
-    previous = target.with_name(f".{target.name}.previous")
-    shutil.rmtree(previous, ignore_errors=True)
-    if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
+    if staging.is_file():
+        with staging.open("rb") as file:
+            os.fsync(file.fileno())
+    if staging.is_file() and not target.is_dir():
+        os.replace(staging, target)
+    else:
+        previous = target.with_name(f".{target.name}.previous")
+        remove_path(previous)
+        if target.exists() or target.is_symlink():
+            target.rename(previous)
+        staging.rename(target)
+        remove_path(previous)
+    _fsync_directory(target.parent)
+
+
+def remove_path(path: str | Path) -> None:
+    """Delete a file or a directory tree, where there is one."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename in it) to disk, where the system allows it."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows opens no directories
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some filesystems refuse to sync a directory
+        pass
+    finally:
+        os.close(descriptor)
 
 
 class RunDirectoryInUse(RuntimeError):

@@ -9,6 +9,7 @@ import yaml
 from jsonargparse import Namespace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_reason.callbacks import StagedCheckpoint
 from lit_reason.cli import LitReasonCLI, main, refuse_another_algorithms_checkpoint, resume_in_place
 from lit_reason.evaluation import PREDICTION_FIELDS
 from lit_reason.files import RunDirectoryInUse, RunLock
@@ -288,6 +289,22 @@ def test_with_a_csv_logger_text_histograms_and_curves_become_files(tmp_path, mon
     assert curves[0] == "tag,samples_drawn,value" and curves[1].startswith("by_samples_drawn/val/maj@1,32,")
 
 
+def test_checkpoints_are_saved_through_staging_and_over_the_same_name():
+    """A resumed run that saved a best checkpoint again wrote it beside the first as "-v1", the first never
+    deleted; and Lightning's ModelCheckpoint wrote a checkpoint over the previous one (StagedCheckpoint)."""
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+
+    class BuildAndStop(LitReasonCLI):
+        def _run_subcommand(self, subcommand: str) -> None:
+            pass
+
+    cli = BuildAndStop(args=["fit", "--config", sft, "--trainer.logger=false"])
+    assert cli.config["fit"]["checkpoint"]["enable_version_counter"] is False
+    assert cli.config["fit"]["last_checkpoint"]["enable_version_counter"] is False
+    callbacks = cli.trainer.callbacks
+    assert sum(isinstance(callback, StagedCheckpoint) for callback in callbacks) == 2  # the best and the last
+
+
 def test_a_checkpoints_saved_options_do_not_override_the_command_line(tmp_path):
     checkpoint = tmp_path / "saved.ckpt"
     torch.save({"hyper_parameters": {"evaluation": {"num_samples": 8}, "text_samples": 1}}, checkpoint)
@@ -307,6 +324,13 @@ def test_a_checkpoint_of_another_algorithm_is_refused_by_class_name(tmp_path):
     refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.algorithms.SFT")  # the same class
     torch.save({"hyper_parameters": {}}, checkpoint)  # not saved by this CLI: nothing to compare
     refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.GRPO")
+    # A sharded (FSDP2) checkpoint is a folder, its hyperparameters in meta.pt: it was not checked.
+    sharded = tmp_path / "sharded.ckpt"
+    sharded.mkdir()
+    torch.save({"hyper_parameters": {"_class_path": "lit_reason.SFT"}}, sharded / "meta.pt")
+    with pytest.raises(ValueError, match=r"is a checkpoint of lit_reason\.SFT, and this fit trains lit_reason\.GRPO"):
+        refuse_another_algorithms_checkpoint(str(sharded), "lit_reason.GRPO")
+    refuse_another_algorithms_checkpoint(str(tmp_path / "missing.ckpt"), "lit_reason.GRPO")  # Lightning says so
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])

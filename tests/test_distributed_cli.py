@@ -167,6 +167,16 @@ def test_policy_gradient_on_two_processes(config, strategy, options, tmp_path):
             assert trained and all(value.abs().sum() > 0 for value in trained), adapter
 
 
+def test_model_parallel_strategy_with_its_default_sizes_is_refused(tmp_path):
+    """Lightning's default sizes ("auto") make the devices of a node a tensor-parallel dimension, which lit-reason
+    does not apply: each rank trained its own copy of the model, never synchronised, and nothing said so."""
+    strategy = '--trainer.strategy={"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}'
+    result = run_cli("sft.yaml", "ddp", "micro", tmp_path, strategy, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    assert "ModelParallelStrategy's tensor_parallel_size is 2" in output, output[-4000:]
+
+
 def test_a_rank_that_fails_stops_every_rank_and_the_output_names_it(tmp_path):
     """Rank 0 (the process Lightning's launcher started from, which no launcher watches) raises while rank 1
     goes on into a collective: both stop, and the output says which rank failed and why."""

@@ -1,11 +1,12 @@
-"""Reading JSONL files: blank lines skipped, every error naming the file and the line."""
+"""Reading JSONL files (blank lines skipped, every error naming the file and the line), putting finished files
+and folders in place, and a run directory's lock."""
 
 import os
 import sys
 
 import pytest
 
-from lit_reason.files import RunDirectoryInUse, RunLock, jsonl_records
+from lit_reason.files import RunDirectoryInUse, RunLock, jsonl_records, replace_path
 from tests.helpers.run_lock import held_by_another_process
 
 
@@ -70,3 +71,23 @@ def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monke
     monkeypatch.setattr(files.fcntl, "flock", no_flock)
     with pytest.warns(UserWarning, match="is not locked .*Function not implemented"):
         RunLock(tmp_path).acquire()
+
+
+@pytest.mark.parametrize("before", ["nothing", "file", "folder"])
+@pytest.mark.parametrize("after", ["file", "folder"])
+def test_a_finished_file_or_folder_replaces_whatever_was_in_its_place(tmp_path, before, after):
+    """A checkpoint is a file, or a folder when sharded: a run may switch between the two."""
+
+    def make(path, kind, text):
+        if kind == "file":
+            path.write_text(text)
+        elif kind == "folder":
+            path.mkdir()
+            (path / "part").write_text(text)
+
+    target, staging = tmp_path / "last.ckpt", tmp_path / ".last.ckpt.partial"
+    make(target, before, "old")
+    make(staging, after, "new")
+    replace_path(staging, target)
+    assert (target if after == "file" else target / "part").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no staging or .previous left

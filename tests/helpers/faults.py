@@ -8,7 +8,8 @@ run of every algorithm several times. A child given a ``Kill`` sends itself SIGK
 - ``rollout``: the round's samples are drawn, nothing trained on them yet;
 - ``training``: after training batch ``batch`` of the round;
 - ``validation``: after the first validation batch of the round (the evaluation half done);
-- ``checkpoint``: a checkpoint of the round is written to its temporary file, not yet moved into place;
+- ``checkpoint``: the round's ``last.ckpt`` is half copied from the system's temporary folder (Lightning's move
+  of it across filesystems);
 - ``export``: the round's export is written and the previous one moved aside, the new one not yet in place.
 """
 
@@ -142,23 +143,28 @@ def _arm(kill: Kill) -> None:
     commit = fsspec.implementations.local.LocalFileOpener.commit
 
     def commit_or_die(self):
-        if kill.point == "checkpoint" and in_round() and str(self.path).endswith(".ckpt"):
-            _die(kill)  # the checkpoint is complete in its temporary file, which is never moved into place
+        if kill.point == "checkpoint" and in_round() and "last.ckpt" in Path(self.path).name:
+            # The temporary file is in the system's temporary folder: across filesystems the move is a copy,
+            # killed here half-way through (what Lightning's own save wrote into the previous last.ckpt).
+            self.f.close()
+            data = Path(self.temp).read_bytes()
+            Path(self.path).write_bytes(data[: len(data) // 2])
+            _die(kill)
         return commit(self)
 
     fsspec.implementations.local.LocalFileOpener.commit = commit_or_die
 
-    replace_directory = lit_reason.callbacks.replace_directory
+    replace_path = lit_reason.callbacks.replace_path
 
-    def replace_directory_or_die(staging, target):
-        if kill.point == "export" and in_round():
-            target = Path(target)
+    def replace_path_or_die(staging, target):
+        target = Path(target)
+        if kill.point == "export" and in_round() and target.name == "policy":
             if target.exists():
-                target.rename(target.with_name(f".{target.name}.previous"))  # as replace_directory does first
+                target.rename(target.with_name(f".{target.name}.previous"))  # as replace_path does first
             _die(kill)
-        replace_directory(staging, target)
+        replace_path(staging, target)
 
-    lit_reason.callbacks.replace_directory = replace_directory_or_die
+    lit_reason.callbacks.replace_path = replace_path_or_die
 
 
 def _child(request: dict) -> None:
