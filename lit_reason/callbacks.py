@@ -14,6 +14,7 @@ from weakref import proxy
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -213,13 +214,23 @@ class StagedCheckpoint(ModelCheckpoint):
     when every rank has written it, so that a crash while saving leaves the previous checkpoint whole. Lightning
     alone writes a file through the system's temporary folder and moves it in, which across filesystems (a local
     ``/tmp``, a shared run directory) copies it over the previous one, and writes a sharded (FSDP2) checkpoint
-    into the previous one's folder: a kill meanwhile left neither. Remote paths (``s3://``) keep Lightning's."""
+    into the previous one's folder: a kill meanwhile left neither. Remote paths (``s3://``) and an
+    ``AsyncCheckpointIO`` (whose file is written after the save returns) keep Lightning's own save."""
+
+    @property
+    def state_key(self) -> str:
+        # This class itself was Lightning's ModelCheckpoint in the CLI (the best checkpoint): the state that runs
+        # saved then is found under that class's name. Subclasses keep their own.
+        key = super().state_key
+        if type(self) is StagedCheckpoint:
+            key = key.replace(StagedCheckpoint.__qualname__, ModelCheckpoint.__qualname__, 1)
+        return key
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        if "://" in str(filepath):
+        if "://" in str(filepath) or isinstance(trainer.strategy.checkpoint_io, AsyncCheckpointIO):
             super()._save_checkpoint(trainer, filepath)
             return
-        target = Path(filepath)
+        target = Path(filepath).expanduser()  # as fsspec, which writes the checkpoint, reads "~"
         staging = target.with_name(f".{target.name}.partial")
         if trainer.is_global_zero:
             remove_path(staging)  # a crashed save's: a sharded one would write into it
@@ -229,7 +240,7 @@ class StagedCheckpoint(ModelCheckpoint):
             replace_path(staging, target)
         trainer.strategy.barrier("StagedCheckpoint: moved in")
         self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = str(target)
+        self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))

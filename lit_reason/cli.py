@@ -17,6 +17,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.callbacks import (
@@ -28,6 +29,7 @@ from lit_reason.callbacks import (
     StagedCheckpoint,
 )
 from lit_reason.data import RolloutDataModule
+from lit_reason.files import restore_interrupted_replacement
 from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached, locate_config
 
 SHARDED_CHECKPOINT_META = "meta.pt"  # where a sharded (FSDP2) checkpoint's folder keeps all but the weights
@@ -206,6 +208,8 @@ class LitReasonCLI(LightningCLI):
         # only a fit's checkpoint is read here, before anything is built or restored, for its algorithm.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
+        if ckpt_path and restore_interrupted_replacement(ckpt_path):
+            rank_zero_warn(f"--ckpt_path {ckpt_path}: a crash came while it was being replaced; the previous is back")
         if ckpt_path:
             refuse_another_algorithms_checkpoint(ckpt_path, self.config[subcommand]["model"]["class_path"])
 

@@ -102,12 +102,12 @@ def write_text_atomically(path: str | Path, text: str) -> None:
 def replace_path(staging: str | Path, target: str | Path) -> None:
     """Put the fully written file or directory ``staging`` in place of ``target`` (a file, a directory or
     nothing), on the same filesystem: a reader or a crash finds the earlier one or the new one, never a
-    half-written one. A file over a file is one rename, its bytes flushed to disk first (a power cut after the
-    rename finds them); otherwise the earlier one waits beside it as ``.<name>.previous`` between two renames."""
+    half-written one. Its bytes are flushed to disk first (a power cut after the rename finds them). A file over
+    a file is one rename; otherwise the earlier one waits beside it as ``.<name>.previous`` between two renames
+    (``restore_interrupted_replacement`` puts it back after a crash there)."""
     staging, target = Path(staging), Path(target)
-    if staging.is_file():
-        with staging.open("rb") as file:
-            os.fsync(file.fileno())
+    for path in [staging, *staging.rglob("*")] if staging.is_dir() else [staging]:
+        _fsync(path)
     if staging.is_file() and not target.is_dir():
         os.replace(staging, target)
     else:
@@ -117,7 +117,21 @@ def replace_path(staging: str | Path, target: str | Path) -> None:
             target.rename(previous)
         staging.rename(target)
         remove_path(previous)
-    _fsync_directory(target.parent)
+    _fsync(target.parent)
+
+
+def restore_interrupted_replacement(target: str | Path) -> bool:
+    """Where a crash came between ``replace_path``'s two renames (``target`` missing, ``.<name>.previous`` beside
+    it), put the previous one back; whether it did."""
+    target = Path(target)
+    previous = target.with_name(f".{target.name}.previous")
+    if target.exists() or not previous.exists():
+        return False
+    try:
+        previous.rename(target)
+    except FileNotFoundError:  # another rank of the same command put it back
+        return False
+    return True
 
 
 def remove_path(path: str | Path) -> None:
@@ -129,10 +143,10 @@ def remove_path(path: str | Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Flush a directory's entries (a rename in it) to disk, where the system allows it."""
+def _fsync(path: Path) -> None:
+    """Flush a file's bytes, or a directory's entries (a rename in it), to disk, where the system allows it."""
     try:
-        descriptor = os.open(directory, os.O_RDONLY)
+        descriptor = os.open(path, os.O_RDONLY)
     except OSError:  # Windows opens no directories
         return
     try:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from lightning import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_reason.algorithms import GRPO, SFT
@@ -20,6 +21,7 @@ from lit_reason.callbacks import (
     ForgetOutputsAfterCheckpoint,
     LastCheckpoint,
     SaveRunConfig,
+    StagedCheckpoint,
 )
 from lit_reason.conditioning import Conditioning
 from lit_reason.data import RolloutDataModule
@@ -350,3 +352,30 @@ def test_a_fit_holds_its_run_s_lock_from_its_first_validation_to_its_end(tmp_pat
     with pytest.raises(RunDirectoryInUse, match="being written by another process"):
         refused.setup(trainer, None, "test")
     running.release()
+
+
+def test_a_best_checkpoint_s_state_keeps_the_name_earlier_runs_saved_it_under():
+    """The CLI's best checkpoint was Lightning's ModelCheckpoint: a run saved then, resumed, restored nothing into
+    a StagedCheckpoint saved under its own class name (its best forgotten, the best file never deleted)."""
+    options = {"monitor": "val/maj@1", "mode": "max"}
+    assert StagedCheckpoint(**options).state_key == ModelCheckpoint(**options).state_key
+    assert LastCheckpoint(filename="last").state_key.startswith("LastCheckpoint")
+
+
+def test_checkpoints_of_a_run_logged_under_a_tilde_are_saved_there(tmp_path, monkeypatch):
+    """The checkpoint folder comes from the logger's save_dir, "~" kept; fsspec, which writes the checkpoint,
+    reads it as the home folder, and the move of the staged file did not (every save failed)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    last = LastCheckpoint(None, "last", every_n_train_steps=2, enable_version_counter=False)
+    fit_one_round("sft", tmp_path, last=last, limit_val_batches=0, logger=TensorBoardLogger("~/runs", name="sft"))
+    assert [p.name for p in (tmp_path / "runs" / "sft" / "version_0" / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+def test_an_asynchronous_checkpoint_io_keeps_lightning_s_own_save(tmp_path):
+    """AsyncCheckpointIO writes the file after the save returns: there is no staged file to move in yet."""
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    fit_one_round("sft", tmp_path, limit_val_batches=0, plugins=[AsyncCheckpointIO()])
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 4

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lit_reason.files import RunDirectoryInUse, RunLock, jsonl_records, replace_path
+from lit_reason.files import RunDirectoryInUse, RunLock, jsonl_records, replace_path, restore_interrupted_replacement
 from tests.helpers.run_lock import held_by_another_process
 
 
@@ -91,3 +91,12 @@ def test_a_finished_file_or_folder_replaces_whatever_was_in_its_place(tmp_path, 
     replace_path(staging, target)
     assert (target if after == "file" else target / "part").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no staging or .previous left
+
+
+def test_a_crash_between_the_two_renames_of_a_folder_is_undone(tmp_path):
+    """A sharded checkpoint is a folder, replaced in two renames: killed between them, last.ckpt was missing."""
+    target = tmp_path / "last.ckpt"
+    assert not restore_interrupted_replacement(target)  # nothing there, nothing beside it
+    (tmp_path / ".last.ckpt.previous").mkdir()
+    assert restore_interrupted_replacement(target) and target.is_dir()
+    assert not restore_interrupted_replacement(target)  # in place: left as it is

@@ -52,16 +52,23 @@ _ANSWER_IS_RE = re.compile(_ANSWER_IS + "(" + _SPACED_NUMBER + ")", re.IGNORECAS
 # Where an answer is stated, whole or not ("answer is 2:30"): one that is not whole states no answer.
 _STATEMENT_RE = re.compile(_ANSWER_IS + r"(?=[-+\u2212$]|\.?\d)", re.IGNORECASE)
 # The last number of a line is whole where no digit, "3/", "2:", "1," or "3 " stands right before it (the
-# denominator of "3/4", the minutes of "2:30", the tail of "1,0000" or "3 1/2"), each look-behind of fixed width.
-_NOT_AFTER_A_NUMBER = r"(?<!\d)(?<!\d[/:,. ])(?<!\d [/:])(?<!\d[/:] )(?<!\d [/:] )"
+# denominator of "3/4" or "3 / 4", the minutes of "2:30", the tail of "1,0000" or "3 1/2"; "Step 4: 42" is 42), nor
+# a sign, dollar sign, point or a number's exponent (so that a number refused there is not read from its middle:
+# not 7 of "2 -7", 5 of "3 .5", 3 of "1 1e3"), each look-behind of fixed width.
+_NOT_AFTER_A_NUMBER = r"(?<!\d)(?<!\d[/:,. ])(?<!\d /)(?<!\d/ )(?<!\d / )(?<![-+\u2212$.])(?<!\d[eE])(?<!\d[eE][-+])"
 _LAST_NUMBER_RE = re.compile(_NOT_AFTER_A_NUMBER + _SPACED_NUMBER)
-_TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")  # \text{Yes} inside a box
+# \text{Yes} inside a box (and the other commands that only set a font).
+_TEXT_COMMAND_RE = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|boldsymbol|bm|mbox)\{([^{}]*)\}")
 _TEXT_COMMAND_DEPTH = 4  # nested commands unwrapped, a bounded number of passes
 _BOX = "\\boxed{"
-# LaTeX a boxed number may be written in: \frac{3}{4} (and \dfrac, \tfrac) is 3/4, "\$" a dollar sign, "{,}" a
-# thousands comma, thin spaces ("1\,000") nothing.
+# LaTeX a boxed number may be written in: \frac{3}{4} (and \dfrac, \tfrac) is 3/4 (a space before it, so that a
+# mixed number "2\frac{1}{2}" is "2 1/2", no answer, not 21/2), "\$" a dollar sign, "{,}" a thousands comma, thin
+# spaces ("1\,000") nothing, a style (\displaystyle, \bf) or a spacing command a space.
 _FRACTION_COMMAND_RE = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
-_LATEX_SYMBOLS = (("\\$", "$"), ("\\%", "%"), ("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", ""))
+_LATEX_SYMBOLS = (
+    ("\\$", "$"), ("\\%", "%"), ("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", ""),
+    ("\\displaystyle", " "), ("\\bf ", " "), ("\\quad", " "), ("\\ ", " "), ("~", " "),
+)  # fmt: skip
 # What may follow a boxed number: units and words ("5 \text{ apples}", "18\%"), not more mathematics.
 _MORE_MATHEMATICS_RE = re.compile(r"[\d=+*/^\\{}]")
 _ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
@@ -177,10 +184,12 @@ def _boxed_number(content: str) -> float | None:
     units or words after it allowed, or ``None`` (no number first, or more mathematics after it: "5 + 3")."""
     for _ in range(_TEXT_COMMAND_DEPTH):
         content = _TEXT_COMMAND_RE.sub(r"\1", content)
-    content = _FRACTION_COMMAND_RE.sub(lambda match: f"{match.group(1).strip()}/{match.group(2).strip()}", content)
     for latex, plain in _LATEX_SYMBOLS:
         content = content.replace(latex, plain)
+    content = _FRACTION_COMMAND_RE.sub(lambda match: f" {match.group(1).strip()}/{match.group(2).strip()}", content)
     content = content.strip()
+    if content.startswith("{") and content.endswith("}"):  # a group around it all: {42}
+        content = content[1:-1].strip()
     number = _WHOLE_NUMBER_RE.match(content)
     if not number or _MORE_MATHEMATICS_RE.search(content, number.end()):
         return None

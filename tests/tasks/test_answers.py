@@ -112,6 +112,23 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("The total is 5, and that is it", 5.0),
         ("We have 3, 4", 4.0),
         ("It costs -$5", -5.0),
+        # A label before the number is not part of it; a number refused after a digit is not read from its middle.
+        ("Step 4: 42", 42.0),
+        ("Week 2: -7", -7.0),
+        ("Step 4: .5", 0.5),
+        ("Step 4: 1e3", 1000.0),
+        ("Option 2 -7", None),
+        # LaTeX: a mixed number is no answer (not 21/2); fonts, styles, spacing and a group around it are read.
+        ("\\boxed{2\\frac{1}{2}}", None),
+        ("\\boxed{3\\,\\frac{1}{4}}", None),
+        ("\\boxed{\\frac{1{,}000}{4}}", 250.0),
+        ("\\boxed{\\$\\frac{1}{2}}", 0.5),
+        ("\\boxed{\\mathbf{42}}", 42.0),
+        ("\\boxed{\\boldsymbol{42}}", 42.0),
+        ("\\boxed{\\displaystyle 42}", 42.0),
+        ("\\boxed{\\bf 42}", 42.0),
+        ("\\boxed{{42}}", 42.0),
+        ("\\boxed{~42}", 42.0),
     ],
 )
 def test_extract_answer_hand_labelled(text, expected):
