@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lit_reason.batches import batch_from_state, batch_state
 from lit_reason.distributed import (
+    equal_share,
     gather_objects,
     gather_to_rank_zero,
     rank_and_world_size,
@@ -138,10 +139,8 @@ class RolloutDataModule(LightningDataModule):
             # made before the checkpoint, and making it again would sample from the updated policy, count the
             # samples twice and repeat restarts.
             return self._checkpointed_round(round_index)
-        rank, world_size = rank_and_world_size()
-        problems = self.round_problems(round_index)
         # Every rank gets the same number of questions: sampled models run in step across ranks.
-        problems = problems[: len(problems) - len(problems) % world_size][rank::world_size]
+        problems = equal_share(self.round_problems(round_index), f"round {round_index}'s training questions")
         data = module.make_train_data(problems, round_index)
         self.samples_drawn += reduce_int(data.samples_drawn, "sum", module.device)
         fewest = reduce_int(len(data.batches), "min", module.device)

@@ -7,10 +7,13 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -63,6 +66,20 @@ def gather_to_rank_zero(item: Any) -> list[Any]:
     gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(item, gathered, dst=0)
     return gathered or []
+
+
+def equal_share(items: list[T], what: str) -> list[T]:
+    """This rank's share of ``items`` (rank r takes items r, r + W, ...), as long on every rank: the last
+    ``len(items) % W`` are left out, with a warning naming ``what`` they are; fewer items than ranks is an error."""
+    rank, world_size = rank_and_world_size()
+    if len(items) < world_size:
+        raise ValueError(f"{what}: {len(items)}, fewer than the {world_size} ranks, which each need a share")
+    if len(items) % world_size:
+        rank_zero_warn(
+            f"{what}: the last {len(items) % world_size} of {len(items)} are left out, so that each of the "
+            f"{world_size} ranks gets as many"
+        )
+    return items[: len(items) - len(items) % world_size][rank::world_size]
 
 
 def this_ranks_share(by_rank: list[Any], what: str) -> Any:

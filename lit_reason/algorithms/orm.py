@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.batches import Example, LabelledBatch, batch_from_state, batch_state, fits_context, make_token_batch
 from lit_reason.data import TrainData
 from lit_reason.distributed import (
+    equal_share,
     full_state_dict,
     gather_objects,
     gather_to_rank_zero,
@@ -308,21 +308,8 @@ class OutcomeRewardModel(ReasoningModule):
 
     def _batches_from_file(self, round_index: int) -> list[LabelledBatch]:
         problems = {p.id: p for p in self.task.problems("train")}
-        rows = _read_rollout_file(Path(self.rollout_file), problems)
-        rank, world_size = rank_and_world_size()
-        if len(rows) < world_size:
-            raise ValueError(
-                f"rollout_file {self.rollout_file} holds {len(rows)} responses, fewer than the {world_size} ranks: "
-                "every rank trains on its share of them"
-            )
-        # As many rows on every rank, so as many batches (the last one partial): the round runs the fewest batches
-        # any rank made, and shares of one row more floored to whole batches made one rank train a batch less.
-        if len(rows) % world_size:
-            rank_zero_warn(
-                f"rollout_file: the last {len(rows) % world_size} of its {len(rows)} responses are left out, so that "
-                f"each of the {world_size} ranks trains on as many"
-            )
-        rows = rows[: len(rows) - len(rows) % world_size][rank::world_size]
+        # As many on every rank, so as many batches (the last one partial): a round runs the fewest any rank made.
+        rows = equal_share(_read_rollout_file(Path(self.rollout_file), problems), f"{self.rollout_file}'s responses")
         answered = [problems[row.question_id] for row in rows]
         sampled = self._encode_responses(answered, rows)
         return self._labelled_batches(sampled, grade(answered, sampled).float())

@@ -404,13 +404,13 @@ def test_a_rollout_file_gives_every_rank_as_many_batches(tmp_path, monkeypatch):
     quiet_trainer(max_steps=1, inference_mode=False, limit_val_batches=0).fit(module, data)
 
     def batch_sizes(rank: int, world_size: int) -> list[int]:
-        monkeypatch.setattr("lit_reason.algorithms.orm.rank_and_world_size", lambda: (rank, world_size))
+        monkeypatch.setattr("lit_reason.distributed.rank_and_world_size", lambda: (rank, world_size))
         return sorted((len(batch.labels) for batch in module._batches_from_file(0)), reverse=True)
 
     assert batch_sizes(0, 1) == [4, 4, 4, 3]  # every response, the last batch partial
-    with pytest.warns(UserWarning, match="the last 1 of its 15 responses are left out"):
+    with pytest.warns(UserWarning, match="responses: the last 1 of 15 are left out"):
         assert batch_sizes(0, 2) == batch_sizes(1, 2) == [4, 3]
-    with pytest.raises(ValueError, match="holds 15 responses, fewer than the 16 ranks"):
+    with pytest.raises(ValueError, match="responses: 15, fewer than the 16 ranks"):
         batch_sizes(0, 16)
 
 
