@@ -140,7 +140,7 @@ class RolloutDataModule(LightningDataModule):
             # samples twice and repeat restarts.
             return self._checkpointed_round(round_index)
         # Every rank gets the same number of questions: sampled models run in step across ranks.
-        problems = equal_share(self.round_problems(round_index), f"round {round_index}'s training questions")
+        problems = equal_share(self.round_problems(round_index), "data.questions_per_round, a round's questions")
         data = module.make_train_data(problems, round_index)
         self.samples_drawn += reduce_int(data.samples_drawn, "sum", module.device)
         fewest = reduce_int(len(data.batches), "min", module.device)
