@@ -105,6 +105,7 @@ def differences_table(results: StudyResults) -> str:
 def _final_evaluations_check(results: StudyResults) -> str | None:
     """Whether each run's last evaluation is at the step its training ended (None where no fit recorded it)."""
     ended = [(run, seed) for run in results.runs.values() for seed in run.seeds if seed in run.training_end]
+    unknown = [f"{run.name} seed {s}" for run in results.runs.values() for s in run.seeds if s not in run.training_end]
     elsewhere = [
         f"{run.name} seed {seed} (evaluated at step {run.final(seed).step}, trained to {run.training_end[seed]})"
         for run, seed in ended
@@ -113,7 +114,8 @@ def _final_evaluations_check(results: StudyResults) -> str | None:
     if not ended:
         return None
     if not elsewhere:
-        return "Final evaluations are of the trained policies: each at the step its training ended"
+        unverified = f" (not recorded, so not checked, for: {', '.join(unknown)})" if unknown else ""
+        return f"Final evaluations are of the trained policies: each at the step its training ended{unverified}"
     return (
         f"Final evaluation NOT at the end of training in: {', '.join(elsewhere)}: the table reports another policy "
         "than the trained one (make check_val_every_n_epoch divide max_epochs)"
@@ -194,8 +196,9 @@ def plot_curves(results: StudyResults, path: Path) -> None:
     start = results.baseline.final(results.study.shared_seed).metrics
     for axis, metric in zip(axes[0], metrics, strict=True):
         for run in results.runs.values():
-            if run.spec.family != "rl" or not run.seeds:
-                continue
+            evaluations = [e for s in run.seeds for e in run.evaluations[s]]
+            if run.spec.family != "rl" or not run.seeds or any(metric not in e.metrics for e in evaluations):
+                continue  # an RL run evaluated with another K has no pass@K of the study's K
             rounds = min(len(run.evaluations[s]) for s in run.seeds)
             xs = [0.0] + [_seed_mean(run, i, lambda e: e.samples_drawn) for i in range(rounds)]
             ys = [start[metric]] + [_seed_mean(run, i, lambda e, m=metric: e.metrics[m]) for i in range(rounds)]

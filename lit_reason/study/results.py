@@ -20,7 +20,7 @@ import yaml
 from lit_reason.evaluation import question_outcomes as record_outcomes
 from lit_reason.evaluation import read_predictions
 from lit_reason.statistics import paired_interval, seed_interval
-from lit_reason.study.runner import DONE_FILE, run_dir
+from lit_reason.study.runner import DONE_FILE, read_training_end, run_dir
 from lit_reason.study.spec import RunSpec, StudySpec
 
 
@@ -148,13 +148,13 @@ class StudyResults:
     ) -> Difference | None:
         """Paired difference of two finished runs (``warm_start``: the warm start's evaluation) on ``metric``, with
         its 95% interval, or, as one of ``comparisons`` that hold jointly, its Bonferroni interval (of confidence
-        1 - 0.05 / ``comparisons``)."""
+        1 - 0.05 / ``comparisons``). None where either lacks the metric or the two were evaluated on other
+        questions: a difference on the questions they share would disagree with the table (and a claim be decided on
+        it), the evaluation check names such runs."""
         first, second = self._run_outcomes(baseline).get(metric), self._run_outcomes(candidate).get(metric)
-        if not first or not second:
+        if not first or not second or first.keys() != second.keys():
             return None
-        shared = sorted(first.keys() & second.keys())
-        if not shared:
-            return None
+        shared = sorted(first)
         confidence = 1 - 0.05 / comparisons
         mean, low, high = paired_interval(
             torch.tensor([first[q] for q in shared]).T,  # (seeds, questions)
@@ -190,14 +190,6 @@ def read_evaluations(log_dir: Path) -> list[Evaluation]:
 
 # The options of a run's saved config that decide what its evaluations measure.
 EVALUATION_OPTIONS = (("model", "init_args", "evaluation"), ("data", "task"), ("data", "validation_questions"))
-
-
-def read_training_end(log_dir: Path) -> int | None:
-    """The optimizer step a run's fit ended at (its last ``fit_end`` entry in ``metrics.json``), or None where
-    its fit recorded none (unfinished, or run by an earlier lit-reason)."""
-    path = log_dir / "metrics.json"
-    ends = [int(e["step"]) for e in json.loads(path.read_text()) if e["stage"] == "fit_end"] if path.is_file() else []
-    return ends[-1] if ends else None
 
 
 def read_evaluation_settings(log_dir: Path) -> str | None:

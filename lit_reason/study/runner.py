@@ -201,6 +201,13 @@ def record_launched(study: StudySpec, run_and_seed: str) -> None:
     if step.finished:
         raise ValueError(f"--record {run_and_seed}: finished before ({step.log_dir / DONE_FILE}); nothing to record")
     RunLock(step.log_dir).check_free()  # still running: its results are not all written yet
+    metrics = step.log_dir / "metrics.json"
+    if step.command[0] == "fit" and metrics.is_file() and read_training_end(step.log_dir) is None:
+        raise ValueError(
+            f"--record {run_and_seed}: {metrics} records no end of training (a fit_end entry), as a crash leaves it: "
+            "its fit did not finish (resume it: its command plus --ckpt_path of its checkpoints/last.ckpt), or it "
+            "ran with a lit-reason that recorded none (run it again)"
+        )
     record_finished(study, step, {"wall_seconds": None, "launched": True}, f"{run} seed {seed}")
 
 
@@ -304,6 +311,14 @@ def _without_output_dir(study: StudySpec, text: str) -> str:
     for owner in {study.name, *(stage.from_study for stage in reused_stages(study).values())}:
         text = text.replace(str(study.output_dir / owner / "runs"), f"<output_dir>/{owner}/runs")
     return text
+
+
+def read_training_end(log_dir: Path) -> int | None:
+    """The optimizer step a run's fit ended at (its last ``fit_end`` entry in ``metrics.json``), or None where
+    its fit recorded none (unfinished, or run by an earlier lit-reason)."""
+    path = log_dir / "metrics.json"
+    ends = [int(e["step"]) for e in json.loads(path.read_text()) if e["stage"] == "fit_end"] if path.is_file() else []
+    return ends[-1] if ends else None
 
 
 def _recorded_a_validation(log_dir: Path) -> bool:

@@ -151,7 +151,7 @@ def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path
     assert "Warm start convergence UNDECIDED: more SFT changes maj@1 by +0.010 [-0.007, +0.027]" in text
     assert "ei: its 2 seeds' final evaluations DO NOT differ" in text  # the fake seeds are copies
     assert "Evaluation identical for every run" in text
-    assert "Final evaluations are of the trained policies: each at the step its training ended" in text
+    assert "Final evaluations are of the trained policies: each at the step its training ended\n" in text
     write_run(run_dir(study, "ei", 1), [(3, 300, outcomes(0.6, 0.8))], evaluation={"num_samples": 4})
     assert "Evaluation DIFFERS from the warm start's in: ei" in write_report(read_results(study)).read_text()
     for plot in ("curves.png", "sft.png"):
@@ -296,3 +296,19 @@ def test_a_run_resumed_with_other_evaluation_settings_counts_as_evaluated_differ
     resumed["model"]["init_args"]["evaluation"]["temperature"] = 1.0
     (ei / "config-resume-2.yaml").write_text(json.dumps(resumed))
     assert "Evaluation DIFFERS from the warm start's in: ei" in write_report(read_results(study)).read_text()
+
+
+def test_runs_without_a_recorded_end_and_rows_evaluated_with_another_k_are_reported_as_such(tmp_path):
+    """The check said every run was verified when some recorded no end of training; and an RL row evaluated with
+    another K (no pass@8) crashed the report's plot."""
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)})
+    write_run(run_dir(study, "ei", 0), [(3, 300, outcomes(0.6, 0.8))], training_end=False)
+    k4 = {name.replace("@8", "@4"): values for name, values in outcomes(0.5, 0.7).items()}
+    write_run(run_dir(study, "ppo", 0), [(3, 300, k4)], evaluation={"num_samples": 4})
+    text = write_report(read_results(study)).read_text()
+    assert "each at the step its training ended (not recorded, so not checked, for: ei seed 0)" in text
+    assert "Evaluation DIFFERS from the warm start's in: ppo" in text
+    # Evaluated on the warm start's first 100 questions: the difference was taken on those alone, with the opposite
+    # sign to the table's (0.41 on 100 questions against the warm start's 0.4 on 200), and claims decided on it.
+    write_run(run_dir(study, "sft_more", 0), [(3, 300, outcomes(0.41, 0.6, count=100))])
+    assert read_results(study).difference("sft_more", "maj@1") is None

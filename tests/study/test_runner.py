@@ -187,6 +187,10 @@ def test_a_step_a_launcher_ran_is_marked_finished_by_record_with_its_time_unknow
     with pytest.raises(ValueError, match=r"no such step \(steps: \['a:0', 'warm_start:0', 'warm_start_eval:0'\]\)"):
         record_launched(study, "a:1")
     validated(list(a.command))
+    with pytest.raises(ValueError, match="records no end of training"):  # it crashed after a validation
+        record_launched(study, "a:0")
+    metrics = a.log_dir / "metrics.json"
+    metrics.write_text(json.dumps([*json.loads(metrics.read_text()), {"stage": "fit_end", "step": 0}]))
     running = RunLock(a.log_dir)  # the launched fit, still going: its first validation is not its result
     running.acquire()
     with pytest.raises(RunDirectoryInUse):
