@@ -40,7 +40,30 @@ def with_adapter(model: torch.nn.Module, config: LoraConfig | None) -> torch.nn.
         return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_seed(None))
-        return get_peft_model(model, copy.deepcopy(config)).get_base_model()
+        adapted = get_peft_model(model, copy.deepcopy(config)).get_base_model()
+    _refuse_lora_on_tied_embeddings(adapted)
+    return adapted
+
+
+def _refuse_lora_on_tied_embeddings(model: torch.nn.Module) -> None:
+    """LoRA on an output head tied to the input embeddings (or on those) changes one of them in training, and
+    both once merged into the shared weight: the export would be another model."""
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or _base_weight(embeddings) is not _base_weight(head):
+        return
+    adapted = [
+        name for name, module in model.named_modules() if isinstance(module, LoraLayer) and module in (embeddings, head)
+    ]
+    if adapted:
+        raise ValueError(
+            f"policy.peft puts LoRA on {adapted}, and this model ties its output head to its input embeddings: "
+            "merged into the shared weight, the adapter would change both, and the export would not be the trained "
+            "model. Leave them out of target_modules (or train them whole with modules_to_save)"
+        )
+
+
+def _base_weight(module: torch.nn.Module) -> torch.Tensor:
+    return getattr(module, "base_layer", module).weight
 
 
 # What PEFT adds to a model: LoRA layers, and the wrappers of modules it trains whole (``modules_to_save``,

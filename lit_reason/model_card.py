@@ -121,7 +121,8 @@ class ModelCard:
             "",
             'tokenizer = AutoTokenizer.from_pretrained("PATH")',
             'model = AutoModelForCausalLM.from_pretrained("PATH")',
-            f"prompt = {json.dumps(self.example_prompt + self.response_prefix)}",
+            # A Python literal: JSON writes an emoji as two surrogate escapes, which Python reads as two characters.
+            f"prompt = {self.example_prompt + self.response_prefix!r}",
             "# As lit-reason tokenizes prompts: with the tokenizer's BOS unless the prompt starts with it already.",
             "has_bos = tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token)",
             'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not has_bos)',

@@ -100,6 +100,13 @@ class PolicySpec:
                 "loaded, so an adapter exported alone would name no base model to load it onto; use "
                 "policy.adapter_export: merged, or start from a saved model (a directory or a hub id)"
             )
+        unrecorded = sorted({"gguf_file", "subfolder", "revision"} & set(self.load_kwargs))
+        if self.peft is not None and self.adapter_export == "adapter" and unrecorded:
+            raise ValueError(
+                f"policy.adapter_export=adapter: the base model is loaded with policy.load_kwargs {unrecorded}, which "
+                "an adapter's config does not record, so the export could not be loaded back onto it; use "
+                "policy.adapter_export: merged"
+            )
         if self.is_preset:
             # LlamaConfig keeps any keyword as an attribute, so a misspelt field would change nothing, silently;
             # some real options (attn_implementation, rope_theta) are read by it without being fields.

@@ -67,11 +67,11 @@ def warm_start_dir(config: Path) -> Path:
     return cache_root() / "warm_start" / f"{config.stem}-{digest.hexdigest()[:12]}"
 
 
-def source_fingerprint() -> str:
-    """A hash of lit-reason's source files: any code change may change what a config trains."""
-    package = Path(__file__).resolve().parent
+def source_fingerprint(package: Path = Path(__file__).resolve().parent) -> str:
+    """A hash of lit-reason's source files (those of ``package``): any code change may change what a config
+    trains."""
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted(path for path in package.rglob("*.py") if path.is_file()):  # not an editor's lock link
         digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()
 

@@ -14,7 +14,7 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_FILE
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from lit_reason import PPO, SFT, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
+from lit_reason import GRPO, PPO, SFT, PolicySpec, ReturnConditionedRL, RolloutDataModule, SamplingConfig
 from lit_reason.adapters import (
     CRITIC_ADAPTER,
     POLICY_ADAPTER,
@@ -125,7 +125,8 @@ def test_the_critic_adapter_covers_the_layers_below_the_head_and_every_one_of_it
     gets a gradient (DDP waits for every one) and the policy is unchanged; an export leaves the critic's
     weights out, whatever PEFT names them."""
     tokenizer = build_char_tokenizer()
-    spec = PolicySpec(name_or_path="micro", seed=3)
+    # Untied: LoRA on a head tied to the input embeddings is refused (merged, it would change both).
+    spec = PolicySpec(name_or_path="micro", seed=3, preset_overrides={"tie_word_embeddings": False})
     model = with_adapter(load_model(spec, tokenizer), config)
     input_ids = torch.tensor([tokenizer("12 + 30 = ")["input_ids"]])
     policy_logits = logits(model, input_ids)
@@ -271,3 +272,37 @@ def test_what_lora_cannot_do_is_refused():
         PolicySpec(name_or_path="micro", peft=LORA, adapter_export="adapter")  # its export named no base: unloadable
     with pytest.raises(ValueError, match="RCRL with policy.peft"):
         ReturnConditionedRL(policy=PolicySpec(name_or_path="micro", peft=LORA))
+
+
+@pytest.mark.parametrize("targets", [["lm_head"], ["q_proj", "embed_tokens"]])
+def test_lora_on_embeddings_tied_to_the_head_is_refused(targets):
+    """Merged into the weight the head shares with the input embeddings, LoRA trained on one of them changed
+    both: the export was another model (its logits 25 away from the trained policy's on the micro preset)."""
+    tokenizer = build_char_tokenizer()
+    tied = load_model(PolicySpec(name_or_path="micro"), tokenizer)
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    with pytest.raises(ValueError, match="ties its output head to its input embeddings"):
+        with_adapter(tied, LoraConfig(r=4, target_modules=targets))
+    with_adapter(load_model(PolicySpec(name_or_path="micro"), tokenizer), LoraConfig(r=4, target_modules="all-linear"))
+
+
+def test_an_initialisation_that_rewrites_the_base_is_refused_where_the_base_is_the_kl_reference():
+    """PiSSA rewrites the base weights into a residual, which the disabled adapter then runs as the KL reference:
+    16.6 nats of KL per token from a policy equal to the pretrained model (SmolLM2)."""
+    pissa = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa")
+    with pytest.raises(ValueError, match="rewrites the base weights"):
+        GRPO(
+            policy=PolicySpec(name_or_path="micro", peft=pissa),
+            reward=RewardConfig(kl_coef=0.04, kl_in="loss", kl_estimator="k3"),
+        )
+    GRPO(policy=PolicySpec(name_or_path="micro", peft=pissa), reward=RewardConfig(kl_coef=0.0))  # no reference
+
+
+@pytest.mark.parametrize("option", [{"gguf_file": "model.gguf"}, {"subfolder": "policy"}, {"revision": "v1"}])
+def test_an_adapter_export_of_a_base_it_cannot_name_is_refused(option):
+    """An adapter's config records its base by path or id only: an export of one on a GGUF file, in a subfolder or
+    at a revision could not be loaded back ("Unrecognized model")."""
+    peft = LoraConfig(r=4, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="could not be loaded back onto it"):
+        PolicySpec(name_or_path="some/model", load_kwargs=option, peft=peft, adapter_export="adapter")
+    PolicySpec(name_or_path="some/model", load_kwargs=option, peft=peft)  # merged: a whole model

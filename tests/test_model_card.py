@@ -1,3 +1,5 @@
+import ast
+
 from lit_reason.model_card import ModelCard
 
 
@@ -20,6 +22,19 @@ def card(**overrides) -> ModelCard:
     return ModelCard(**{**facts, **overrides})
 
 
+def snippet_prompt(body: str) -> str:
+    """The prompt the card's code snippet continues, as Python reads it."""
+    line = next(line for line in body.splitlines() if line.startswith("prompt = "))
+    return ast.literal_eval(line.removeprefix("prompt = "))
+
+
+def test_the_snippet_s_prompt_is_the_prompt_for_any_character():
+    """JSON wrote an emoji as two surrogate escapes, which Python reads as two lone surrogates: the tokenizer
+    refused the snippet's prompt."""
+    prompt = 'Ann has 3 \U0001f34e and "2" more?\n\\'
+    assert snippet_prompt(card(example_prompt=prompt, response_prefix="").markdown()) == prompt
+
+
 def test_a_policy_card_says_what_how_how_well_and_how_to_prompt():
     text = card().markdown()
     front, body = text.split("---\n")[1], text.split("---\n", 2)[2]
@@ -31,7 +46,7 @@ def test_a_policy_card_says_what_how_how_well_and_how_to_prompt():
     assert "temperature 0.7" in body
     # The exact text to continue: the prompt and the return token the policy was trained behind.
     assert "```text\nWhat is 2 + 3?\n[GOOD]\n```" in body and "Append `[GOOD]`" in body
-    assert 'prompt = "What is 2 + 3?\\n[GOOD]"' in body and "max_new_tokens=80" in body
+    assert snippet_prompt(body) == "What is 2 + 3?\n[GOOD]" and "max_new_tokens=80" in body
     assert "`runs/rcrl/version_0/config.yaml`" in body
 
 

@@ -193,3 +193,12 @@ def test_configs_are_found_in_the_working_directory_then_among_the_packaged_ones
     (tmp_path / "configs" / "sft.yaml").write_text("seed_everything: 1\n")
     assert locate_config("configs/sft.yaml") == Path("configs/sft.yaml")  # the user's own file comes first
     assert locate_config("no_such.yaml") is None and locate_config(str(tmp_path / "sft.yaml")) is None
+
+
+def test_the_source_fingerprint_skips_an_editor_s_lock_link(tmp_path):
+    """Emacs marks a file being edited with a dangling link ".#name.py": reading it crashed every run that named a
+    warm start."""
+    (tmp_path / "module.py").write_text("x = 1\n")
+    before = warm_start.source_fingerprint(tmp_path)
+    (tmp_path / ".#module.py").symlink_to(tmp_path / "nowhere")
+    assert warm_start.source_fingerprint(tmp_path) == before

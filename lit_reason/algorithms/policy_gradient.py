@@ -101,6 +101,13 @@ class PolicyGradient(ReasoningModule):
                 "reference_load_kwargs: with policy.peft the reference is the policy's base model (the adapter "
                 "disabled), not a model of its own; drop reference_load_kwargs"
             )
+        init = getattr(self.policy_spec.peft, "init_lora_weights", True)
+        if reward.kl_coef and init not in (True, False, "gaussian"):
+            raise ValueError(
+                f"policy.peft.init_lora_weights={init!r} rewrites the base weights, and with policy.peft the KL "
+                "reference is the base model read through the disabled adapter: it would not be the pretrained "
+                "model. Use the default initialisation, or reward.kl_coef 0"
+            )
         if rollout.greedy or rollout.top_k or rollout.top_p < 1:
             raise ValueError(
                 f"{type(self).__name__}'s rollout must sample the full softmax (temperature > 0, top_k 0, top_p 1): "
