@@ -149,16 +149,16 @@ class StudyResults:
         """Paired difference of two finished runs (``warm_start``: the warm start's evaluation) on ``metric``, with
         its 95% interval, or, as one of ``comparisons`` that hold jointly, its Bonferroni interval (of confidence
         1 - 0.05 / ``comparisons``). None where either lacks the metric or the two were evaluated on other
-        questions: a difference on the questions they share would disagree with the table (and a claim be decided on
-        it), the evaluation check names such runs."""
+        questions (the evaluation check names such runs): a difference on the questions they share could disagree
+        with the table in sign, and a claim would be decided on it."""
         first, second = self._run_outcomes(baseline).get(metric), self._run_outcomes(candidate).get(metric)
         if not first or not second or first.keys() != second.keys():
             return None
-        shared = sorted(first)
+        questions = sorted(first)
         confidence = 1 - 0.05 / comparisons
         mean, low, high = paired_interval(
-            torch.tensor([first[q] for q in shared]).T,  # (seeds, questions)
-            torch.tensor([second[q] for q in shared]).T,
+            torch.tensor([first[q] for q in questions]).T,  # (seeds, questions)
+            torch.tensor([second[q] for q in questions]).T,
             confidence=confidence,
         )
         return Difference(mean, low, high, confidence)
