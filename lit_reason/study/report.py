@@ -34,11 +34,13 @@ def write_report(results: StudyResults, command: list[str] | None = None) -> Pat
         "Minutes marked * are those of the last attempt of a run resumed after an interruption.",
         results_table(results),
         "## Against the warm start",
-        "Each run minus the warm start, per question (means over seeds), with the paired 95% interval: for 0/1 "
-        "outcomes, Newcombe's score interval (with several seeds, on the seed pairs' mean table, widened to hold "
-        "a paired bootstrap over seeds and questions too); for pass@1, a fraction of samples, that bootstrap.",
+        "Each run minus the warm start, per question (means over seeds), with the paired 95% interval: with one "
+        "seed, Newcombe's score interval for 0/1 outcomes and the paired bootstrap over questions for pass@1, a "
+        "fraction of samples; with several, a t-interval over the seeds' spread and the questions' (widened to "
+        "hold Newcombe's on the seed pairs' mean table for 0/1 outcomes).",
         differences_table(results),
         "## The paper's claims",
+        claims_scope(results),
         "\n".join(f"- **{v.claim}**: {v.verdict.upper()}. {v.evidence}." for v in assess_claims(results)),
         "## Checks",
         "\n".join(f"- {line}" for line in checks(results)),
@@ -100,6 +102,20 @@ def differences_table(results: StudyResults) -> str:
         differences = [results.difference(run.name, m) if run.seeds else None for m in metrics]
         rows.append([run.name, *(str(d) if d is not None else "-" for d in differences)])
     return markdown_table(["run", *(f"Δ {m}" for m in metrics)], rows)
+
+
+def claims_scope(results: StudyResults) -> str:
+    """What the claims' intervals hold: the spread between training seeds only where a run has several."""
+    evaluated = [run for run in results.runs.values() if run.seeds]
+    one_seed = [run.name for run in evaluated if len(run.seeds) == 1]
+    if not one_seed:
+        return "The intervals hold the spread between each run's training seeds and between questions."
+    runs = "Every run" if len(one_seed) == len(evaluated) else f"These runs: {', '.join(one_seed)}"
+    return (
+        f"{runs} trained with one seed. Their intervals hold the spread between questions, not between training "
+        "runs, so a verdict that reads them is about these runs, not yet about their algorithms: another seed can "
+        "change it. More seeds (`seeds: [0, 1, 2]`) test the algorithms."
+    )
 
 
 def _final_evaluations_check(results: StudyResults) -> str | None:

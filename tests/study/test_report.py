@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import yaml
@@ -147,6 +148,7 @@ def test_the_report_has_the_table_the_verdicts_the_checks_and_the_plots(tmp_path
     )
     assert "| ei | Expert Iteration | sparse | 0.600 | 0.600 | 0.800 | 0.400 | 300 | 2 | 1.0 |" in text
     assert "| ei | +0.200 [" in text  # the paired difference from the warm start
+    assert "The intervals hold the spread between each run's training seeds and between questions." in text
     assert "- **RL (Expert Iteration) beats more SFT for the same time**: SUPPORTED." in text
     assert "Warm start convergence UNDECIDED: more SFT changes maj@1 by +0.010 [-0.007, +0.027]" in text
     assert "ei: its 2 seeds' final evaluations DO NOT differ" in text  # the fake seeds are copies
@@ -183,6 +185,16 @@ def test_a_warm_start_exported_at_its_best_epoch_rather_than_its_last_is_named_a
     assert "its last (10 steps) scored 0.350" in text
     write_run(run_dir(study, "warm_start", 0), [(5, 0, outcomes(0.35, 0.7)), (10, 0, outcomes(0.395, 0.7))])
     assert "SELECTED" not in write_report(read_results(study)).read_text()  # its last, evaluated again: rounding
+
+
+def test_verdicts_on_runs_of_one_seed_say_they_are_about_those_runs(tmp_path):
+    study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)})
+    text = write_report(read_results(study)).read_text()
+    assert "Every run trained with one seed. Their intervals hold the spread between questions, not between " in text
+    (tmp_path / "two_seeds").mkdir()
+    study = make_study(tmp_path / "two_seeds", {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)}, seeds=(0, 1))
+    shutil.rmtree(run_dir(study, "sft_more", 1))
+    assert "These runs: sft_more trained with one seed." in write_report(read_results(study)).read_text()
 
 
 def test_a_report_before_the_warm_start_was_evaluated_says_so(tmp_path):
