@@ -12,7 +12,7 @@ import json
 import string
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class PolicySpec:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        self._resolved: str | None = None  # ``resolved()``'s answer, once asked
         near = difflib.get_close_matches(self.name_or_path, TINY_PRESETS, n=1, cutoff=0.8)
         if near and not self.is_preset and not Path(self.name_or_path).expanduser().exists():
             raise ValueError(f"policy.name_or_path {self.name_or_path!r}: no such preset; did you mean {near[0]!r}?")
@@ -134,8 +135,20 @@ class PolicySpec:
         return hub_location(self.load_kwargs)
 
     def resolved(self) -> str:
-        """Where the weights come from: ``name_or_path``, with a ``config:`` warm start trained if needed."""
-        return resolve_policy_path(self.name_or_path)
+        """Where the weights come from: ``name_or_path``, with a ``config:`` warm start trained if needed.
+
+        Resolved once: a run's later loads (each Expert Iteration round's restart) read the directory its first
+        did, even if the warm start's config, data or lit-reason's code change while it runs (which changes the
+        warm start's cache key: it would train another warm start mid-run, and restart from that)."""
+        if self._resolved is None:
+            self._resolved = resolve_policy_path(self.name_or_path)
+        return self._resolved
+
+    def with_load_kwargs(self, extra: dict[str, Any]) -> PolicySpec:
+        """This policy loaded with ``extra`` ``load_kwargs`` too, from the directory this spec resolved to."""
+        spec = replace(self, load_kwargs={**self.load_kwargs, **extra})
+        spec._resolved = self.resolved()
+        return spec
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:

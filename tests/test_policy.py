@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lit_reason import warm_start
 from lit_reason.policy import (
     TINY_PRESETS,
     PolicySpec,
@@ -94,3 +95,23 @@ def test_policy_options_that_would_be_ignored_or_clash_are_named():
     assert load_model(eager, build_char_tokenizer()).config._attn_implementation == "eager"  # options, not typos
     with pytest.warns(UserWarning, match=r"load_kwargs \['dtype'\] do nothing for the tiny preset 'micro'"):
         PolicySpec(name_or_path="micro", load_kwargs={"dtype": "bfloat16"})
+
+
+def test_a_warm_start_resolves_once_per_spec_whatever_changes_while_the_run_trains(tmp_path, monkeypatch):
+    # Expert Iteration's restarts resolve the policy every round. A warm start's config (or data, or lit-reason's
+    # code) edited while a run trained changed its cache key, and the next round trained another warm start and
+    # restarted from it.
+    monkeypatch.setenv("LIT_REASON_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "sft.yaml"
+    config.write_text("seed_everything: 0\n")
+    cached = warm_start.warm_start_dir(config)
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text("{}")
+    spec = PolicySpec(name_or_path=f"config:{config}")
+    assert spec.resolved() == str(cached)
+    config.write_text("seed_everything: 1\n")
+    monkeypatch.setattr(warm_start, "_train", lambda *_: pytest.fail("trained another warm start mid-run"))
+    assert spec.resolved() == str(cached)
+    reference = spec.with_load_kwargs({"dtype": "bfloat16"})  # PPO's reference, loaded in another dtype
+    assert reference.resolved() == str(cached) and reference.load_kwargs == {"dtype": "bfloat16"}
+    assert reference.name_or_path == spec.name_or_path and spec.load_kwargs == {}

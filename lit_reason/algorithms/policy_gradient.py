@@ -28,7 +28,6 @@ log-probs (the first ratio is exactly 1).
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -137,7 +136,7 @@ class PolicyGradient(ReasoningModule):
         if self.reward.kl_coef and not has_adapter(self.policy):
             spec = self.policy_spec
             if self.reference_load_kwargs is not None:
-                spec = replace(spec, load_kwargs={**spec.load_kwargs, **self.reference_load_kwargs})
+                spec = spec.with_load_kwargs(self.reference_load_kwargs)
             self.reference = load_model(spec, self.tokenizer).eval()
             self.reference.requires_grad_(False)
 
