@@ -186,6 +186,13 @@ def _trainable_kept(layers: Sequence[torch.nn.Module]) -> Iterator[None]:
             parameter.requires_grad_(requires_grad)
 
 
+def _in_half_precision(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s floating-point weights are bfloat16 or float16 (not quantized: its kernels own those)."""
+    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
+        return False
+    return any(parameter.dtype in (torch.bfloat16, torch.float16) for parameter in model.parameters())
+
+
 def save_adapted(
     base: torch.nn.Module,
     adapter: LoraConfig,
@@ -197,8 +204,12 @@ def save_adapted(
     """Save a network trained with ``adapter`` from its full state dict ``state``, into ``base``, a fresh copy
     of its base model (on rank 0's CPU: the trained network may be sharded): ``merged`` writes the base model
     with the adapter folded into its weights, ``adapter`` the adapter alone (with its config, naming the base
-    model: a local one by its absolute path). A critic's adapter in ``state`` is left out. ``generation_config``:
-    the trained network's (its suppressed tokens)."""
+    model: a local one by its absolute path). A merged export of a bfloat16 or float16 base is float32. A critic's
+    adapter in ``state`` is left out. ``generation_config``: the trained network's (its suppressed tokens)."""
+    if how == "merged" and _in_half_precision(base):
+        # Folded into bfloat16 weights, a small adapter's change rounds away (a change below half a weight's last
+        # place vanishes): merged into a float32 copy, the export computes what was trained.
+        base = base.float()
     peft_model = get_peft_model(base, copy.deepcopy(adapter))
     recorded = peft_model.peft_config[POLICY_ADAPTER]
     if recorded.base_model_name_or_path and Path(recorded.base_model_name_or_path).expanduser().is_dir():

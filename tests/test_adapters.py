@@ -166,6 +166,30 @@ def test_the_value_head_reads_a_half_precision_policy():
     assert values.shape == (1, input_ids.shape[1] - 8)  # a float32 head over bfloat16 hidden states crashed
 
 
+def test_a_merged_export_of_a_bfloat16_base_keeps_a_small_adapter(tmp_path):
+    # Merged into the bfloat16 weights, a change below half their last place rounded away: the export was the
+    # base model, not the trained policy.
+    tokenizer = build_char_tokenizer()
+
+    def bfloat16_base() -> torch.nn.Module:
+        return load_model(PolicySpec(name_or_path="micro", seed=1), tokenizer).to(torch.bfloat16)
+
+    policy = with_adapter(bfloat16_base(), LORA)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(1e-4)  # B A: changes of about 5e-5, below the bfloat16 weights' last place
+    save_adapted(bfloat16_base(), LORA, policy.state_dict(), tmp_path / "export", "merged")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert exported.dtype == torch.float32
+    layer = policy.model.layers[0].self_attn.q_proj
+    adapter_change = (
+        layer.scaling[POLICY_ADAPTER] * layer.lora_B[POLICY_ADAPTER].weight @ layer.lora_A[POLICY_ADAPTER].weight
+    )
+    merged_change = exported.model.layers[0].self_attn.q_proj.weight - layer.base_layer.weight.float()
+    assert torch.allclose(merged_change, adapter_change.float(), rtol=1e-3, atol=1e-7)
+
+
 def saved_base(path: Path, seed: int = 1) -> Path:
     """A micro preset saved as a model directory: a base an adapter exported alone can name (a preset cannot)."""
     tokenizer = build_char_tokenizer()
