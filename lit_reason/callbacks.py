@@ -18,6 +18,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_reason.conditioning import Conditioning
 from lit_reason.distributed import StopAllRanksOnFailure
 from lit_reason.evaluation import drop_outputs_after
 from lit_reason.files import RunDirectoryInUse, RunLock, remove_path, replace_path
@@ -346,6 +347,8 @@ def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: s
     module_doc = sys.modules[type(pl_module).__module__].__doc__ or ""
     sampling = pl_module.evaluation
     reward_model = pl_module.trains_reward_model
+    conditioning = Conditioning() if reward_model else pl_module.export_conditioning()
+    guidance = conditioning.guidance if conditioning.guided else None
     return ModelCard(
         title=Path(trainer.log_dir or ".").name,
         method=type(pl_module).__name__,
@@ -357,7 +360,9 @@ def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: s
         samples_drawn=trainer.datamodule.samples_drawn,
         metrics={name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")},
         example_prompt=task.prompt(example, pl_module.tokenizer),
-        response_prefix="" if reward_model else pl_module.export_conditioning().response_prefix,
+        response_prefix=conditioning.response_prefix,
+        guidance_scale=guidance.scale if guidance else 1.0,
+        negative_prefix=guidance.negative_prefix if guidance else "",
         stop_strings=task.stop_strings,
         sampling={
             "num_samples": sampling.num_samples,

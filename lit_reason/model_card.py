@@ -30,6 +30,8 @@ class ModelCard:
         metrics: the last validation's metrics by name, e.g. ``{"val/maj@1": 0.98}``.
         example_prompt: the exact text the model continues, for one validation question.
         response_prefix: text to append after every prompt (RCRL's return token), or "".
+        guidance_scale: the classifier-free guidance evaluation applied (1: none).
+        negative_prefix: under guidance, what the contrasted prompt has in place of ``response_prefix``.
         stop_strings: text that ends a response besides EOS.
         sampling: how evaluation sampled (``num_samples``, ``temperature``, ``max_new_tokens``).
         config_file: the run's saved config, or None.
@@ -47,6 +49,8 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     example_prompt: str = ""
     response_prefix: str = ""
+    guidance_scale: float = 1.0
+    negative_prefix: str = ""
     stop_strings: tuple[str, ...] = ()
     sampling: dict[str, float] = field(default_factory=dict)
     config_file: str | None = None
@@ -103,7 +107,23 @@ class ModelCard:
                 "not).",
                 "",
             ]
+        guided = self.guidance_scale != 1
+        if guided:
+            prefix_note += [
+                f"lit-reason evaluated it with classifier-free guidance of scale {self.guidance_scale:g} against the "
+                f"prompt behind `{self.negative_prefix}` instead (also in `{CONDITIONING_FILE}`): the snippet passes "
+                "both to `generate`, which contrasts them as lit-reason does.",
+                "",
+            ]
         stops = f" Stop at EOS or at any of {list(self.stop_strings)}." if self.stop_strings else " Stop at EOS."
+        max_new_tokens = int(self.sampling.get("max_new_tokens", 256))
+        guidance = [
+            f"negative = {self.example_prompt + self.negative_prefix!r}",
+            'negative_ids = tokenizer(negative, return_tensors="pt", add_special_tokens=not has_bos).input_ids',
+            f"output = model.generate(**inputs, max_new_tokens={max_new_tokens}, "
+            f"guidance_scale={self.guidance_scale!r}, negative_prompt_ids=negative_ids)",
+        ]
+        plain = [f"output = model.generate(**inputs, max_new_tokens={max_new_tokens})"]
         return [
             "## How to prompt it",
             "",
@@ -126,7 +146,7 @@ class ModelCard:
             "# As lit-reason tokenizes prompts: with the tokenizer's BOS unless the prompt starts with it already.",
             "has_bos = tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token)",
             'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not has_bos)',
-            f"output = model.generate(**inputs, max_new_tokens={int(self.sampling.get('max_new_tokens', 256))})",
+            *(guidance if guided else plain),
             "print(tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))",
             "```",
         ]

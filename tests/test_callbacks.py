@@ -23,7 +23,7 @@ from lit_reason.callbacks import (
     SaveRunConfig,
     StagedCheckpoint,
 )
-from lit_reason.conditioning import Conditioning
+from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.data import RolloutDataModule
 from lit_reason.files import RunDirectoryInUse, RunLock
 from lit_reason.policy import PolicySpec
@@ -52,7 +52,7 @@ class FakeModule:
     evaluation = SamplingConfig(num_samples=2, temperature=0.7, max_new_tokens=16)
 
     def export_conditioning(self) -> Conditioning:
-        return Conditioning(response_prefix="[GOOD]")
+        return Conditioning(response_prefix="[GOOD]", guidance=Guidance("[BAD]", 2.0))  # RCRL's export, guided
 
 
 def fake_trainer(log_dir) -> SimpleNamespace:
@@ -81,6 +81,7 @@ def test_a_failed_export_leaves_the_previous_one_intact(tmp_path):
     card = (tmp_path / "policy" / "README.md").read_text()  # with its card
     assert "by `FakeModule` from `tiny`" in card and "Exported at optimizer step 3, after 64" in card
     assert "| val/maj@1 | 0.5000 |" in card and "train/loss" not in card and "\n[GOOD]\n```" in card
+    assert "guidance of scale 2 against the prompt behind `[BAD]`" in card and "guidance_scale=2.0" in card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
 
 

@@ -1,6 +1,13 @@
 import ast
+import contextlib
+import io
 
+import torch
+
+from lit_reason.conditioning import Conditioning, Guidance
 from lit_reason.model_card import ModelCard
+from lit_reason.policy import PolicySpec, build_char_tokenizer, load_model
+from lit_reason.sampling import SamplingConfig, sample
 
 
 def card(**overrides) -> ModelCard:
@@ -65,3 +72,31 @@ def test_only_a_hub_repository_is_the_cards_base_model(tmp_path):
     (tmp_path / "policy").mkdir()
     for local in ("tiny", str(tmp_path / "policy")):
         assert "base_model:" not in card(base_model=local).markdown()
+
+
+def test_the_snippet_of_a_guided_policy_generates_what_lit_reason_s_guided_greedy_decoding_does(tmp_path):
+    """A policy evaluated with guidance (RCRL's ``guidance_scale``): the card said nothing of it, and its
+    snippet's plain ``generate`` decoded another policy than the one validated."""
+    tokenizer = build_char_tokenizer()
+    model = load_model(PolicySpec(name_or_path="tiny", seed=2), tokenizer).eval()  # one whose decoding guidance changes
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    guided = card(guidance_scale=3.0, negative_prefix="[BAD]", sampling={"max_new_tokens": 24})
+    body = guided.markdown()
+    assert "classifier-free guidance of scale 3 against the prompt behind `[BAD]`" in body
+    snippet = body.split("```python\n", 1)[1].split("```", 1)[0].replace('"PATH"', repr(str(tmp_path)))
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(snippet, namespace)  # the card's own code, as a user runs it
+    conditioning = Conditioning("[GOOD]", guidance=Guidance("[BAD]", 3.0))
+    with torch.no_grad():
+        ours = sample(
+            model, tokenizer, ["What is 2 + 3?\n"], SamplingConfig(num_samples=1, temperature=0, max_new_tokens=24),
+            [0], eos_token_ids=[tokenizer.eos_token_id], conditioning=conditioning,
+        )  # fmt: skip
+        unguided = sample(
+            model, tokenizer, ["What is 2 + 3?\n"], SamplingConfig(num_samples=1, temperature=0, max_new_tokens=24),
+            [0], eos_token_ids=[tokenizer.eos_token_id], conditioning=conditioning.without_guidance(),
+        )  # fmt: skip
+    assert ours.texts[0] != unguided.texts[0]  # guidance changes what this model decodes
+    assert printed.getvalue() == ours.texts[0] + "\n"
