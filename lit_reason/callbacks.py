@@ -23,7 +23,8 @@ from lit_reason.distributed import StopAllRanksOnFailure
 from lit_reason.evaluation import drop_outputs_after
 from lit_reason.files import RunDirectoryInUse, RunLock, remove_path, replace_path
 from lit_reason.model_card import CARD_FILE, ModelCard
-from lit_reason.warm_start import is_exported
+from lit_reason.policy import PolicySpec
+from lit_reason.warm_start import CONFIG_PREFIX, is_exported
 
 
 class ExportPolicy(Callback):
@@ -317,6 +318,23 @@ class ForgetOutputsAfterCheckpoint(Callback):
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:  # validate / test from a checkpoint leave the run's outputs be
             drop_outputs_after(trainer, checkpoint["epoch"], checkpoint["global_step"])
+
+
+WARM_STARTS = "warm_starts"  # a checkpoint's record of where each ``config:`` policy of its run resolved to
+
+
+class RecordWarmStarts(Callback):
+    """Records in every checkpoint the directory each ``config:`` warm start of the run resolved to
+    (``WARM_STARTS``: ``name_or_path`` -> directory), so that a resumed fit loads those
+    (``cli.resume_with_recorded_warm_starts``), not others that a changed config or lit-reason now names."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        specs = [value for value in vars(pl_module).values() if isinstance(value, PolicySpec)]
+        checkpoint[WARM_STARTS] = {
+            spec.name_or_path: spec.resolution
+            for spec in specs
+            if spec.name_or_path.startswith(CONFIG_PREFIX) and spec.resolution is not None
+        }
 
 
 class FailFast(Callback):

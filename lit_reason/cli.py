@@ -15,22 +15,32 @@ from typing import Any
 
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.callbacks import (
+    WARM_STARTS,
     ExportPolicy,
     FailFast,
     ForgetOutputsAfterCheckpoint,
     LastCheckpoint,
+    RecordWarmStarts,
     SaveRunConfig,
     StagedCheckpoint,
 )
 from lit_reason.data import RolloutDataModule
 from lit_reason.files import restore_interrupted_replacement
-from lit_reason.warm_start import CONFIG_PREFIX, exit_with_parent, is_cached, locate_config
+from lit_reason.warm_start import (
+    CONFIG_PREFIX,
+    exit_with_parent,
+    is_cached,
+    is_exported,
+    locate_config,
+    warm_start_dir,
+)
 
 SHARDED_CHECKPOINT_META = "meta.pt"  # where a sharded (FSDP2) checkpoint's folder keeps all but the weights
 
@@ -143,24 +153,65 @@ def _read_config(path: str) -> Any:
         raise ValueError(f"--config {where}: not valid YAML ({problem})") from None
 
 
+def read_checkpoint_record(ckpt_path: str) -> dict[str, Any]:
+    """A fit's checkpoint, its tensors left on disk; a sharded (FSDP2) checkpoint, a folder, keeps all but the
+    weights in its ``meta.pt``. Empty where ``ckpt_path`` is neither (a URL is not read here)."""
+    path = Path(ckpt_path)
+    path = path / SHARDED_CHECKPOINT_META if path.is_dir() else path
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path.is_file() else {}
+
+
 def refuse_another_algorithms_checkpoint(ckpt_path: str, class_path: str) -> None:
     """Stop a fit resumed from a checkpoint of another algorithm than ``class_path`` (an SFT ``last.ckpt`` given
     to Expert Iteration's config): its weights would fail to load with a list of keys, or load and go on with
     another run's optimizer and rounds. The algorithm is the ``_class_path`` this CLI saves among the
-    checkpoint's hyperparameters, compared by class name (``lit_reason.SFT`` is ``lit_reason.algorithms.SFT``);
-    a sharded (FSDP2) checkpoint, a folder, keeps them in its ``meta.pt``. A URL is not read here."""
-    path = Path(ckpt_path)
-    path = path / SHARDED_CHECKPOINT_META if path.is_dir() else path
-    if not path.is_file():
-        return
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors left on disk
-    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    checkpoint's hyperparameters, compared by class name (``lit_reason.SFT`` is ``lit_reason.algorithms.SFT``)."""
+    saved = read_checkpoint_record(ckpt_path).get("hyper_parameters", {}).get("_class_path")
     if saved and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
         raise ValueError(
             f"--ckpt_path {ckpt_path} is a checkpoint of {saved}, and this fit trains {class_path}: resume with the "
             "config of the run that saved it (its config.yaml), or start this fit without --ckpt_path (a trained "
             "policy is --model.init_args.policy.name_or_path)"
         )
+
+
+def resume_with_recorded_warm_starts(ckpt_path: str, model_arguments: Any) -> None:
+    """Point each ``config:`` policy of a resumed fit's ``model_arguments`` (its parsed ``model.init_args``) at the
+    warm start its checkpoint recorded (``RecordWarmStarts``), where that one is still cached and the config now
+    names another: a changed config, data file or lit-reason keys a new warm start, which would be trained first,
+    and the reference, the restarts and the critic's start would differ from those of the run's first part."""
+    recorded = read_checkpoint_record(ckpt_path).get(WARM_STARTS, {})
+    for arguments in _policy_arguments(model_arguments):
+        name = arguments["name_or_path"]
+        directory = recorded.get(name)
+        config = locate_config(name[len(CONFIG_PREFIX) :]) if directory else None
+        if directory is None or (config is not None and str(warm_start_dir(config)) == directory):
+            continue
+        if not is_exported(Path(directory)):
+            rank_zero_warn(
+                f"--ckpt_path {ckpt_path}: the warm start this run started from, {directory}, is no longer cached, so "
+                f"{name} is resolved again (and trained if needed): the resumed run's reference and restarts differ "
+                "from its first part's"
+            )
+            continue
+        rank_zero_warn(
+            f"--ckpt_path {ckpt_path}: resuming with the warm start this run started from, {directory}; {name} now "
+            "names another (its config, a data file it reads or lit-reason's code changed since)"
+        )
+        arguments["name_or_path"] = directory
+
+
+def _policy_arguments(node: Any):
+    """Every mapping among ``node``'s parsed arguments (nested ones too) that names a ``config:`` policy."""
+    children = vars(node) if isinstance(node, Namespace) else node if isinstance(node, dict) else None
+    if children is None:
+        for item in node if isinstance(node, list) else ():
+            yield from _policy_arguments(item)
+        return
+    if str(children.get("name_or_path", "")).startswith(CONFIG_PREFIX):
+        yield node
+    for value in children.values():
+        yield from _policy_arguments(value)
 
 
 class LitReasonCLI(LightningCLI):
@@ -199,7 +250,9 @@ class LitReasonCLI(LightningCLI):
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         self.save_config_kwargs = {**self.save_config_kwargs, "subcommand": self.subcommand or "fit"}
-        return self._instantiate_trainer(trainer_config, [*callbacks, ForgetOutputsAfterCheckpoint(), FailFast()])
+        return self._instantiate_trainer(
+            trainer_config, [*callbacks, ForgetOutputsAfterCheckpoint(), FailFast(), RecordWarmStarts()]
+        )
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would lay the hyperparameters saved in --ckpt_path over the parsed config: evaluating a
@@ -212,6 +265,7 @@ class LitReasonCLI(LightningCLI):
             rank_zero_warn(f"--ckpt_path {ckpt_path}: a crash came while it was being replaced; the previous is back")
         if ckpt_path:
             refuse_another_algorithms_checkpoint(ckpt_path, self.config[subcommand]["model"]["class_path"])
+            resume_with_recorded_warm_starts(ckpt_path, self.config[subcommand]["model"]["init_args"])
 
     def parse_arguments(self, parser, args) -> None:
         if args is None or isinstance(args, list):

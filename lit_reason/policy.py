@@ -144,6 +144,11 @@ class PolicySpec:
             self._resolved = resolve_policy_path(self.name_or_path)
         return self._resolved
 
+    @property
+    def resolution(self) -> str | None:
+        """The directory (or name) ``resolved()`` answered, None before it was asked."""
+        return self._resolved
+
     def with_load_kwargs(self, extra: dict[str, Any]) -> PolicySpec:
         """This policy loaded with ``extra`` ``load_kwargs`` too, from the directory this spec resolved to."""
         spec = replace(self, load_kwargs={**self.load_kwargs, **extra})

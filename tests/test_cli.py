@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,10 +10,11 @@ import yaml
 from jsonargparse import Namespace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_reason.callbacks import StagedCheckpoint
+from lit_reason.callbacks import WARM_STARTS, RecordWarmStarts, StagedCheckpoint
 from lit_reason.cli import LitReasonCLI, main, refuse_another_algorithms_checkpoint, resume_in_place
 from lit_reason.evaluation import PREDICTION_FIELDS
 from lit_reason.files import RunDirectoryInUse, RunLock
+from lit_reason.policy import PolicySpec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -331,6 +333,44 @@ def test_a_checkpoint_of_another_algorithm_is_refused_by_class_name(tmp_path):
     with pytest.raises(ValueError, match=r"is a checkpoint of lit_reason\.SFT, and this fit trains lit_reason\.GRPO"):
         refuse_another_algorithms_checkpoint(str(sharded), "lit_reason.GRPO")
     refuse_another_algorithms_checkpoint(str(tmp_path / "missing.ckpt"), "lit_reason.GRPO")  # Lightning says so
+
+
+def test_a_resumed_fit_loads_the_warm_start_its_checkpoint_recorded(tmp_path, monkeypatch):
+    # A config edited (or lit-reason updated) between a crash and the resume keyed another warm start: the
+    # resume trained it first, and went on with another reference and other restarts than the run's first part.
+    monkeypatch.setenv("LIT_REASON_CACHE", str(tmp_path / "cache"))
+    warm_start_config, started_from = tmp_path / "sft.yaml", tmp_path / "cache" / "warm_start" / "sft-earlier"
+    warm_start_config.write_text("seed_everything: 1\n")  # edited since: its key is no longer that directory
+    started_from.mkdir(parents=True)
+    (started_from / "config.json").write_text("{}")
+    name = f"config:{warm_start_config}"
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save(
+        {"hyper_parameters": {"_class_path": "lit_reason.SFT"}, WARM_STARTS: {name: str(started_from)}}, checkpoint
+    )
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+    arguments = ["fit", "--config", sft, f"--model.init_args.policy.name_or_path={name}", f"--ckpt_path={checkpoint}"]
+    with pytest.warns(UserWarning, match="resuming with the warm start this run started from"):
+        cli = ParseAndStop(args=arguments)
+    assert cli.config["fit"]["model"]["init_args"]["policy"]["name_or_path"] == str(started_from)
+    # Where it is still the config's, or no longer cached, the config's name stays (the latter with a warning).
+    started_from.rename(tmp_path / "cleared")
+    with pytest.warns(UserWarning, match="is no longer cached, so config:.* is resolved again"):
+        cli = ParseAndStop(args=arguments)
+    assert cli.config["fit"]["model"]["init_args"]["policy"]["name_or_path"] == name
+
+
+def test_checkpoints_record_where_their_warm_starts_resolved_to(tmp_path):
+    module = SimpleNamespace(
+        policy_spec=PolicySpec(name_or_path=f"config:{tmp_path / 'sft.yaml'}"),
+        base_policy=PolicySpec(name_or_path="config:unresolved.yaml"),  # not asked yet: not recorded
+        other=PolicySpec(name_or_path="tiny"),
+    )
+    module.policy_spec._resolved = str(tmp_path / "warm")
+    module.other.resolved()
+    checkpoint: dict = {}
+    RecordWarmStarts().on_save_checkpoint(None, module, checkpoint)
+    assert checkpoint[WARM_STARTS] == {f"config:{tmp_path / 'sft.yaml'}": str(tmp_path / "warm")}
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
