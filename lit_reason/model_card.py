@@ -109,10 +109,13 @@ class ModelCard:
             ]
         guided = self.guidance_scale != 1
         if guided:
+            negative = (
+                f"the prompt behind `{self.negative_prefix}` instead" if self.negative_prefix else "the bare prompt"
+            )
             prefix_note += [
-                f"lit-reason evaluated it with classifier-free guidance of scale {self.guidance_scale:g} against the "
-                f"prompt behind `{self.negative_prefix}` instead (also in `{CONDITIONING_FILE}`): the snippet passes "
-                "both to `generate`, which contrasts them as lit-reason does.",
+                f"lit-reason evaluated it with classifier-free guidance of scale {self.guidance_scale:g} against "
+                f"{negative} (also in `{CONDITIONING_FILE}`): the snippet passes both to `generate`, which contrasts "
+                "them as lit-reason does.",
                 "",
             ]
         stops = f" Stop at EOS or at any of {list(self.stop_strings)}." if self.stop_strings else " Stop at EOS."
@@ -120,10 +123,10 @@ class ModelCard:
         guidance = [
             f"negative = {self.example_prompt + self.negative_prefix!r}",
             'negative_ids = tokenizer(negative, return_tensors="pt", add_special_tokens=not has_bos).input_ids',
-            f"output = model.generate(**inputs, max_new_tokens={max_new_tokens}, "
+            f"output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens}, "
             f"guidance_scale={self.guidance_scale!r}, negative_prompt_ids=negative_ids)",
         ]
-        plain = [f"output = model.generate(**inputs, max_new_tokens={max_new_tokens})"]
+        plain = [f"output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens})"]
         return [
             "## How to prompt it",
             "",
@@ -137,10 +140,12 @@ class ModelCard:
             f"It answers with its reasoning and a last line `#### <answer>`.{stops}",
             "",
             "```python",
+            "import torch",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
             'tokenizer = AutoTokenizer.from_pretrained("PATH")',
-            'model = AutoModelForCausalLM.from_pretrained("PATH")',
+            "# Greedy and in float32, as lit-reason loads an export (a base's generation_config may say to sample).",
+            'model = AutoModelForCausalLM.from_pretrained("PATH", dtype=torch.float32)',
             # A Python literal: JSON writes an emoji as two surrogate escapes, which Python reads as two characters.
             f"prompt = {self.example_prompt + self.response_prefix!r}",
             "# As lit-reason tokenizes prompts: with the tokenizer's BOS unless the prompt starts with it already.",

@@ -71,27 +71,28 @@ def seeds_and_questions_interval(
 
     Each seed's luck on single questions is in both terms, which errs wide when the seeds hardly differ. The
     interval is D +- t * sqrt(variance), with t at the Welch-Satterthwaite degrees of freedom: with 2 or 3 seeds
-    whose accuracies differ, t is far above 1.96 (4.30 at 2 degrees of freedom). A side with one seed adds no
-    spread between seeds (the study's warm start: every run starts from that one).
+    whose accuracies differ, t is far above 1.96 (4.30 at 2 degrees of freedom). It is clipped to [-1, 1], where
+    a difference of outcomes in [0, 1] lies. A side with one seed adds no spread between seeds (the study's warm
+    start: every run starts from that one), and one question no spread between questions.
     """
     baseline, candidate = _per_seed(baseline), _per_seed(candidate)
-    if baseline.shape[-1] != candidate.shape[-1] or baseline.shape[-1] < 2:
+    if baseline.shape[-1] != candidate.shape[-1] or baseline.shape[-1] == 0:
         raise ValueError(
-            f"need outcomes of the same Q > 1 questions, got {baseline.shape[-1]} and {candidate.shape[-1]}"
+            f"need outcomes of the same Q > 0 questions, got {baseline.shape[-1]} and {candidate.shape[-1]}"
         )
     questions = baseline.shape[-1]
     per_question = candidate.mean(0) - baseline.mean(0)  # (Q,)
     mean = per_question.mean().item()
-    parts = [(per_question.var().item() / questions, questions - 1)]  # (variance, degrees of freedom)
+    parts = [(per_question.var().item() / questions, questions - 1)] if questions > 1 else []  # (variance, df)
     parts += [
         (side.mean(-1).var().item() / len(side), len(side) - 1) for side in (baseline, candidate) if len(side) > 1
     ]
     variance = sum(part for part, _ in parts)
     if variance == 0:
         return mean, mean, mean
-    degrees_of_freedom = variance**2 / sum(part**2 / freedom for part, freedom in parts)
+    degrees_of_freedom = 1 / sum((part / variance) ** 2 / freedom for part, freedom in parts)
     half = t_quantile(confidence, degrees_of_freedom) * math.sqrt(variance)
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, -1.0), min(mean + half, 1.0)
 
 
 def newcombe_from_cells(
@@ -154,11 +155,15 @@ def _per_seed(outcomes: torch.Tensor) -> torch.Tensor:
 def t_quantile(confidence: float, degrees_of_freedom: float) -> float:
     """Student's t quantile that bounds a two-sided interval of ``confidence`` (4.303 at 0.95 and 2 degrees of
     freedom; fractional degrees of freedom too), to 1e-8 relative: bisection on the regularized incomplete beta
-    function, P(|T| > t) = I_x(df / 2, 1 / 2) with x = df / (df + t^2)."""
+    function, P(|T| > t) = I_x(df / 2, 1 / 2) with x = df / (df + t^2). Past 1e8 degrees of freedom, where x
+    rounds to 1, the normal's quantile z with its first correction, z + (z^3 + z) / (4 df)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie between 0 and 1, got {confidence}")
     if not degrees_of_freedom > 0:
         raise ValueError(f"degrees of freedom must be positive, got {degrees_of_freedom}")
+    if degrees_of_freedom > 1e8:
+        z = normal_quantile(confidence)
+        return z + (z**3 + z) / (4 * degrees_of_freedom)
 
     def beyond(t: float) -> float:  # P(|T| > t)
         return _regularized_incomplete_beta(

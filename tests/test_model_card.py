@@ -76,10 +76,15 @@ def test_only_a_hub_repository_is_the_cards_base_model(tmp_path):
 
 def test_the_snippet_of_a_guided_policy_generates_what_lit_reason_s_guided_greedy_decoding_does(tmp_path):
     """A policy evaluated with guidance (RCRL's ``guidance_scale``): the card said nothing of it, and its
-    snippet's plain ``generate`` decoded another policy than the one validated."""
+    snippet's plain ``generate`` decoded another policy than the one validated (and sampled, where the base
+    model's generation config said so)."""
     tokenizer = build_char_tokenizer()
     model = load_model(PolicySpec(name_or_path="tiny", seed=2), tokenizer).eval()  # one whose decoding guidance changes
-    model.save_pretrained(tmp_path)
+    # An export in bfloat16 whose base model's generation config samples: lit-reason loads it in float32 and
+    # decodes greedily, and so must the snippet.
+    model.generation_config.update(do_sample=True, temperature=0.7, top_k=5)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    model.float()
     tokenizer.save_pretrained(tmp_path)
     guided = card(guidance_scale=3.0, negative_prefix="[BAD]", sampling={"max_new_tokens": 24})
     body = guided.markdown()

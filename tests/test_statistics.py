@@ -97,11 +97,12 @@ def test_seeds_and_questions_interval_by_hand():
     # Candidate seeds 1110 and 0010 against 0010: per-question differences d = (0.5, 0.5, 0, 0), mean 0.25.
     # Between questions: var(d) / Q = (1/12) / 4 = 1/48 (3 degrees of freedom); between the candidate's seeds:
     # var(0.75, 0.25) / 2 = 1/16 (1 degree of freedom). Variance 1/12, Welch-Satterthwaite degrees of freedom
-    # (1/12)^2 / ((1/48)^2 / 3 + (1/16)^2) = 12/7, t = 5.0685 (scipy.stats.t.ppf(0.975, 12/7)): half 1.46315.
-    mean, low, high = seeds_and_questions_interval(
-        torch.tensor([0.0, 0, 1, 0]), torch.tensor([[1.0, 1, 1, 0], [0, 0, 1, 0]])
-    )
-    assert mean == 0.25 and (high - low) / 2 == pytest.approx(1.463150, abs=1e-6)
+    # (1/12)^2 / ((1/48)^2 / 3 + (1/16)^2) = 12/7. At 95%, t = 5.0685 (scipy.stats.t.ppf(0.975, 12/7)): half
+    # 1.46315, clipped to [-1, 1]; at 50%, t = 0.843962 (scipy.stats.t.ppf(0.75, 12/7)): half 0.243631.
+    baseline, candidate = torch.tensor([0.0, 0, 1, 0]), torch.tensor([[1.0, 1, 1, 0], [0, 0, 1, 0]])
+    assert seeds_and_questions_interval(baseline, candidate) == (0.25, -1.0, 1.0)
+    mean, low, high = seeds_and_questions_interval(baseline, candidate, confidence=0.5)
+    assert mean == 0.25 and low == pytest.approx(0.25 - 0.243631, abs=1e-6) and high == pytest.approx(0.25 + 0.243631)
     # Identical sides, and seeds that all agree with no spread between questions: no width.
     assert seeds_and_questions_interval(torch.ones(2, 5), torch.ones(3, 5)) == (0.0, 0.0, 0.0)
 
@@ -172,8 +173,18 @@ def test_rejects_unpaired_outcomes():
         paired_bootstrap(torch.zeros(3), torch.zeros(4))
     with pytest.raises(ValueError, match="the same Q > 0 questions"):
         paired_interval(torch.zeros(3), torch.zeros(4))
-    with pytest.raises(ValueError, match="the same Q > 1 questions"):
+    with pytest.raises(ValueError, match="the same Q > 0 questions"):
         seeds_and_questions_interval(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_intervals_over_seeds_of_one_question_and_of_tiny_spreads():
+    # One question (validation_questions: 1) and several seeds: the interval over the seeds alone (it raised).
+    # Seeds 1 and 0 against 0: spread var(1, 0) / 2 = 1/4 at 1 degree of freedom, t = 12.706: clipped to [-1, 1].
+    assert paired_interval(torch.zeros(1, 1), torch.tensor([[1.0], [0.0]])) == (0.5, -1.0, 1.0)
+    # A variance whose square underflows divided 0 by 0 for its degrees of freedom.
+    tiny = torch.tensor([[0.0, 0, 1e-160], [0, 0, 0]], dtype=torch.float64)
+    mean, low, high = seeds_and_questions_interval(torch.zeros(2, 3, dtype=torch.float64), tiny)
+    assert low < mean < high
 
 
 def test_seed_intervals_use_student_s_t():
@@ -195,6 +206,8 @@ def test_seed_intervals_use_student_s_t():
         (0.95, 2.5, 3.5747),  # fractional, as Welch-Satterthwaite gives: scipy.stats.t.ppf(0.975, 2.5)
         (1 - 0.05 / 26, 4, 7.2484),  # one of 26 Bonferroni intervals: scipy.stats.t.ppf(1 - 0.05 / 52, 4)
         (0.95, 1e7, 1.95996),  # the normal's
+        (0.95, 1e15, 1.95996),  # past 1e8 by the normal's (the incomplete beta gave 1.75)
+        (0.95, math.inf, 1.95996),
     ],
 )
 def test_t_quantiles(confidence, degrees_of_freedom, t):

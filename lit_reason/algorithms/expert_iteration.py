@@ -105,6 +105,8 @@ class ExpertIteration(SFT):
         self.epochs_per_round = epochs_per_round
         self.restart_from = restart_from
         self.base_policy = base_policy
+        if restart_from == "base":
+            base_policy.resolved()  # a warm start trained now, not at the first restart, mid-run
         self.dedupe = dedupe
         self.reference_solutions = reference_solutions
         self.reward_fn = reward_fn

@@ -108,13 +108,15 @@ def claims_scope(results: StudyResults) -> str:
     """What the claims' intervals hold: the spread between training seeds only where a run has several."""
     evaluated = [run for run in results.runs.values() if run.seeds]
     one_seed = [run.name for run in evaluated if len(run.seeds) == 1]
+    if not evaluated:
+        return "No run has finished yet."
     if not one_seed:
         return "The intervals hold the spread between each run's training seeds and between questions."
     runs = "Every run" if len(one_seed) == len(evaluated) else f"These runs: {', '.join(one_seed)}"
     return (
-        f"{runs} trained with one seed. Their intervals hold the spread between questions, not between training "
-        "runs, so a verdict that reads them is about these runs, not yet about their algorithms: another seed can "
-        "change it. More seeds (`seeds: [0, 1, 2]`) test the algorithms."
+        f"{runs} finished with one seed, so an interval holds no spread between its training runs: a verdict "
+        "that reads them is about these runs, not yet about their algorithms, and another seed can change it. "
+        "More finished seeds per run test the algorithms."
     )
 
 

@@ -190,11 +190,11 @@ def test_a_warm_start_exported_at_its_best_epoch_rather_than_its_last_is_named_a
 def test_verdicts_on_runs_of_one_seed_say_they_are_about_those_runs(tmp_path):
     study = make_study(tmp_path, {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)})
     text = write_report(read_results(study)).read_text()
-    assert "Every run trained with one seed. Their intervals hold the spread between questions, not between " in text
+    assert "Every run finished with one seed, so an interval holds no spread between its training runs" in text
     (tmp_path / "two_seeds").mkdir()
     study = make_study(tmp_path / "two_seeds", {"ei": (0.6, 0.8), "sft_more": (0.41, 0.6)}, seeds=(0, 1))
     shutil.rmtree(run_dir(study, "sft_more", 1))
-    assert "These runs: sft_more trained with one seed." in write_report(read_results(study)).read_text()
+    assert "These runs: sft_more finished with one seed" in write_report(read_results(study)).read_text()
 
 
 def test_a_report_before_the_warm_start_was_evaluated_says_so(tmp_path):
