@@ -107,8 +107,7 @@ class ModelCard:
                 "not).",
                 "",
             ]
-        guided = self.guidance_scale != 1
-        if guided:
+        if self.guidance_scale != 1:
             negative = (
                 f"the prompt behind `{self.negative_prefix}` instead" if self.negative_prefix else "the bare prompt"
             )
@@ -119,14 +118,6 @@ class ModelCard:
                 "",
             ]
         stops = f" Stop at EOS or at any of {list(self.stop_strings)}." if self.stop_strings else " Stop at EOS."
-        max_new_tokens = int(self.sampling.get("max_new_tokens", 256))
-        guidance = [
-            f"negative = {self.example_prompt + self.negative_prefix!r}",
-            'negative_ids = tokenizer(negative, return_tensors="pt", add_special_tokens=not has_bos).input_ids',
-            f"output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens}, "
-            f"guidance_scale={self.guidance_scale!r}, negative_prompt_ids=negative_ids)",
-        ]
-        plain = [f"output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens})"]
         return [
             "## How to prompt it",
             "",
@@ -139,6 +130,22 @@ class ModelCard:
             *prefix_note,
             f"It answers with its reasoning and a last line `#### <answer>`.{stops}",
             "",
+            *self._snippet(),
+        ]
+
+    def _snippet(self) -> list[str]:
+        """Python that decodes the example prompt greedily with ``generate``, as lit-reason's evaluation does."""
+        max_new_tokens = int(self.sampling.get("max_new_tokens", 256))
+        if self.guidance_scale != 1:
+            generation = [
+                f"negative = {self.example_prompt + self.negative_prefix!r}",
+                'negative_ids = tokenizer(negative, return_tensors="pt", add_special_tokens=not has_bos).input_ids',
+                f"output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens}, "
+                f"guidance_scale={self.guidance_scale!r}, negative_prompt_ids=negative_ids)",
+            ]
+        else:
+            generation = [f"output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens})"]
+        return [
             "```python",
             "import torch",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -151,7 +158,7 @@ class ModelCard:
             "# As lit-reason tokenizes prompts: with the tokenizer's BOS unless the prompt starts with it already.",
             "has_bos = tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token)",
             'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not has_bos)',
-            *(guidance if guided else plain),
+            *generation,
             "print(tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))",
             "```",
         ]

@@ -255,8 +255,18 @@ def encode_continuation(tokenizer, context: str, context_ids: list[int], text: s
     prompt does not produce. Where the joint tokenization merges tokens across the boundary (its head differs
     from ``context_ids``), ``text`` is tokenized as it would be mid-text, behind a special token (which
     tokenizers split off first), if that decodes after ``context_ids`` to what the joint tokenization decodes
-    to (a normalizer may still prepend "▁" there); else by itself.
+    to (a normalizer may still prepend "▁" there); else by itself. A text that spells a special token out (a
+    response that writes "[GOOD]" or "<|im_end|>") is read as the characters it is, as a model writing it
+    sampled them, not as that token.
     """
+    ids = _continuation_ids(tokenizer, context, context_ids, text)
+    special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    if set(ids) & (special | set(tokenizer.all_special_ids)):
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+    return ids
+
+
+def _continuation_ids(tokenizer, context: str, context_ids: list[int], text: str) -> list[int]:
     joint = encode_prompt(tokenizer, context + text)
     if joint[: len(context_ids)] == context_ids:
         return joint[len(context_ids) :]

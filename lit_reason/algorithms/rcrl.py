@@ -6,10 +6,11 @@ both correct and incorrect samples are kept, each behind a token for its return 
 — placed between the prompt and the response. Fine-tuning on ``prompt + return token + response`` teaches
 what each return looks like; sampling and evaluation condition on the good token (the sampler's response
 prefix), so maj@1 / maj@K / pass@K mean the same as for every other algorithm. Until the policy has trained
-on return tokens it samples unconditioned: the first round keeps the starting policy's own samples (a warm
-start has never seen a return token, whose fresh embedding would derail it), and validation before training
-measures the starting policy as it is. The share of positive samples in each training batch is set by
-``positive_ratio`` (the paper found a balanced ratio worse than a skewed one), or left natural.
+on the good return token (a round that trained on data holding a correct sample) it samples unconditioned:
+the first round keeps the starting policy's own samples (a warm start has never seen a return token, whose
+fresh embedding would derail it), and validation before training measures the starting policy as it is. The
+share of positive samples in each training batch is set by ``positive_ratio`` (the paper found a balanced ratio
+worse than a skewed one), or left natural.
 
 The return tokens are added to the tokenizer and the embeddings before anything is sharded; exported
 policies carry them, and record the token evaluation conditions on as their ``Conditioning`` (the response
@@ -110,9 +111,10 @@ class ReturnConditionedRL(ExpertIteration):
         added = [t for t in (good_token, bad_token) if t not in self.tokenizer.get_vocab()]
         self.tokenizer.add_tokens(added, special_tokens=True)
         self.added_token_ids = tuple(self.tokenizer.convert_tokens_to_ids(added))
-        # Whether the policy has been trained on return tokens: until then its new token rows are untrained,
-        # and conditioning on them would only derail it.
+        # Whether the policy has been trained on return tokens, the good one among them: until then its row is
+        # untrained, and conditioning on it would only derail the policy.
         self.conditioned = False
+        self._round_teaches_good_return = False  # whether this round's data holds a correct sample
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -148,8 +150,14 @@ class ReturnConditionedRL(ExpertIteration):
     # ------------------------------------------------------------------------------------------- rounds
     def make_train_data(self, problems: list[Problem], round_index: int) -> TrainData:
         data = super().make_train_data(problems, round_index)
-        self.conditioned = True  # this round trains on return tokens: from now on, sample behind one
+        # The kept samples are the same on every rank, so every rank decides alike.
+        self._round_teaches_good_return = self.reference_solutions > 0 or any(s.correct for s in self.kept.values())
         return data
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Once a round trains (a round can make no batch, or only ``[BAD]`` ones) on data that holds the good
+        return, sample behind it from then on."""
+        self.conditioned = self.conditioned or self._round_teaches_good_return
 
     def select_samples(self, problems: list[Problem], batch: SampleBatch, correct: list[bool]) -> list[KeptSample]:
         """Every sample not cut off at the token limit, correct or not."""
@@ -192,11 +200,13 @@ class ReturnConditionedRL(ExpertIteration):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["return_conditioned"] = self.conditioned
+        checkpoint["round_teaches_good_return"] = self._round_teaches_good_return  # a mid-round checkpoint's
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         # Checkpoints of lit-reason 0.1.0 hold no flag: keep what the policy's export recorded.
         self.conditioned = bool(checkpoint.get("return_conditioned", self.conditioned))
+        self._round_teaches_good_return = bool(checkpoint.get("round_teaches_good_return", False))
 
 
 def ratio_batches(

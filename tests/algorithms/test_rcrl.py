@@ -239,6 +239,8 @@ def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp
     task = Arithmetic(train_size=50, validation_size=4, test_size=4)
     module._trainer = FakeTrainer(RolloutDataModule(task=task))
     module.make_train_data(task.problems("train")[:4], round_index=0)
+    assert module.conditioning("rollout").response_prefix == ""  # until the round's first batch has trained
+    module.on_train_batch_end(None, None, 0)
     assert module.conditioning("rollout").response_prefix == "[GOOD]"
     module.add_to_kept([KeptSample(task.problems("train")[0].id, "#### 1", correct=False)])
     checkpoint = {}
@@ -264,3 +266,37 @@ def test_a_round_without_a_training_batch_trains_nothing_and_the_run_goes_on():
     with pytest.warns(UserWarning, match="round 0: ReturnConditionedRL made no training batch"):
         trainer.fit(module, data)
     assert trainer.current_epoch == 2 and trainer.global_step == 0 and data.rounds_built == 2
+    # Nothing trained the return tokens: it still samples unconditioned (it conditioned on an untrained [GOOD]).
+    assert not module.conditioned and module.conditioning("rollout").response_prefix == ""
+
+
+@pytest.mark.parametrize(("reference_solutions", "conditioned"), [(0, False), (4, True)])
+def test_a_round_that_trained_only_bad_returns_does_not_condition_on_the_good_one(reference_solutions, conditioned):
+    # Only wrong samples kept: without reference solutions the round trains [BAD] alone, and [GOOD]'s row is
+    # as untrained as before.
+    module = ReturnConditionedRL(
+        policy=PolicySpec(name_or_path="micro"),
+        rollout=SamplingConfig(num_samples=2, max_new_tokens=4),
+        reference_solutions=reference_solutions,
+    )
+    module.configure_model()
+    task = Arithmetic(train_size=50, validation_size=4, test_size=4)
+    module._trainer = FakeTrainer(RolloutDataModule(task=task))
+    module.add_to_kept([KeptSample(problem.id, "#### 1", correct=False) for problem in task.problems("train")[:4]])
+    data = module.make_train_data(task.problems("train")[:4], round_index=0)
+    assert data.batches and not any(sample.correct for sample in module.kept.values())
+    module.on_train_batch_end(None, None, 0)
+    assert module.conditioned is conditioned
+
+
+def test_a_response_that_writes_a_return_token_out_trains_on_its_characters():
+    # Re-encoded from its text, "[GOOD]" written out became the return token in the target: the policy learned
+    # to predict a token it can never sample.
+    module = ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"))
+    task = Arithmetic(train_size=10, validation_size=4, test_size=4)
+    module._trainer = FakeTrainer(RolloutDataModule(task=task))
+    problem = task.problems("train")[0]
+    prompt_ids, target_ids = module.encode_sample(problem, KeptSample(problem.id, "So [GOOD] #### 1", correct=False))
+    good, bad = module._return_token_ids()
+    assert prompt_ids[-1] == bad and good not in target_ids
+    assert module.tokenizer.decode(target_ids[:-1]) == "So [GOOD] #### 1"
