@@ -65,12 +65,15 @@ _BOX = "\\boxed{"
 # mixed number "2\frac{1}{2}" is "2 1/2", no answer, not 21/2), "\$" a dollar sign, "{,}" a thousands comma, thin
 # spaces ("1\,000") nothing, a style (\displaystyle, \bf) or a spacing command a space.
 _FRACTION_COMMAND_RE = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_LATEX_SEPARATORS = (("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", ""))  # in any text: "1{,}000" is 1000
 _LATEX_SYMBOLS = (
-    ("\\$", "$"), ("\\%", "%"), ("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", ""),
+    ("\\$", "$"), ("\\%", "%"), *_LATEX_SEPARATORS,
     ("\\displaystyle", " "), ("\\bf ", " "), ("\\quad", " "), ("\\ ", " "), ("~", " "),
 )  # fmt: skip
 # What may follow a boxed number: units and words ("5 \text{ apples}", "18\%"), not more mathematics.
 _MORE_MATHEMATICS_RE = re.compile(r"[\d=+*/^\\{}]")
+# A calculation that goes on after a stated number: "the answer is 5 - 2 = 3" (its answer is 3, not 5).
+_CALCULATION_GOES_ON_RE = re.compile(r"[ \t]*(?:=|[-+*/×÷^\u2212][ \t]*[($]?[ \t]*\d)")
 _ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
 # The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12"). The "\s*"
 # after a dollar sign sits in the dollar's optional group, so a whitespace run has one way to match
@@ -137,11 +140,13 @@ def extract_answer(text: str) -> float | None:
     "#### \\boxed{N}" are read as below, and a last ``####`` of anything else is no answer); the last stated one,
     "answer is N" (also "answer: N", "result is N") or ``\\boxed{...}``, whichever comes later (an intermediate
     "the result is 12" does not outrank a final box; a box holds one number, in LaTeX or not: ``\\frac{3}{4}``,
-    ``\\$5``, ``18\\%``, ``5 \\text{ apples}``); failing those, the result of the last calculation on the last line
+    ``\\$5``, ``18\\%``, ``5 \\text{ apples}``; a statement that a calculation follows, "the answer is 10 + 5 =
+    15", states its result); failing those, the result of the last calculation on the last line
     with a number, or else that line's last number. A stated number must be whole: "3/4" is 0.75, but a last
-    statement or number "2:30", "1,0000" or "3 1/2" is no answer (not 2, 1 or 3).
+    statement or number "2:30", "1,0000" or "3 1/2" is no answer (not 2, 1 or 3). LaTeX's thousands separators
+    are read anywhere: "1{,}000" is 1000.
     """
-    text = text[-MAX_TEXT_CHARS:]
+    text = _without_latex_separators(text[-MAX_TEXT_CHARS:])
     mark = text.rfind("####")
     if mark >= 0:
         marked = _FINAL_MARK_RE.match(text, mark)
@@ -176,7 +181,20 @@ def _stated_answer(text: str) -> float | None | object:
     if statement < 0:
         return _NOT_STATED
     stated = _ANSWER_IS_RE.match(text, statement)
-    return parse_number(stated.group(1)) if stated else None
+    if not stated:
+        return None
+    if _CALCULATION_GOES_ON_RE.match(text, stated.end()):  # its result on that line, if it states a whole one
+        line_end = text.find("\n", stated.end())
+        results = list(_EQUATION_RESULT_RE.finditer(text, stated.start(1), len(text) if line_end < 0 else line_end))
+        return parse_number(results[-1].group(1)) if results else None
+    return parse_number(stated.group(1))
+
+
+def _without_latex_separators(text: str) -> str:
+    """``text`` with LaTeX's thousands separators and thin spaces read: "1{,}000" and "1\\,000" are 1000."""
+    for latex, plain in _LATEX_SEPARATORS:
+        text = text.replace(latex, plain)
+    return text
 
 
 def _boxed_number(content: str) -> float | None:
@@ -315,7 +333,7 @@ def calculations(text: str) -> list[tuple[str, float]]:
     Calculator annotations ``<<48/2=24>>`` are used when present; otherwise equations written in the text
     ("12 + 7 = 19"). Each needs an operator: "= 24" alone is not a calculation.
     """
-    text = text[-MAX_TEXT_CHARS:]
+    text = _without_latex_separators(text[-MAX_TEXT_CHARS:])
     found = _ANNOTATION_RE.findall(text) or _written_equations(text)
     steps = []
     for expression, result in found[-MAX_CALCULATIONS:]:

@@ -57,6 +57,12 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("#### 3/4", 0.75),
         ("The answer is 1 / 2.", 0.5),
         ("#### 1,0000", None),  # not a number as people write it: no answer, rather than 1,000
+        ("#### 1{,}000", 1000.0),  # LaTeX's thousands separator outside a box too (it read 1)
+        ("The answer is $2\\,500$", 2500.0),  # and its thin space (it read 2)
+        ("the answer is 10 + 5 = 15 apples", 15.0),  # a statement's calculation: its result (it read 10)
+        ("The result is 3 \u00d7 4 = 12", 12.0),
+        ("the answer is 5 - 2", None),  # a calculation without its result: no answer, rather than 5
+        ("The answer is 5 - that is all", 5.0),  # a dash, not a minus
         ("#### 2:30", None),  # a time, not 2
         ("#### 3/4/5", None),
         ("#### 5, 6 or 7", 5.0),
@@ -203,6 +209,10 @@ def test_calculator_arithmetic_and_refusals():
         "9" * 300,
     ]:
         assert calculate(hostile) is None
+
+
+def test_calculations_read_latex_thousands_separators():
+    assert calculations("1{,}200 + 300 = 1{,}500") == [("1200+300", 1500.0)]  # was ("200+300", 1.0)
 
 
 def test_calculations_and_signatures():
