@@ -100,6 +100,8 @@ class RolloutDataModule(LightningDataModule):
         for option, limit in (("validation_questions", validation_questions), ("test_questions", test_questions)):
             if limit is not None and limit < 0:  # a negative slice end would leave out the last questions
                 raise ValueError(f"data.{option} must be at least 0 (or null: all), got {limit}")
+        if eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be at least 1, got {eval_batch_size}")
         self.task = task if task is not None else Arithmetic()
         self.questions_per_round = questions_per_round
         self.validation_questions = validation_questions
@@ -119,6 +121,18 @@ class RolloutDataModule(LightningDataModule):
         self.round_data: TrainData | None = None
 
     # ----------------------------------------------------------------------------------------- training
+    def _check_training_split(self) -> None:
+        """A round asks each training question at most once: one asked twice would draw the same samples twice
+        (its samples' seeds are its id's) and weigh double."""
+        questions = len(self.task.problems("train"))
+        if questions == 0:
+            raise ValueError(f"{type(self.task).__name__}'s training split holds no questions: a fit trains on them")
+        if self.questions_per_round is not None and self.questions_per_round > questions:
+            raise ValueError(
+                f"data.questions_per_round is {self.questions_per_round} but the training split holds {questions} "
+                f"questions: a round would ask some twice; set it to at most {questions} (or null: all of them)"
+            )
+
     def round_problems(self, round_index: int) -> list[Problem]:
         """All ranks' training questions of a round, in order."""
         problems = self.task.problems("train")
@@ -319,6 +333,8 @@ class RolloutDataModule(LightningDataModule):
                 f"data.questions_per_round is {self.questions_per_round} but the run has {world_size} ranks: every "
                 f"rank needs at least one question a round; set it to at least {world_size}"
             )
+        if stage == "fit":
+            self._check_training_split()
         if world_size > 1 and self.trainer is not None and self.trainer._accelerator_connector.use_distributed_sampler:
             raise ValueError(
                 "RolloutDataModule shards questions itself: run with Trainer(use_distributed_sampler=False) "

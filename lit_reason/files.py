@@ -67,7 +67,7 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     with Path(path).open("rb") as file:
         for number, raw in enumerate(file, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte order mark some editors write
             except UnicodeDecodeError as error:
                 raise ValueError(
                     f"{path}:{number}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}); "

@@ -128,6 +128,16 @@ def test_fewer_questions_a_round_than_ranks_is_an_error_saying_what_to_set(small
         data.setup("fit")
 
 
+def test_a_round_of_more_questions_than_the_training_split_is_an_error_saying_what_to_set(small_task):
+    # It asked some questions twice a round: their samples' seeds are their ids, so the same samples, twice.
+    questions = len(small_task.problems("train"))
+    with pytest.raises(ValueError, match=rf"questions_per_round is {questions + 1} but the training split holds"):
+        RolloutDataModule(task=small_task, questions_per_round=questions + 1).setup("fit")
+    RolloutDataModule(task=small_task, questions_per_round=questions + 1).setup("validate")  # no round there
+    with pytest.raises(ValueError, match="data.eval_batch_size must be at least 1, got 0"):
+        RolloutDataModule(task=small_task, eval_batch_size=0)
+
+
 @pytest.mark.parametrize(
     ("saved_data_seed", "resumed_data_seed", "fix"),
     [(7, None, "--data.seed=7"), (None, 7, "--data.seed=3")],  # the order followed --seed_everything=3

@@ -16,6 +16,12 @@ def test_records_come_with_where_they_are(tmp_path):
     assert list(jsonl_records(path)) == [(f"{path}:1", {"a": 1}), (f"{path}:4", [2, 3])]
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": 2}\n')  # was "not valid JSON (Unexpected UTF-8 BOM)"
+    assert [value for _, value in jsonl_records(path)] == [{"a": 1}, {"a": 2}]
+
+
 def test_bad_lines_are_errors_naming_file_line_and_cause(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')

@@ -116,6 +116,11 @@ class Arithmetic(Task):
         self.min_steps, self.max_steps = min_steps, max_steps
         self.operations = operations
         self.max_operand, self.max_factor, self.max_value = max_operand, max_factor, max_value
+        if train_size < 1 or validation_size < 0 or test_size < 0:
+            raise ValueError(
+                f"need train_size >= 1 and validation_size, test_size >= 0, got train_size={train_size}, "
+                f"validation_size={validation_size}, test_size={test_size}"
+            )
         self.sizes = {"validation": validation_size, "test": test_size, "train": train_size}
         self.seed = seed
 

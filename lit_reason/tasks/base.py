@@ -80,6 +80,8 @@ class Task(ABC):
     def __init__(
         self, prompt_style: PromptStyle = "plain", num_shots: int = 4, instruction: str = DEFAULT_INSTRUCTION
     ) -> None:
+        if num_shots < 0:
+            raise ValueError(f"num_shots must be >= 0 (solved examples in a few_shot prompt), got {num_shots}")
         self.prompt_style = prompt_style
         self.num_shots = num_shots
         self.instruction = instruction

@@ -173,7 +173,7 @@ def _field(row: dict, name: str, kinds: type | tuple[type, ...], where: str) -> 
     value = row[name]
     allows_bool = bool in (kinds if isinstance(kinds, tuple) else (kinds,))
     if (isinstance(value, bool) and not allows_bool) or not isinstance(value, kinds):
-        raise ValueError(f"{where}: field {name!r} has the wrong type: {value!r}")
+        raise ValueError(f"{where}: field {name!r} has the wrong type: {value!r:.80}")
     return value
 
 
@@ -223,7 +223,9 @@ def _text(value: str | int | float | bool, field: str, normalization: TextNormal
     else:  # an integer as written (a float would round one past 2**53)
         text = str(value) if isinstance(value, int) else format_number(_finite(value, f"field {field!r}", where))
     if not text or len(text) > MAX_TEXT_ANSWER_CHARS:
-        raise ValueError(f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r}")
+        raise ValueError(
+            f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r:.80}"
+        )
     if not normalize_text_answer(text, normalization):
-        raise ValueError(f"{where}: field {field!r} is nothing once normalized ({normalization}): {value!r}")
+        raise ValueError(f"{where}: field {field!r} is nothing once normalized ({normalization}): {value!r:.80}")
     return text

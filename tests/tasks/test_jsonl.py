@@ -77,6 +77,13 @@ def test_errors_name_the_file_line_and_field(tmp_path, line, message):
         JSONLTask(train, validation_size=0).problems("train")
 
 
+def test_a_wrong_value_is_quoted_short(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", ['{"question": ["' + "x" * 100_000 + '"], "answer": 1}'])
+    with pytest.raises(ValueError, match=r"train.jsonl:1: field 'question' has the wrong type") as error:
+        JSONLTask(train, validation_size=0).problems("train")
+    assert len(str(error.value)) < 200  # the whole value (2 MB in a review) was repeated
+
+
 def test_missing_and_empty_files_say_which(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_path .*nope.jsonl does not exist"):
         JSONLTask(str(tmp_path / "nope.jsonl")).problems("train")

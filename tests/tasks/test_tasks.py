@@ -60,6 +60,12 @@ def test_arithmetic_knobs_are_validated():
         Arithmetic(min_steps=3, max_steps=2)
     with pytest.raises(ValueError, match="distinct"):
         Arithmetic(max_steps=1, max_operand=2, max_value=3, train_size=1000).problems("train")
+    with pytest.raises(ValueError, match="need train_size >= 1"):  # a ZeroDivisionError in the first round
+        Arithmetic(train_size=0)
+    with pytest.raises(ValueError, match="validation_size, test_size >= 0"):
+        Arithmetic(test_size=-1)
+    with pytest.raises(ValueError, match="num_shots must be >= 0"):  # -3 made a 3.8M-character prompt
+        Arithmetic(num_shots=-3)
 
 
 def test_arithmetic_settings_that_never_finish_a_computation_are_an_error_not_a_hang():
