@@ -4,8 +4,10 @@ format ``datasets`` reads (JSON, CSV, Parquet), in fields you name."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from lit_reason.files import jsonl_records
 from lit_reason.tasks.base import PromptStyle, Split
 from lit_reason.tasks.records import RecordFields, RecordTask
 
@@ -67,14 +69,47 @@ class DatasetTask(RecordTask):
             raise ImportError('DatasetTask loads with `datasets`: pip install "lit-reason[hub]"') from None
         try:
             rows = datasets.load_dataset(
-                self.path, self.name, data_files=self.data_files, revision=self.revision, split=split_name
-            )
-        except ValueError as error:  # e.g. an unknown split: the message names the ones there are
-            raise ValueError(f"DatasetTask {self._label}, {split}_split {split_name!r}: {error}") from None
+                self.path, self.name, data_files=self.data_files, revision=self.revision, split=split_name,
+                **self._builder_options(),
+            )  # fmt: skip
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as error:  # an unknown split, a bad file
+            self._check_json_lines(split_name)  # names the line where datasets names none
+            cause = error.__cause__ or error  # a generation error wraps the reader's
+            raise ValueError(
+                f"DatasetTask {self._label}, {split}_split {split_name!r} ({self.source(split)}): "
+                f"{type(cause).__name__}: {cause}"
+            ) from None
         if len(rows) == 0:
             raise ValueError(f"DatasetTask {self._label}: split {split_name!r} ({split}_split) holds no rows")
+        return self._numbered(rows, split)
+
+    def _numbered(self, rows: Iterable[dict[str, Any]], split: Split) -> Iterable[tuple[str, Any]]:
         source, counted = self.source(split), _ROW_COUNTING.get(self.path, "1-based")
-        return ((f"{source} row {number} ({counted})", row) for number, row in enumerate(rows, start=1))
+        number = 0
+        try:
+            for number, row in enumerate(rows, start=1):
+                yield f"{source} row {number} ({counted})", row
+        except UnicodeDecodeError as error:  # datasets decodes a row's text only when it is read
+            self._check_json_lines(self.splits[split])
+            raise ValueError(
+                f"{source} row {number + 1} ({counted}): not UTF-8 text ({error.reason}); save the file as UTF-8"
+            ) from None
+
+    def _builder_options(self) -> dict[str, Any]:
+        """For CSV files, the named fields as written: pandas would read "007" as 7, "NA" as nothing and
+        "True" as a boolean before lit-reason checks them."""
+        if self.path != "csv":
+            return {}
+        names = [self.fields.question, self.fields.answer, self.fields.solution]
+        return {"keep_default_na": False, "converters": {name: str for name in names if name is not None}}
+
+    def _check_json_lines(self, split_name: str) -> None:
+        """Read a split's local JSON Lines files line by line: an unreadable line is an error naming it."""
+        files = self.data_files.get(split_name) if self.path == "json" and self.data_files else None
+        for file in [files] if isinstance(files, str) else files or []:
+            if str(file).endswith(".jsonl") and Path(file).is_file():
+                for _ in jsonl_records(file):
+                    pass
 
     @property
     def _label(self) -> str:

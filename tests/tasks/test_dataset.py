@@ -46,5 +46,26 @@ def test_errors_name_the_file_row_and_split(tmp_path):
         DatasetTask("csv", data_files={"train": str(table)}, test_split=None, validation_size=0).problems("train")
     train.write_text(json.dumps(rows[0]) + "\n")
     missing = DatasetTask("json", data_files={"train": str(train)}, test_split="test", validation_size=0)
-    with pytest.raises(ValueError, match=r"DatasetTask json, test_split 'test': .*split"):
+    with pytest.raises(ValueError, match=r"DatasetTask json, test_split 'test' \(json\[test\]\): .*split"):
         missing.problems("train")
+
+
+def test_unreadable_lines_of_a_local_jsonl_file_are_named(tmp_path):
+    # datasets said "An error occurred while generating the dataset", or raised a bare UnicodeDecodeError.
+    train = tmp_path / "train.jsonl"
+    task = DatasetTask("json", data_files={"train": str(train)}, test_split=None, validation_size=0)
+    train.write_text('{"question": "a?", "answer": 1}\n{"question": "b?" "answer": 2}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{train}:2: not valid JSON")):
+        task.problems("train")
+    train.write_bytes(b'{"question": "a?", "answer": 1}\n{"question": "caf\xe9?", "answer": 2}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{train}:2: not UTF-8 text (byte 0xe9 at column 18)")):
+        task.problems("train")
+
+
+def test_csv_text_answers_are_read_as_written(tmp_path):
+    # pandas read "007" as 7, "1e-7" as 1e-07 (then "0"), "True" as a boolean and "NA" as nothing.
+    table = tmp_path / "train.csv"
+    table.write_text("question,answer\nCode?,007\nTiny?,1e-7\nTrue?,True\nSymbol of sodium?,NA\n")
+    task = DatasetTask("csv", data_files={"train": str(table)}, test_split=None, validation_size=0,
+                       fields=RecordFields(answer_type="text", normalization="exact"))  # fmt: skip
+    assert [p.answer for p in task.problems("train")] == ["007", "1e-7", "True", "NA"]
