@@ -76,7 +76,7 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, object_pairs_hook=_object_of_unique_keys)
                 if "\\u" in line:  # a lone surrogate escape ("\\ud83d") parses, then fails in a tokenizer or a log
                     json.dumps(value, ensure_ascii=False).encode("utf-8")
             except json.JSONDecodeError as error:
@@ -88,6 +88,16 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
             except ValueError as error:  # an integer of more digits than Python converts
                 raise ValueError(f"{path}:{number}: not readable JSON ({error})") from None
             yield f"{path}:{number}", value
+
+
+def _object_of_unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused where a key comes twice (``json`` keeps the last silently)."""
+    keys = set()
+    for key, _ in pairs:
+        if key in keys:
+            raise ValueError(f"key {key!r:.40} twice in one object")
+        keys.add(key)
+    return dict(pairs)
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:

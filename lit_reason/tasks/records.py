@@ -12,13 +12,15 @@ from typing import Any, Literal
 from lit_reason.tasks.answers import (
     MAX_TEXT_ANSWER_CHARS,
     TextNormalization,
+    answers_match,
     check_gradable_reference,
     extract_text_answer,
     format_number,
     normalize_text_answer,
     parse_reference_answer,
+    text_answers_match,
 )
-from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Split, Task, split_off
+from lit_reason.tasks.base import DEFAULT_INSTRUCTION, Problem, PromptStyle, Split, Task, question_key, split_off
 
 TEXT_INSTRUCTION = (
     "Answer the question. Reason step by step if it helps, and end with a line of the form '#### <answer>'."
@@ -148,10 +150,12 @@ class RecordTask(Task):
             records = self.records(split)
             carve |= split == "validation" and records is None
             # Only training trains on solutions: a validation or test record may leave its solution out.
-            problems = [
-                self.fields.problem(first_id + i, row, where, solution_required=split == "train")
+            located = [
+                (where, self.fields.problem(first_id + i, row, where, solution_required=split == "train"))
                 for i, (where, row) in enumerate(records or [])
             ]
+            _refuse_conflicting_answers(located)
+            problems = [problem for _, problem in located]
             if records is not None and not problems:
                 raise ValueError(f"{type(self).__name__}: the {split} split holds no questions")
             splits[split] = problems
@@ -165,6 +169,22 @@ class RecordTask(Task):
     def source(self, split: Split) -> str:
         """Where a split's records come from (a file, a dataset), for error messages."""
         return f"the {split} split of {type(self).__name__}"
+
+
+def _refuse_conflicting_answers(located: list[tuple[str, Problem]]) -> None:
+    """A question may come again (with another solution), but with the same answer: one of the two is wrong."""
+    first: dict[str, tuple[str, Problem]] = {}
+    for where, problem in located:
+        earlier_where, earlier = first.setdefault(question_key(problem.question), (where, problem))
+        if isinstance(problem.answer, str):
+            same = text_answers_match(problem.answer, str(earlier.answer), problem.normalization)
+        else:
+            same = answers_match(problem.answer, float(earlier.answer))
+        if not same:
+            raise ValueError(
+                f"{where}: the question of {earlier_where} again, with another answer ({problem.answer!r:.40} "
+                f"against {earlier.answer!r:.40}): correct or remove one of them"
+            )
 
 
 def _field(row: dict, name: str, kinds: type | tuple[type, ...], where: str) -> Any:
@@ -220,8 +240,11 @@ def _text(value: str | int | float | bool, field: str, normalization: TextNormal
         # \boxed{B} is B and \text{Paris} Paris, or a response stating them would never match.
         written = value.rsplit("####", 1)[-1].strip()
         text = "" if "\n" in written else extract_text_answer(f"#### {written}") or ""
-    else:  # an integer as written (a float would round one past 2**53)
-        text = str(value) if isinstance(value, int) else format_number(_finite(value, f"field {field!r}", where))
+    elif isinstance(value, int):  # as written (a float would round one past 2**53)
+        text = str(value)
+    else:  # a whole float as an integer; any other as Python writes it (six places made 1e-7 "0")
+        number = _finite(value, f"field {field!r}", where)
+        text = format_number(number) if number.is_integer() else repr(number)
     if not text or len(text) > MAX_TEXT_ANSWER_CHARS:
         raise ValueError(
             f"{where}: field {field!r} must be a one-line text answer of 1 to 200 characters: {value!r:.80}"

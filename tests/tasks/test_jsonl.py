@@ -200,3 +200,30 @@ def test_validation_and_test_files_may_leave_the_solution_out(tmp_path):
     assert [p.solution for p in task.problems("validation")] == ["#### 2.5"]
     assert [p.solution for p in task.problems("test")] == ["#### 1234", "#### 2"]
     assert task.problems("train")[0].solution == "...\n#### 1"
+
+
+def test_a_question_again_with_another_answer_is_refused_and_a_key_given_twice_too(tmp_path):
+    # Both were kept silently: the repeat graded the other answer correct, and the last key's value won.
+    lines = [
+        '{"question": "q?", "answer": 1, "solution": "#### 1"}',
+        '{"question": " Q? ", "answer": 1.0, "solution": "1 #### 1"}',
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", lines)
+    assert len(JSONLTask(train, validation_size=0).problems("train")) == 2  # the same answer: a second solution
+    write_jsonl(tmp_path / "train.jsonl", [*lines, '{"question": "q?", "answer": 2, "solution": "#### 2"}'])
+    with pytest.raises(ValueError, match=r"train.jsonl:3: the question of .*train.jsonl:1 again, with another answer"):
+        JSONLTask(train, validation_size=0).problems("train")
+    write_jsonl(tmp_path / "train.jsonl", ['{"question": "q?", "answer": 1, "answer": 2}'])
+    with pytest.raises(ValueError, match=r"train.jsonl:1: not readable JSON \(key 'answer' twice in one object\)"):
+        JSONLTask(train, validation_size=0).problems("train")
+
+
+def test_a_text_answer_given_as_a_float_keeps_its_digits(tmp_path):
+    rows = [
+        '{"question": "Tiny?", "answer": 1e-7}',
+        '{"question": "Long?", "answer": 0.1234567}',
+        '{"question": "Two?", "answer": 2.0}',
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    task = JSONLTask(train, validation_size=0, fields=RecordFields(answer_type="text"))
+    assert [p.answer for p in task.problems("train")] == ["1e-07", "0.1234567", "2"]  # were "0", "0.123457"
