@@ -424,21 +424,28 @@ _SQUAD_PUNCTUATION = frozenset(string.punctuation)  # SQuAD drops these ASCII sy
 
 def extract_text_answer(text: str) -> str | None:
     """The final answer of a solution as text, or ``None`` if it states none: what follows the last ``####``
-    on its line (a ``\\boxed{...}`` there unboxed), else the content of the last ``\\boxed{...}`` (to its
-    matching brace), ``\\text{...}``-style commands unwrapped; at most ``MAX_TEXT_ANSWER_CHARS`` characters
-    (longer is no answer)."""
+    on its line, else the content of the last ``\\boxed{...}`` (to its matching brace); unwrapped from a box,
+    ``\\text{...}``-style commands, ``**bold**`` and ``$...$``, and a last full stop dropped ("Paris."); at most
+    ``MAX_TEXT_ANSWER_CHARS`` characters (longer is no answer)."""
     text = text[-MAX_TEXT_CHARS:]
     mark = text.rfind("####")
     if mark >= 0:
         answer = text[mark + 4 :].split("\n", 1)[0].strip()
-        if answer.startswith(_BOX):  # "#### \boxed{Paris}"
-            answer = _braced(answer, len(_BOX))
     else:
         box = text.rfind(_BOX)
         answer = _braced(text, box + len(_BOX)) if box >= 0 else ""
-    for _ in range(_TEXT_COMMAND_DEPTH):  # innermost first: \textbf{\text{A}}
-        answer = _TEXT_COMMAND_RE.sub(r"\1", answer)
-    answer = answer.strip()
+    for _ in range(_TEXT_COMMAND_DEPTH):  # a bounded number of wrappers, outermost first: $\boxed{\textbf{A}}$
+        unwrapped = _TEXT_COMMAND_RE.sub(r"\1", answer).strip()
+        for left, right in (("**", "**"), ("$", "$")):  # a chat model's bold, inline mathematics
+            if len(unwrapped) > len(left + right) and unwrapped.startswith(left) and unwrapped.endswith(right):
+                unwrapped = unwrapped[len(left) : -len(right)].strip()
+        if unwrapped.startswith(_BOX):  # "#### \boxed{Paris}"
+            unwrapped = _braced(unwrapped, len(_BOX)).strip()
+        if unwrapped == answer:
+            break
+        answer = unwrapped
+    if answer.endswith(".") and answer.count(".") == 1:  # a sentence's full stop, not "D.C."
+        answer = answer[:-1].rstrip()
     return answer if answer and len(answer) <= MAX_TEXT_ANSWER_CHARS else None
 
 

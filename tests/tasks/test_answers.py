@@ -421,6 +421,10 @@ def test_svamp_answers_read():
         ("\\boxed{Paris} then \\boxed{ Rome }", "Rome"),
         ("so \\boxed{\\text{Yes}}.", "Yes"),
         ("#### \\boxed{Paris}.", "Paris"),
+        ("#### $\\boxed{B}$", "B"),  # was "$\\boxed{B}$", which no answer matched
+        ("#### **B**", "B"),  # a chat model's bold
+        ("#### Paris.", "Paris"),  # a sentence's full stop
+        ("#### Washington, D.C.", "Washington, D.C."),  # not an abbreviation's
         ("\\boxed{\\textbf{\\text{A}}}", "A"),
         ("\\boxed{a {b} c}", "a {b} c"),
         ("#### \nno answer after the mark", None),
