@@ -181,8 +181,14 @@ def _stated_answer(text: str) -> float | None | object:
     if statement < 0:
         return _NOT_STATED
     stated = _ANSWER_IS_RE.match(text, statement)
-    if not stated:
-        return None
+    if not stated:  # inline mathematics, read as a box: "the answer is $\\frac{3}{4}$"
+        start = _STATEMENT_RE.match(text, statement).end()
+        line_end = text.find("\n", start)
+        line_end = len(text) if line_end < 0 else line_end
+        end = text.find("$", start + 1, line_end)
+        while end > 0 and text[end - 1] == "\\":  # an escaped dollar sign inside: "$\\$1,200$"
+            end = text.find("$", end + 1, line_end)
+        return _boxed_number(text[start + 1 : end]) if text.startswith("$", start) and end > start + 1 else None
     if _CALCULATION_GOES_ON_RE.match(text, stated.end()):  # its result on that line, if it states a whole one
         line_end = text.find("\n", stated.end())
         results = list(_EQUATION_RESULT_RE.finditer(text, stated.start(1), len(text) if line_end < 0 else line_end))

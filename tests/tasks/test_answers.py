@@ -62,6 +62,8 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("the answer is 10 + 5 = 15 apples", 15.0),  # a statement's calculation: its result (it read 10)
         ("The result is 3 \u00d7 4 = 12", 12.0),
         ("the answer is 5 - 2", None),  # a calculation without its result: no answer, rather than 5
+        ("The answer is $\\frac{3}{4}$", 0.75),  # inline mathematics, read as a box (it was no answer)
+        ("The answer is $\\$1,200$.", 1200.0),
         ("The answer is 5 - that is all", 5.0),  # a dash, not a minus
         ("#### 2:30", None),  # a time, not 2
         ("#### 3/4/5", None),
@@ -287,6 +289,8 @@ ADVERSARIAL = {
     "=, spaces": _padded("1+1=", " "),
     "= $, spaces": _padded("1+1= $", " "),
     "$, spaces": _padded("$", " "),
+    "answer is $, escaped dollars": _padded("The answer is $", "\\$"),
+    "answer is, a statement's calculation": _padded("the answer is 1", " + 1 = 1"),
     "-, newlines": _padded("-", "\n"),
     "= run, spaces": lambda n: "=" * (n // 2) + _padded("", " ")(n - n // 2),
     "= run": _padded("", "="),
