@@ -328,9 +328,15 @@ class RecordWarmStarts(Callback):
     (``WARM_STARTS``: ``name_or_path`` -> directory), so that a resumed fit loads those
     (``cli.resume_with_recorded_warm_starts``), not others that a changed config or lit-reason now names."""
 
+    def __init__(self) -> None:
+        self.resumed: dict[str, str] = {}  # the checkpoint's record a resumed fit started from: kept on
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.resumed = dict(checkpoint.get(WARM_STARTS, {}))
+
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         specs = [value for value in vars(pl_module).values() if isinstance(value, PolicySpec)]
-        checkpoint[WARM_STARTS] = {
+        checkpoint[WARM_STARTS] = self.resumed | {
             spec.name_or_path: spec.resolution
             for spec in specs
             if spec.name_or_path.startswith(CONFIG_PREFIX) and spec.resolution is not None

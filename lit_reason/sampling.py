@@ -261,7 +261,8 @@ def encode_continuation(tokenizer, context: str, context_ids: list[int], text: s
     """
     ids = _continuation_ids(tokenizer, context, context_ids, text)
     special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
-    if set(ids) & (special | set(tokenizer.all_special_ids)):
+    special = (special | set(tokenizer.all_special_ids)) - {tokenizer.unk_token_id}  # unknown characters are text
+    if set(ids) & special:
         return tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
     return ids
 

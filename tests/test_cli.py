@@ -371,6 +371,13 @@ def test_checkpoints_record_where_their_warm_starts_resolved_to(tmp_path):
     checkpoint: dict = {}
     RecordWarmStarts().on_save_checkpoint(None, module, checkpoint)
     assert checkpoint[WARM_STARTS] == {f"config:{tmp_path / 'sft.yaml'}": str(tmp_path / "warm")}
+    # Resumed with the recorded directory as its policy, a run records the warm start on: a second crash resumed
+    # with the same command loads it too (its checkpoints recorded nothing, and the second resume trained another).
+    resumed, callback = SimpleNamespace(policy_spec=PolicySpec(name_or_path=str(tmp_path / "warm"))), RecordWarmStarts()
+    callback.on_load_checkpoint(None, resumed, checkpoint)
+    again: dict = {}
+    callback.on_save_checkpoint(None, resumed, again)
+    assert again[WARM_STARTS] == checkpoint[WARM_STARTS]
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])

@@ -199,7 +199,10 @@ class ReturnConditionedRL(ExpertIteration):
     # --------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["return_conditioned"] = self.conditioned
+        # A save in a callback's on_train_batch_end comes before this module's: a batch of the round has trained.
+        data = self._trainer.datamodule if self._trainer is not None else None
+        trained = data is not None and data.batches_started > 0
+        checkpoint["return_conditioned"] = self.conditioned or (self._round_teaches_good_return and trained)
         checkpoint["round_teaches_good_return"] = self._round_teaches_good_return  # a mid-round checkpoint's
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

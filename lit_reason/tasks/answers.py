@@ -65,15 +65,18 @@ _BOX = "\\boxed{"
 # mixed number "2\frac{1}{2}" is "2 1/2", no answer, not 21/2), "\$" a dollar sign, "{,}" a thousands comma, thin
 # spaces ("1\,000") nothing, a style (\displaystyle, \bf) or a spacing command a space.
 _FRACTION_COMMAND_RE = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
-_LATEX_SEPARATORS = (("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", ""))  # in any text: "1{,}000" is 1000
 _LATEX_SYMBOLS = (
-    ("\\$", "$"), ("\\%", "%"), *_LATEX_SEPARATORS,
+    ("\\$", "$"), ("\\%", "%"), ("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", ""),
     ("\\displaystyle", " "), ("\\bf ", " "), ("\\quad", " "), ("\\ ", " "), ("~", " "),
 )  # fmt: skip
 # What may follow a boxed number: units and words ("5 \text{ apples}", "18\%"), not more mathematics.
 _MORE_MATHEMATICS_RE = re.compile(r"[\d=+*/^\\{}]")
-# A calculation that goes on after a stated number: "the answer is 5 - 2 = 3" (its answer is 3, not 5).
-_CALCULATION_GOES_ON_RE = re.compile(r"[ \t]*(?:=|[-+*/×÷^\u2212][ \t]*[($]?[ \t]*\d)")
+# A calculation that goes on after a stated number: "the answer is 10 + 5 = 15" (its answer is 15, not 10). The
+# optional "(" or "$" carries its own spaces, so a run of spaces has one way to match.
+_CALCULATION_GOES_ON_RE = re.compile(r"[ \t]*[-+*/×÷^\u2212][ \t]*(?:[($][ \t]*)?\d")
+# LaTeX's thousands separator ("1{,}000") and thin spaces ("1\\,000") between a number's digit groups, read
+# anywhere ("(3,\\,4)" is a list: its thin space stays).
+_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\{,\}|\\[,!;])(?=\d{3}(?!\d))")
 _ANNOTATION_RE = re.compile(rf"<<([^<>=]{{1,{MAX_EXPRESSION_CHARS}}})=([^<>]{{1,60}})>>")
 # The result after an "=" of an equation written without annotations ("12 + 7 = 19", "3 x 4 = $12"). The "\s*"
 # after a dollar sign sits in the dollar's optional group, so a whitespace run has one way to match
@@ -189,18 +192,17 @@ def _stated_answer(text: str) -> float | None | object:
         while end > 0 and text[end - 1] == "\\":  # an escaped dollar sign inside: "$\\$1,200$"
             end = text.find("$", end + 1, line_end)
         return _boxed_number(text[start + 1 : end]) if text.startswith("$", start) and end > start + 1 else None
-    if _CALCULATION_GOES_ON_RE.match(text, stated.end()):  # its result on that line, if it states a whole one
+    if _CALCULATION_GOES_ON_RE.match(text, stated.end()):  # its first result on that line, where it states one
         line_end = text.find("\n", stated.end())
-        results = list(_EQUATION_RESULT_RE.finditer(text, stated.start(1), len(text) if line_end < 0 else line_end))
-        return parse_number(results[-1].group(1)) if results else None
+        result = _EQUATION_RESULT_RE.search(text, stated.end(), len(text) if line_end < 0 else line_end)
+        if result:
+            return parse_number(result.group(1))
     return parse_number(stated.group(1))
 
 
 def _without_latex_separators(text: str) -> str:
-    """``text`` with LaTeX's thousands separators and thin spaces read: "1{,}000" and "1\\,000" are 1000."""
-    for latex, plain in _LATEX_SEPARATORS:
-        text = text.replace(latex, plain)
-    return text
+    """``text`` with LaTeX's separators between digit groups read: "1{,}000" and "1\\,000" are 1000."""
+    return _LATEX_THOUSANDS_RE.sub(lambda match: "," if match.group() == "{,}" else "", text)
 
 
 def _boxed_number(content: str) -> float | None:
@@ -447,11 +449,11 @@ def extract_text_answer(text: str) -> str | None:
                 unwrapped = unwrapped[len(left) : -len(right)].strip()
         if unwrapped.startswith(_BOX):  # "#### \boxed{Paris}"
             unwrapped = _braced(unwrapped, len(_BOX)).strip()
+        if unwrapped.endswith(".") and unwrapped.count(".") == 1:  # a sentence's full stop, not "D.C."
+            unwrapped = unwrapped[:-1].rstrip()
         if unwrapped == answer:
             break
         answer = unwrapped
-    if answer.endswith(".") and answer.count(".") == 1:  # a sentence's full stop, not "D.C."
-        answer = answer[:-1].rstrip()
     return answer if answer and len(answer) <= MAX_TEXT_ANSWER_CHARS else None
 
 

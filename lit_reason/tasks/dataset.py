@@ -97,11 +97,12 @@ class DatasetTask(RecordTask):
 
     def _builder_options(self) -> dict[str, Any]:
         """For CSV files, the named fields as written: pandas would read "007" as 7, "NA" as nothing and
-        "True" as a boolean before lit-reason checks them."""
+        "True" as a boolean before lit-reason checks them. An empty cell is still nothing."""
         if self.path != "csv":
             return {}
         names = [self.fields.question, self.fields.answer, self.fields.solution]
-        return {"keep_default_na": False, "converters": {name: str for name in names if name is not None}}
+        converters = {name: str for name in names if name is not None}
+        return {"keep_default_na": False, "na_values": [""], "converters": converters}
 
     def _check_json_lines(self, split_name: str) -> None:
         """Read a split's local JSON Lines files line by line: an unreadable line is an error naming it."""

@@ -240,6 +240,10 @@ def test_conditioning_starts_after_the_first_round_and_survives_a_checkpoint(tmp
     module._trainer = FakeTrainer(RolloutDataModule(task=task))
     module.make_train_data(task.problems("train")[:4], round_index=0)
     assert module.conditioning("rollout").response_prefix == ""  # until the round's first batch has trained
+    saved_before_the_hook = {}  # a checkpoint callback's on_train_batch_end runs before the module's
+    module.trainer.datamodule.batches_started = 1
+    module.on_save_checkpoint(saved_before_the_hook)
+    assert saved_before_the_hook["return_conditioned"] is True
     module.on_train_batch_end(None, None, 0)
     assert module.conditioning("rollout").response_prefix == "[GOOD]"
     module.add_to_kept([KeptSample(task.problems("train")[0].id, "#### 1", correct=False)])

@@ -61,7 +61,13 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
         ("The answer is $2\\,500$", 2500.0),  # and its thin space (it read 2)
         ("the answer is 10 + 5 = 15 apples", 15.0),  # a statement's calculation: its result (it read 10)
         ("The result is 3 \u00d7 4 = 12", 12.0),
-        ("the answer is 5 - 2", None),  # a calculation without its result: no answer, rather than 5
+        ("The answer is 15 = 10 + 5.", 15.0),  # the result first: it is the stated number
+        ("The answer is 1/3 = 0.33.", 1 / 3),
+        ("The answer is 12 - 3 of them were red.", 12.0),  # no result after it: the stated number
+        ("the answer is 2 + 3 = 5 = 5", 5.0),
+        ("The answer is 5 -" + " " * 50 + "x", 5.0),
+        ("So the point is (3,\\,4)", 4.0),  # a thin space in a list, not between digit groups
+        ("The values are $150,\\,200$", 200.0),
         ("The answer is $\\frac{3}{4}$", 0.75),  # inline mathematics, read as a box (it was no answer)
         ("The answer is $\\$1,200$.", 1200.0),
         ("The answer is 5 - that is all", 5.0),  # a dash, not a minus
@@ -291,6 +297,9 @@ ADVERSARIAL = {
     "$, spaces": _padded("$", " "),
     "answer is $, escaped dollars": _padded("The answer is $", "\\$"),
     "answer is, a statement's calculation": _padded("the answer is 1", " + 1 = 1"),
+    "answer is 5 -, spaces": _padded("The answer is 5 -", " "),
+    "answer is 5 - $, spaces": _padded("The answer is 5 - $", " "),
+    "thin spaces between digits": _padded("", "1\\,"),
     "-, newlines": _padded("-", "\n"),
     "= run, spaces": lambda n: "=" * (n // 2) + _padded("", " ")(n - n // 2),
     "= run": _padded("", "="),
@@ -429,6 +438,7 @@ def test_svamp_answers_read():
         ("#### **B**", "B"),  # a chat model's bold
         ("#### Paris.", "Paris"),  # a sentence's full stop
         ("#### Washington, D.C.", "Washington, D.C."),  # not an abbreviation's
+        ("#### **B**.", "B"),
         ("\\boxed{\\textbf{\\text{A}}}", "A"),
         ("\\boxed{a {b} c}", "a {b} c"),
         ("#### \nno answer after the mark", None),

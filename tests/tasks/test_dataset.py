@@ -69,3 +69,8 @@ def test_csv_text_answers_are_read_as_written(tmp_path):
     task = DatasetTask("csv", data_files={"train": str(table)}, test_split=None, validation_size=0,
                        fields=RecordFields(answer_type="text", normalization="exact"))  # fmt: skip
     assert [p.answer for p in task.problems("train")] == ["007", "1e-7", "True", "NA"]
+    # An empty cell is still nothing: a training row without its solution is refused, not trained on as "".
+    table.write_text("question,answer,solution\nSum?,2,\n")
+    with pytest.raises(ValueError, match=r"row 1 \(1-based, after the header\): field 'solution'"):
+        DatasetTask("csv", data_files={"train": str(table)}, test_split=None, validation_size=0,
+                    fields=RecordFields(solution="solution")).problems("train")  # fmt: skip
