@@ -36,6 +36,7 @@ good ones.
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -97,6 +98,15 @@ class ReturnConditionedRL(ExpertIteration):
                 f"positive_ratio needs batches of at least one correct and one incorrect sample: batch_size must "
                 f"be >= 2, got {self.batch_size}"
             )
+        if positive_ratio is not None:
+            per_batch = positives_per_batch(positive_ratio, self.batch_size)
+            if abs(per_batch / self.batch_size - positive_ratio) > 0.05:
+                warnings.warn(
+                    f"positive_ratio {positive_ratio:g} with batch_size {self.batch_size}: each batch holds "
+                    f"{per_batch} correct samples of {self.batch_size} ({per_batch / self.batch_size:.2f}), the "
+                    "nearest share with one of each kind; a larger batch_size comes closer",
+                    stacklevel=2,
+                )
         self.good_token, self.bad_token = good_token, bad_token
         self.positive_ratio = positive_ratio
         self.train_return_token = train_return_token
@@ -219,7 +229,7 @@ def ratio_batches(
     rest negatives, drawn without replacement until either kind runs out; the surplus is left out."""
     rng = random.Random(repr(seed))
     positives, negatives = rng.sample(positives, len(positives)), rng.sample(negatives, len(negatives))
-    per_batch = min(batch_size - 1, max(1, round(positive_ratio * batch_size)))
+    per_batch = positives_per_batch(positive_ratio, batch_size)
     count = min(len(positives) // per_batch, len(negatives) // (batch_size - per_batch))
     batches = []
     for i in range(count):
@@ -230,3 +240,8 @@ def ratio_batches(
         rng.shuffle(members)
         batches.append(make_token_batch(members, pad_token_id))
     return batches
+
+
+def positives_per_batch(positive_ratio: float, batch_size: int) -> int:
+    """Correct samples in a batch of ``batch_size`` at ``positive_ratio``: rounded, at least one of each kind."""
+    return min(batch_size - 1, max(1, round(positive_ratio * batch_size)))

@@ -227,6 +227,11 @@ def test_keeps_correct_and_incorrect_samples():
 def test_positive_ratio_must_be_a_share():
     with pytest.raises(ValueError, match="positive_ratio"):
         ReturnConditionedRL(positive_ratio=1.5)
+    # The batch cannot hold that share: it was rounded to 1 of 4 silently.
+    with pytest.warns(
+        UserWarning, match=r"positive_ratio 0.1 with batch_size 4: each batch holds 1 correct samples of 4"
+    ):
+        ReturnConditionedRL(policy=PolicySpec(name_or_path="micro"), positive_ratio=0.1, batch_size=4)
     with pytest.raises(ValueError, match="batch_size must be >= 2, got 1"):  # was a ZeroDivisionError mid-run
         ReturnConditionedRL(positive_ratio=0.5, batch_size=1)
 
