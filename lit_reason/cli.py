@@ -161,6 +161,24 @@ def read_checkpoint_record(ckpt_path: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path.is_file() else {}
 
 
+# --ckpt_path values Lightning resolves itself rather than reading a file.
+CHECKPOINT_KEYWORDS = ("best", "last", "hpc", "registry")
+
+
+def refuse_a_missing_checkpoint(ckpt_path: str | None, parser) -> None:
+    """Stop at once on a ``--ckpt_path`` that names no checkpoint (Lightning finds out after building the
+    models, and training a warm start first): a file, or a sharded checkpoint's folder."""
+    if not ckpt_path or "://" in ckpt_path or ckpt_path.split(":")[0] in CHECKPOINT_KEYWORDS:
+        return
+    path = Path(ckpt_path).expanduser()
+    if path.is_file() or (path / SHARDED_CHECKPOINT_META).is_file():
+        return
+    what = "a folder that is no sharded checkpoint (no meta.pt)" if path.is_dir() else "no such file"
+    parser.error(
+        f"--ckpt_path {ckpt_path}: {what}; a run's checkpoints are <log_dir>/checkpoints/last.ckpt and best-*.ckpt"
+    )
+
+
 def refuse_another_algorithms_checkpoint(ckpt_path: str, class_path: str) -> None:
     """Stop a fit resumed from a checkpoint of another algorithm than ``class_path`` (an SFT ``last.ckpt`` given
     to Expert Iteration's config): its weights would fail to load with a list of keys, or load and go on with
@@ -263,6 +281,8 @@ class LitReasonCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
         if ckpt_path and restore_interrupted_replacement(ckpt_path):
             rank_zero_warn(f"--ckpt_path {ckpt_path}: a crash came while it was being replaced; the previous is back")
+        if subcommand in ("fit", "validate", "test"):
+            refuse_a_missing_checkpoint(self.config[subcommand].get("ckpt_path"), self._parser(subcommand))
         if ckpt_path:
             refuse_another_algorithms_checkpoint(ckpt_path, self.config[subcommand]["model"]["class_path"])
             resume_with_recorded_warm_starts(ckpt_path, self.config[subcommand]["model"]["init_args"])

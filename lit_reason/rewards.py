@@ -183,6 +183,8 @@ class RewardConfig:
     kl_in: Literal["reward", "loss"] = "reward"
 
     def __post_init__(self) -> None:
+        if self.kl_coef < 0:  # it would reward drifting away from the reference
+            raise ValueError(f"reward.kl_coef must be >= 0 (0: no KL penalty), got {self.kl_coef}")
         if (self.final == "reward_fn") != (self.reward_fn is not None):
             raise ValueError(
                 "reward.final: reward_fn and reward.reward_fn go together: name the function (reward.reward_fn.path) "

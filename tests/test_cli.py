@@ -318,6 +318,16 @@ def test_a_checkpoints_saved_options_do_not_override_the_command_line(tmp_path):
     assert model["evaluation"]["num_samples"] == 96 and model["text_samples"] == 4
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_a_checkpoint_path_that_names_no_checkpoint_stops_before_anything_is_built(tmp_path, subcommand, capsys):
+    # Lightning found out after building the models (and training a warm start first), in a traceback.
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+    for path, what in ((tmp_path / "nope.ckpt", "no such file"), (tmp_path, "a folder that is no sharded checkpoint")):
+        with pytest.raises(SystemExit):
+            ParseAndStop(args=[subcommand, "--config", sft, f"--ckpt_path={path}"])
+        assert f"--ckpt_path {path}: {what}" in capsys.readouterr().err
+
+
 def test_a_checkpoint_of_another_algorithm_is_refused_by_class_name(tmp_path):
     checkpoint = tmp_path / "last.ckpt"
     torch.save({"hyper_parameters": {"_class_path": "lit_reason.SFT"}, "state_dict": {"w": torch.ones(2)}}, checkpoint)

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lit_reason.algorithms.ppo import CriticConfig
 from lit_reason.rewards import (
     RewardConfig,
     RewardFunction,
@@ -17,6 +18,8 @@ from lit_reason.rewards import (
     step_ends,
     successes,
 )
+from lit_reason.rl.advantages import GAE
+from lit_reason.rl.losses import PPOLoss
 from lit_reason.tasks import Arithmetic
 
 
@@ -88,6 +91,18 @@ def test_kl_estimators_by_hand():
     assert kl_penalty(logp, logq, "k3").tolist() == pytest.approx([0.5 - 1 + math.log(2), 2.0 - 1 - math.log(2)])
     assert (kl_penalty(logp, logq, "k3") >= 0).all()
     assert kl_penalty(logp, logp, "k3").abs().max().item() == 0.0
+
+
+def test_settings_out_of_their_range_are_refused():
+    # A negative KL coefficient trained, rewarding drift away from the reference.
+    with pytest.raises(ValueError, match=r"reward\.kl_coef must be >= 0 \(0: no KL penalty\), got -0\.5"):
+        RewardConfig(kl_coef=-0.5)
+    with pytest.raises(ValueError, match=r"GAE needs 0 <= gamma <= 1 and 0 <= lam <= 1, got gamma 2"):
+        GAE(gamma=2)
+    with pytest.raises(ValueError, match=r"the loss needs clip_ratio > 0.*got clip_ratio 0,"):
+        PPOLoss(clip_ratio=0)
+    with pytest.raises(ValueError, match=r"critic needs lr > 0 \(or null\).*got lr -1"):
+        CriticConfig(lr=-1)
 
 
 def test_a_dense_reward_without_a_weight_is_an_error_not_a_silent_no_op():

@@ -45,6 +45,13 @@ class CriticConfig:
     head_std: float = 0.0
     warmup_rounds: int = 0
 
+    def __post_init__(self) -> None:
+        if (self.lr is not None and self.lr <= 0) or self.head_std < 0 or self.warmup_rounds < 0:
+            raise ValueError(
+                f"critic needs lr > 0 (or null), head_std >= 0 and warmup_rounds >= 0, got lr {self.lr}, head_std "
+                f"{self.head_std}, warmup_rounds {self.warmup_rounds}"
+            )
+
 
 class PPO(PolicyGradient):
     """PPO with a critic, GAE and a KL penalty to the starting policy, on correctness, ORM or dense rewards.

@@ -26,6 +26,10 @@ class GAE:
     lam: float = 0.95
     whiten: bool = True
 
+    def __post_init__(self) -> None:
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"GAE needs 0 <= gamma <= 1 and 0 <= lam <= 1, got gamma {self.gamma}, lam {self.lam}")
+
     def __call__(
         self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, device: torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,6 +100,14 @@ class PPOLoss:
     entropy_coef: float = 0.0
     aggregation: LossAggregation = "token_mean"
 
+    def __post_init__(self) -> None:
+        if not (self.clip_ratio > 0 and self.value_clip > 0 and self.vf_coef >= 0 and self.entropy_coef >= 0):
+            raise ValueError(
+                "the loss needs clip_ratio > 0, value_clip > 0, vf_coef >= 0 and entropy_coef >= 0, got "
+                f"clip_ratio {self.clip_ratio}, value_clip {self.value_clip}, vf_coef {self.vf_coef}, entropy_coef "
+                f"{self.entropy_coef}"
+            )
+
     def __call__(
         self,
         logits: torch.Tensor,

@@ -128,6 +128,8 @@ def load_study(path: str | Path) -> StudySpec:
     allowed = {f.name for f in fields(StudySpec)} - {"source"}
     where.no_unknown(raw, allowed, "")
     runs = tuple(_run(where, item, f"runs[{i}]") for i, item in enumerate(where.required(raw, "runs", list)))
+    if not runs:
+        raise ValueError(f"{path}: runs: declare at least one run (a study compares runs with its warm start)")
     names = [run.name for run in runs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

@@ -69,6 +69,8 @@ def test_bad_runs_are_errors_naming_the_run(tmp_path, config):
         load_study(write_study(tmp_path, config, runs=[run, {**run, "name": "b", "family": "ppo"}], claims={}))
     with pytest.raises(ValueError, match=r"runs: names must be unique, got \['ei'\] twice"):
         load_study(write_study(tmp_path, config, runs=[run, run], claims={}))
+    with pytest.raises(ValueError, match=r"runs: declare at least one run"):  # it planned the warm start alone
+        load_study(write_study(tmp_path, config, runs=[], claims={}))
     with pytest.raises(ValueError, match=r"runs\[0\]\.algorithm is required"):
         load_study(write_study(tmp_path, config, runs=[{k: v for k, v in run.items() if k != "algorithm"}], claims={}))
 
