@@ -10,6 +10,7 @@ check logs nothing); resuming with ``--ckpt_path`` skips that.
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.callbacks import (
@@ -219,6 +221,22 @@ def resume_with_recorded_warm_starts(ckpt_path: str, model_arguments: Any) -> No
         arguments["name_or_path"] = directory
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def configuration_error(error: BaseException) -> str | None:
+    """The message of the setting ``error`` reports: the innermost error it wraps, where lit-reason's own checks
+    (a ``ValueError`` or a missing file raised in its code) or Lightning's trainer options raised it; None for
+    anything else (a bug keeps its traceback)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    if isinstance(error, MisconfigurationException):
+        return f"trainer: {error}"
+    frames = traceback.extract_tb(error.__traceback__)
+    raised_here = bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR)
+    return str(error) if isinstance(error, ValueError | FileNotFoundError) and raised_here else None
+
+
 def _policy_arguments(node: Any):
     """Every mapping among ``node``'s parsed arguments (nested ones too) that names a ``config:`` policy."""
     children = vars(node) if isinstance(node, Namespace) else node if isinstance(node, dict) else None
@@ -260,6 +278,18 @@ class LitReasonCLI(LightningCLI):
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
             parser.set_defaults(weights_only=True)
         return parser
+
+    def instantiate_classes(self) -> None:
+        """Build the model, data and trainer; a setting they refuse ends the command with its message alone
+        (jsonargparse wraps it in a dump of the whole model config, under a traceback)."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, OSError, MisconfigurationException) as error:
+            reason = configuration_error(error)
+            if reason is None:
+                raise
+            print(f"lit-reason {self.config.get('subcommand')}: error: {reason}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def instantiate_trainer(self, **kwargs: Any):
         # The checkpoint callbacks this CLI adds give way to --trainer.enable_checkpointing=false.

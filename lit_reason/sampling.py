@@ -114,12 +114,22 @@ class SamplingConfig:
     decoding: Decoding = "dynamic"
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("num_samples, max_new_tokens and batch_size must be at least 1")
-        if self.finished_check_every is not None and self.finished_check_every < 1:
-            raise ValueError("finished_check_every must be at least 1 (or unset)")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+        refused = [
+            f"{name} {value} (must be {rule})"
+            for name, value, rule, ok in (
+                ("num_samples", self.num_samples, "at least 1", self.num_samples >= 1),
+                ("max_new_tokens", self.max_new_tokens, "at least 1", self.max_new_tokens >= 1),
+                ("batch_size", self.batch_size, "at least 1", self.batch_size >= 1),
+                ("finished_check_every", self.finished_check_every, "at least 1, or unset",
+                 self.finished_check_every is None or self.finished_check_every >= 1),
+                ("temperature", self.temperature, ">= 0", self.temperature >= 0),
+                ("top_k", self.top_k, ">= 0", self.top_k >= 0),
+                ("top_p", self.top_p, "in (0, 1]", 0 < self.top_p <= 1),
+            )
+            if not ok
+        ]  # fmt: skip
+        if refused:
+            raise ValueError(f"sampling settings (rollout or evaluation): {'; '.join(refused)}")
         if 0 < self.temperature < MIN_TEMPERATURE:  # logits / T overflow float32 as T nears 1e-37: NaN log-probs
             raise ValueError(
                 f"temperature {self.temperature:g} draws the greedy token in all but name (below {MIN_TEMPERATURE:g}), "

@@ -318,6 +318,28 @@ def test_a_checkpoints_saved_options_do_not_override_the_command_line(tmp_path):
     assert model["evaluation"]["num_samples"] == 96 and model["text_samples"] == 4
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--model.init_args.evaluation.temperature=-1", "sampling settings (rollout or evaluation): temperature -1.0"),
+        ("--data.eval_batch_size=0", "data.eval_batch_size must be at least 1, got 0"),
+        ("--trainer.devices=0", "trainer: `Trainer(devices='0')` value is not a valid input"),
+    ],
+)
+def test_a_setting_the_classes_refuse_ends_the_command_with_its_message_alone(option, message, capsys):
+    # It came inside an 80-line traceback, under a dump of the whole model config.
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+
+    class BuildAndStop(LitReasonCLI):
+        def _run_subcommand(self, subcommand: str) -> None:
+            pass
+
+    with pytest.raises(SystemExit) as stopped:
+        BuildAndStop(args=["fit", "--config", sft, "--model.init_args.policy.name_or_path=micro", option])
+    assert stopped.value.code == 2
+    assert f"lit-reason fit: error: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])
 def test_a_checkpoint_path_that_names_no_checkpoint_stops_before_anything_is_built(tmp_path, subcommand, capsys):
     # Lightning found out after building the models (and training a warm start first), in a traceback.
