@@ -34,7 +34,7 @@ from lit_reason.callbacks import (
     StagedCheckpoint,
 )
 from lit_reason.data import RolloutDataModule
-from lit_reason.files import restore_interrupted_replacement
+from lit_reason.files import UniqueKeyLoader, restore_interrupted_replacement
 from lit_reason.warm_start import (
     CONFIG_PREFIX,
     exit_with_parent,
@@ -143,7 +143,7 @@ def _read_config(path: str) -> Any:
     text or not YAML."""
     raw = Path(path).read_bytes()
     try:
-        return yaml.safe_load(raw.decode("utf-8"))
+        return yaml.load(raw.decode("utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as error:
         raise ValueError(
             f"--config {path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save it as UTF-8"

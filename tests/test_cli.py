@@ -211,6 +211,18 @@ def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
     assert f"{config}: model option kl_coef is now reward.kl_coef" in capsys.readouterr().err
 
 
+def test_a_key_given_twice_in_a_config_is_an_error_naming_the_line(tmp_path, capsys):
+    # The last one won silently: batch_size 0 here.
+    config = tmp_path / "twice.yaml"
+    config.write_text("model:\n  class_path: lit_reason.SFT\n  init_args:\n    batch_size: 32\n    batch_size: 0\n")
+    with pytest.raises(SystemExit):
+        LitReasonCLI(args=["fit", "--config", str(config)], run=False)
+    assert (
+        f"--config {config}:5:5: not valid YAML (key 'batch_size' given twice in one mapping)"
+        in capsys.readouterr().err
+    )
+
+
 def test_a_config_file_that_is_no_yaml_text_is_an_error_naming_the_file(tmp_path, capsys):
     # Both were raw tracebacks from the renamed-options scan, naming no file.
     config = tmp_path / "bad.yaml"

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
+from lit_reason.files import UniqueKeyLoader
 from lit_reason.warm_start import locate_config
 
 Family = Literal["rl", "sft"]
@@ -119,7 +120,7 @@ def load_study(path: str | Path) -> StudySpec:
         raise FileNotFoundError(f"study file {path} does not exist (nor a packaged study of that name)")
     path = located
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a YAML file ({error})") from None
     where = _Where(path)

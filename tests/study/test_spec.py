@@ -63,6 +63,13 @@ def test_a_bad_study_file_is_an_error_naming_the_field(tmp_path, config, changes
         load_study(write_study(tmp_path, config, **changes))
 
 
+def test_a_key_given_twice_in_a_study_file_is_refused(tmp_path):
+    study = tmp_path / "twice.yaml"
+    study.write_text("name: t\nname: u\n")  # it ran as study u
+    with pytest.raises(ValueError, match=r"twice.yaml: not a YAML file \(.*key 'name' given twice"):
+        load_study(study)
+
+
 def test_bad_runs_are_errors_naming_the_run(tmp_path, config):
     run = {"name": "ei", "algorithm": "EI", "family": "rl", "config": str(config)}
     with pytest.raises(ValueError, match=r"runs\[1\]\.family: expected rl or sft, got 'ppo'"):
