@@ -181,12 +181,13 @@ def refuse_a_missing_checkpoint(ckpt_path: str | None, parser) -> None:
     )
 
 
-def refuse_another_algorithms_checkpoint(ckpt_path: str, class_path: str) -> None:
+def refuse_another_algorithms_checkpoint(ckpt_path: str, checkpoint: dict[str, Any], class_path: str) -> None:
     """Stop a fit resumed from a checkpoint of another algorithm than ``class_path`` (an SFT ``last.ckpt`` given
     to Expert Iteration's config): its weights would fail to load with a list of keys, or load and go on with
     another run's optimizer and rounds. The algorithm is the ``_class_path`` this CLI saves among the
-    checkpoint's hyperparameters, compared by class name (``lit_reason.SFT`` is ``lit_reason.algorithms.SFT``)."""
-    saved = read_checkpoint_record(ckpt_path).get("hyper_parameters", {}).get("_class_path")
+    checkpoint's hyperparameters (``checkpoint``: ``read_checkpoint_record``'s), compared by class name
+    (``lit_reason.SFT`` is ``lit_reason.algorithms.SFT``)."""
+    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if saved and saved.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
         raise ValueError(
             f"--ckpt_path {ckpt_path} is a checkpoint of {saved}, and this fit trains {class_path}: resume with the "
@@ -195,12 +196,12 @@ def refuse_another_algorithms_checkpoint(ckpt_path: str, class_path: str) -> Non
         )
 
 
-def resume_with_recorded_warm_starts(ckpt_path: str, model_arguments: Any) -> None:
+def resume_with_recorded_warm_starts(ckpt_path: str, checkpoint: dict[str, Any], model_arguments: Any) -> None:
     """Point each ``config:`` policy of a resumed fit's ``model_arguments`` (its parsed ``model.init_args``) at the
-    warm start its checkpoint recorded (``RecordWarmStarts``), where that one is still cached and the config now
+    warm start its ``checkpoint`` recorded (``RecordWarmStarts``), where that one is still cached and the config now
     names another: a changed config, data file or lit-reason keys a new warm start, which would be trained first,
     and the reference, the restarts and the critic's start would differ from those of the run's first part."""
-    recorded = read_checkpoint_record(ckpt_path).get(WARM_STARTS, {})
+    recorded = checkpoint.get(WARM_STARTS, {})
     for arguments in _policy_arguments(model_arguments):
         name = arguments["name_or_path"]
         directory = recorded.get(name)
@@ -314,8 +315,9 @@ class LitReasonCLI(LightningCLI):
         if subcommand in ("fit", "validate", "test"):
             refuse_a_missing_checkpoint(self.config[subcommand].get("ckpt_path"), self._parser(subcommand))
         if ckpt_path:
-            refuse_another_algorithms_checkpoint(ckpt_path, self.config[subcommand]["model"]["class_path"])
-            resume_with_recorded_warm_starts(ckpt_path, self.config[subcommand]["model"]["init_args"])
+            checkpoint = read_checkpoint_record(ckpt_path)  # read once, its tensors left on disk
+            refuse_another_algorithms_checkpoint(ckpt_path, checkpoint, self.config[subcommand]["model"]["class_path"])
+            resume_with_recorded_warm_starts(ckpt_path, checkpoint, self.config[subcommand]["model"]["init_args"])
 
     def parse_arguments(self, parser, args) -> None:
         if args is None or isinstance(args, list):

@@ -11,7 +11,13 @@ from jsonargparse import Namespace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_reason.callbacks import WARM_STARTS, RecordWarmStarts, StagedCheckpoint
-from lit_reason.cli import LitReasonCLI, main, refuse_another_algorithms_checkpoint, resume_in_place
+from lit_reason.cli import (
+    LitReasonCLI,
+    main,
+    read_checkpoint_record,
+    refuse_another_algorithms_checkpoint,
+    resume_in_place,
+)
 from lit_reason.evaluation import PREDICTION_FIELDS
 from lit_reason.files import RunDirectoryInUse, RunLock
 from lit_reason.policy import PolicySpec
@@ -366,17 +372,23 @@ def test_a_checkpoint_of_another_algorithm_is_refused_by_class_name(tmp_path):
     checkpoint = tmp_path / "last.ckpt"
     torch.save({"hyper_parameters": {"_class_path": "lit_reason.SFT"}, "state_dict": {"w": torch.ones(2)}}, checkpoint)
     with pytest.raises(ValueError, match=r"is a checkpoint of lit_reason\.SFT, and this fit trains lit_reason\.GRPO"):
-        refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.GRPO")
-    refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.algorithms.SFT")  # the same class
+        refuse_another_algorithms_checkpoint(
+            str(checkpoint), read_checkpoint_record(str(checkpoint)), "lit_reason.GRPO"
+        )
+    refuse_another_algorithms_checkpoint(
+        str(checkpoint), read_checkpoint_record(str(checkpoint)), "lit_reason.algorithms.SFT"
+    )  # the same class
     torch.save({"hyper_parameters": {}}, checkpoint)  # not saved by this CLI: nothing to compare
-    refuse_another_algorithms_checkpoint(str(checkpoint), "lit_reason.GRPO")
+    refuse_another_algorithms_checkpoint(str(checkpoint), read_checkpoint_record(str(checkpoint)), "lit_reason.GRPO")
     # A sharded (FSDP2) checkpoint is a folder, its hyperparameters in meta.pt: it was not checked.
     sharded = tmp_path / "sharded.ckpt"
     sharded.mkdir()
     torch.save({"hyper_parameters": {"_class_path": "lit_reason.SFT"}}, sharded / "meta.pt")
     with pytest.raises(ValueError, match=r"is a checkpoint of lit_reason\.SFT, and this fit trains lit_reason\.GRPO"):
-        refuse_another_algorithms_checkpoint(str(sharded), "lit_reason.GRPO")
-    refuse_another_algorithms_checkpoint(str(tmp_path / "missing.ckpt"), "lit_reason.GRPO")  # Lightning says so
+        refuse_another_algorithms_checkpoint(str(sharded), read_checkpoint_record(str(sharded)), "lit_reason.GRPO")
+    refuse_another_algorithms_checkpoint(
+        str(tmp_path / "missing.ckpt"), read_checkpoint_record(str(tmp_path / "missing.ckpt")), "lit_reason.GRPO"
+    )  # Lightning says so
 
 
 def test_a_resumed_fit_loads_the_warm_start_its_checkpoint_recorded(tmp_path, monkeypatch):
