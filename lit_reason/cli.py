@@ -9,6 +9,10 @@ check logs nothing); resuming with ``--ckpt_path`` skips that.
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import importlib
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -16,12 +20,13 @@ from typing import Any
 
 import torch
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lit_reason import algorithms
 from lit_reason.algorithms.base import ReasoningModule
 from lit_reason.callbacks import (
     WARM_STARTS,
@@ -251,6 +256,69 @@ def _policy_arguments(node: Any):
         yield from _policy_arguments(value)
 
 
+ALGORITHMS = [name for name in algorithms.__all__ if name != ReasoningModule.__name__]
+
+_UNKNOWN_MODEL_RE = re.compile(
+    r'Parser key "model":.*?(?:Expected a dot import path string: (?P<name>[\w.]+)'
+    r"|Problem with given class_path '(?P<path>[\w.]+)':\s*module '[\w.]+' has no attribute)",
+    re.DOTALL,
+)
+_UNKNOWN_CLASS_OPTION_RE = re.compile(
+    r"Problem with given class_path '(?P<path>[\w.]+)':\s*"
+    r"(?:Option '(?P<option>[\w.]+)' is not accepted|unrecognized arguments: --(?P<flag>[\w.]+))"
+)
+_UNKNOWN_FLAG_RE = re.compile(r"^unrecognized arguments: [^\n]*?(?P<flag>--[\w.]+)")
+
+
+def what_was_meant(message: str, parser: ArgumentParser) -> list[str]:
+    """Hints for a parse error ``message``: lit-reason's algorithms for an unknown ``--model``, the closest
+    options to a misspelt one (an algorithm's, or a flag of ``parser`` and its subcommands)."""
+    if match := _UNKNOWN_MODEL_RE.search(message):
+        name = (match["name"] or match["path"]).rsplit(".", 1)[-1]
+        return [*_closest(name, ALGORITHMS, ""), f"lit-reason's algorithms: {', '.join(ALGORITHMS)}"]
+    if match := _UNKNOWN_CLASS_OPTION_RE.search(message):
+        option = match["option"] or match["flag"]
+        return _closest(option, _class_options(match["path"]), f" (lit-reason fit --model.help {match['path']})")
+    if match := _UNKNOWN_FLAG_RE.search(message):
+        return _closest(match["flag"], _flags(parser), "")
+    return []
+
+
+def _closest(name: str, candidates: list[str], where: str) -> list[str]:
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    return [f"did you mean {found[0]}?{where}"] if found else []
+
+
+def _class_options(class_path: str) -> list[str]:
+    """The options (``loss.clip_ratio`` for a group's field) of the class ``class_path`` names."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError):
+        return []
+    return [action.dest for action in parser._actions if action.option_strings and action.dest.split(".")[-1] != "help"]
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--flag`` of ``parser`` and its subcommands' parsers."""
+    flags = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                flags.extend(_flags(subparser))
+    return flags
+
+
+class LitReasonParser(LightningArgumentParser):
+    """Lightning's parser, whose errors for an unknown algorithm or a misspelt option say what was meant."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if self.exit_on_error:  # the error that ends the command, not one jsonargparse catches while trying types
+            message = "\n".join([message, *(hint for hint in what_was_meant(message, self) if hint not in message)])
+        super().error(message, ex)
+
+
 class LitReasonCLI(LightningCLI):
     """LightningCLI for lit-reason's algorithms (``--model`` picks one, e.g. ``SFT``, by class path)."""
 
@@ -263,6 +331,7 @@ class LitReasonCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
             auto_configure_optimizers=False,
+            parser_class=LitReasonParser,
             args=args,
             run=run,
         )

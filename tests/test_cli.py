@@ -217,6 +217,27 @@ def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
     assert f"{config}: model option kl_coef is now reward.kl_coef" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("arguments", "hints"),
+    [
+        (["--model", "PPOO"], ["did you mean PPO?", "lit-reason's algorithms: SFT, ExpertIteration, "]),
+        (["--model", "lit_reason.ExpertIteratoin"], ["did you mean ExpertIteration?"]),
+        (["--model", "ExpertIteration", "--model.init_args.epochs_per_rond=3"], ["did you mean epochs_per_round?"]),
+        (["--model", "PPO", "--model.init_args.loss.clip_ration=0.2"], ["did you mean loss.clip_ratio?"]),
+        (["--model", "SFT", "--data.questions_per_rond", "3"], ["did you mean --data.questions_per_round?"]),
+        (["--model", "SFT", "--trainer.max_epochz", "3"], ["did you mean --trainer.max_epochs?"]),
+    ],
+)
+def test_an_unknown_algorithm_or_option_is_an_error_saying_what_was_meant(arguments, hints, capsys):
+    # jsonargparse said only "Option 'epochs_per_rond' is not accepted", "unrecognized arguments", or "Expected a dot
+    # import path string: PPOO", without the names that exist.
+    with pytest.raises(SystemExit):
+        LitReasonCLI(args=["fit", *arguments], run=False)
+    message = capsys.readouterr().err
+    for hint in hints:
+        assert hint in message
+
+
 def test_a_key_given_twice_in_a_config_is_an_error_naming_the_line(tmp_path, capsys):
     # The last one won silently: batch_size 0 here.
     config = tmp_path / "twice.yaml"
