@@ -140,16 +140,21 @@ class Evaluator(torch.nn.Module):
         """Every metric (by name), the shares of samples answered and truncated, and all ranks' records by
         question id (a question padded onto two ranks counts once); then starts afresh (a collective)."""
         values = {name: metric.compute() for name, metric in self.metrics.items()}
-        for metric in self.metrics.values():
-            metric.reset()
         records: dict[int, dict[str, Any]] = {}
         for record in gather_objects(self.records):  # the first of a padded question, as the metrics keep
             records.setdefault(record["id"], record)
-        self.records.clear()
+        self.reset()
         if records:
             values["answered"] = torch.tensor(sum(r["answered"] for r in records.values()) / len(records))
             values["truncated"] = torch.tensor(sum(r["truncated"] for r in records.values()) / len(records))
         return values, records
+
+
+    def reset(self) -> None:
+        """Forget this pass's metric states and records (on this rank alone)."""
+        for metric in self.metrics.values():
+            metric.reset()
+        self.records.clear()
 
 
 def _finite_or_none(value: float) -> float | None:

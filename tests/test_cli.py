@@ -95,6 +95,20 @@ def test_each_cpu_config_runs_on_a_micro_preset(config, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_lightning_s_sanity_check_leaves_no_evaluation(tmp_path):
+    # Its first batches were written as a step-0 evaluation after the full one: a second entry in metrics.json
+    # (the one a study reads) and a predictions file of 2 of the 4 questions in place of the full one.
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+    logger = [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=run"]
+    sanity_check = ["--trainer.num_sanity_val_steps=1", "--data.eval_batch_size=2", "--validate_before_fit=true"]
+    main(["fit", "--config", sft, *TINY_RUN, "--trainer.max_steps=1", *sanity_check, *logger])
+    run_dir = tmp_path / "run" / "version_0"
+    evaluations = [(e["stage"], e["step"]) for e in json.loads((run_dir / "metrics.json").read_text())]
+    assert evaluations == [("val", 0), ("val", 1), ("fit_end", 1)]
+    assert len((run_dir / "predictions" / "val-step0.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
 def test_validate_an_exported_policy_directory(tmp_path, monkeypatch, sft_policy_dir):
     monkeypatch.chdir(tmp_path)
     main(

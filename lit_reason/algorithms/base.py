@@ -132,10 +132,6 @@ class ReasoningModule(LightningModule):
         return run_seed(self._seed)
 
     @property
-    def eos_token_ids(self) -> list[int]:
-        return eos_token_ids(self.policy, self.tokenizer)
-
-    @property
     def max_length(self) -> int:
         """Longest prompt + response the policy takes."""
         spec = self.policy_spec
@@ -176,7 +172,7 @@ class ReasoningModule(LightningModule):
                 [self.task.prompt(problem, self.tokenizer) for problem in problems],
                 config,
                 seeds,
-                eos_token_ids=self.eos_token_ids,
+                eos_token_ids=eos_token_ids(self.policy, self.tokenizer),
                 conditioning=self.conditioning(stage),
                 stop_strings=self.task.stop_strings,
                 progress=True,
@@ -248,6 +244,8 @@ class ReasoningModule(LightningModule):
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # Lightning's check of a few batches: no evaluation, nothing kept
+            return self.evaluator.reset()
         self.log_evaluation("test" if self.trainer.testing else "val")
 
     on_test_epoch_end = on_validation_epoch_end
