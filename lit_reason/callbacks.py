@@ -24,6 +24,7 @@ from lit_reason.evaluation import drop_outputs_after
 from lit_reason.files import RunDirectoryInUse, RunLock, remove_path, replace_path
 from lit_reason.model_card import CARD_FILE, ModelCard
 from lit_reason.policy import PolicySpec
+from lit_reason.run_logs import run_directory
 from lit_reason.warm_start import CONFIG_PREFIX, is_exported
 
 
@@ -48,11 +49,11 @@ class ExportPolicy(Callback):
         self.exported = False
 
     def target(self, trainer: Trainer) -> Path:
-        return Path(self.dirpath or Path(trainer.log_dir or ".") / "policy")
+        return Path(self.dirpath or run_directory(trainer) / "policy")
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # An export replaces its folder whole: one that holds anything but an earlier export (or nothing) would
-        # be lost, the user's files with it. Checked before training, on every rank (log_dir is a broadcast).
+        # be lost, the user's files with it. Checked before training, on every rank (run_directory broadcasts).
         target = self.target(trainer)
         if stage == "fit" and trainer.strategy.broadcast(trainer.is_global_zero and not _replaceable(target)):
             raise ValueError(
@@ -101,7 +102,7 @@ class ExportPolicy(Callback):
         staging = path.with_name(f".{path.name}.staging")
         if trainer.is_global_zero:
             shutil.rmtree(staging, ignore_errors=True)
-        card = model_card(trainer, pl_module, why).markdown()  # every rank: trainer.log_dir is a broadcast
+        card = model_card(trainer, pl_module, why).markdown()  # every rank: the run's directory is a broadcast
         pl_module.export_policy(staging)  # every rank: sharded weights are gathered
         if trainer.is_global_zero:
             (staging / CARD_FILE).write_text(card, encoding="utf-8")
@@ -151,14 +152,21 @@ class SaveRunConfig(SaveConfigCallback):
         self.run_lock: RunLock | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not self.already_saved and self.save_to_log_dir:
-            log_dir = Path(trainer.log_dir)  # every rank: a broadcast
-            name_or_error = self._claim(log_dir, bool(trainer.loggers)) if trainer.is_global_zero else None
-            name_or_error = trainer.strategy.broadcast(name_or_error)
-            if isinstance(name_or_error, Exception):
-                raise name_or_error
-            self.config_filename = name_or_error
-        super().setup(trainer, pl_module, stage)
+        if self.already_saved or not self.save_to_log_dir:
+            super().setup(trainer, pl_module, stage)
+            return
+        log_dir = run_directory(trainer)  # every rank: a broadcast
+        name_or_error = self._claim(log_dir, bool(trainer.loggers)) if trainer.is_global_zero else None
+        name_or_error = trainer.strategy.broadcast(name_or_error)
+        if isinstance(name_or_error, Exception):
+            raise name_or_error
+        self.config_filename = name_or_error
+        if trainer.is_global_zero:  # as Lightning's, into the run's directory (W&B's and MLflow's are not log_dir)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            config = str(log_dir / self.config_filename)
+            self.parser.save(self.config, config, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = True
 
     def _claim(self, log_dir: Path, logged: bool) -> str | Exception:
         """The file name this command's config is saved as, with a logger's directory locked for the command
@@ -374,7 +382,7 @@ def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: s
     conditioning = Conditioning() if reward_model else pl_module.export_conditioning()
     guidance = conditioning.guidance if conditioning.guided else None
     return ModelCard(
-        title=Path(trainer.log_dir or ".").name,
+        title=run_directory(trainer).name,
         method=type(pl_module).__name__,
         method_summary=" ".join(module_doc.strip().split("\n\n")[0].split()),
         base_model=pl_module.policy_spec.name_or_path,
@@ -393,6 +401,6 @@ def model_card(trainer: Trainer, pl_module: LightningModule, exported_because: s
             "temperature": sampling.temperature,
             "max_new_tokens": sampling.max_new_tokens,
         },
-        config_file=str(Path(trainer.log_dir) / "config.yaml") if trainer.log_dir else None,
+        config_file=str(run_directory(trainer) / "config.yaml"),
         kind="reward model" if reward_model else "policy",
     )

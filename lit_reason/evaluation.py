@@ -25,7 +25,7 @@ from lit_reason.distributed import gather_objects, rank_and_world_size
 from lit_reason.files import jsonl_records, write_text_atomically
 from lit_reason.metrics import DistinctCorrect, MajorityAtK, PassAtK, RerankAtK
 from lit_reason.rewards import grade
-from lit_reason.run_logs import RunLog, run_log
+from lit_reason.run_logs import RunLog, run_directory, run_log
 from lit_reason.sampling import SampleBatch
 from lit_reason.tasks import Problem
 from lit_reason.tasks.answers import normalize_text_answer, operation_signature
@@ -149,7 +149,6 @@ class Evaluator(torch.nn.Module):
             values["truncated"] = torch.tensor(sum(r["truncated"] for r in records.values()) / len(records))
         return values, records
 
-
     def reset(self) -> None:
         """Forget this pass's metric states and records (on this rank alone)."""
         for metric in self.metrics.values():
@@ -198,18 +197,17 @@ def write_outputs(
     and text samples, a histogram and curves against the samples drawn (``run_logs``)."""
     if not trainer.loggers or not records:
         return
-    log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
+    log_dir = run_directory(trainer)  # a broadcast from rank 0: every rank asks
     if rank_and_world_size()[0] != 0:
         return
     (epoch, step), samples_drawn = trained_to(trainer), int(getattr(trainer.datamodule, "samples_drawn", 0))
-    if log_dir is not None:
-        write_predictions(Path(log_dir) / "predictions" / f"{stage}-step{step}.jsonl", records)
-        metrics = {name.split("/", 1)[-1]: _finite_or_none(float(value)) for name, value in values.items()}
-        entry = {"stage": stage, "step": step, "epoch": epoch, "samples_drawn": samples_drawn}
-        entry |= {"seconds": round(seconds, 1)} if seconds is not None else {}
-        entry["metrics"] = metrics
-        append_json(Path(log_dir) / "metrics.json", entry)
-    log = run_log(trainer.loggers)
+    write_predictions(log_dir / "predictions" / f"{stage}-step{step}.jsonl", records)
+    metrics = {name.split("/", 1)[-1]: _finite_or_none(float(value)) for name, value in values.items()}
+    entry = {"stage": stage, "step": step, "epoch": epoch, "samples_drawn": samples_drawn}
+    entry |= {"seconds": round(seconds, 1)} if seconds is not None else {}
+    entry["metrics"] = metrics
+    append_json(log_dir / "metrics.json", entry)
+    log = run_log(trainer)
     if log is not None:
         log_samples_and_curves(
             log, stage, values, records, step=step, samples_drawn=samples_drawn, text_samples=text_samples
@@ -223,10 +221,10 @@ def record_training_end(trainer) -> None:
     round before its validation, leaves the final policy unevaluated (a study names such runs)."""
     if not trainer.loggers:
         return
-    log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
-    if rank_and_world_size()[0] != 0 or log_dir is None:
+    log_dir = run_directory(trainer)  # a broadcast from rank 0: every rank asks
+    if rank_and_world_size()[0] != 0:
         return
-    path, step = Path(log_dir) / "metrics.json", trainer.global_step
+    path, step = log_dir / "metrics.json", trainer.global_step
     validated = [e["step"] for e in json.loads(path.read_text()) if e["stage"] == "val"] if path.is_file() else []
     if validated and validated[-1] != step:
         warnings.warn(
@@ -261,21 +259,18 @@ def drop_outputs_after(trainer, epoch: int, step: int) -> None:
     which would also hide the curves whose x-axis is the samples drawn."""
     if not trainer.loggers:
         return
-    log_dir = trainer.log_dir  # a broadcast from rank 0: every rank asks
+    log_dir = run_directory(trainer)  # a broadcast from rank 0: every rank asks
     if rank_and_world_size()[0] != 0:
         return
-    if log_dir is not None:
-        metrics = Path(log_dir) / "metrics.json"
-        if metrics.is_file():
-            entries = json.loads(metrics.read_text())
-            kept = [
-                e for e in entries if ((e["epoch"], e["step"]) <= (epoch, step) if "epoch" in e else e["step"] <= step)
-            ]
-            write_json(metrics, kept)
-        for predictions in (Path(log_dir) / "predictions").glob("*-step*.jsonl"):
-            written_at = re.fullmatch(r".*-step(\d+)\.jsonl", predictions.name)
-            if written_at and int(written_at[1]) > step:
-                predictions.unlink()
+    metrics = log_dir / "metrics.json"
+    if metrics.is_file():
+        entries = json.loads(metrics.read_text())
+        kept = [e for e in entries if ((e["epoch"], e["step"]) <= (epoch, step) if "epoch" in e else e["step"] <= step)]
+        write_json(metrics, kept)
+    for predictions in (log_dir / "predictions").glob("*-step*.jsonl"):
+        written_at = re.fullmatch(r".*-step(\d+)\.jsonl", predictions.name)
+        if written_at and int(written_at[1]) > step:
+            predictions.unlink()
 
 
 def append_json(path: Path, entry: dict[str, Any]) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lit_reason.distributed import rank_and_world_size
 
@@ -83,24 +83,37 @@ class FileLog:
             writer.writerow([tag, x, value])
 
 
-def run_log(loggers: Sequence[Any]) -> RunLog | None:
+def run_log(trainer) -> RunLog | None:
     """Where rank 0 logs text, histograms and curves: TensorBoard when a logger is TensorBoard's, else files in
-    the first logger's run directory (its ``log_dir``, or ``save_dir/name/version`` for loggers without one, such
-    as W&B's and MLflow's, whose ``save_dir`` every run shares); None on other ranks, without a logger and for a
-    logger that saves nothing locally. Call on rank 0 alone if need be: nothing here communicates."""
-    if rank_and_world_size()[0] != 0 or not loggers:
+    the run's directory (``run_directory``); None on other ranks and without a logger. Call on rank 0 alone if
+    need be: nothing here communicates."""
+    if rank_and_world_size()[0] != 0 or not trainer.loggers:
         return None
-    for logger in loggers:
+    for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_text") and hasattr(experiment, "add_histogram"):
             return TensorBoardLog(experiment)
-    first = loggers[0]
-    log_dir = getattr(first, "log_dir", None)
-    if not log_dir and getattr(first, "save_dir", None):
-        parts = (getattr(first, "name", None), getattr(first, "version", None))
-        run = [str(part) for part in parts if part is not None and part != ""]  # a version may be 0
-        log_dir = Path(first.save_dir, *run)
-    return FileLog(log_dir) if log_dir else None
+    return FileLog(_run_directory(trainer))
+
+
+def run_directory(trainer) -> Path:
+    """The directory of the run ``trainer`` logs: its first logger's ``log_dir`` for TensorBoard's and CSV's;
+    for others, ``save_dir/name/version`` as Lightning's ``ModelCheckpoint`` places the run's checkpoints (W&B's
+    and MLflow's ``save_dir``, which Lightning's ``trainer.log_dir`` gives, is every run's; ``default_root_dir``
+    for a logger that saves nothing locally); ``default_root_dir`` without a logger. A broadcast from rank 0:
+    call on every rank."""
+    return Path(trainer.strategy.broadcast(str(_run_directory(trainer))))
+
+
+def _run_directory(trainer) -> Path:
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    first = trainer.loggers[0]
+    if isinstance(first, TensorBoardLogger | CSVLogger):
+        return Path(first.log_dir)
+    version = first.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return Path(first.save_dir or trainer.default_root_dir, str(first.name), version)
 
 
 def _file_name(tag: str) -> str:

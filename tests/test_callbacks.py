@@ -29,6 +29,7 @@ from lit_reason.files import RunDirectoryInUse, RunLock
 from lit_reason.policy import PolicySpec
 from lit_reason.sampling import SamplingConfig
 from lit_reason.tasks import Arithmetic, JSONLTask
+from tests.helpers.fakes import logger_into
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -57,7 +58,6 @@ class FakeModule:
 
 def fake_trainer(log_dir) -> SimpleNamespace:
     return SimpleNamespace(
-        log_dir=str(log_dir),
         is_global_zero=True,
         strategy=SimpleNamespace(broadcast=lambda x: x),
         datamodule=SimpleNamespace(task=Arithmetic(train_size=20, validation_size=4, test_size=4), samples_drawn=64),
@@ -65,7 +65,8 @@ def fake_trainer(log_dir) -> SimpleNamespace:
         callback_metrics={"val/maj@1": 0.5, "train/loss": 1.0},
         state=SimpleNamespace(fn=TrainerFn.FITTING),
         sanity_checking=False,
-        loggers=["a logger"],
+        loggers=[logger_into(log_dir)],
+        default_root_dir=str(log_dir),  # without a logger
     )
 
 

@@ -344,6 +344,22 @@ def test_with_a_csv_logger_text_histograms_and_curves_become_files(tmp_path, mon
     assert curves[0] == "tag,samples_drawn,value" and curves[1].startswith("by_samples_drawn/val/maj@1,32,")
 
 
+@pytest.mark.slow
+def test_a_run_with_a_w_and_b_like_logger_keeps_everything_in_its_own_directory(tmp_path):
+    # metrics.json, the predictions, config.yaml and the export went to the save_dir every run shares, the
+    # checkpoints to save_dir/name/version; a second run there was refused as a fresh fit over the first.
+    sft = str(CONFIGS[[c.name for c in CONFIGS].index("sft.yaml")])
+    logger = ["--trainer.logger=tests.test_run_logs.SharedDirectoryLogger", f"--trainer.logger.save_dir={tmp_path}"]
+    for version in ("run-a", "run-b"):
+        run_args = [*TINY_RUN, "--trainer.max_steps=1", *logger, f"--trainer.logger.version={version}"]
+        main(["fit", "--config", sft, *run_args])
+        run = tmp_path / "project" / version
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "policy" / "config.json").is_file()
+        assert (run / "config.yaml").is_file() and (run / "predictions" / "val-step1.jsonl").is_file()
+        assert [e["stage"] for e in json.loads((run / "metrics.json").read_text())][-1] == "fit_end"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+
+
 def test_checkpoints_are_saved_through_staging_and_over_the_same_name():
     """A resumed run that saved a best checkpoint again wrote it beside the first as "-v1", the first never
     deleted; and Lightning's ModelCheckpoint wrote a checkpoint over the previous one (StagedCheckpoint)."""

@@ -7,10 +7,12 @@ import json
 
 import pytest
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from lit_reason.evaluation import Evaluator, answer_values, paired_outcomes, read_predictions
 from lit_reason.sampling import SampleBatch
 from lit_reason.tasks import Problem
+from tests.helpers.fakes import logger_into
 
 
 def test_predictions_pair_on_question_ids(tmp_path):
@@ -175,14 +177,14 @@ def test_a_validate_or_test_of_a_checkpoint_is_recorded_at_the_checkpoint_s_step
     restored = RolloutDataModule()
     restored.load_state_dict(state)
     trainer = SimpleNamespace(
-        loggers=["a logger"],  # not TensorBoard's: metrics.json and the predictions only
-        log_dir=str(tmp_path),
+        loggers=[logger_into(tmp_path)],  # not TensorBoard's: metrics.json and the predictions, files
+        strategy=SingleDeviceStrategy(),
         datamodule=restored,
         current_epoch=0,
         global_step=0,
         state=SimpleNamespace(fn="test"),
     )
-    records = {1: {field: None for field in PREDICTION_FIELDS} | {"id": 1}}
+    records = {1: {field: None for field in PREDICTION_FIELDS} | {"id": 1, "lengths": [3]}}
     write_outputs(trainer, "test", {"test/maj@1": torch.tensor(0.5)}, records, seconds=12.34, text_samples=0)
     (entry,) = json.loads((tmp_path / "metrics.json").read_text())
     assert (entry["stage"], entry["epoch"], entry["step"], entry["seconds"]) == ("test", 2, 40, 12.3)
@@ -216,7 +218,11 @@ def test_a_fit_records_where_it_ended_and_warns_when_its_final_policy_was_not_va
     validated = {"stage": "val", "step": 2, "epoch": 1, "samples_drawn": 16, "metrics": {}}
     (tmp_path / "metrics.json").write_text(json.dumps([validated]))
     trainer = SimpleNamespace(
-        loggers=["a logger"], log_dir=str(tmp_path), global_step=5, current_epoch=2, datamodule=None
+        loggers=[logger_into(tmp_path)],
+        strategy=SingleDeviceStrategy(),
+        global_step=5,
+        current_epoch=2,
+        datamodule=None,
     )
     with pytest.warns(UserWarning, match="training ended at step 5, its last validation was at step 2"):
         record_training_end(trainer)

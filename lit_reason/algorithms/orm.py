@@ -55,7 +55,7 @@ from lit_reason.files import jsonl_records
 from lit_reason.metrics import WithinQuestionAUROC, first_answered_samples, score_classification
 from lit_reason.policy import PolicySpec, load_model
 from lit_reason.rewards import grade
-from lit_reason.run_logs import run_log
+from lit_reason.run_logs import run_directory, run_log
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_response_prefix
 from lit_reason.tasks import Problem
 from lit_reason.tensors import next_token_nll, take_rows
@@ -293,11 +293,9 @@ class OutcomeRewardModel(ReasoningModule):
         Trainer without a logger has none: its ``log_dir`` is the working directory)."""
         if self._trainer is None or not self.trainer.loggers:
             return
-        log_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank asks
-        if log_dir is None:
-            return
+        log_dir = run_directory(self.trainer)  # a broadcast from rank 0: every rank asks
         rank, _ = rank_and_world_size()
-        path = Path(log_dir) / "rollouts" / f"round{round_index}-rank{rank}.jsonl"
+        path = log_dir / "rollouts" / f"round{round_index}-rank{rank}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as file:
             for p, text, label, truncated in zip(
@@ -367,7 +365,7 @@ class OutcomeRewardModel(ReasoningModule):
 
     def log_evaluation(self, stage: str, extra: dict[str, torch.Tensor] | None = None) -> None:
         values, scores, labels = self.reward_metric_values(stage)
-        log = run_log(self.loggers)
+        log = run_log(self.trainer)
         if len(scores) and log is not None:
             step = trained_to(self.trainer)[1]
             for name, members in (("correct", scores[labels]), ("wrong", scores[~labels])):

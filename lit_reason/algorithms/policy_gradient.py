@@ -341,7 +341,7 @@ class PolicyGradient(ReasoningModule):
     def _log_samples(self, problems: list[Problem], sampled: SampleBatch, final: torch.Tensor) -> None:
         rows = zip(sampled.prompt_index.tolist(), sampled.texts, final.tolist(), strict=True)
         shown = gather_objects([(problems[p].question, text, f"{r:.3f}") for p, text, r in rows][: self.text_samples])
-        log = run_log(self.loggers)
+        log = run_log(self.trainer)
         if log is not None and shown:
             table = markdown_table(["question", "response", "final reward"], shown)
             log.text("rollout/samples", table, self.global_step)

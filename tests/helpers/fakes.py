@@ -1,6 +1,15 @@
 """Stand-ins for the parts of a Trainer that a module reads outside a fit (task, precision, accumulation)."""
 
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import Precision
+
+
+def logger_into(directory: str | Path) -> CSVLogger:
+    """A logger whose run's directory is ``directory`` (nothing is written until it logs)."""
+    directory = Path(directory)
+    return CSVLogger(directory.parent, name=directory.name, version="")
 
 
 class FakeTrainer:
