@@ -44,6 +44,7 @@ Design points:
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -145,9 +146,9 @@ class SamplingConfig:
 
 def guided_logits(logits: torch.Tensor, negative_logits: torch.Tensor, scale: float) -> torch.Tensor:
     """(R, V), (R, V) -> (R, V): ``log p_neg + scale * (log p - log p_neg)``, over log-softmaxes; -inf where
-    the policy's own logit is -inf (the formula would give NaN where both are)."""
+    the policy's own logit is -inf, and ``log p`` where only the negative's is (the formula gives NaN there)."""
     positive, negative = logits.log_softmax(-1), negative_logits.log_softmax(-1)
-    guided = negative + scale * (positive - negative)
+    guided = torch.where(negative == float("-inf"), positive, negative + scale * (positive - negative))
     return guided.masked_fill(positive == float("-inf"), float("-inf"))
 
 
@@ -303,8 +304,10 @@ def encode_example(tokenizer, prompt: str, response_prefix: str, target: str) ->
 
 
 def row_seed(*parts: int | str) -> int:
-    """A 62-bit seed from any integers or strings (seed, round, question id, sample index, ...)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    """A 62-bit seed from any integers or strings (seed, round, question id, sample index, ...); an integer of any
+    type (NumPy's, a 0-d integer tensor) gives the Python int's seed."""
+    canonical = tuple(part if isinstance(part, str) else operator.index(part) for part in parts)
+    digest = hashlib.blake2b(repr(canonical).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
 
 
@@ -1089,7 +1092,9 @@ class _ChunkDecoder:
         """End each row at the first of steps ``first_step`` .. ``steps_taken - 1`` after which its decoded
         tail contains a stop string (text checks need the host), dropping what it sampled after it. A row that
         ended with EOS at one of these steps keeps it unless a stop string came earlier."""
-        tail_length = max(len(s) for s in self.stop_strings) + 8
+        # In tokens: a character can take one per UTF-8 byte (byte-level BPE, byte fallback), and a window must
+        # also reach back past the token that held the stop string's first byte.
+        tail_length = max(len(s.encode("utf-8")) for s in self.stop_strings) + 8
         start = max(0, first_step + 1 - tail_length)  # the first column any of these tails reads
         places = active.tolist()
         lengths = rows.lengths[places].tolist()

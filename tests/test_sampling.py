@@ -117,6 +117,12 @@ def test_guided_logits_by_hand():
     assert torch.allclose(guided_logits(probs.log() + 7.0, negative_probs.log() - 1.0, 2.0), expected, atol=1e-6)
     assert torch.allclose(guided_logits(probs.log(), negative_probs.log(), 1.0), probs.log(), atol=1e-6)
     assert torch.allclose(guided_logits(probs.log(), negative_probs.log(), 0.0), negative_probs.log(), atol=1e-6)
+    # A token the negative prompt rules out (-inf) keeps the policy's own log-prob: the formula gave NaN, which
+    # made the whole row's softmax NaN. One the policy rules out stays out.
+    inf = float("inf")
+    guided = guided_logits(torch.tensor([[0.0, 1.0, 2.0, -inf]]), torch.tensor([[0.0, -inf, 2.0, 1.0]]), 1.5)
+    own = torch.tensor([[0.0, 1.0, 2.0]]).log_softmax(-1)[0, 1]
+    assert guided[0, 1] == own and guided[0, 3] == -inf and not guided.isnan().any()
 
 
 def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokenizer):
@@ -300,6 +306,18 @@ def test_sampler_matches_its_distribution_on_a_realistic_vocabulary():
     degrees = torch.tensor(len(expected_bins) - 1.0, dtype=torch.float64)
     p_value = torch.special.gammaincc(degrees / 2, chi_square / 2)
     assert len(expected_bins) > 1000 and p_value > 1e-4, (chi_square.item(), degrees.item(), p_value.item())
+
+
+def test_a_row_seed_is_the_same_for_an_integer_of_any_type():
+    # It hashed repr(parts): NumPy's 5 or a 0-d tensor's gave other noise than Python's 5.
+    import numpy
+
+    expected = row_seed(5, "eval", 0)
+    assert expected == 3520503937671317537  # Python integers' seeds are unchanged: runs reproduce as before
+    assert row_seed(numpy.int64(5), "eval", numpy.int32(0)) == expected
+    assert row_seed(torch.tensor(5), "eval", 0) == expected
+    with pytest.raises(TypeError):
+        row_seed(5.0, "eval", 0)
 
 
 def test_stop_strings_end_a_response(micro_model, char_tokenizer):

@@ -273,6 +273,28 @@ def test_suppressed_tokens_are_never_drawn(smollm2: SmolLM2, svamp, gsm8k):
     assert [text for text in batch.texts if any(c in string.digits for c in text)] == []
 
 
+def test_a_stop_string_of_many_byte_level_tokens_ends_a_response(smollm2: SmolLM2):
+    # The check decoded the last len(stop) + 8 tokens: each emoji is 3 to 4 byte-level tokens, so five of them never
+    # fitted; the response ran to max_new_tokens, truncated, while its text was cut at the stop.
+    model, tokenizer, eos = smollm2.model, smollm2.tokenizer, smollm2.eos_token_ids
+    stop = "🌊🌊🌊🌊🌊"
+    assert len(tokenizer(stop, add_special_tokens=False).input_ids) > len(stop) + 8
+    prompt = "Waves: " + " ".join([stop] * 6) + " 🌊"
+    with eval_mode(model):
+        batch = sample(
+            model,
+            tokenizer,
+            [prompt],
+            SamplingConfig(temperature=0.0, max_new_tokens=40),
+            [0],
+            eos_token_ids=eos,
+            stop_strings=[stop],
+        )
+    kept = tokenizer.decode(responses(batch)[0], skip_special_tokens=True)
+    assert stop in kept and not batch.truncated[0]
+    assert stop not in tokenizer.decode(responses(batch)[0][:-1], skip_special_tokens=True)  # ended at its last token
+
+
 # -------------------------------------------------------------------------------------------- log-probs
 @pytest.mark.slow
 @needs_data
