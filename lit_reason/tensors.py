@@ -71,10 +71,10 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax at every position. (B, T, V) -> (B, T). Tokens at -inf logits (suppressed)
-    count 0, as does their gradient (not 0 * -inf)."""
-    logprobs = logits.float().log_softmax(-1)
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the temperature-scaled softmax at every position, in float32 (as ``token_logprobs``; 0: the
+    unscaled one). (B, T, V) -> (B, T). Tokens at -inf logits (suppressed) count 0, as does their gradient."""
+    logprobs = (logits.float() / (temperature or 1.0)).log_softmax(-1)
     probabilities = logprobs.exp()
     return -(probabilities * logprobs.masked_fill(probabilities == 0, 0.0)).sum(-1)
 

@@ -148,7 +148,7 @@ class PPOLoss:
             # unlikely padding token is inf there, and inf * 0 (the mask, or its backward) is NaN.
             on_response = torch.where(mask, logprobs, batch.ref_logprobs)
             kl = kl_penalty(on_response, batch.ref_logprobs, kl_estimator)
-        entropy = torch.nn.functional.pad(entropy_from_logits(logits[:, :-1] / (temperature or 1.0)), (1, 0))
+        entropy = torch.nn.functional.pad(entropy_from_logits(logits[:, :-1], temperature), (1, 0))
         per_token = policy_losses + self.vf_coef * value_losses - self.entropy_coef * entropy + kl_coef * kl
         loss = aggregate(
             per_token, mask, self.aggregation, batch.global_tokens, batch.global_sequences, world_size, max_length

@@ -84,6 +84,24 @@ def test_kl_loss_term_and_no_critic_by_hand():
     assert constant.loss.item() == pytest.approx(0.1 * (math.log(2) - 0.5) * 2 / 8)
 
 
+def test_the_entropy_of_bf16_logits_is_taken_at_the_temperature_in_float32():
+    # bf16 logits were divided by the temperature in bf16, then converted: 0.06 nats off at V = 49,152, T = 0.7
+    # (the train/entropy statistic and an entropy bonus), where the log-probs convert first.
+    from lit_reason.batches import PPOBatch
+    from lit_reason.rl.losses import PPOLoss
+
+    logits = (torch.randn(2, 6, 49152, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()
+    mask = torch.tensor([[False, True, True, True, True, True]] * 2)
+    batch = PPOBatch(
+        input_ids=torch.zeros(2, 6, dtype=torch.long), attention_mask=torch.ones(2, 6, dtype=torch.long),
+        response_mask=mask, old_logprobs=None, advantages=torch.zeros(2, 6), global_tokens=10, global_sequences=2,
+        prompt_length=1,
+    )  # fmt: skip
+    entropy = PPOLoss()(logits, None, batch, temperature=0.7, world_size=1).entropy
+    expected = entropy_from_logits(logits[:, :-1].double() / 0.7).mean()
+    assert entropy.item() == pytest.approx(expected.item(), abs=1e-4)
+
+
 def test_without_rollout_logprobs_the_ratio_is_one_and_the_gradient_the_plain_policy_gradient():
     from lit_reason.batches import PPOBatch
     from lit_reason.rl.losses import PPOLoss
