@@ -257,7 +257,7 @@ class ReasoningModule(LightningModule):
         greedy = self.generate(problems, greedy_config, ("eval",), "evaluation")
         sampled = self.generate(problems, self.evaluation, ("eval",), "evaluation")
         graded = self.evaluator.update(problems, greedy, sampled, self.orm_last_token_scores(sampled))
-        if graded.scores is not None:
+        if graded.scores is not None and not self.trainer.sanity_checking:  # the sanity check's are never logged
             self.update_reward_metrics(graded)
 
     def update_reward_metrics(self, graded: GradedQuestions) -> None:

@@ -107,6 +107,8 @@ class ReturnConditionedRL(ExpertIteration):
                     "nearest share with one of each kind; a larger batch_size comes closer",
                     stacklevel=2,
                 )
+        if good_token == bad_token:
+            raise ValueError(f"good_token and bad_token must differ, both are {good_token!r}")
         self.good_token, self.bad_token = good_token, bad_token
         self.positive_ratio = positive_ratio
         self.train_return_token = train_return_token

@@ -46,6 +46,31 @@ def test_orm_metrics_agree_across_ranks_when_one_rank_has_no_answered_sample():
     assert results[0]["samples"] == 2 and results[0]["val/orm_auroc"] == 1.0 and results[0]["val/orm_accuracy"] == 1.0
 
 
+def test_lightning_s_sanity_check_leaves_nothing_in_the_orm_s_metrics():
+    # Its samples stayed in the ORM's own metric states, and as the first of their questions they were the ones
+    # the first real validation counted (val/orm_auroc, which orm.yaml exports on).
+    from lightning import Callback
+
+    from lit_reason import RolloutDataModule
+    from lit_reason.tasks import Arithmetic
+    from tests.helpers.trainers import quiet_trainer
+
+    left = []
+
+    class AfterTheSanityCheck(Callback):
+        def on_sanity_check_end(self, trainer, module):
+            left.append((len(module._answered), len(module.within_question_auroc.question_ids)))
+
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=6)
+    module = OutcomeRewardModel(policy=PolicySpec(name_or_path="micro"), rollout=sampling, evaluation=sampling)
+    data = RolloutDataModule(
+        task=Arithmetic(train_size=8, validation_size=4, test_size=4), questions_per_round=2, eval_batch_size=2
+    )
+    trainer = quiet_trainer(max_epochs=1, max_steps=1, num_sanity_val_steps=1, callbacks=[AfterTheSanityCheck()])
+    trainer.fit(module, data)
+    assert left == [(0, 0)]
+
+
 def test_orm_loss_by_hand():
     values = torch.tensor([[0.0, 0.0, 2.0], [0.0, -1.0, 0.0]])
     mask = torch.tensor([[False, True, True], [False, True, False]])

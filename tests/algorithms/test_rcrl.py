@@ -205,6 +205,9 @@ def test_evaluation_is_guided_away_from_the_other_return_and_exports_it(conditio
     assert evaluator.conditioning("evaluation") == Conditioning("[GOOD]", (good, bad), Guidance("[BAD]", 3.0))
     with pytest.raises(ValueError, match="guidance_scale"):
         ReturnConditionedRL(guidance_scale=-1.0)
+    # One token for both returns trained wrong answers under the token evaluation conditions on.
+    with pytest.raises(ValueError, match=r"good_token and bad_token must differ, both are '\[R\]'"):
+        ReturnConditionedRL(good_token="[R]", bad_token="[R]")
 
 
 def test_keeps_correct_and_incorrect_samples():
