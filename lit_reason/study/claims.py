@@ -53,6 +53,8 @@ def expert_iteration_best_or_equal(results: StudyResults) -> Verdict:
     paper_metrics = ["maj@1", f"maj@{results.k}", f"rerank@{results.k}", f"pass@{results.k}"]
     for metric in [name for name in results.metric_names() if name in paper_metrics]:
         differences = {r.name: results.difference(r.name, metric, baseline=ei) for r in others}
+        # Evaluated on other questions or without this metric (another K): no comparison, so no "best or equal".
+        uncompared = [name for name, d in differences.items() if d is None]
         differences = {name: d for name, d in differences.items() if d is not None}
         if not differences:
             continue
@@ -60,12 +62,15 @@ def expert_iteration_best_or_equal(results: StudyResults) -> Verdict:
         best_name, best = max(differences.items(), key=lambda item: item[1].mean)
         if any(d.low > 0 for d in jointly.values()):
             decided.append("worse")
-        elif all(d.high <= margin for d in differences.values()):
+        elif all(d.high <= margin for d in differences.values()) and not uncompared:
             decided.append("best or equal")
         else:
             decided.append("undecided")
         strongest = _with_joint(best, jointly[best_name])
-        lines.append(f"{metric}: {decided[-1]} (strongest other: {best_name} {strongest} against Expert Iteration)")
+        left_out = f"; not compared, evaluated otherwise: {', '.join(uncompared)}" if uncompared else ""
+        lines.append(
+            f"{metric}: {decided[-1]} (strongest other: {best_name} {strongest} against Expert Iteration{left_out})"
+        )
     most = len(decided) // 2 + 1
     if decided.count("best or equal") >= most:
         verdict: Outcome = "supported"

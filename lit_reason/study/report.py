@@ -86,7 +86,7 @@ def results_table(results: StudyResults) -> str:
     rows = [["warm_start", "SFT (the warm start)", "-", *(_cell(results.baseline.summary(m)) for m in metrics)]]
     rows[0] += ["-", "1", _minutes(results.warm_start)]
     for run in results.runs.values():
-        samples = [run.final(s).samples_drawn for s in run.seeds]
+        samples = [run.samples_drawn(s) for s in run.seeds]
         drawn = f"{sum(samples) / len(samples):,.0f}" if samples else "-"
         rows.append(
             [run.name, run.spec.algorithm, run.spec.reward, *(_cell(run.summary(m)) for m in metrics)]
@@ -169,7 +169,7 @@ def checks(results: StudyResults) -> list[str]:
     if selection:
         lines.append(selection)
     rl_runs = [run for run in results.runs.values() if run.spec.family == "rl"]
-    budgets = [run.final(seed).samples_drawn for run in rl_runs for seed in run.seeds]
+    budgets = [run.samples_drawn(seed) for run in rl_runs for seed in run.seeds]
     if budgets:
         low, high = min(budgets), max(budgets)
         state = "equal" if high <= 1.05 * low else "UNEQUAL"

@@ -47,7 +47,8 @@ class Evaluation:
 class RunResult:
     """A run's evaluations with each seed, each finished seed's wall time (None where unknown: run by a
     launcher; unfinished seeds have none), the settings its evaluations used (None where no run recorded
-    them) and the optimizer step each seed's training ended at (where its fit recorded it; earlier versions did not)."""
+    them) and the optimizer step each seed's training ended at and the samples it had drawn (where its fit
+    recorded them; earlier versions did not)."""
 
     name: str
     spec: RunSpec | None
@@ -56,6 +57,7 @@ class RunResult:
     resumed: set[int] = field(default_factory=set)
     evaluation_settings: dict[int, str | None] = field(default_factory=dict)
     training_end: dict[int, int] = field(default_factory=dict)
+    samples_at_end: dict[int, int] = field(default_factory=dict)
 
     @property
     def finished(self) -> set[int]:
@@ -71,6 +73,11 @@ class RunResult:
 
     def final(self, seed: int) -> Evaluation:
         return self.evaluations[seed][-1]
+
+    def samples_drawn(self, seed: int) -> int:
+        """The training samples a seed's run drew: by the end of its training where recorded, else by its last
+        evaluation."""
+        return self.samples_at_end.get(seed, self.final(seed).samples_drawn)
 
     def final_values(self, metric: str) -> list[float]:
         """The last evaluation's value of ``metric`` with every seed that has one."""
@@ -171,21 +178,22 @@ class StudyResults:
 
 
 def read_evaluations(log_dir: Path) -> list[Evaluation]:
-    """A run's validations in step order (a step validated twice, by a run resumed from an earlier
-    checkpoint, counts once: the later one)."""
+    """A run's validations in order of round and step: one per round's validation, a round that trained nothing
+    included (its policy is the last round's, validated again after more samples drawn). A round's validation
+    recorded twice, by a run resumed from an earlier checkpoint, counts once: the later one."""
     path = log_dir / "metrics.json"
     if not path.is_file():
         return []
-    by_step: dict[int, Evaluation] = {}
+    by_round: dict[tuple[int, int], Evaluation] = {}
     for entry in json.loads(path.read_text()):
         if entry["stage"] != "val":
             continue
         step = int(entry["step"])
         predictions = log_dir / "predictions" / f"val-step{step}.jsonl"
-        by_step[step] = Evaluation(
+        by_round[int(entry.get("epoch", 0)), step] = Evaluation(  # older runs recorded no epoch: by step alone
             step, int(entry["samples_drawn"]), entry["metrics"], predictions, seconds=entry.get("seconds")
         )
-    return [by_step[step] for step in sorted(by_step)]
+    return [by_round[key] for key in sorted(by_round)]
 
 
 # The options of a run's saved config that decide what its evaluations measure.
@@ -222,7 +230,9 @@ def read_run(study: StudySpec, name: str, spec: RunSpec | None, seeds: tuple[int
         result.evaluations[seed] = read_evaluations(log_dir)
         result.evaluation_settings[seed] = read_evaluation_settings(log_dir)
         if (end := read_training_end(log_dir)) is not None:
-            result.training_end[seed] = end
+            result.training_end[seed] = end[0]
+            if end[1] is not None:
+                result.samples_at_end[seed] = end[1]
         done = log_dir / DONE_FILE
         if not done.is_file():
             continue

@@ -202,7 +202,9 @@ def record_launched(study: StudySpec, run_and_seed: str) -> None:
         raise ValueError(f"--record {run_and_seed}: finished before ({step.log_dir / DONE_FILE}); nothing to record")
     RunLock(step.log_dir).check_free()  # still running: its results are not all written yet
     metrics = step.log_dir / "metrics.json"
-    if step.command[0] == "fit" and metrics.is_file() and read_training_end(step.log_dir) is None:
+    if step.command[0] == "fit" and not metrics.is_file():
+        raise ValueError(f"--record {run_and_seed}: {metrics} does not exist: the command did not run here; run it")
+    if step.command[0] == "fit" and read_training_end(step.log_dir) is None:
         raise ValueError(
             f"--record {run_and_seed}: {metrics} records no end of training (a fit_end entry), as a crash leaves it: "
             "its fit did not finish (resume it: its command plus --ckpt_path of its checkpoints/last.ckpt), or it "
@@ -313,11 +315,13 @@ def _without_output_dir(study: StudySpec, text: str) -> str:
     return text
 
 
-def read_training_end(log_dir: Path) -> int | None:
-    """The optimizer step a run's fit ended at (its last ``fit_end`` entry in ``metrics.json``), or None where
-    its fit recorded none (unfinished, or run by an earlier lit-reason)."""
+def read_training_end(log_dir: Path) -> tuple[int, int | None] | None:
+    """The optimizer step a run's fit ended at and the training samples it had drawn (its last ``fit_end`` entry
+    in ``metrics.json``; None where not recorded), or None where its fit recorded no end (unfinished, or run by an
+    earlier lit-reason)."""
     path = log_dir / "metrics.json"
-    ends = [int(e["step"]) for e in json.loads(path.read_text()) if e["stage"] == "fit_end"] if path.is_file() else []
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    ends = [(int(e["step"]), e.get("samples_drawn")) for e in entries if e["stage"] == "fit_end"]
     return ends[-1] if ends else None
 
 

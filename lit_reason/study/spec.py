@@ -131,11 +131,14 @@ def load_study(path: str | Path) -> StudySpec:
     runs = tuple(_run(where, item, f"runs[{i}]") for i, item in enumerate(where.required(raw, "runs", list)))
     if not runs:
         raise ValueError(f"{path}: runs: declare at least one run (a study compares runs with its warm start)")
-    names = [run.name for run in runs]
+    names = [run.name.casefold() for run in runs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"{path}: runs: names must be unique, got {duplicates} twice")
-    seeds = tuple(where.integer(seed, f"seeds[{i}]") for i, seed in enumerate(where.required(raw, "seeds", list)))
+        raise ValueError(
+            f"{path}: runs: names must be unique (ignoring case: case-insensitive filesystems would give them one "
+            f"directory), got {duplicates} twice"
+        )
+    seeds = tuple(where.seed(seed, f"seeds[{i}]") for i, seed in enumerate(where.required(raw, "seeds", list)))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds: give at least one seed, each once; got {list(seeds)}")
     name = where.name(where.required(raw, "name", str), "name")
@@ -150,9 +153,9 @@ def load_study(path: str | Path) -> StudySpec:
         warm_start=_stage(where, where.required(raw, "warm_start", dict), "warm_start"),
         runs=runs,
         orm=_stage(where, raw["orm"], "orm") if raw.get("orm") is not None else None,
-        shared_seed=where.integer(raw.get("shared_seed", 0), "shared_seed"),
+        shared_seed=where.seed(raw.get("shared_seed", 0), "shared_seed"),
         common_args=where.strings(raw.get("common_args", []), "common_args"),
-        claims=_claims(where, raw.get("claims") or {}, set(names)),
+        claims=_claims(where, raw.get("claims") or {}, {run.name: run.family for run in runs}),
         equivalence_margin=float(where.number(raw.get("equivalence_margin", 0.02), "equivalence_margin")),
     )
 
@@ -194,7 +197,17 @@ def _run(where: _Where, raw: Any, field_name: str) -> RunSpec:
     )
 
 
-def _claims(where: _Where, raw: Any, run_names: set[str]) -> ClaimRoles:
+# The family each claim role's runs must be of.
+ROLE_FAMILIES = {
+    "expert_iteration": "rl",
+    "ppo": "rl",
+    "more_sft": "sft",
+    "dense_rewards": "rl",
+    "hot_expert_iteration": "rl",
+}
+
+
+def _claims(where: _Where, raw: Any, families: dict[str, str]) -> ClaimRoles:
     if not isinstance(raw, dict):
         raise ValueError(f"{where.path}: claims: expected a mapping of roles to run names")
     where.no_unknown(raw, {f.name for f in fields(ClaimRoles)}, "claims")
@@ -207,9 +220,20 @@ def _claims(where: _Where, raw: Any, run_names: set[str]) -> ClaimRoles:
     roles = {key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()}
     for key, value in roles.items():
         for name in value if isinstance(value, tuple) else (value,):
-            if name not in run_names:
-                raise ValueError(f"{where.path}: claims.{key}: no run is named {name!r} (runs: {sorted(run_names)})")
-    return ClaimRoles(**roles)
+            if name not in families:
+                raise ValueError(f"{where.path}: claims.{key}: no run is named {name!r} (runs: {sorted(families)})")
+            if families[name] != ROLE_FAMILIES[key]:
+                raise ValueError(
+                    f"{where.path}: claims.{key}: {name} is a run of family {families[name]}; this role needs one of "
+                    f"{ROLE_FAMILIES[key]}"
+                )
+    claims = ClaimRoles(**roles)
+    # The claims compare these runs with each other: one run in two of them compares it with itself.
+    for key, other in (("hot_expert_iteration", "expert_iteration"), ("dense_rewards", "ppo")):
+        shared, members = getattr(claims, other), getattr(claims, key)
+        if shared is not None and shared in (members if isinstance(members, tuple) else (members,)):
+            raise ValueError(f"{where.path}: claims.{key}: {shared} is also claims.{other}; name another run")
+    return claims
 
 
 @dataclass
@@ -235,6 +259,12 @@ class _Where:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{self.path}: {label}: expected an integer, got {value!r}")
         return value
+
+    def seed(self, value: Any, label: str) -> int:
+        seed = self.integer(value, label)
+        if not 0 <= seed < 2**32:  # what seed_everything (NumPy's generator) accepts
+            raise ValueError(f"{self.path}: {label}: a seed is an integer from 0 to {2**32 - 1}, got {seed}")
+        return seed
 
     def number(self, value: Any, label: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -16,13 +16,15 @@ def write_run(
     evaluation: dict | None = None,
     validation_seconds: float | None = 0.0,
     training_end: int | bool = True,
+    samples_at_end: int | None = None,
 ) -> None:
     """A finished run in ``log_dir`` of ``minutes`` wall time: each evaluation is (step, samples drawn, metric ->
     per-question outcomes of questions 0..Q-1), and took ``validation_seconds`` (None: not recorded). Its fit
-    ended at step ``training_end`` (True: the last evaluation's; False: not recorded, as by earlier versions)."""
+    ended at step ``training_end`` (True: the last evaluation's; False: not recorded, as by earlier versions)
+    having drawn ``samples_at_end`` samples (None: as many as by its last evaluation)."""
     (log_dir / "predictions").mkdir(parents=True, exist_ok=True)
     entries = []
-    for step, samples_drawn, outcomes in evaluations:
+    for epoch, (step, samples_drawn, outcomes) in enumerate(evaluations):
         count = len(next(iter(outcomes.values())))
         with (log_dir / "predictions" / f"val-step{step}.jsonl").open("w") as file:
             for question in range(count):
@@ -35,11 +37,12 @@ def write_run(
                 }
                 file.write(json.dumps(record) + "\n")
         metrics = {metric: sum(values) / len(values) for metric, values in outcomes.items()}
-        entry = {"stage": "val", "step": step, "samples_drawn": samples_drawn, "metrics": metrics}
+        entry = {"stage": "val", "step": step, "epoch": epoch, "samples_drawn": samples_drawn, "metrics": metrics}
         entries.append(entry | ({"seconds": validation_seconds} if validation_seconds is not None else {}))
     if training_end is not False:
         step = evaluations[-1][0] if training_end is True else training_end
-        entries.append({"stage": "fit_end", "step": step, "epoch": len(evaluations), "samples_drawn": 0})
+        drawn = evaluations[-1][1] if samples_at_end is None else samples_at_end
+        entries.append({"stage": "fit_end", "step": step, "epoch": len(evaluations), "samples_drawn": drawn})
     (log_dir / "metrics.json").write_text(json.dumps(entries))
     config = {"model": {"init_args": {"evaluation": evaluation or {"num_samples": 8}}}, "data": {"task": "t"}}
     (log_dir / "config.yaml").write_text(json.dumps(config))

@@ -109,6 +109,19 @@ def test_expert_iteration_is_worse_only_where_the_joint_intervals_say_so(tmp_pat
     assert f"maj@1: undecided (strongest other: {joint}" in verdict.evidence
 
 
+def test_a_run_evaluated_on_other_questions_leaves_expert_iteration_s_best_or_equal_undecided(tmp_path):
+    # PPO, far ahead, was evaluated on 100 of the 200 questions: it was dropped from the comparison unnamed, and
+    # Expert Iteration read "best or equal" (supported) against the rest.
+    finals = {"ei": (0.5, 0.8), "ppo": (0.95, 0.8), "ppo_dense": (0.5, 0.8), "ei_hot": (0.5, 0.8)}
+    study = make_study(tmp_path, finals)
+    last = outcomes(0.95, 0.8, count=100)
+    write_run(run_dir(study, "ppo", 0), [(1, 100, outcomes(0.4, 0.7, count=100)), (3, 300, last)])
+    verdict = assess_claims(read_results(study))[0]
+    assert verdict.verdict == "inconclusive"
+    assert "maj@1: undecided (strongest other: ppo_dense" in verdict.evidence
+    assert "not compared, evaluated otherwise: ppo)" in verdict.evidence
+
+
 def test_more_sft_that_loses_maj_at_1_too_trades_nothing(tmp_path):
     # Both fall, maj@1 less than pass@8: counted as a trade before; the claim is that maj@1 does not fall.
     study = make_study(tmp_path, {"ei": (0.6, 0.8), "ppo": (0.6, 0.8), "sft_more": (0.35, 0.6)})
@@ -128,6 +141,18 @@ def test_samples_to_converge_reads_the_curve(tmp_path):
     study = make_study(tmp_path, {"ei": (0.6, 0.8)})
     # the middle evaluation (200 samples) is at 0.5: half the gain; 90% is reached between 200 and 300
     assert samples_to_converge(read_results(study), "ei") == (200, 300)
+
+
+def test_a_round_that_trained_nothing_keeps_its_validation_and_seeds_line_up_by_round(tmp_path):
+    # Seed 1's second round trained nothing: it validated at step 1 again, and only one of the two was kept. The
+    # seeds' curves were then lined up by position: seed 0's middle evaluation averaged with seed 1's last.
+    finals = {"ei": (0.8, 0.8), "ppo": (0.8, 0.8)}
+    study = make_study(tmp_path, finals, seeds=(0, 1))
+    start, last = outcomes(0.4, 0.7), outcomes(0.8, 0.8)
+    write_run(run_dir(study, "ei", 1), [(1, 100, start), (1, 200, start), (2, 300, last)])
+    results = read_results(study)
+    assert [e.step for e in results.runs["ei"].evaluations[1]] == [1, 1, 2]
+    assert samples_to_converge(results, "ei") == samples_to_converge(results, "ppo") == (200, 300)
 
 
 def test_samples_to_converge_follows_a_loss_down(tmp_path):
@@ -296,6 +321,17 @@ def test_a_run_whose_last_evaluation_is_before_the_end_of_its_training_is_named(
     for name in ("ei", "sft_more"):
         write_run(run_dir(study, name, 0), [(3, 300, outcomes(0.6, 0.8))], training_end=False)
     assert "Final evaluation" not in write_report(read_results(study)).read_text()
+    # Its samples are those drawn by the end of its training (the last evaluation's were taken for them).
+    write_run(run_dir(study, "ppo", 0), [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))])
+    write_run(
+        run_dir(study, "ei", 0),
+        [(1, 100, outcomes(0.4, 0.7)), (3, 300, outcomes(0.6, 0.8))],
+        training_end=5,
+        samples_at_end=500,
+    )
+    text = write_report(read_results(study)).read_text()
+    assert "| ei | Expert Iteration | sparse |" in text and "| 500 | 1 |" in text
+    assert "Sample budgets UNEQUAL: the RL runs drew 300 to 500 training samples" in text
 
 
 def test_a_run_resumed_with_other_evaluation_settings_counts_as_evaluated_differently(tmp_path):

@@ -181,8 +181,11 @@ def test_a_run_that_recorded_no_validation_is_not_marked_finished(tmp_path, monk
 
 def test_a_step_a_launcher_ran_is_marked_finished_by_record_with_its_time_unknown(tmp_path):
     study, _ = make_study(tmp_path, {"a": []}, seeds=[0])
+    # A warm start that never ran (no metrics.json) was marked finished, and every run then started from nothing.
+    with pytest.raises(ValueError, match=r"warm_start:0: .*metrics.json does not exist: the command did not run"):
+        record_launched(study, "warm_start:0")
     a = with_shared_steps_finished(study)
-    with pytest.raises(RuntimeError, match="a seed 0 exited without an error but recorded no validation"):
+    with pytest.raises(ValueError, match="metrics.json does not exist: the command did not run here"):
         record_launched(study, "a:0")  # the launcher's run failed before its first validation
     with pytest.raises(ValueError, match=r"no such step \(steps: \['a:0', 'warm_start:0', 'warm_start_eval:0'\]\)"):
         record_launched(study, "a:1")

@@ -56,6 +56,17 @@ def test_a_study_file_is_read_into_its_declaration(tmp_path, config):
         ({"claims": {"ppo": {"a": 1}}}, r"study\.yaml: claims\.ppo: expected one run name"),
         ({"claims": {"ppo": ["ei"]}}, r"study\.yaml: claims\.ppo: expected one run name, got \['ei'\]"),
         ({"claims": {"dense_rewards": "ei"}}, r"study\.yaml: claims\.dense_rewards: expected a list of run names"),
+        # Accepted, and failed in the first run's fit (after the warm start and the ORM had trained).
+        ({"seeds": [-1]}, r"study\.yaml: seeds\[0\]: a seed is an integer from 0 to 4294967295, got -1"),
+        (
+            {"shared_seed": 2**32},
+            r"study\.yaml: shared_seed: a seed is an integer from 0 to 4294967295, got 4294967296",
+        ),
+        # Accepted, and the claims compared a run with itself or an SFT run as an RL one.
+        ({"claims": {"expert_iteration": "sft_more"}}, r"claims\.expert_iteration: sft_more is a run of family sft"),
+        ({"claims": {"more_sft": "ei"}}, r"claims\.more_sft: ei is a run of family rl; this role needs one of sft"),
+        ({"claims": {"expert_iteration": "ei", "hot_expert_iteration": "ei"}}, r"hot_expert_iteration: ei is also"),
+        ({"claims": {"ppo": "ei", "dense_rewards": ["ei"]}}, r"claims\.dense_rewards: ei is also claims\.ppo"),
     ],
 )
 def test_a_bad_study_file_is_an_error_naming_the_field(tmp_path, config, changes, message):
@@ -74,8 +85,10 @@ def test_bad_runs_are_errors_naming_the_run(tmp_path, config):
     run = {"name": "ei", "algorithm": "EI", "family": "rl", "config": str(config)}
     with pytest.raises(ValueError, match=r"runs\[1\]\.family: expected rl or sft, got 'ppo'"):
         load_study(write_study(tmp_path, config, runs=[run, {**run, "name": "b", "family": "ppo"}], claims={}))
-    with pytest.raises(ValueError, match=r"runs: names must be unique, got \['ei'\] twice"):
+    with pytest.raises(ValueError, match=r"runs: names must be unique .* got \['ei'\] twice"):
         load_study(write_study(tmp_path, config, runs=[run, run], claims={}))
+    with pytest.raises(ValueError, match=r"names must be unique .*\['ei'\] twice"):  # one directory on macOS, Windows
+        load_study(write_study(tmp_path, config, runs=[run, {**run, "name": "EI"}], claims={}))
     with pytest.raises(ValueError, match=r"runs: declare at least one run"):  # it planned the warm start alone
         load_study(write_study(tmp_path, config, runs=[], claims={}))
     with pytest.raises(ValueError, match=r"runs\[0\]\.algorithm is required"):
