@@ -53,7 +53,7 @@ from lit_reason.distributed import (
 from lit_reason.evaluation import GradedQuestions, markdown_table, trained_to
 from lit_reason.files import jsonl_records
 from lit_reason.metrics import WithinQuestionAUROC, first_answered_samples, score_classification
-from lit_reason.policy import PolicySpec, load_model
+from lit_reason.policy import PolicySpec, disable_dropout, load_model
 from lit_reason.rewards import grade
 from lit_reason.run_logs import run_directory, run_log
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_response_prefix
@@ -105,7 +105,7 @@ class OutcomeRewardModel(ReasoningModule):
         trunk_training: what trains the trunk. ``joint``: the cross-entropy and the language-modelling
             losses (Cobbe et al.); ``language_model``: the language-modelling losses alone, the head reading
             the trunk's outputs without backpropagating into them; ``frozen``: nothing, only the head learns
-            (a probe on the policy's own representations and likelihoods).
+            (a probe on the policy's own representations and likelihoods; the trunk's dropout is off).
         trunk_lr: learning rate of the trunk when it trains (``None``: the optimizer's, which the head uses);
             a head starting from zero wants a far larger one than a pretrained trunk.
         batch_size: responses per optimizer step on each rank.
@@ -171,8 +171,9 @@ class OutcomeRewardModel(ReasoningModule):
         uses_lm_head = self.lm_loss_coef > 0 or self.reference_lm_coef > 0 or self.likelihood_features
         freeze_unused_output_head(trunk, used=uses_lm_head)
         self.network = ValueModel(trunk.train(), likelihood_features=self.likelihood_features)
-        if self.trunk_training == "frozen":
+        if self.trunk_training == "frozen":  # its dropout (Lightning trains in train mode) would only add noise
             trunk.requires_grad_(False)
+            disable_dropout(trunk)
 
     def networks_to_shard(self) -> list[torch.nn.Module]:
         return [self.policy, self.network]

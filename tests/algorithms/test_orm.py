@@ -300,6 +300,24 @@ def test_detach_trunk_trains_the_head_alone(char_tokenizer):
         assert network.head.weight.grad.abs().sum() > 0
 
 
+def test_a_frozen_trunk_gives_the_head_the_features_it_scores_with(char_tokenizer):
+    # Lightning trains in train mode: a frozen trunk's dropout fed the head noisy features, and scoring (in eval
+    # mode) other ones.
+    dropout = {"attention_dropout": 0.5}
+    module = OutcomeRewardModel(
+        policy=PolicySpec(name_or_path="micro", preset_overrides=dropout), trunk_training="frozen"
+    )
+    module.configure_model()
+    torch.nn.init.normal_(module.network.head.weight)  # as trained: it starts at 0, which reads no feature
+    ids = torch.tensor([char_tokenizer("Q: 1+2?\n1+2=3\n#### 3").input_ids])
+    mask = torch.ones_like(ids)
+    module.network.train()
+    training, _ = module.network(ids, mask)
+    module.network.eval()
+    scoring, _ = module.network(ids, mask)
+    torch.testing.assert_close(training, scoring)
+
+
 def test_trunk_training_options_are_checked():
     with pytest.raises(ValueError, match="reference_lm_coef > 0 trains the trunk's language model"):
         OutcomeRewardModel(reference_lm_coef=1.0, trunk_training="frozen")
