@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
+from lit_reason.files import replace_path
 from lit_reason.version import __version__
 
 CONFIG_PREFIX = "config:"
@@ -260,7 +261,7 @@ def _train(config: Path, target: Path) -> None:
     )
     try:
         subprocess.run(command, check=True, env=environment)
-        (staging / "policy").rename(target)  # atomic: a half-written policy is never found
+        replace_path(staging / "policy", target)  # a half-written policy is never found, nor lost to a power cut
     except subprocess.CalledProcessError as error:
         raise RuntimeError(
             f"training the warm start with {config} failed (exit code {error.returncode}); see its output above"

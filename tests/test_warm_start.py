@@ -1,6 +1,7 @@
 """Warm starts: what the cache key covers, and the single, parent-bound process that trains one."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,12 @@ def test_training_runs_alone_bound_to_its_parent_and_clears_stale_staging(tmp_pa
     assert launched["env"][warm_start.PARENT_VARIABLE] == str(os.getpid())
     assert launched["env"][warm_start.TRAINING_VARIABLE] == str(config.resolve())  # what the child is training
     assert not stale.exists() and (target / "config.json").is_file()
+    # A folder in its place that holds no export (no config.json: a copy cut short) is replaced, not an OSError
+    # after which the trained policy was deleted and every later run trained it again.
+    shutil.rmtree(target)
+    (target / "tokenizer").mkdir(parents=True)
+    assert resolve_policy_path(f"config:{config}") == str(target)
+    assert (target / "config.json").is_file() and not (target / "tokenizer").exists()
 
 
 def test_configs_that_name_each_other_s_policies_in_a_cycle_stop_instead_of_deadlocking(tmp_path, monkeypatch):
@@ -132,7 +139,11 @@ def test_configs_that_name_each_other_s_policies_in_a_cycle_stop_instead_of_dead
 def test_a_child_exits_when_its_parent_dies(tmp_path):
     # A parent starts a child bound to it (the environment single_process_environment gives, tested above) and
     # is killed; the child, which would otherwise sleep for a minute, exits within seconds.
-    child = "from lit_reason.warm_start import exit_with_parent; import time; exit_with_parent(); time.sleep(60)"
+    ready = tmp_path / "child.ready"  # its watch started: importing lit-reason takes long on busy cores
+    child = (
+        "from lit_reason.warm_start import exit_with_parent; import time; exit_with_parent(); "
+        f"open({str(ready)!r}, 'w').close(); time.sleep(60)"
+    )
     parent = (
         "import os, subprocess, sys, time\n"
         f"environment = {{**os.environ, {warm_start.PARENT_VARIABLE!r}: str(os.getpid())}}\n"
@@ -142,8 +153,8 @@ def test_a_child_exits_when_its_parent_dies(tmp_path):
     )
     process = subprocess.Popen([sys.executable, "-c", parent])
     pid_file = tmp_path / "child.pid"
-    for _ in range(200):
-        if pid_file.is_file() and pid_file.read_text():
+    for _ in range(1200):  # up to 60 s
+        if ready.is_file() and pid_file.is_file() and pid_file.read_text():
             break
         subprocess.run(["sleep", "0.05"])
     child_pid = int(pid_file.read_text())
