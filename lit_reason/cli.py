@@ -258,10 +258,10 @@ def _policy_arguments(node: Any):
 
 ALGORITHMS = [name for name in algorithms.__all__ if name != ReasoningModule.__name__]
 
-_UNKNOWN_MODEL_RE = re.compile(
-    r'Parser key "model":.*?(?:Expected a dot import path string: (?P<name>[\w.]+)'
-    r"|Problem with given class_path '(?P<path>[\w.]+)':\s*module '[\w.]+' has no attribute)",
-    re.DOTALL,
+MODEL_KEY = 'Parser key "model":'
+_UNKNOWN_CLASS_RE = re.compile(
+    r"Expected a dot import path string: (?P<name>[\w.]+)"
+    r"|Problem with given class_path '(?P<path>[\w.]+)':\s*module '[\w.]+' has no attribute"
 )
 _UNKNOWN_CLASS_OPTION_RE = re.compile(
     r"Problem with given class_path '(?P<path>[\w.]+)':\s*"
@@ -272,30 +272,54 @@ _UNKNOWN_FLAG_RE = re.compile(r"^unrecognized arguments: [^\n]*?(?P<flag>--[\w.]
 
 def what_was_meant(message: str, parser: ArgumentParser) -> list[str]:
     """Hints for a parse error ``message``: lit-reason's algorithms for an unknown ``--model``, the closest
-    options to a misspelt one (an algorithm's, or a flag of ``parser`` and its subcommands)."""
-    if match := _UNKNOWN_MODEL_RE.search(message):
-        name = (match["name"] or match["path"]).rsplit(".", 1)[-1]
+    options to a misspelt one (an algorithm's, another class's, or a flag of ``parser`` and its subcommands)."""
+    if (name := _unknown_algorithm(message)) is not None:
         return [*_closest(name, ALGORITHMS, ""), f"lit-reason's algorithms: {', '.join(ALGORITHMS)}"]
     if match := _UNKNOWN_CLASS_OPTION_RE.search(message):
-        option = match["option"] or match["flag"]
-        return _closest(option, _class_options(match["path"]), f" (lit-reason fit --model.help {match['path']})")
+        option, path = match["option"] or match["flag"], match["path"]
+        help_flag = f" (its options: --model.help {path})" if _is_algorithm(path) else ""
+        return _closest(option, _class_options(path), help_flag)
     if match := _UNKNOWN_FLAG_RE.search(message):
         return _closest(match["flag"], _flags(parser), "")
     return []
 
 
+def _unknown_algorithm(message: str) -> str | None:
+    """The class name an error about ``--model`` itself says it cannot find (not one nested in its options, such
+    as an optimizer's), or None."""
+    start = message.find(MODEL_KEY)
+    match = _UNKNOWN_CLASS_RE.search(message, start) if start >= 0 else None
+    if match is None or 'Parser key "' in message[start + len(MODEL_KEY) : match.start()]:
+        return None
+    return (match["name"] or match["path"]).rsplit(".", 1)[-1]
+
+
 def _closest(name: str, candidates: list[str], where: str) -> list[str]:
-    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
-    return [f"did you mean {found[0]}?{where}"] if found else []
+    """ "did you mean X?" for the candidate closest to ``name``, letter case aside; none where none is close."""
+    by_folded = {candidate.casefold(): candidate for candidate in candidates}
+    found = difflib.get_close_matches(name.casefold(), list(by_folded), n=1, cutoff=0.75)
+    return [f"did you mean {by_folded[found[0]]}?{where}"] if found else []
+
+
+def _is_algorithm(class_path: str) -> bool:
+    found = _import_class(class_path)
+    return isinstance(found, type) and issubclass(found, ReasoningModule)
+
+
+def _import_class(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def _class_options(class_path: str) -> list[str]:
     """The options (``loss.clip_ratio`` for a group's field) of the class ``class_path`` names."""
-    module, _, name = class_path.rpartition(".")
+    parser = ArgumentParser(exit_on_error=False)
     try:
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_class_arguments(getattr(importlib.import_module(module), name))
-    except (ImportError, AttributeError, ValueError):
+        parser.add_class_arguments(_import_class(class_path))
+    except (ValueError, TypeError):  # not a class, or one whose signature jsonargparse cannot read
         return []
     return [action.dest for action in parser._actions if action.option_strings and action.dest.split(".")[-1] != "help"]
 

@@ -146,9 +146,12 @@ class SamplingConfig:
 
 def guided_logits(logits: torch.Tensor, negative_logits: torch.Tensor, scale: float) -> torch.Tensor:
     """(R, V), (R, V) -> (R, V): ``log p_neg + scale * (log p - log p_neg)``, over log-softmaxes; -inf where
-    the policy's own logit is -inf, and ``log p`` where only the negative's is (the formula gives NaN there)."""
+    the policy's own logit is -inf. Where only the negative's is, the formula gives NaN: there a scale below 1
+    (nearer the negative) keeps the token out, and one of 1 or more gives it ``log p`` (not the formula's +inf,
+    which would force it)."""
     positive, negative = logits.log_softmax(-1), negative_logits.log_softmax(-1)
-    guided = torch.where(negative == float("-inf"), positive, negative + scale * (positive - negative))
+    ruled_out_by_negative = positive if scale >= 1 else torch.full_like(positive, float("-inf"))
+    guided = torch.where(negative == float("-inf"), ruled_out_by_negative, negative + scale * (positive - negative))
     return guided.masked_fill(positive == float("-inf"), float("-inf"))
 
 

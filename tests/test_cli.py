@@ -231,25 +231,35 @@ def test_renamed_options_fail_with_their_new_names(tmp_path, capsys):
     assert f"{config}: model option kl_coef is now reward.kl_coef" in capsys.readouterr().err
 
 
+ALGORITHM_LIST = "lit-reason's algorithms: SFT, ExpertIteration, "
+
+
 @pytest.mark.parametrize(
-    ("arguments", "hints"),
+    ("arguments", "hints", "absent"),
     [
-        (["--model", "PPOO"], ["did you mean PPO?", "lit-reason's algorithms: SFT, ExpertIteration, "]),
-        (["--model", "lit_reason.ExpertIteratoin"], ["did you mean ExpertIteration?"]),
-        (["--model", "ExpertIteration", "--model.init_args.epochs_per_rond=3"], ["did you mean epochs_per_round?"]),
-        (["--model", "PPO", "--model.init_args.loss.clip_ration=0.2"], ["did you mean loss.clip_ratio?"]),
-        (["--model", "SFT", "--data.questions_per_rond", "3"], ["did you mean --data.questions_per_round?"]),
-        (["--model", "SFT", "--trainer.max_epochz", "3"], ["did you mean --trainer.max_epochs?"]),
+        (["--model", "PPOO"], ["did you mean PPO?", ALGORITHM_LIST], []),
+        (["--model", "sft"], ["did you mean SFT?"], []),
+        (["--model", "lit_reason.ExpertIteratoin"], ["did you mean ExpertIteration?"], []),
+        (["--model", "ExpertIteration", "--model.init_args.epochs_per_rond=3"], ["did you mean epochs_per_round?"], []),
+        (
+            ["--model", "PPO", "--model.init_args.loss.clip_ration=0.2"],
+            ["did you mean loss.clip_ratio? (its options: --model.help lit_reason.PPO)"],
+            [],
+        ),
+        # An unknown optimizer is no unknown algorithm; a logger's options have no --model.help.
+        (["--model", "PPO", "--model.init_args.optimizer=Adamx"], [], [ALGORITHM_LIST]),
+        (["--model", "SFT", "--trainer.logger.init_args.save_dri=x"], ["did you mean save_dir?"], ["--model.help"]),
+        (["--model", "SFT", "--data.questions_per_rond", "3"], ["did you mean --data.questions_per_round?"], []),
+        (["--model", "SFT", "--trainer.max_epochz", "3"], ["did you mean --trainer.max_epochs?"], []),
     ],
 )
-def test_an_unknown_algorithm_or_option_is_an_error_saying_what_was_meant(arguments, hints, capsys):
-    # jsonargparse said only "Option 'epochs_per_rond' is not accepted", "unrecognized arguments", or "Expected a dot
-    # import path string: PPOO", without the names that exist.
+def test_an_unknown_algorithm_or_option_is_an_error_saying_what_was_meant(arguments, hints, absent, capsys):
+    # jsonargparse said only "Option 'epochs_per_rond' is not accepted", "unrecognized arguments", or "Expected a
+    # dot import path string: PPOO", without the names that exist.
     with pytest.raises(SystemExit):
         LitReasonCLI(args=["fit", *arguments], run=False)
     message = capsys.readouterr().err
-    for hint in hints:
-        assert hint in message
+    assert all(hint in message for hint in hints) and not any(text in message for text in absent), message
 
 
 def test_a_key_given_twice_in_a_config_is_an_error_naming_the_line(tmp_path, capsys):

@@ -123,6 +123,8 @@ def test_guided_logits_by_hand():
     guided = guided_logits(torch.tensor([[0.0, 1.0, 2.0, -inf]]), torch.tensor([[0.0, -inf, 2.0, 1.0]]), 1.5)
     own = torch.tensor([[0.0, 1.0, 2.0]]).log_softmax(-1)[0, 1]
     assert guided[0, 1] == own and guided[0, 3] == -inf and not guided.isnan().any()
+    nearer_the_negative = guided_logits(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[0.0, -inf, 2.0]]), 0.5)
+    assert nearer_the_negative[0, 1] == -inf and nearer_the_negative[0, [0, 2]].isfinite().all()
 
 
 def test_guided_logprobs_match_guided_training_forwards(micro_model, char_tokenizer):

@@ -179,7 +179,7 @@ def _run(where: _Where, raw: Any, field_name: str) -> RunSpec:
         raise ValueError(f"{where.path}: {field_name}: expected a mapping (name, algorithm, reward, family, config)")
     where.no_unknown(raw, {f.name for f in fields(RunSpec)}, field_name)
     name = where.name(where.required(raw, "name", str, field_name), f"{field_name}.name")
-    if name in SHARED_STEPS:  # the row would share the step's directory, which counts as done once it is
+    if name.casefold() in SHARED_STEPS:  # the row would share the step's directory (letter case aside: macOS)
         raise ValueError(
             f"{where.path}: {field_name}.name: {name} is the study's own step of that name (its steps: "
             f"{', '.join(sorted(SHARED_STEPS))}); rename the run"
@@ -227,13 +227,16 @@ def _claims(where: _Where, raw: Any, families: dict[str, str]) -> ClaimRoles:
                     f"{where.path}: claims.{key}: {name} is a run of family {families[name]}; this role needs one of "
                     f"{ROLE_FAMILIES[key]}"
                 )
-    claims = ClaimRoles(**roles)
-    # The claims compare these runs with each other: one run in two of them compares it with itself.
-    for key, other in (("hot_expert_iteration", "expert_iteration"), ("dense_rewards", "ppo")):
-        shared, members = getattr(claims, other), getattr(claims, key)
-        if shared is not None and shared in (members if isinstance(members, tuple) else (members,)):
-            raise ValueError(f"{where.path}: claims.{key}: {shared} is also claims.{other}; name another run")
-    return claims
+    # The claims compare these runs with each other: a run in two roles would be compared with itself.
+    seen: dict[str, str] = {}
+    for key, value in roles.items():
+        for name in value if isinstance(value, tuple) else (value,):
+            if name in seen:
+                raise ValueError(
+                    f"{where.path}: claims.{key}: {name} is also claims.{seen[name]}; a run plays one role"
+                )
+            seen[name] = key
+    return ClaimRoles(**roles)
 
 
 @dataclass
