@@ -211,7 +211,7 @@ class SaveRunConfig(SaveConfigCallback):
                 if self.subcommand == "fit"
                 else "a validate there would replace the run's own validation records at the checkpoint's step"
             )
-            choices = ["leave --trainer.logger.init_args.version unset (a new version directory)", "remove it"]
+            choices = ["log into a new version directory (--trainer.logger.init_args.version=null)", "remove it"]
             if self.subcommand == "fit" and last.exists():
                 choices.insert(0, f"resume the run with --ckpt_path={last}")
             return f"{log_dir} holds a run (its config.yaml): {what}. Instead: {'; or '.join(choices)}"

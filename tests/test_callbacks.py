@@ -226,11 +226,12 @@ def test_a_run_s_config_is_kept_when_another_command_logs_into_its_directory(tmp
     save("test", "last.ckpt")
     assert saved == ["config-resume-1.yaml", "config-resume-2.yaml", "config-test-1.yaml"]
     assert (tmp_path / "config.yaml").read_text() == "the run's\n"
-    with pytest.raises(FileExistsError, match=r"holds a run \(its config.yaml\): a fresh fit there .* Instead: leave"):
+    fresh_fit = r"holds a run \(its config.yaml\): a fresh fit there .* Instead: log into a new version directory"
+    with pytest.raises(FileExistsError, match=fresh_fit + r" \(--trainer\.logger\.init_args\.version=null\)"):
         save("fit", None)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    with pytest.raises(FileExistsError, match=r"Instead: resume the run with --ckpt_path=.*last\.ckpt; or leave"):
+    with pytest.raises(FileExistsError, match=r"Instead: resume the run with --ckpt_path=.*last\.ckpt; or log into"):
         save("fit", None)
     with pytest.raises(FileExistsError, match="a validate there would replace the run's own validation records"):
         save("validate", "last.ckpt")

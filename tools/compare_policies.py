@@ -13,10 +13,10 @@ the split (where ``--questions`` is not given) and its evaluation's ``max_new_to
 ``--max-new-tokens`` is not given), as the run's own evaluations had them.
 
 Or, for any task and without sampling again, pair two evaluations' per-question files (every validate / test
-writes ``<log_dir>/predictions/<stage>-step<N>.jsonl``): maj@1, pass@1 and pass@K with their intervals.
+writes ``<log_dir>/predictions/<stage>-step<N>.jsonl``): every metric both recorded, with its interval.
 
     python tools/compare_policies.py --baseline-predictions runs/svamp_ei/version_0/predictions/val-step0.jsonl \\
-        --candidate-predictions runs/svamp_ei/version_0/predictions/val-step13.jsonl
+        --candidate-predictions runs/svamp_ei/version_0/predictions/val-step9.jsonl
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def compare_predictions(baseline_path: str, candidate_path: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--baseline", help="policy directory (or preset) to compare against")
     parser.add_argument("--candidate", help="policy directory to compare")
     parser.add_argument("--baseline-predictions", help="a predictions .jsonl of an evaluation (instead of --baseline)")
@@ -142,8 +142,8 @@ def main() -> None:
     parser.add_argument(
         "--candidate-prefix",
         default=None,
-        help="response prefix for the candidate (default: its generation config's, e.g. an RCRL policy's "
-        "[GOOD]; pass [BAD] to condition on the bad return)",
+        help="response prefix for the candidate (default: the one its export records in lit_reason.json, e.g. an "
+        "RCRL policy's [GOOD]; pass [BAD] to condition on the bad return)",
     )
     parser.add_argument(
         "--candidate-guidance-scale",

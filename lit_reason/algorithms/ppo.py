@@ -37,7 +37,8 @@ class CriticConfig:
             only the critic trains: one copy of the model serves the policy, the reference and the critic.
         lr: learning rate of the critic (``None``: the optimizer's).
         head_std: initial scale of the value head's weights (0: zeros).
-        warmup_rounds: rounds that train only the critic, the actor's learning rate held at 0.
+        warmup_rounds: rounds that train only the critic: the policy's parameters are left out of the optimizer
+            step (its gradients dropped), so neither its weights nor its optimizer state move.
     """
 
     kind: Literal["separate", "shared", "lora"] = "separate"
