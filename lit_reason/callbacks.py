@@ -67,12 +67,14 @@ class ExportPolicy(Callback):
         if self.monitor is None:
             self._export(trainer, pl_module, f"latest policy at step {trainer.global_step}")
             return
+        # Rank 0's value decides on every rank: an export holds collectives, and a metric logged without
+        # sync_dist (a train/ one) differs between ranks.
         value = trainer.callback_metrics.get(self.monitor)
+        value = trainer.strategy.broadcast(None if value is None else float(value))
         if value is None:
             if self.monitor.startswith("val/"):  # misspelt: no export would ever be the best one, silently
                 raise self._monitor_not_logged(trainer)
             return  # a training metric (round/*): logged at the round's end, after its validation
-        value = float(value)
         if math.isnan(value):  # undefined this time (an AUROC of one class): neither better nor worse
             return
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):

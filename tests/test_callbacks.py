@@ -139,6 +139,41 @@ def test_an_undefined_metric_neither_improves_nor_blocks_later_improvements(tmp_
     assert callback.best is None
 
 
+def _export_decisions_on_rank(rank: int, world_size: int) -> tuple[bool, float]:
+    import torch.distributed as dist
+
+    class Broadcasting:  # Lightning's DDPStrategy.broadcast
+        def broadcast(self, obj, src=0):
+            box = [obj]
+            dist.broadcast_object_list(box, src)
+            return box[0]
+
+    class Recorded(ExportPolicy):
+        def _export(self, trainer, pl_module, why):  # the real one holds collectives: every rank must enter it
+            self.exported = True
+
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        sanity_checking=False,
+        callback_metrics={"train/loss": torch.tensor([0.5, 0.7][rank])},  # logged without sync_dist: per rank
+        strategy=Broadcasting(),
+        global_step=10,
+    )
+    export = Recorded(monitor="train/loss", mode="min")
+    export.best = 0.6
+    export.on_validation_end(trainer, None)
+    return export.exported, export.best
+
+
+@pytest.mark.slow
+def test_every_rank_takes_rank_zero_s_export_decision():
+    # A monitor no rank syncs (a train/ metric) exported on rank 0 alone: it waited in the export's collectives
+    # while the other rank went on (a hang, or NCCL pairing mismatched collectives).
+    from tests.helpers.distributed import run_in_processes
+
+    assert run_in_processes(_export_decisions_on_rank) == [(True, 0.5), (True, 0.5)]
+
+
 def test_a_monitor_that_a_fitting_validation_does_not_log_stops_the_run_naming_the_logged_ones(tmp_path):
     # A misspelt --export.monitor was ignored: no best export, and a card saying no validation improved.
     callback, trainer = ExportPolicy(monitor="val/maj1"), fake_trainer(tmp_path)
