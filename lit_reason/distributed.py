@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from typing import Any, TypeVar
 
 import torch
@@ -165,8 +166,9 @@ class StopAllRanksOnFailure:
     process group's timeout (minutes), and the message a user reads last is a peer's timeout or "connection
     closed". ``report`` (on the failing rank) writes the failure into the process group's key-value store and
     waits ``3 * poll_seconds`` before its exception ends the process; every other rank watches the store from
-    a thread and exits ``grace_seconds`` after the failure appears. The failing rank thus exits first, with its
-    traceback, and a launcher (torchrun, Lightning's) names it as the first failure.
+    a thread and exits ``grace_seconds`` after the failure appears. The failing rank prints its traceback as it
+    reports, and usually exits first, so that a launcher (torchrun, Lightning's) names it as the first failure
+    (not where its teardown outlasts the grace: moving a large model's optimizer state off the GPU).
 
     Not covered: a rank that fails before ``start`` (before the Lightning hooks' ``setup``), and one that dies
     without raising (SIGKILL, out of memory); launchers and the process group's timeout handle those.
@@ -206,7 +208,10 @@ class StopAllRanksOnFailure:
         except Exception:  # noqa: BLE001 - the store is gone: its host died without raising, and is the cause
             return
         if first == message:
-            print(f"[lit-reason] {message}; stopping every rank", file=sys.stderr, flush=True)
+            # The traceback now: a peer may end the job before this rank's exception does (a launcher then stops
+            # the rest), as when tearing down a large model outlasts the peers' grace.
+            cause = "".join(traceback.format_exception(exception))
+            print(f"[lit-reason] {message}; stopping every rank\n{cause}", file=sys.stderr, flush=True)
             time.sleep(3 * self.poll_seconds)
 
     def _watch(self, store, stopped: threading.Event) -> None:

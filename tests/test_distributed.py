@@ -74,7 +74,10 @@ def _one_rank_fails_while_the_other_waits(rank: int, world_size: int) -> str:
     watcher.start()
     dist.barrier()
     if rank == 1:
-        watcher.report(ValueError("question 7 is longer than the context"))
+        try:
+            raise ValueError("question 7 is longer than the context")
+        except ValueError as error:
+            watcher.report(error)
         return "reported"
     time.sleep(60)  # stands for a collective that rank 1 never joins (NCCL waits there for its timeout)
     return "still waiting"
@@ -89,6 +92,9 @@ def test_a_rank_waiting_for_a_failed_one_stops_within_seconds_naming_it(capfd):
     errors = capfd.readouterr().err
     assert "[lit-reason] rank 1 of 2 failed: ValueError: question 7 is longer than the context" in errors
     assert "[lit-reason] rank 0 stops because rank 1 of 2 failed: ValueError" in errors
+    # Its traceback too, printed as it reports: a peer may end the job before the failing rank's own exit (the
+    # launcher kills the rest), which lost it.
+    assert 'in _one_rank_fails_while_the_other_waits\n    raise ValueError("question 7' in errors
 
 
 def _token_mean_on_rank(rank: int, world_size: int) -> float:
