@@ -105,15 +105,19 @@ def gather_objects(items: list[Any]) -> list[Any]:
 
 
 def shard_model(model: torch.nn.Module, mesh) -> None:
-    """FSDP2: shard each transformer block (the classes a HF model lists in ``_no_split_modules``), then the
-    whole model."""
+    """FSDP2: shard each transformer block (``transformer_blocks``), then the whole model."""
     from torch.distributed.fsdp import fully_shard
 
-    block_names = set(getattr(model, "_no_split_modules", None) or [])
-    for module in model.modules():
-        if type(module).__name__ in block_names:
-            fully_shard(module, mesh=mesh)
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of the classes that any HF model within ``model`` lists in ``_no_split_modules`` (its decoder
+    layers): a value model's trunk's too, whose own class lists none."""
+    names = {name for module in model.modules() for name in getattr(module, "_no_split_modules", None) or []}
+    return [module for module in model.modules() if type(module).__name__ in names]
 
 
 def shard_models(models: list[torch.nn.Module], device_mesh) -> None:

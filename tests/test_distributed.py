@@ -110,3 +110,15 @@ def test_a_token_mean_weighs_every_rank_s_tokens_the_same():
     losses = run_in_processes(_token_mean_on_rank, timeout=60)
     assert losses == [pytest.approx(3 * 2 / 10), pytest.approx(10 * 2 / 10)]
     assert sum(losses) / 2 == pytest.approx(13 / 10)
+
+
+def test_fsdp2_shards_a_value_model_block_by_block():
+    # Only the top module's _no_split_modules was read: a value model (the ORM, PPO's separate critic) lists none,
+    # so its whole trunk was one unit, gathered whole on every rank for every forward.
+    from lit_reason.distributed import transformer_blocks
+    from lit_reason.policy import PolicySpec, build_char_tokenizer, load_model
+    from lit_reason.value_model import ValueModel
+
+    trunk = load_model(PolicySpec(name_or_path="micro"), build_char_tokenizer())
+    layers = list(trunk.model.layers)
+    assert transformer_blocks(trunk) == layers and transformer_blocks(ValueModel(trunk)) == layers

@@ -137,8 +137,10 @@ def test_ranks_with_unequal_batch_counts_end_with_identical_weights(tmp_path):
         # Each rank's rollout holds whole groups (a question's samples on one rank): the estimator checks it.
         # The policy's prompt-sharing forward (two calls, one backward) under FSDP2 (PPO's lora critic adds a third).
         ("grpo.yaml", "fsdp2", []),
+        # A separate critic, a value model sharded layer by layer (its trunk's decoder layers, then the whole).
+        ("ppo.yaml", "fsdp2", ["--model.init_args.critic.kind=separate"]),
     ],
-    ids=["ppo-ddp-lora-separate", "ppo-fsdp2-lora-lora", "grpo-fsdp2"],
+    ids=["ppo-ddp-lora-separate", "ppo-fsdp2-lora-lora", "grpo-fsdp2", "ppo-fsdp2-separate"],
 )
 def test_policy_gradient_on_two_processes(config, strategy, options, tmp_path):
     run_cli(
