@@ -7,12 +7,14 @@ A fine-tuning *example* is a pair (prompt ids, target ids + EOS); the sampler's 
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+
+from lit_reason.distributed import rank_and_world_size
 
 Example = tuple[list[int], list[int]]  # (prompt ids, target ids + EOS)
 
@@ -150,9 +152,11 @@ def batch_examples(
     """Shuffle (prompt, target) id pairs with ``seed`` and cut them into ``TokenBatch``es; examples longer
     than ``max_length`` are dropped with a warning."""
     kept = [e for e in examples if fits_context(e, max_length)]
-    if len(kept) < len(examples):
-        rank_zero_warn(
-            f"dropped {len(examples) - len(kept)} of {len(examples)} examples longer than {max_length} tokens"
+    if len(kept) < len(examples):  # on any rank: each drops its own
+        warnings.warn(
+            f"rank {rank_and_world_size()[0]}: dropped {len(examples) - len(kept)} of {len(examples)} examples "
+            f"longer than {max_length} tokens",
+            stacklevel=2,
         )
     random.Random(repr(seed)).shuffle(kept)
     return [make_token_batch(kept[i : i + batch_size], pad_token_id) for i in range(0, len(kept), batch_size)]

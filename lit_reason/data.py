@@ -158,11 +158,13 @@ class RolloutDataModule(LightningDataModule):
         data = module.make_train_data(problems, round_index)
         self.samples_drawn += reduce_int(data.samples_drawn, "sum", module.device)
         fewest = reduce_int(len(data.batches), "min", module.device)
-        if fewest < len(data.batches):
+        most = reduce_int(len(data.batches), "max", module.device)  # the warning is rank 0's, its count may be least
+        if fewest < most:
             rank_zero_warn(
-                f"round {round_index}: dropping {len(data.batches) - fewest} batches so that every rank runs {fewest}"
+                f"round {round_index}: the ranks made {fewest} to {most} batches; each runs {fewest}, the rest are "
+                "dropped"
             )
-            data.batches = data.batches[:fewest]
+        data.batches = data.batches[:fewest]
         if self._round_in_progress is not None:  # Lightning resumed past the checkpoint's round
             rank_zero_warn(
                 f"the checkpoint holds the rest of round {round_index - 1}, but Lightning resumed at round "

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lit_reason.batches import batch_examples, fits_context, make_token_batch
@@ -37,3 +38,17 @@ def test_batches_round_trip_through_a_weights_only_checkpoint(tmp_path):
     assert (loaded[2].global_tokens, loaded[2].prompt_length) == (5, 1) and torch.equal(
         loaded[2].advantages, ids.float()
     )
+
+
+def test_a_rank_other_than_the_first_says_what_it_drops(monkeypatch):
+    # Warned through rank_zero_warn: a rank other than 0 dropping over-long examples said nothing.
+    from lightning.pytorch.utilities import rank_zero_only
+
+    import lit_reason.batches
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monkeypatch.setattr(lit_reason.batches, "rank_and_world_size", lambda: (1, 2))
+    examples = [([1, 2], [3, 4]), ([1] * 50, [2])]
+    with pytest.warns(UserWarning, match="rank 1: dropped 1 of 2 examples longer than 8 tokens"):
+        batches = batch_examples(examples, batch_size=2, max_length=8, pad_token_id=0, seed=0)
+    assert [len(batch) for batch in batches] == [1]
