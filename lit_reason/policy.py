@@ -8,6 +8,7 @@ special tokens can be added before anything else); ``load_model`` builds the wei
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import string
 import warnings
@@ -215,6 +216,8 @@ def load_model(
             model = LlamaForCausalLM(config)
     else:
         model = _load_pretrained(spec)
+        if getattr(model, "generation_config", None) is not None:  # generate() stops where the sampler does
+            model.generation_config.eos_token_id = eos_token_ids(model, tokenizer)
     old_rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -347,14 +350,42 @@ def _is_dropout_probability(name: str, value: Any) -> bool:
 
 
 def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> list[int]:
-    """Every token id that ends a response: the tokenizer's EOS and the generation config's (chat models
-    often end turns with a token other than the tokenizer's EOS)."""
-    ids = {tokenizer.eos_token_id}
+    """Every token id that ends a response: the tokenizer's EOS, the generation config's (chat models often end
+    turns with a token other than the tokenizer's EOS) and the chat template's end of turn (``chat_turn_end_id``:
+    a base checkpoint's EOS can be its document end while its template closes turns with another token)."""
+    ids = {tokenizer.eos_token_id, chat_turn_end_id(tokenizer)}
     generation_config = getattr(model, "generation_config", None)
     configured = getattr(generation_config, "eos_token_id", None)
     if configured is not None:
         ids.update(configured if isinstance(configured, list | tuple) else [configured])
     return sorted(i for i in ids if i is not None)
+
+
+# Assistant text that no template changes, to find what a template writes after an assistant turn.
+_TURN_PROBE = "lit-reason turn end probe"
+
+
+@functools.lru_cache(maxsize=16)
+def chat_turn_end_id(tokenizer: PreTrainedTokenizerFast) -> int | None:
+    """The special token a tokenizer's chat template closes an assistant turn with (``<|im_end|>``,
+    ``<|eot_id|>``), or None: no template, one that refuses a one-turn conversation, or one that closes a turn
+    with plain text."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    conversation = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _TURN_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template's own refusal (jinja2's TemplateError), e.g. of this conversation
+        return None
+    after = text[text.rindex(_TURN_PROBE) + len(_TURN_PROBE) :] if _TURN_PROBE in text else ""
+    special = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
+    return next((tokenizer.convert_tokens_to_ids(t) for t in special if t and after.lstrip(" ").startswith(t)), None)
+
+
+def response_end_id(tokenizer: PreTrainedTokenizerFast, prompt_style: str) -> int:
+    """The token a fine-tuning target ends with: after a chat prompt, the template's end of turn; else the EOS."""
+    turn_end = chat_turn_end_id(tokenizer) if prompt_style == "chat" else None
+    return tokenizer.eos_token_id if turn_end is None else turn_end
 
 
 def is_policy_dir(path: str | Path) -> bool:

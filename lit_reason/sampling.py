@@ -297,13 +297,15 @@ def _continuation_ids(tokenizer, context: str, context_ids: list[int], text: str
     return alone
 
 
-def encode_example(tokenizer, prompt: str, response_prefix: str, target: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids + EOS) to fine-tune on ``target`` as the response to ``prompt`` behind
+def encode_example(
+    tokenizer, prompt: str, response_prefix: str, target: str, end_id: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids + ``end_id``) to fine-tune on ``target`` as the response to ``prompt`` behind
     ``response_prefix``: the prompt and prefix as the sampler encodes them, and the target as the tokens that
-    continue them."""
+    continue them, ended by ``end_id`` (default: the EOS; after a chat prompt, ``policy.response_end_id``'s)."""
     prompt_ids = encode_prompt(tokenizer, prompt) + encode_response_prefix(tokenizer, response_prefix)
     target_ids = encode_continuation(tokenizer, prompt + response_prefix, prompt_ids, target)
-    return prompt_ids, target_ids + [tokenizer.eos_token_id]
+    return prompt_ids, target_ids + [tokenizer.eos_token_id if end_id is None else end_id]
 
 
 def row_seed(*parts: int | str) -> int:

@@ -295,6 +295,34 @@ def test_a_stop_string_of_many_byte_level_tokens_ends_a_response(smollm2: SmolLM
     assert stop not in tokenizer.decode(responses(batch)[0][:-1], skip_special_tokens=True)  # ended at its last token
 
 
+def test_a_chat_turn_ends_at_the_template_s_end_of_turn_when_the_eos_is_another_token(smollm2: SmolLM2, tmp_path):
+    # A checkpoint whose EOS is its document end (Qwen2.5 base: <|endoftext|>) while its chat template closes a turn
+    # with <|im_end|>: chat responses ran past the end of their turn into invented turns, truncated, and SFT targets
+    # ended with a token the template never closes a turn with.
+    import copy
+
+    from lit_reason.policy import PolicySpec, chat_turn_end_id, eos_token_ids, load_model, response_end_id
+    from lit_reason.sampling import encode_example
+
+    tokenizer = copy.deepcopy(smollm2.tokenizer)
+    tokenizer.eos_token = "<|endoftext|>"
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model = copy.deepcopy(smollm2.model)
+    model.generation_config.eos_token_id = endoftext
+    assert chat_turn_end_id(tokenizer) == im_end
+    assert im_end in eos_token_ids(model, tokenizer)  # sampling stops there
+    question = [{"role": "user", "content": "What is 3 + 4?"}]
+    prompt = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)  # as Task's chat
+    end = response_end_id(tokenizer, "chat")
+    assert end == im_end and response_end_id(tokenizer, "plain") == endoftext
+    assert encode_example(tokenizer, prompt, "", "3 + 4 = 7", end)[1][-1] == im_end
+    # An export lists it among its generation config's end tokens: generate() stops there too.
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = load_model(PolicySpec(name_or_path=str(tmp_path)), tokenizer)
+    assert im_end in reloaded.generation_config.eos_token_id
+
+
 # -------------------------------------------------------------------------------------------- log-probs
 @pytest.mark.slow
 @needs_data

@@ -23,7 +23,7 @@ from lit_reason.data import COMPLETED_ROUND, EMPTY_ROUND, TrainData
 from lit_reason.distributed import full_state_dict, rank_and_world_size, shard_models
 from lit_reason.evaluation import Evaluator, GradedQuestions, record_training_end, trained_to, write_outputs
 from lit_reason.hyperparameters import plain_data
-from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, save_policy
+from lit_reason.policy import PolicySpec, eos_token_ids, load_model, load_tokenizer, response_end_id, save_policy
 from lit_reason.sampling import SampleBatch, SamplingConfig, encode_example, encode_response_prefix, row_seed, sample
 from lit_reason.schedule import LRSchedule, StepCounter
 from lit_reason.seeds import EVALUATION_SEED, run_seed
@@ -155,7 +155,8 @@ class ReasoningModule(LightningModule):
         """(prompt ids, target ids + EOS) of ``target`` as the response to ``problem``, behind
         ``response_prefix`` (default: the one rollouts sample behind), tokenized as the sampler does."""
         prefix = self.conditioning("rollout").response_prefix if response_prefix is None else response_prefix
-        return encode_example(self.tokenizer, self.task.prompt(problem, self.tokenizer), prefix, target)
+        end = response_end_id(self.tokenizer, self.task.prompt_style)
+        return encode_example(self.tokenizer, self.task.prompt(problem, self.tokenizer), prefix, target, end)
 
     def generate(
         self, problems: Sequence[Problem], config: SamplingConfig, seed_parts: Sequence[Any], stage: Stage
