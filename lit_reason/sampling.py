@@ -275,7 +275,10 @@ def encode_continuation(tokenizer, context: str, context_ids: list[int], text: s
     """
     ids = _continuation_ids(tokenizer, context, context_ids, text)
     special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
-    special = (special | set(tokenizer.all_special_ids)) - {tokenizer.unk_token_id}  # unknown characters are text
+    # Unknown characters are text, though they encode as the unknown token; that token written out is not (SmolLM2's
+    # is <|endoftext|>).
+    written_out = bool(tokenizer.unk_token) and tokenizer.unk_token in text
+    special = (special | set(tokenizer.all_special_ids)) - (set() if written_out else {tokenizer.unk_token_id})
     if set(ids) & special:
         return tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
     return ids

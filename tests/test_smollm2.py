@@ -316,6 +316,11 @@ def test_a_chat_turn_ends_at_the_template_s_end_of_turn_when_the_eos_is_another_
     end = response_end_id(tokenizer, "chat")
     assert end == im_end and response_end_id(tokenizer, "plain") == endoftext
     assert encode_example(tokenizer, prompt, "", "3 + 4 = 7", end)[1][-1] == im_end
+    # A target that writes the unknown token out (SmolLM2's is <|endoftext|>, a real special token) is its
+    # characters, as <|im_end|> written out is: it became the special token, a document end mid-response.
+    for written in ("<|endoftext|>", "<|im_end|>"):
+        target = encode_example(tokenizer, prompt, "", f"So 7.{written} more", end)[1][:-1]
+        assert not {im_end, endoftext} & set(target) and tokenizer.decode(target) == f"So 7.{written} more"
     # An export lists it among its generation config's end tokens: generate() stops there too.
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
