@@ -394,7 +394,12 @@ def is_policy_dir(path: str | Path) -> bool:
     return is_exported(path) and any(path.glob("tokenizer*"))
 
 
+# The load options that say where a tokenizer is: the rest are the weights' (dtype, quantization, safetensors,
+# low_cpu_mem_usage, ...), which a tokenizer keeps as its own options and writes into every export's config.
+TOKENIZER_LOCATION_OPTIONS = frozenset(
+    {"gguf_file", "revision", "subfolder", "cache_dir", "token", "local_files_only", "force_download", "proxies"}
+)
+
+
 def _tokenizer_kwargs(load_kwargs: dict[str, Any]) -> dict[str, Any]:
-    # Options that only make sense for weights must not reach the tokenizer.
-    weights_only = {"dtype", "torch_dtype", "attn_implementation", "device_map", "quantization_config"}
-    return {key: value for key, value in load_kwargs.items() if key not in weights_only}
+    return {key: value for key, value in load_kwargs.items() if key in TOKENIZER_LOCATION_OPTIONS}

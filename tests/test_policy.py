@@ -115,3 +115,16 @@ def test_a_warm_start_resolves_once_per_spec_whatever_changes_while_the_run_trai
     reference = spec.with_load_kwargs({"dtype": "bfloat16"})  # PPO's reference, loaded in another dtype
     assert reference.resolved() == str(cached) and reference.load_kwargs == {"dtype": "bfloat16"}
     assert reference.name_or_path == spec.name_or_path and spec.load_kwargs == {}
+
+
+def test_model_loading_options_stay_out_of_the_tokenizer_and_its_export(tmp_path):
+    # Only five weight options were held back: use_safetensors, low_cpu_mem_usage, variant... reached the tokenizer
+    # and were written into every export's tokenizer_config.json.
+    tokenizer = build_char_tokenizer()
+    load_model(PolicySpec(name_or_path="micro"), tokenizer).save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    options = {"use_safetensors": True, "low_cpu_mem_usage": True, "variant": None, "dtype": "float32"}
+    loaded = load_tokenizer(PolicySpec(name_or_path=str(tmp_path / "policy"), load_kwargs=options))
+    loaded.save_pretrained(tmp_path / "export")
+    saved = json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
+    assert not set(options) & set(saved)
