@@ -8,7 +8,6 @@ special tokens can be added before anything else); ``load_model`` builds the wei
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import string
 import warnings
@@ -365,7 +364,6 @@ def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) ->
 _TURN_PROBE = "lit-reason turn end probe"
 
 
-@functools.lru_cache(maxsize=16)
 def chat_turn_end_id(tokenizer: PreTrainedTokenizerFast) -> int | None:
     """The special token a tokenizer's chat template closes an assistant turn with (``<|im_end|>``,
     ``<|eot_id|>``), or None: no template, one that refuses a one-turn conversation, or one that closes a turn
@@ -377,9 +375,11 @@ def chat_turn_end_id(tokenizer: PreTrainedTokenizerFast) -> int | None:
         text = tokenizer.apply_chat_template(conversation, tokenize=False)
     except Exception:  # noqa: BLE001 - a template's own refusal (jinja2's TemplateError), e.g. of this conversation
         return None
-    after = text[text.rindex(_TURN_PROBE) + len(_TURN_PROBE) :] if _TURN_PROBE in text else ""
-    special = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
-    return next((tokenizer.convert_tokens_to_ids(t) for t in special if t and after.lstrip(" ").startswith(t)), None)
+    after = text[text.rindex(_TURN_PROBE) + len(_TURN_PROBE) :].lstrip() if _TURN_PROBE in text else ""
+    # Special tokens only: an added plain-text token ("\n\n") that a template closes turns with is text.
+    added = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    special = sorted({*tokenizer.all_special_tokens, *added}, key=len, reverse=True)
+    return next((tokenizer.convert_tokens_to_ids(t) for t in special if t and after.startswith(t)), None)
 
 
 def response_end_id(tokenizer: PreTrainedTokenizerFast, prompt_style: str) -> int:
@@ -394,12 +394,10 @@ def is_policy_dir(path: str | Path) -> bool:
     return is_exported(path) and any(path.glob("tokenizer*"))
 
 
-# The load options that say where a tokenizer is: the rest are the weights' (dtype, quantization, safetensors,
-# low_cpu_mem_usage, ...), which a tokenizer keeps as its own options and writes into every export's config.
-TOKENIZER_LOCATION_OPTIONS = frozenset(
-    {"gguf_file", "revision", "subfolder", "cache_dir", "token", "local_files_only", "force_download", "proxies"}
-)
+# The load options that say where a tokenizer is (besides the hub location): the rest are the weights' (dtype,
+# quantization, use_safetensors, low_cpu_mem_usage, ...), which a tokenizer keeps and writes into every export.
+TOKENIZER_LOCATION_OPTIONS = frozenset({"gguf_file", "code_revision", "force_download", "proxies"})
 
 
 def _tokenizer_kwargs(load_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in load_kwargs.items() if key in TOKENIZER_LOCATION_OPTIONS}
+    return hub_location(load_kwargs) | {k: v for k, v in load_kwargs.items() if k in TOKENIZER_LOCATION_OPTIONS}

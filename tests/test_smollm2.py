@@ -326,6 +326,10 @@ def test_a_chat_turn_ends_at_the_template_s_end_of_turn_when_the_eos_is_another_
     tokenizer.save_pretrained(tmp_path)
     reloaded = load_model(PolicySpec(name_or_path=str(tmp_path)), tokenizer)
     assert im_end in reloaded.generation_config.eos_token_id
+    # A template that closes turns with text ends none at a token, even where that text is an added token.
+    tokenizer.chat_template = "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n\n{% endfor %}"
+    tokenizer.add_tokens(["\n\n"])
+    assert chat_turn_end_id(tokenizer) is None and response_end_id(tokenizer, "chat") == endoftext
 
 
 # -------------------------------------------------------------------------------------------- log-probs
