@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
 import re
 import sys
 import traceback
@@ -40,6 +39,7 @@ from lit_reason.callbacks import (
 )
 from lit_reason.data import RolloutDataModule
 from lit_reason.files import UniqueKeyLoader, restore_interrupted_replacement
+from lit_reason.rewards import import_function
 from lit_reason.warm_start import (
     CONFIG_PREFIX,
     exit_with_parent,
@@ -307,10 +307,9 @@ def _is_algorithm(class_path: str) -> bool:
 
 
 def _import_class(class_path: str) -> Any:
-    module, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+        return import_function(class_path, "class")  # a class is a callable like any other
+    except ValueError:
         return None
 
 
