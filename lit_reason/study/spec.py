@@ -218,6 +218,7 @@ def _claims(where: _Where, raw: Any, families: dict[str, str]) -> ClaimRoles:
         if key not in many and not isinstance(value, str):
             raise ValueError(f"{where.path}: claims.{key}: expected one run name, got {value!r}")
     roles = {key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()}
+    seen: dict[str, str] = {}  # the claims compare their runs: a run in two roles would be compared with itself
     for key, value in roles.items():
         for name in value if isinstance(value, tuple) else (value,):
             if name not in families:
@@ -227,10 +228,6 @@ def _claims(where: _Where, raw: Any, families: dict[str, str]) -> ClaimRoles:
                     f"{where.path}: claims.{key}: {name} is a run of family {families[name]}; this role needs one of "
                     f"{ROLE_FAMILIES[key]}"
                 )
-    # The claims compare these runs with each other: a run in two roles would be compared with itself.
-    seen: dict[str, str] = {}
-    for key, value in roles.items():
-        for name in value if isinstance(value, tuple) else (value,):
             if name in seen:
                 raise ValueError(
                     f"{where.path}: claims.{key}: {name} is also claims.{seen[name]}; a run plays one role"
