@@ -150,7 +150,7 @@ def guided_logits(logits: torch.Tensor, negative_logits: torch.Tensor, scale: fl
     (nearer the negative) keeps the token out, and one of 1 or more gives it ``log p`` (not the formula's +inf,
     which would force it)."""
     positive, negative = logits.log_softmax(-1), negative_logits.log_softmax(-1)
-    ruled_out_by_negative = positive if scale >= 1 else torch.full_like(positive, float("-inf"))
+    ruled_out_by_negative = positive if scale >= 1 else float("-inf")
     guided = torch.where(negative == float("-inf"), ruled_out_by_negative, negative + scale * (positive - negative))
     return guided.masked_fill(positive == float("-inf"), float("-inf"))
 
